@@ -1,0 +1,223 @@
+"""Model configurations, built from a transformers ``config.json``.
+
+The dataclasses carry the reference's field names and defaults so that a config written
+by transformers reads back unchanged. ``from_dict`` ignores keys it does not know (the
+many generic ``PretrainedConfig`` fields) and validates the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import CheckpointError, UnsupportedModelError
+
+READOUT_TYPES = ("ignore", "add", "project")
+ACTIVATIONS = ("gelu", "relu", "silu", "swish", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "quick_gelu", "tanh")
+
+
+def _pair(value) -> tuple[int, int]:
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"expected an int or a pair, got {value!r}")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def _check_act(name: str, value: Any) -> None:
+    if value not in ACTIVATIONS:
+        raise ValueError(f"{name}={value!r} is not a supported activation; use one of {', '.join(ACTIVATIONS)}")
+
+
+@dataclass
+class BaseConfig:
+    """Shared ``from_dict`` / ``to_dict`` for the config dataclasses."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        if not isinstance(data, dict):
+            raise ValueError(f"{cls.__name__}.from_dict expects a dict, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, BaseConfig):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+
+@dataclass
+class DPTConfig(BaseConfig):
+    """``transformers.DPTConfig``: the same fields, defaults and meaning (dpt-large style ViT)."""
+
+    model_type: str = "dpt"
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    image_size: int | list[int] = 384
+    patch_size: int | list[int] = 16
+    num_channels: int = 3
+    is_hybrid: bool = False
+    qkv_bias: bool = True
+    backbone_out_indices: list[int] | None = (2, 5, 8, 11)
+    readout_type: str = "project"
+    reassemble_factors: list[float] = (4, 2, 1, 0.5)
+    neck_hidden_sizes: list[int] = (96, 192, 384, 768)
+    fusion_hidden_size: int = 256
+    head_in_index: int = -1
+    use_batch_norm_in_fusion_residual: bool = False
+    use_bias_in_fusion_residual: bool | None = None
+    add_projection: bool = False
+    use_auxiliary_head: bool = True
+    auxiliary_loss_weight: float = 0.4
+    semantic_loss_ignore_index: int = 255
+    semantic_classifier_dropout: float = 0.1
+    backbone_featmap_shape: list[int] | None = (1, 1024, 24, 24)
+    neck_ignore_stages: list[int] = (0, 1)
+    backbone_config: dict[str, Any] | None = None
+    backbone: str | None = None
+    pooler_output_size: int | None = None
+    pooler_act: str = "tanh"
+    id2label: dict[int, str] = field(default_factory=lambda: {0: "LABEL_0", 1: "LABEL_1"})
+    architectures: list[str] | None = None
+
+    def __post_init__(self):
+        # Hub configs store these fields as null when the backbone lives elsewhere.
+        for name, default in (("num_hidden_layers", 12), ("num_attention_heads", 12), ("intermediate_size", 3072),
+                              ("hidden_dropout_prob", 0.0), ("attention_probs_dropout_prob", 0.0),
+                              ("layer_norm_eps", 1e-12), ("image_size", 384), ("patch_size", 16),
+                              ("num_channels", 3), ("qkv_bias", True), ("use_auxiliary_head", True),
+                              ("use_batch_norm_in_fusion_residual", False)):
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+        self.id2label = {int(k): str(v) for k, v in (self.id2label or {}).items()}
+        if self.backbone is not None and self.backbone_config is None:
+            raise UnsupportedModelError(
+                f"backbone {self.backbone!r} (a timm or named backbone) is not supported; "
+                "use a checkpoint with a backbone_config"
+            )
+        if not self.is_hybrid:
+            self.backbone_featmap_shape = None
+            self.neck_ignore_stages = []
+        elif self.readout_type != "project":
+            raise ValueError("readout_type must be 'project' for DPT-Hybrid (is_hybrid=True)")
+        if self.backbone_config is not None and not self.is_hybrid:
+            self.backbone_out_indices = None
+        if not self.pooler_output_size:
+            self.pooler_output_size = self.hidden_size
+        for name in ("backbone_out_indices", "reassemble_factors", "neck_hidden_sizes",
+                     "backbone_featmap_shape", "neck_ignore_stages"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, list(value))
+        self.validate()
+
+    def validate(self) -> None:
+        if self.readout_type not in READOUT_TYPES:
+            raise ValueError(f"readout_type={self.readout_type!r} is not one of {', '.join(READOUT_TYPES)}")
+        _check_act("hidden_act", self.hidden_act)
+        _check_act("pooler_act", self.pooler_act)
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not a multiple of num_attention_heads={self.num_attention_heads}"
+            )
+        if len(self.reassemble_factors) != len(self.neck_hidden_sizes):
+            raise ValueError(
+                f"reassemble_factors ({len(self.reassemble_factors)} values) and neck_hidden_sizes "
+                f"({len(self.neck_hidden_sizes)} values) must have the same length"
+            )
+        if self.backbone_out_indices is not None:
+            if len(self.backbone_out_indices) != len(self.neck_hidden_sizes):
+                raise ValueError(
+                    f"backbone_out_indices ({len(self.backbone_out_indices)} values) and neck_hidden_sizes "
+                    f"({len(self.neck_hidden_sizes)} values) must have the same length"
+                )
+            bad = [i for i in self.backbone_out_indices if not 0 <= i < self.num_hidden_layers]
+            if bad:
+                raise ValueError(f"backbone_out_indices {bad} out of range for num_hidden_layers={self.num_hidden_layers}")
+        for f in self.reassemble_factors:
+            if f <= 0 or (f > 1 and f != int(f)) or (f < 1 and (1 / f) != int(1 / f)):
+                raise ValueError(f"reassemble factor {f} must be a positive integer or 1/integer")
+        n = len(self.neck_hidden_sizes)
+        if not -n <= self.head_in_index < n:
+            raise ValueError(f"head_in_index={self.head_in_index} out of range for {n} neck stages")
+        if self.add_projection and self.fusion_hidden_size != 256:
+            # The reference hard-codes a 256-channel projection conv in the depth head.
+            raise ValueError("add_projection=True requires fusion_hidden_size=256, as in the reference")
+        _pair(self.image_size)
+        _pair(self.patch_size)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {v: k for k, v in self.id2label.items()}
+
+    @property
+    def backbone_type(self) -> str:
+        """Which backbone computes the features: 'vit', 'hybrid', or a backbone_config model_type."""
+        if self.is_hybrid:
+            return "hybrid"
+        if self.backbone_config is not None:
+            return str(self.backbone_config.get("model_type", "unknown"))
+        return "vit"
+
+    @property
+    def use_bias_in_residual(self) -> bool:
+        if self.use_bias_in_fusion_residual is not None:
+            return bool(self.use_bias_in_fusion_residual)
+        return not self.use_batch_norm_in_fusion_residual
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        out["label2id"] = {v: int(k) for k, v in self.id2label.items()}
+        return out
+
+
+CONFIG_CLASSES: dict[str, type[BaseConfig]] = {"dpt": DPTConfig}
+
+
+def config_from_dict(data: dict[str, Any]) -> BaseConfig:
+    """Build the config class that ``data['model_type']`` names."""
+    model_type = data.get("model_type", "dpt")
+    if model_type not in CONFIG_CLASSES:
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} is not supported; supported: {', '.join(sorted(CONFIG_CLASSES))}"
+        )
+    return CONFIG_CLASSES[model_type].from_dict(data)
+
+
+def load_config(path: str | os.PathLike) -> BaseConfig:
+    """Read a ``config.json`` file; errors name the file and what is wrong with it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"no config.json in {os.path.dirname(path) or '.'}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+    try:
+        return config_from_dict(data)
+    except UnsupportedModelError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"invalid config {path}: {e}") from None

@@ -1,0 +1,13 @@
+"""Exceptions for problems a user can fix. Their message is one line that says what to do."""
+
+
+class DPTError(Exception):
+    """Base class: something about the user's input, files or environment is wrong."""
+
+
+class CheckpointError(DPTError, ValueError):
+    """A checkpoint is missing, unreadable, incomplete or does not match its config."""
+
+
+class UnsupportedModelError(CheckpointError):
+    """The checkpoint is of a model type or backbone dpt_mlx does not implement."""

@@ -1,0 +1,165 @@
+"""DPT neck: the reassemble stage (tokens -> image-like maps) and the fusion stage.
+
+Everything here is channels-last: maps are (B, H, W, C).
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .ops import interpolate, upsample2x
+from .vit import activation
+
+
+class ReadoutProject(nn.Module):
+    """Concatenate the CLS token to every patch token and project back: GELU(Linear(2C -> C))."""
+
+    def __init__(self, hidden_size: int, act: str):
+        super().__init__()
+        self.dense = nn.Linear(2 * hidden_size, hidden_size)
+        self.act = activation(act)
+
+    def __call__(self, tokens: mx.array, cls: mx.array) -> mx.array:
+        readout = mx.broadcast_to(cls[:, None, :], tokens.shape)
+        return self.act(self.dense(mx.concatenate([tokens, readout], axis=-1)))
+
+
+class ReassembleLayer(nn.Module):
+    """1x1 projection to ``channels``, then resize by ``factor``: >1 transposed conv, 1 identity, <1 strided conv."""
+
+    def __init__(self, hidden_size: int, channels: int, factor: float):
+        super().__init__()
+        self.projection = nn.Conv2d(hidden_size, channels, kernel_size=1)
+        if factor > 1:
+            k = int(factor)
+            self.resize = nn.ConvTranspose2d(channels, channels, kernel_size=k, stride=k, padding=0)
+        elif factor == 1:
+            self.resize = nn.Identity()
+        else:
+            self.resize = nn.Conv2d(channels, channels, kernel_size=3, stride=int(1 / factor), padding=1)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.resize(self.projection(x))
+
+
+class ReassembleStage(nn.Module):
+    """Token sequences (B, 1 + gh*gw, C) -> maps (B, gh', gw', C_i) at the stages' resolutions.
+
+    Stages listed in ``ignore_stages`` (the BiT feature maps of DPT-Hybrid) pass through untouched.
+    """
+
+    def __init__(self, config, hidden_size: int):
+        super().__init__()
+        self.readout_type = config.readout_type
+        self.ignore_stages = set(config.neck_ignore_stages)
+        self.layers = [
+            nn.Identity() if i in self.ignore_stages else ReassembleLayer(hidden_size, channels, factor)
+            for i, (channels, factor) in enumerate(zip(config.neck_hidden_sizes, config.reassemble_factors))
+        ]
+        if self.readout_type == "project":
+            self.readout_projects = [
+                nn.Identity() if i in self.ignore_stages else ReadoutProject(hidden_size, config.hidden_act)
+                for i in range(len(config.neck_hidden_sizes))
+            ]
+
+    def __call__(self, hidden_states: list[mx.array], grid: tuple[int, int]) -> list[mx.array]:
+        gh, gw = grid
+        out = []
+        for i, x in enumerate(hidden_states):
+            if i in self.ignore_stages:
+                out.append(x)
+                continue
+            cls, tokens = x[:, 0], x[:, 1:]
+            if self.readout_type == "project":
+                tokens = self.readout_projects[i](tokens, cls)
+            elif self.readout_type == "add":
+                tokens = tokens + cls[:, None, :]
+            b, n, c = tokens.shape
+            if n != gh * gw:
+                raise ValueError(f"stage {i} has {n} tokens, expected a {gh}x{gw} grid")
+            out.append(self.layers[i](tokens.reshape(b, gh, gw, c)))
+        return out
+
+
+class PreActResidualLayer(nn.Module):
+    """x + conv(relu(bn?(conv(relu(x))))): the pre-activation residual unit of the fusion blocks."""
+
+    def __init__(self, channels: int, use_batch_norm: bool, bias: bool):
+        super().__init__()
+        self.use_batch_norm = use_batch_norm
+        self.convolution1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=bias)
+        self.convolution2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=bias)
+        if use_batch_norm:
+            self.batch_norm1 = nn.BatchNorm(channels)
+            self.batch_norm2 = nn.BatchNorm(channels)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        h = self.convolution1(nn.relu(x))
+        if self.use_batch_norm:
+            h = self.batch_norm1(h)
+        h = self.convolution2(nn.relu(h))
+        if self.use_batch_norm:
+            h = self.batch_norm2(h)
+        return h + x
+
+
+class FeatureFusionLayer(nn.Module):
+    """Add the (resized) skip features, refine, upsample 2x (bilinear, align_corners=True), project."""
+
+    def __init__(self, config, align_corners: bool = True):
+        super().__init__()
+        channels = config.fusion_hidden_size
+        bn, bias = bool(config.use_batch_norm_in_fusion_residual), config.use_bias_in_residual
+        self.align_corners = align_corners
+        self.projection = nn.Conv2d(channels, channels, kernel_size=1)
+        self.residual_layer1 = PreActResidualLayer(channels, bn, bias)
+        self.residual_layer2 = PreActResidualLayer(channels, bn, bias)
+
+    def __call__(self, x: mx.array, residual: mx.array | None = None, size: tuple[int, int] | None = None):
+        if residual is not None:
+            if residual.shape != x.shape:
+                residual = interpolate(residual, x.shape[1:3], "bilinear", align_corners=False)
+            x = x + self.residual_layer1(residual)
+        x = self.residual_layer2(x)
+        if size is None:
+            x = upsample2x(x, self.align_corners)
+        else:
+            x = interpolate(x, size, "bilinear", self.align_corners)
+        return self.projection(x)
+
+
+class FeatureFusionStage(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layers = [FeatureFusionLayer(config) for _ in config.neck_hidden_sizes]
+
+    def __call__(self, features: list[mx.array]) -> list[mx.array]:
+        """Fuse from the coarsest map to the finest; returns the fused maps in that order."""
+        fused, out = None, []
+        for x, layer in zip(features[::-1], self.layers):
+            fused = layer(x) if fused is None else layer(fused, x)
+            out.append(fused)
+        return out
+
+
+class DPTNeck(nn.Module):
+    """Reassemble (unless the backbone is hierarchical), 3x3 convs to fusion width, fuse."""
+
+    def __init__(self, config, hidden_size: int, reassemble: bool = True):
+        super().__init__()
+        self.num_stages = len(config.neck_hidden_sizes)
+        self.reassemble_stage = ReassembleStage(config, hidden_size) if reassemble else None
+        self.convs = [
+            nn.Conv2d(c, config.fusion_hidden_size, kernel_size=3, padding=1, bias=False)
+            for c in config.neck_hidden_sizes
+        ]
+        self.fusion_stage = FeatureFusionStage(config)
+
+    def __call__(self, hidden_states: list[mx.array], grid: tuple[int, int] | None = None) -> list[mx.array]:
+        if len(hidden_states) != self.num_stages:
+            raise ValueError(f"the neck expects {self.num_stages} feature maps, got {len(hidden_states)}")
+        if self.reassemble_stage is not None:
+            hidden_states = self.reassemble_stage(hidden_states, grid)
+        features = [conv(x) for conv, x in zip(self.convs, hidden_states)]
+        return self.fusion_stage(features)

@@ -1,0 +1,91 @@
+"""The one table that maps transformers checkpoints onto dpt_mlx modules.
+
+Used by ``from_pretrained`` and by the converter alike. A conversion is: drop buffers the
+MLX modules do not keep, rename keys where the reference used ``nn.Sequential`` indices,
+and move convolution kernels to MLX's channels-last layout. Whether a kernel belongs to a
+convolution or a transposed convolution is read from the module it loads into, never guessed
+from its shape: DPT's transposed convolutions are square (in == out, kH == kW), so a wrong
+permutation would pass every shape check.
+"""
+
+from __future__ import annotations
+
+import re
+
+import mlx.core as mx
+import mlx.nn as nn
+
+# Keys of buffers that MLX modules do not have.
+DROP = (
+    re.compile(r"\.num_batches_tracked$"),  # BatchNorm step counter
+    re.compile(r"(^|\.)relative_position_index$"),  # BEiT/Swinv2 index tables: recomputed from the config
+    re.compile(r"(^|\.)relative_coords_table$"),  # Swinv2 continuous position table: recomputed
+)
+
+# (pattern, replacement) renames, applied in order to every key.
+RENAMES = [
+    # DPT readout projection: Sequential(Linear, GELU) -> ReadoutProject.dense
+    (re.compile(r"readout_projects\.(\d+)\.0\."), r"readout_projects.\1.dense."),
+]
+
+# Renames of the head Sequentials, which differ between the depth and segmentation models.
+HEAD_RENAMES = {
+    "depth": [
+        # Sequential(conv, upsample, conv, relu, conv, relu)
+        (re.compile(r"^head\.head\.0\."), "head.conv1."),
+        (re.compile(r"^head\.head\.2\."), "head.conv2."),
+        (re.compile(r"^head\.head\.4\."), "head.conv3."),
+    ],
+    "segmentation": [
+        # Sequential(conv, batchnorm, relu, dropout, conv[, upsample]) for head and auxiliary_head
+        (re.compile(r"^(head|auxiliary_head)\.head\.0\."), r"\1.conv."),
+        (re.compile(r"^(head|auxiliary_head)\.head\.1\."), r"\1.batch_norm."),
+        (re.compile(r"^(head|auxiliary_head)\.head\.4\."), r"\1.classifier."),
+    ],
+}
+
+
+def rename_key(key: str, head: str | None = None) -> str:
+    for pattern, repl in RENAMES + HEAD_RENAMES.get(head, []):
+        key = pattern.sub(repl, key)
+    return key
+
+
+def is_dropped(key: str) -> bool:
+    return any(p.search(key) for p in DROP)
+
+
+def conv_layout(module: nn.Module) -> str | None:
+    """'conv' or 'conv_transpose' for the modules whose kernels change layout, else None."""
+    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        return "conv_transpose"
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return "conv"
+    return None
+
+
+def to_mlx_kernel(w: mx.array, layout: str) -> mx.array:
+    """PyTorch kernel -> MLX kernel.
+
+    conv:           (O, I, kH, kW) -> (O, kH, kW, I)
+    conv_transpose: (I, O, kH, kW) -> (O, kH, kW, I)
+    """
+    if layout == "conv":
+        return mx.moveaxis(w, 1, -1)
+    return w.transpose(1, *range(2, w.ndim), 0)
+
+
+def sanitize(model: nn.Module, weights: dict[str, mx.array], head: str | None = None) -> dict[str, mx.array]:
+    """Transformers state dict -> dpt_mlx parameters for ``model`` (no strictness check here)."""
+    modules = dict(model.named_modules())
+    out = {}
+    for key, value in weights.items():
+        if is_dropped(key):
+            continue
+        key = rename_key(key, head)
+        owner, _, name = key.rpartition(".")
+        layout = conv_layout(modules.get(owner)) if name == "weight" else None
+        if layout is not None and value.ndim >= 3:
+            value = to_mlx_kernel(value, layout)
+        out[key] = value
+    return out

@@ -1,0 +1,46 @@
+"""Shared pieces of the parity tests: perturbed reference checkpoints and error measures."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+TOL = 1e-4  # max|ours - ref| <= TOL * max|ref| in float32
+
+
+def perturb(model: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> torch.nn.Module:
+    """Move every floating parameter and buffer off its init value.
+
+    Zero biases, unit norm weights and identity BatchNorm statistics hide conversion bugs
+    (a dropped bias or a swapped mean/var would still match), so nothing keeps its init.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if not t.dtype.is_floating_point:
+                continue
+            noise = torch.randn(t.shape, generator=gen, dtype=t.dtype)
+            if name.endswith("running_var"):
+                t.copy_(0.5 + torch.rand(t.shape, generator=gen, dtype=t.dtype))
+            elif name.endswith("running_mean"):
+                t.copy_(noise * 0.2)
+            else:
+                t.add_(noise * scale)
+    return model.eval()
+
+
+def save_reference(model: torch.nn.Module, path) -> str:
+    model.save_pretrained(str(path))
+    return str(path)
+
+
+def rel_err(ours, ref) -> float:
+    """max|ours - ref| / max|ref|."""
+    ours = np.asarray(ours, dtype=np.float64)
+    ref = np.asarray(ref.detach().numpy() if hasattr(ref, "detach") else ref, dtype=np.float64)
+    assert ours.shape == ref.shape, f"shape {ours.shape} != reference {ref.shape}"
+    return float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-12))
+
+
+def pixels(batch: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, 3, height, width)).astype(np.float32)
