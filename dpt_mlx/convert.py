@@ -1,0 +1,125 @@
+"""Convert a transformers DPT checkpoint into a dpt_mlx checkpoint, and verify the result.
+
+The output directory holds ``config.json``, ``model.safetensors`` (MLX layout, tagged
+``format: mlx``) and ``preprocessor_config.json`` when the source has one. It is written
+into a temporary directory beside the target and renamed at the end, so an interrupted
+conversion leaves nothing half-written; the source is only read.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from .errors import CheckpointError, DPTError
+from .loading import load_pretrained, parse_dtype, resolve, save_pretrained, umask_mode
+
+SIDE_FILES = ("preprocessor_config.json",)
+
+
+def probe_size(config) -> tuple[int, int]:
+    """An input size the model accepts: the checkpoint's own image size."""
+    size = getattr(config, "image_size", None)
+    backbone = getattr(config, "backbone_config", None) or {}
+    if backbone.get("image_size"):
+        size = backbone["image_size"]
+    size = size or 384
+    return tuple(size) if isinstance(size, (list, tuple)) else (int(size), int(size))
+
+
+def _first_output(out) -> mx.array:
+    for key in ("predicted_depth", "logits", "last_hidden_state"):
+        if key in out:
+            return out[key]
+    raise DPTError("model returned no output to verify")
+
+
+def verify(reference, converted, seed: int = 0) -> float:
+    """Run both models on the same random input; return max|a - b| / max|a|."""
+    h, w = probe_size(reference.config)
+    x = np.random.default_rng(seed).standard_normal((1, reference.config.num_channels, h, w)).astype(np.float32)
+    a = np.array(_first_output(reference(x)).astype(mx.float32))
+    b = np.array(_first_output(converted(x)).astype(mx.float32))
+    if a.shape != b.shape:
+        raise DPTError(f"converted model output shape {b.shape} differs from the source's {a.shape}")
+    return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12))
+
+
+def convert(hf_path, mlx_path, dtype=None, overwrite: bool = False, verify_tol: float = 1e-6) -> Path:
+    """Convert ``hf_path`` (local dir or hub id) into ``mlx_path``; returns the output directory."""
+    target = Path(mlx_path).expanduser()
+    dtype = parse_dtype(dtype)
+    if target.exists() and not overwrite:
+        raise DPTError(f"{target} already exists; pass --overwrite to replace it")
+    if target.exists() and not target.is_dir():
+        raise DPTError(f"{target} is a file; choose a directory for the converted model")
+    source = resolve(hf_path)
+    if target.exists() and target.resolve() == source.resolve():
+        raise DPTError("the output directory is the source checkpoint; choose another --mlx-path")
+
+    model = load_pretrained(source, dtype=dtype)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        os.chmod(tmp, umask_mode(0o777))
+        save_pretrained(model, tmp)
+        for name in SIDE_FILES:
+            if (source / name).is_file():
+                shutil.copyfile(source / name, tmp / name)
+        converted = load_pretrained(tmp, model_class=type(model))
+        err = verify(model, converted)
+        if not err <= verify_tol:
+            raise CheckpointError(f"converted model differs from the source (relative error {err:.3g})")
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{tmp.name[-8:]}")
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def build_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="convert.py",
+        description="Convert a transformers DPT / Depth Anything checkpoint into a dpt_mlx checkpoint.",
+    )
+    p.add_argument("--hf-path", required=True, help="Hugging Face Hub repo id or local transformers checkpoint directory")
+    p.add_argument("--mlx-path", required=True, help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                   help="store the weights in this dtype (default: as in the source)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
+    return p
+
+
+def main(argv=None) -> int:
+    import sys
+    import time
+
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    try:
+        out = convert(args.hf_path, args.mlx_path, dtype=args.dtype, overwrite=args.overwrite)
+    except (DPTError, ValueError, OSError) as e:
+        if args.verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"converted {args.hf_path} -> {out} (verified, {time.perf_counter() - start:.1f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,35 @@
+"""A random checkpoint with the real Intel/dpt-large shape (hidden 1024, 24 layers) at 384x384."""
+
+import mlx.core as mx
+import pytest
+import torch
+import transformers
+
+import dpt_mlx
+from dpt_mlx import weights as W
+from dpt_mlx.config import DPTConfig
+from dpt_mlx.loading import load_strict
+from helpers import TOL, perturb, pixels, rel_err
+
+pytestmark = [pytest.mark.parity, pytest.mark.slow]
+
+DPT_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                 image_size=384, patch_size=16, backbone_out_indices=[5, 11, 17, 23], readout_type="project",
+                 reassemble_factors=[4, 2, 1, 0.5], neck_hidden_sizes=[256, 512, 1024, 1024],
+                 fusion_hidden_size=256, qkv_bias=True, layer_norm_eps=1e-12, hidden_act="gelu")
+
+
+def test_dpt_large_shape_384():
+    torch.manual_seed(0)
+    ref = perturb(transformers.DPTForDepthEstimation(transformers.DPTConfig(**DPT_LARGE)), scale=0.02)
+    state = {k: mx.array(v.numpy()) for k, v in ref.state_dict().items()}
+    ours = dpt_mlx.DPTForDepthEstimation(DPTConfig(**DPT_LARGE))
+    load_strict(ours, W.sanitize(ours, state, "depth"))
+    ours.eval()
+    del state
+    x = pixels(1, 384, 384)
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x)).predicted_depth
+    got = ours(x).predicted_depth
+    assert got.shape == (1, 384, 384)
+    assert rel_err(got, expected) <= TOL
