@@ -211,11 +211,19 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
     os.replace(tmp, path / WEIGHTS_NAME)
 
 
+def umask_mode(mode: int) -> int:
+    """``mode`` less the process umask: what a plainly created file or directory would get."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
 def _atomic_write_text(target: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, umask_mode(0o666))
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
