@@ -1,0 +1,408 @@
+"""One-call inference, like transformers' ``pipeline``: images in, depth maps or masks out.
+
+    >>> from dpt_mlx import pipeline
+    >>> depth = pipeline("depth-estimation")            # Intel/dpt-large
+    >>> out = depth("photo.jpg")
+    >>> out["predicted_depth"]                          # float32 (H, W) at the photo's size
+    >>> out["depth"].save("depth.png")                  # 8-bit, min-max normalised
+
+    >>> seg = pipeline("image-segmentation")            # Intel/dpt-large-ade
+    >>> [(m["label"], m["mask"]) for m in seg("photo.jpg")]
+
+The pieces the command line shares live here too: :func:`load_image`, :func:`load_predictor`
+(model + image processor, with defaults when a checkpoint has no preprocessor config) and
+:class:`Predictor` (preprocess, batched forward, post-process to each image's size).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import CheckpointError, DPTError, UnsupportedModelError
+from .image_processing import CONFIG_NAME, DPTImageProcessor
+from .ops import interpolation_matrix
+
+DEPTH = "depth-estimation"
+SEGMENTATION = "image-segmentation"
+DEFAULT_MODELS = {DEPTH: "Intel/dpt-large", SEGMENTATION: "Intel/dpt-large-ade"}
+TASK_ALIASES = {"depth": DEPTH, "segmentation": SEGMENTATION, "semantic-segmentation": SEGMENTATION}
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
+
+# Segmentation logits are resized to the image's size before the argmax, as transformers does,
+# in bands of output rows holding at most this many bytes of resized logits.
+_BAND_BYTES = 64 * 2**20
+
+
+class ImageError(DPTError, ValueError):
+    """An input image is missing, unreadable or not an image."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Images
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit / 32-bit grayscale images -> "L" (``convert("RGB")`` would clip them to white)."""
+    if image.mode.startswith("I;16"):
+        array = np.asarray(image, dtype=np.float64) / 257.0
+    elif image.mode in ("I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        high = array.max() if array.size else 0
+        if image.mode == "F" and high <= 1.0:
+            array = array * 255.0
+        elif high > 255:
+            array = array / (65535.0 if high <= 65535 else high) * 255.0
+    else:
+        return image
+    return Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8))
+
+
+def load_image(source: Any) -> Image.Image:
+    """A path, PIL image or array (HWC / HW; uint8, or float in [0, 1]) -> an upright RGB PIL image.
+
+    Like transformers' ``load_image``: the EXIF orientation is applied and the image is
+    converted with ``convert("RGB")`` (grayscale is repeated, an alpha channel is dropped).
+    Problems with a file raise :class:`ImageError` with a one-line message.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(os.path.expanduser(os.fspath(source)))
+        if not path.exists():
+            raise ImageError(f"no such image file: {source}")
+        if path.is_dir():
+            raise ImageError(f"{source} is a directory, not an image (use --input-dir for a folder)")
+        try:
+            with Image.open(path) as opened:
+                opened.load()  # decode now: a truncated file fails here, not later
+                image = ImageOps.exif_transpose(opened)
+        except PermissionError:
+            raise ImageError(f"cannot read {source}: permission denied") from None
+        except Image.DecompressionBombError as e:
+            raise ImageError(f"{source} is too large to open safely ({e})") from None
+        except Image.UnidentifiedImageError:
+            raise ImageError(f"{source} is not an image Pillow can read (corrupt file or unsupported format)") from None
+        except (OSError, SyntaxError, ValueError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ImageError(f"cannot decode {source}: {reason}; the file is corrupt or incomplete") from None
+    elif isinstance(source, Image.Image):
+        image = ImageOps.exif_transpose(source)
+    elif isinstance(source, (np.ndarray, mx.array)) or hasattr(source, "__array__"):
+        image = Image.fromarray(_array_to_uint8(np.asarray(source)))
+    else:
+        raise TypeError(f"expected an image path, a PIL image or an array, got {type(source).__name__}")
+    return _to_8bit(image).convert("RGB")
+
+
+def _array_to_uint8(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # CHW -> HWC
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ValueError(f"expected an image array (H, W), (H, W, 3) or (H, W, 4), got shape {array.shape}")
+    if array.dtype == np.uint8:
+        return array
+    if np.issubdtype(array.dtype, np.floating) and array.size and array.min() >= 0 and array.max() <= 1:
+        return np.round(array * 255).astype(np.uint8)
+    if array.size and (array.min() < 0 or array.max() > 255):
+        raise ValueError(
+            f"image values must lie in [0, 255] (or [0, 1] for floats), got [{array.min()}, {array.max()}]"
+        )
+    return np.round(array).astype(np.uint8)
+
+
+def list_images(directory: str | os.PathLike) -> list[Path]:
+    """The image files (by extension, case-insensitive) directly in ``directory``, sorted; hidden files skipped."""
+    directory = Path(directory)
+    return sorted(
+        p for p in directory.iterdir()
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Model + processor
+
+
+def task_of(model) -> str:
+    """``"depth-estimation"`` or ``"image-segmentation"``, from the model's class."""
+    from .loading import head_kind
+
+    kind = None
+    try:
+        kind = head_kind(type(model))
+    except TypeError:
+        pass
+    name = type(model).__name__
+    if kind == "segmentation" or "SemanticSegmentation" in name:
+        return SEGMENTATION
+    if kind == "depth" or "DepthEstimation" in name:
+        return DEPTH
+    raise UnsupportedModelError(
+        f"{name} has no depth or segmentation head; use a depth-estimation or semantic-segmentation checkpoint"
+    )
+
+
+def default_processor(config) -> tuple[DPTImageProcessor, str]:
+    """Preprocessing for a checkpoint without preprocessor_config.json, and a line saying what it is.
+
+    DINOv2-based models (Depth Anything, DPT-DINOv2) get Depth Anything's settings: 518 pixels,
+    aspect ratio kept, sides a multiple of 14, ImageNet mean/std. Everything else gets DPT's:
+    a square of the config's ``image_size``, bicubic, mean = std = 0.5.
+    """
+    model_type = getattr(config, "model_type", "dpt")
+    backbone = getattr(config, "backbone_type", None)
+    backbone_config = getattr(config, "backbone_config", None)
+    if isinstance(backbone_config, dict):
+        backbone = backbone or backbone_config.get("model_type")
+        inner_size = backbone_config.get("image_size")
+    else:
+        backbone = backbone or getattr(backbone_config, "model_type", None)
+        inner_size = getattr(backbone_config, "image_size", None)
+    if "depth_anything" in model_type or backbone == "dinov2":
+        processor = DPTImageProcessor(
+            size={"height": 518, "width": 518}, keep_aspect_ratio=True, ensure_multiple_of=14, resample=3,
+            image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+        )
+        what = "518 px, aspect ratio kept, multiple of 14, bicubic, ImageNet mean/std"
+    else:
+        size = getattr(config, "image_size", None) if backbone in (None, "vit", "hybrid") else inner_size
+        size = size or getattr(config, "image_size", None) or 384
+        height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        processor = DPTImageProcessor(size={"height": height, "width": width}, resample=3)
+        what = f"{height}x{width}, bicubic, mean/std 0.5"
+    label = model_type if backbone in (None, "vit") else f"{model_type} ({backbone})"
+    return processor, f"defaults for {label}: {what}"
+
+
+def load_processor(directory: str | os.PathLike | None, config) -> tuple[DPTImageProcessor, str | None]:
+    """The checkpoint's preprocessor_config.json if it has one, else :func:`default_processor`.
+
+    Returns the processor and, when defaults were used, a line saying so.
+    """
+    if directory is not None and (Path(directory) / CONFIG_NAME).is_file():
+        return DPTImageProcessor.from_pretrained(directory), None
+    processor, what = default_processor(config)
+    where = f"{directory}" if directory is not None else "the model"
+    return processor, f"no {CONFIG_NAME} in {where}; using {what}"
+
+
+def load_predictor(model: Any = None, dtype=None, image_processor: DPTImageProcessor | None = None,
+                   task: str | None = None) -> Predictor:
+    """A :class:`Predictor` for a checkpoint (hub repo id or local directory) or a loaded model."""
+    from .loading import load_model, resolve
+
+    note = None
+    if model is None:
+        model = DEFAULT_MODELS[task or DEPTH]
+    if isinstance(model, (str, os.PathLike)):
+        directory = resolve(model)
+        net = load_model(directory, dtype=dtype)
+    else:
+        directory, net = None, model
+        if dtype is not None:
+            from .loading import cast_model, parse_dtype
+
+            cast_model(net, parse_dtype(dtype))
+    if image_processor is None:
+        image_processor, note = load_processor(directory, net.config)
+    predictor = Predictor(net, image_processor)
+    predictor.notes = [note] if note else []
+    predictor.source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
+    return predictor
+
+
+# ----------------------------------------------------------------------------------------------
+# Inference
+
+
+def segment(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) logits -> (H, W) int64 class map: bilinear resize (align_corners=False) then argmax.
+
+    The same maths as transformers' ``post_process_semantic_segmentation`` (and
+    :class:`DPTImageProcessor`'s), done as two 2-D matrix products per band of output rows, so
+    the (C, H, W) resized logits are never held at once: fast, and bounded memory for large photos.
+    """
+    channels, h, w = logits.shape
+    height, width = int(size[0]), int(size[1])
+    wh = interpolation_matrix(h, height, "bilinear", False).astype(np.float32)
+    ww = interpolation_matrix(w, width, "bilinear", False).astype(np.float32)
+    rows = np.ascontiguousarray(np.asarray(logits, dtype=np.float32).transpose(1, 2, 0)).reshape(h, w * channels)
+    out = np.empty((height, width), dtype=np.int64)
+    band = max(1, _BAND_BYTES // (4 * channels * max(width, w)))
+    for top in range(0, height, band):
+        a = wh[top:top + band] @ rows  # (b, w*C): resized along the height
+        b = a.shape[0]
+        a = np.ascontiguousarray(a.reshape(b, w, channels).transpose(1, 0, 2)).reshape(w, b * channels)
+        scores = (ww @ a).reshape(width, b, channels)  # resized along the width
+        out[top:top + b] = scores.argmax(axis=-1).T
+    return out
+
+
+class Predictor:
+    """A task model and its image processor: PIL images in, per-image NumPy maps out.
+
+    ``predict`` returns, per image and at the image's own size, the post-processed float32
+    depth ((H, W); relative inverse depth for DPT: larger is closer) or the int64 class map.
+    """
+
+    def __init__(self, model, image_processor: DPTImageProcessor):
+        self.model = model
+        self.image_processor = image_processor
+        self.task = task_of(model)
+        self.config = model.config
+        self.notes: list[str] = []
+        self.source = type(model).__name__
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(getattr(self.config, "id2label", {}) or {})
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """(3, h, w) float32 pixel values of one image."""
+        return self.image_processor(image, return_tensors=None)["pixel_values"][0]
+
+    def forward(self, pixel_values: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """Run a batch of equal-shape pixel values; post-process each result to its (height, width)."""
+        outputs = self.model(mx.array(np.ascontiguousarray(pixel_values)))
+        if self.task == DEPTH:
+            mx.eval(outputs.predicted_depth)
+            done = self.image_processor.post_process_depth_estimation(outputs, target_sizes=list(sizes))
+            return [d["predicted_depth"] for d in done]
+        logits = outputs.logits
+        logits = np.array(logits.astype(mx.float32) if logits.dtype != mx.float32 else logits)
+        return [segment(scores, size) for scores, size in zip(logits, sizes)]
+
+    def predict(self, images: Sequence[Image.Image], batch_size: int = 1) -> list[np.ndarray]:
+        """All images, batched by equal preprocessed shape, results in input order."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        pixels = [self.preprocess(image) for image in images]
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(pixels):
+            groups.setdefault(p.shape, []).append(i)
+        results: list[np.ndarray | None] = [None] * len(images)
+        for indices in groups.values():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start:start + batch_size]
+                batch = np.stack([pixels[i] for i in chunk])
+                sizes = [(images[i].height, images[i].width) for i in chunk]
+                for i, result in zip(chunk, self.forward(batch, sizes)):
+                    results[i] = result
+        return results  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------------------------
+# Pipelines
+
+
+def depth_image(depth: np.ndarray) -> Image.Image:
+    """transformers' depth-estimation pipeline picture: ``(d - min) / (max - min) * 255`` truncated to uint8.
+
+    A constant map (max == min, where transformers would divide by zero) gives an all-black image.
+    """
+    depth = np.asarray(depth, dtype=np.float32)
+    low, high = depth.min(), depth.max()
+    if not high > low:
+        return Image.fromarray(np.zeros(depth.shape, dtype=np.uint8))
+    return Image.fromarray(((depth - low) / (high - low) * 255).astype("uint8"))
+
+
+class _Pipeline:
+    task = ""
+
+    def __init__(self, predictor: Predictor, batch_size: int = 1):
+        if predictor.task != self.task:
+            raise CheckpointError(
+                f"{predictor.source} is a {predictor.task} model; use pipeline({predictor.task!r}, ...) "
+                f"or pass a checkpoint for {self.task}"
+            )
+        self.predictor = predictor
+        self.model = predictor.model
+        self.image_processor = predictor.image_processor
+        self.batch_size = batch_size
+
+    def __call__(self, images: Any, batch_size: int | None = None):
+        single = not isinstance(images, (list, tuple))
+        pil = [load_image(x) for x in ([images] if single else images)]
+        maps = self.predictor.predict(pil, batch_size or self.batch_size)
+        results = [self.format(m) for m in maps]
+        return results[0] if single else results
+
+    def format(self, result: np.ndarray):
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.predictor.source!r})"
+
+
+class DepthEstimationPipeline(_Pipeline):
+    """``pipe(image)`` -> ``{"predicted_depth": float32 (H, W), "depth": PIL "L" image}``; a list -> a list.
+
+    ``predicted_depth`` is the model's output resized (bicubic) to the image's size; for DPT it is
+    relative inverse depth (larger = closer). ``depth`` is it min-max normalised to 0..255.
+    """
+
+    task = DEPTH
+
+    def format(self, result: np.ndarray) -> dict[str, Any]:
+        return {"predicted_depth": result, "depth": depth_image(result)}
+
+
+class ImageSegmentationPipeline(_Pipeline):
+    """``pipe(image)`` -> ``[{"score": None, "label": name, "mask": PIL "L" (255 on the class)}, ...]``
+    (one entry per class present, by class id); a list of images -> a list of those lists."""
+
+    task = SEGMENTATION
+
+    def format(self, result: np.ndarray) -> list[dict[str, Any]]:
+        id2label = self.predictor.id2label
+        annotation = []
+        for label in np.unique(result):
+            mask = Image.fromarray(((result == label) * 255).astype(np.uint8))  # mode "L"
+            annotation.append({"score": None, "label": id2label.get(int(label), f"LABEL_{int(label)}"), "mask": mask})
+        return annotation
+
+
+PIPELINES = {DEPTH: DepthEstimationPipeline, SEGMENTATION: ImageSegmentationPipeline}
+
+
+def pipeline(task: str, model: Any = None, dtype=None, image_processor: DPTImageProcessor | None = None,
+             batch_size: int = 1):
+    """A callable for ``"depth-estimation"`` or ``"image-segmentation"``.
+
+    ``model``: a Hugging Face Hub repo id, a local checkpoint directory (transformers or converted)
+    or a loaded dpt_mlx model; default ``Intel/dpt-large`` (depth) / ``Intel/dpt-large-ade``
+    (segmentation). ``dtype``: "float32", "float16" or "bfloat16" (default: the checkpoint's).
+    ``image_processor``: default the checkpoint's preprocessor_config.json, else defaults for
+    the model type.
+    """
+    name = TASK_ALIASES.get(task, task)
+    if name not in PIPELINES:
+        raise ValueError(f"unknown task {task!r}; available tasks: {', '.join(PIPELINES)}")
+    predictor = load_predictor(model if model is not None else DEFAULT_MODELS[name], dtype, image_processor, name)
+    return PIPELINES[name](predictor, batch_size=batch_size)
+
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "DepthEstimationPipeline",
+    "ImageError",
+    "ImageSegmentationPipeline",
+    "Predictor",
+    "depth_image",
+    "load_image",
+    "load_predictor",
+    "pipeline",
+]
