@@ -11,3 +11,7 @@ class CheckpointError(DPTError, ValueError):
 
 class UnsupportedModelError(CheckpointError):
     """The checkpoint is of a model type or backbone dpt_mlx does not implement."""
+
+
+class ImageError(DPTError, ValueError):
+    """An input image is missing, unreadable or not an image."""

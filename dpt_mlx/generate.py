@@ -257,7 +257,7 @@ def _collect_inputs(args, console: Console) -> list[Path]:
         directory = Path(os.path.expanduser(name))
         if not directory.is_dir():
             raise UsageError(f"--input-dir {name} is not a directory")
-        from .pipeline import IMAGE_EXTENSIONS, list_images
+        from .pipelines import IMAGE_EXTENSIONS, list_images
 
         try:
             found = list_images(directory)
@@ -424,7 +424,8 @@ class Runner:
         self.console.advance()
 
     def prepare(self, job: Job) -> bool:
-        from .pipeline import ImageError, load_image
+        from .errors import ImageError
+        from .pipelines import load_image
 
         try:
             image = load_image(job.path)
@@ -496,7 +497,7 @@ class Runner:
 
 
 def _load(args, console: Console):
-    from .pipeline import load_predictor
+    from .pipelines import load_predictor
 
     if args.quiet:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

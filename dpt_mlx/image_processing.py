@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import CheckpointError
-from .ops import interpolate_np
+from .ops import interpolate_np, interpolation_matrix
 
 CONFIG_NAME = "preprocessor_config.json"
 
@@ -614,15 +614,41 @@ class DPTImageProcessor:
             raise ValueError(f"logits must have shape (batch, classes, height, width), got {logits.shape}")
         results: list = []
         for scores, size in zip(logits, _target_sizes(target_sizes, len(logits), "logits")):
-            if size is not None:
-                scores = interpolate_np(scores, size, "bilinear", align_corners=False)
-            scores = np.array(scores, dtype=np.float32)
-            segmentation = scores.argmax(axis=0).astype(np.int64)
-            if return_segmentation_scores:
-                results.append(BatchFeature(segmentation=segmentation, segmentation_scores=scores))
-            else:
-                results.append(segmentation)
+            size = scores.shape[-2:] if size is None else size
+            if not return_segmentation_scores:
+                results.append(segment(scores, size))
+                continue
+            scores = np.array(interpolate_np(scores, size, "bilinear", align_corners=False), dtype=np.float32)
+            results.append(BatchFeature(segmentation=scores.argmax(axis=0).astype(np.int64), segmentation_scores=scores))
         return results
+
+
+# Segmentation logits are resized to the target size before the argmax in bands of output rows
+# holding at most this many bytes of resized logits.
+_BAND_BYTES = 64 * 2**20
+
+
+def segment(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) logits -> (H, W) int64 class map: bilinear resize (align_corners=False) then argmax.
+
+    The same maths as transformers' ``post_process_semantic_segmentation``, done as two 2-D
+    matrix products per band of output rows, so the (C, H, W) resized logits are never held
+    at once: fast, and bounded memory for large photos.
+    """
+    channels, h, w = logits.shape
+    height, width = int(size[0]), int(size[1])
+    wh = interpolation_matrix(h, height, "bilinear", False).astype(np.float32)
+    ww = interpolation_matrix(w, width, "bilinear", False).astype(np.float32)
+    rows = np.ascontiguousarray(np.asarray(logits, dtype=np.float32).transpose(1, 2, 0)).reshape(h, w * channels)
+    out = np.empty((height, width), dtype=np.int64)
+    band = max(1, _BAND_BYTES // (4 * channels * max(width, w)))
+    for top in range(0, height, band):
+        a = wh[top:top + band] @ rows  # (b, w*C): resized along the height
+        b = a.shape[0]
+        a = np.ascontiguousarray(a.reshape(b, w, channels).transpose(1, 0, 2)).reshape(w, b * channels)
+        scores = (ww @ a).reshape(width, b, channels)  # resized along the width
+        out[top:top + b] = scores.argmax(axis=-1).T
+    return out
 
 
 # The name transformers used before image processors; same class.

@@ -16,7 +16,9 @@ from PIL import Image
 import dpt_mlx
 from dpt_mlx import pipeline
 from dpt_mlx.image_processing import DPTImageProcessor
-from dpt_mlx.pipeline import DEFAULT_MODELS, ImageError, load_image, segment
+from dpt_mlx.errors import ImageError
+from dpt_mlx.image_processing import segment
+from dpt_mlx.pipelines import DEFAULT_MODELS, load_image
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "examples" / "images" / "coffee.jpg"
@@ -173,11 +175,10 @@ def test_load_image(tmp_path):
 
 
 def test_banded_segmentation_equals_resize_then_argmax(monkeypatch):
-    import sys
 
     from dpt_mlx.ops import interpolate_np
 
-    module = sys.modules["dpt_mlx.pipeline"]  # dpt_mlx.pipeline is the function; the module is shadowed
+    import dpt_mlx.image_processing as module
 
     logits = np.random.default_rng(0).standard_normal((7, 12, 17)).astype(np.float32)
     reference = interpolate_np(logits, (50, 41), "bilinear", align_corners=False).argmax(axis=0)

@@ -25,9 +25,8 @@ import mlx.core as mx
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import CheckpointError, DPTError, UnsupportedModelError
+from .errors import CheckpointError, ImageError, UnsupportedModelError
 from .image_processing import CONFIG_NAME, DPTImageProcessor
-from .ops import interpolation_matrix
 
 DEPTH = "depth-estimation"
 SEGMENTATION = "image-segmentation"
@@ -35,14 +34,6 @@ DEFAULT_MODELS = {DEPTH: "Intel/dpt-large", SEGMENTATION: "Intel/dpt-large-ade"}
 TASK_ALIASES = {"depth": DEPTH, "segmentation": SEGMENTATION, "semantic-segmentation": SEGMENTATION}
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
-
-# Segmentation logits are resized to the image's size before the argmax, as transformers does,
-# in bands of output rows holding at most this many bytes of resized logits.
-_BAND_BYTES = 64 * 2**20
-
-
-class ImageError(DPTError, ValueError):
-    """An input image is missing, unreadable or not an image."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,29 +214,6 @@ def load_predictor(model: Any = None, dtype=None, image_processor: DPTImageProce
 # Inference
 
 
-def segment(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(C, h, w) logits -> (H, W) int64 class map: bilinear resize (align_corners=False) then argmax.
-
-    The same maths as transformers' ``post_process_semantic_segmentation`` (and
-    :class:`DPTImageProcessor`'s), done as two 2-D matrix products per band of output rows, so
-    the (C, H, W) resized logits are never held at once: fast, and bounded memory for large photos.
-    """
-    channels, h, w = logits.shape
-    height, width = int(size[0]), int(size[1])
-    wh = interpolation_matrix(h, height, "bilinear", False).astype(np.float32)
-    ww = interpolation_matrix(w, width, "bilinear", False).astype(np.float32)
-    rows = np.ascontiguousarray(np.asarray(logits, dtype=np.float32).transpose(1, 2, 0)).reshape(h, w * channels)
-    out = np.empty((height, width), dtype=np.int64)
-    band = max(1, _BAND_BYTES // (4 * channels * max(width, w)))
-    for top in range(0, height, band):
-        a = wh[top:top + band] @ rows  # (b, w*C): resized along the height
-        b = a.shape[0]
-        a = np.ascontiguousarray(a.reshape(b, w, channels).transpose(1, 0, 2)).reshape(w, b * channels)
-        scores = (ww @ a).reshape(width, b, channels)  # resized along the width
-        out[top:top + b] = scores.argmax(axis=-1).T
-    return out
-
-
 class Predictor:
     """A task model and its image processor: PIL images in, per-image NumPy maps out.
 
@@ -280,9 +248,7 @@ class Predictor:
             mx.eval(outputs.predicted_depth)
             done = self.image_processor.post_process_depth_estimation(outputs, target_sizes=list(sizes))
             return [d["predicted_depth"] for d in done]
-        logits = outputs.logits
-        logits = np.array(logits.astype(mx.float32) if logits.dtype != mx.float32 else logits)
-        return [segment(scores, size) for scores, size in zip(logits, sizes)]
+        return self.image_processor.post_process_semantic_segmentation(outputs, target_sizes=list(sizes))
 
     def predict(self, images: Sequence[Image.Image], batch_size: int = 1) -> list[np.ndarray]:
         """All images, batched by equal preprocessed shape, results in input order."""
