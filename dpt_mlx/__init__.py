@@ -1,6 +1,6 @@
 """dpt_mlx: DPT and Depth Anything dense prediction models in MLX, with transformers' API."""
 
-from .config import DPTConfig
+from .config import DepthAnythingConfig, DPTConfig
 from .errors import CheckpointError, DPTError, UnsupportedModelError
 from .loading import load_model
 from .modeling import (
@@ -11,12 +11,16 @@ from .modeling import (
     DPTModel,
     SemanticSegmenterOutput,
 )
+from .pipelines import pipeline
+from .depth_anything import DepthAnythingForDepthEstimation
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BaseModelOutputWithPooling",
     "CheckpointError",
+    "DepthAnythingConfig",
+    "DepthAnythingForDepthEstimation",
     "DepthEstimatorOutput",
     "DPTConfig",
     "DPTError",
@@ -26,4 +30,5 @@ __all__ = [
     "SemanticSegmenterOutput",
     "UnsupportedModelError",
     "load_model",
+    "pipeline",
 ]

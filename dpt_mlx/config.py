@@ -56,6 +56,69 @@ class BaseConfig:
         return out
 
 
+# DPT-Hybrid's BiT backbone when a config has ``is_hybrid`` and no ``backbone_config``
+# (transformers' DPTConfig.sub_configs_defaults["backbone_config"]).
+HYBRID_BIT_DEFAULTS = {
+    "model_type": "bit",
+    "global_padding": "same",
+    "layer_type": "bottleneck",
+    "depths": [3, 4, 9],
+    "out_features": ["stage1", "stage2", "stage3"],
+    "embedding_dynamic_padding": True,
+}
+
+
+@dataclass
+class BitConfig(BaseConfig):
+    """``transformers.BitConfig`` (the ResNetV2 backbone of DPT-Hybrid): the same fields and defaults."""
+
+    model_type: str = "bit"
+    num_channels: int = 3
+    embedding_size: int = 64
+    hidden_sizes: list[int] = (256, 512, 1024, 2048)
+    depths: list[int] = (3, 4, 6, 3)
+    layer_type: str = "preactivation"
+    hidden_act: str = "relu"
+    global_padding: str | None = None
+    num_groups: int = 32
+    drop_path_rate: float = 0.0
+    embedding_dynamic_padding: bool = False
+    output_stride: int = 32
+    width_factor: int = 1
+    out_features: list[str] | None = None
+    out_indices: list[int] | None = None
+
+    def __post_init__(self):
+        if self.model_type != "bit":
+            raise UnsupportedModelError(
+                f"DPT-Hybrid backbone model_type {self.model_type!r} is not supported; only 'bit' is"
+            )
+        self.hidden_sizes, self.depths = list(self.hidden_sizes), list(self.depths)
+        if self.global_padding is not None:
+            self.global_padding = self.global_padding.upper()
+        if self.layer_type not in ("preactivation", "bottleneck"):
+            raise ValueError(f"layer_type={self.layer_type!r} is not one of preactivation, bottleneck")
+        if self.global_padding not in (None, "SAME"):
+            # transformers accepts "VALID" too, but its unpadded 3x3 convs then cannot add to the residual
+            raise ValueError(f"global_padding={self.global_padding!r} is not one of None, 'SAME'")
+        _check_act("hidden_act", self.hidden_act)
+        if len(self.hidden_sizes) < len(self.depths):
+            raise ValueError(f"hidden_sizes {self.hidden_sizes} has fewer entries than depths {self.depths}")
+        # transformers' BackboneConfigMixin: out_features wins, else out_indices, else the last stage.
+        names = self.stage_names
+        if self.out_features is None:
+            self.out_features = [names[i] for i in self.out_indices] if self.out_indices is not None else [names[-1]]
+        bad = [f for f in self.out_features if f not in names]
+        if bad:
+            raise ValueError(f"out_features {bad} are not stages of this backbone ({', '.join(names)})")
+        self.out_features = list(self.out_features)
+        self.out_indices = [names.index(f) for f in self.out_features]
+
+    @property
+    def stage_names(self) -> list[str]:
+        return ["stem"] + [f"stage{i}" for i in range(1, len(self.depths) + 1)]
+
+
 @dataclass
 class DPTConfig(BaseConfig):
     """``transformers.DPTConfig``: the same fields, defaults and meaning (dpt-large style ViT)."""
@@ -117,6 +180,11 @@ class DPTConfig(BaseConfig):
             self.neck_ignore_stages = []
         elif self.readout_type != "project":
             raise ValueError("readout_type must be 'project' for DPT-Hybrid (is_hybrid=True)")
+        if self.is_hybrid:  # DPT-Hybrid: validate the BiT backbone (defaults as in the reference when absent)
+            self.backbone_config = dict(HYBRID_BIT_DEFAULTS if self.backbone_config is None else self.backbone_config)
+            self.backbone_config.setdefault("model_type", "bit")
+            if len(self.bit_config.out_features) != 3:
+                raise ValueError(f"DPT-Hybrid needs 3 BiT out_features, got {self.bit_config.out_features}")
         if self.backbone_config is not None and not self.is_hybrid:
             self.backbone_out_indices = None
         if not self.pooler_output_size:
@@ -181,6 +249,11 @@ class DPTConfig(BaseConfig):
         return "vit"
 
     @property
+    def bit_config(self) -> BitConfig:
+        """The BiT backbone config of DPT-Hybrid (``backbone_config`` stays the raw dict)."""
+        return BitConfig.from_dict(self.backbone_config or {})
+
+    @property
     def use_bias_in_residual(self) -> bool:
         if self.use_bias_in_fusion_residual is not None:
             return bool(self.use_bias_in_fusion_residual)
@@ -193,7 +266,89 @@ class DPTConfig(BaseConfig):
         return out
 
 
-CONFIG_CLASSES: dict[str, type[BaseConfig]] = {"dpt": DPTConfig}
+# Depth Anything's DINOv2 backbone when a config has no ``backbone_config``
+# (transformers' DepthAnythingConfig.sub_configs_defaults["backbone_config"]; other fields: Dinov2Config's).
+DEPTH_ANYTHING_BACKBONE_DEFAULTS = {
+    "model_type": "dinov2",
+    "image_size": 518,
+    "hidden_size": 384,
+    "num_attention_heads": 6,
+    "out_indices": [9, 10, 11, 12],
+    "reshape_hidden_states": False,
+}
+
+
+@dataclass
+class DepthAnythingConfig(BaseConfig):
+    """``transformers.DepthAnythingConfig`` (V1 and V2): the same fields and defaults (depth-anything-small)."""
+
+    model_type: str = "depth_anything"
+    backbone_config: dict[str, Any] | None = None
+    backbone: str | None = None
+    patch_size: int = 14
+    initializer_range: float = 0.02
+    reassemble_hidden_size: int = 384
+    reassemble_factors: list[float] = (4, 2, 1, 0.5)
+    neck_hidden_sizes: list[int] = (48, 96, 192, 384)
+    fusion_hidden_size: int = 64
+    head_in_index: int = -1
+    head_hidden_size: int = 32
+    depth_estimation_type: str = "relative"
+    max_depth: float | None = 1
+    architectures: list[str] | None = None
+
+    def __post_init__(self):
+        if self.backbone is not None and self.backbone_config is None:
+            raise UnsupportedModelError(
+                f"backbone {self.backbone!r} (a timm or named backbone) is not supported; "
+                "use a checkpoint with a backbone_config"
+            )
+        self.backbone_config = dict(self.backbone_config or DEPTH_ANYTHING_BACKBONE_DEFAULTS)
+        # transformers < 5 stored ``max_depth if max_depth else 1``; relative checkpoints converted
+        # then carry "max_depth": null, which 5.x would multiply by. The head always scales by it.
+        if self.max_depth is None:
+            self.max_depth = 1
+        if not self.architectures:  # the one model class of this model_type
+            self.architectures = ["DepthAnythingForDepthEstimation"]
+        self.reassemble_factors, self.neck_hidden_sizes = list(self.reassemble_factors), list(self.neck_hidden_sizes)
+        if self.depth_estimation_type not in ("relative", "metric"):
+            raise ValueError(f"depth_estimation_type={self.depth_estimation_type!r} is not one of relative, metric")
+        if not isinstance(self.max_depth, (int, float)) or self.max_depth <= 0:
+            raise ValueError(f"max_depth={self.max_depth!r} must be a positive number")
+        if not isinstance(self.patch_size, int) or self.patch_size < 1:
+            raise ValueError(f"patch_size={self.patch_size!r} must be a positive integer")
+        if len(self.reassemble_factors) != len(self.neck_hidden_sizes):
+            raise ValueError(
+                f"reassemble_factors ({len(self.reassemble_factors)} values) and neck_hidden_sizes "
+                f"({len(self.neck_hidden_sizes)} values) must have the same length"
+            )
+        for f in self.reassemble_factors:
+            if f <= 0 or (f > 1 and f != int(f)) or (f < 1 and (1 / f) != int(1 / f)):
+                raise ValueError(f"reassemble factor {f} must be a positive integer or 1/integer")
+        n = len(self.neck_hidden_sizes)
+        if not -n <= self.head_in_index < n:
+            raise ValueError(f"head_in_index={self.head_in_index} out of range for {n} neck stages")
+        for name in ("reassemble_hidden_size", "fusion_hidden_size", "head_hidden_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+
+    @property
+    def backbone_type(self) -> str:
+        return str(self.backbone_config.get("model_type", "unknown"))
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.backbone_config.get("num_channels", 3))
+
+    # What the shared DPT neck (dpt_mlx/neck.py) reads: Depth Anything reassembles without the
+    # CLS token (readout "ignore"), and its residual units have biases and no BatchNorm.
+    readout_type = property(lambda self: "ignore")
+    neck_ignore_stages = property(lambda self: [])
+    use_batch_norm_in_fusion_residual = property(lambda self: False)
+    use_bias_in_residual = property(lambda self: True)
+
+
+CONFIG_CLASSES: dict[str, type[BaseConfig]] = {"dpt": DPTConfig, "depth_anything": DepthAnythingConfig}
 
 
 def config_from_dict(data: dict[str, Any]) -> BaseConfig:

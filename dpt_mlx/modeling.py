@@ -17,6 +17,7 @@ from mlx.utils import tree_flatten
 
 from .config import DPTConfig
 from .heads import DepthEstimationHead, SemanticSegmentationHead
+from .losses import check_segmentation_labels, model_depth_loss, semantic_segmentation_loss
 from .neck import DPTNeck
 from .ops import to_nchw
 from .vit import Pooler, ViTEmbeddings, ViTEncoder
@@ -93,6 +94,21 @@ class PreTrainedModel(nn.Module):
         from .loading import save_pretrained
 
         save_pretrained(self, path)
+
+    def train(self, mode: bool = True, freeze_batch_norm: bool = False):
+        """Training mode: dropout as configured, BatchNorm on batch statistics with running-stat updates.
+
+        mlx's BatchNorm updates like PyTorch's: ``running = 0.9 * running + 0.1 * batch`` (momentum
+        0.1), the running variance from the unbiased (n - 1) batch variance, the normalisation with
+        the biased one. ``freeze_batch_norm=True`` keeps every BatchNorm in eval mode (running
+        statistics, no updates; its affine weights still train) while the rest trains.
+        """
+        super().train(mode)
+        if mode and freeze_batch_norm:
+            for _, module in self.named_modules():
+                if isinstance(module, nn.BatchNorm):
+                    module.train(False)
+        return self
 
     @property
     def dtype(self) -> mx.Dtype:
@@ -172,6 +188,8 @@ class DPTDensePredictor(PreTrainedModel):
         _, hidden_states, attentions, intermediate = self.dpt.encode(x, output_attentions)
         patch = self.dpt.embeddings.patch_size
         grid = (x.shape[1] // patch, x.shape[2] // patch)
+        if self.config.is_hybrid:  # the BiT grid is SAME-padded: ceil(H / 16), which // misses off multiples of 16
+            grid = self.dpt.embeddings.token_grid(x.shape[1], x.shape[2])
         layers = hidden_states[1:]
         if self.config.is_hybrid:
             features = list(intermediate) + [layers[i] for i in self.config.backbone_out_indices[2:]]
@@ -191,10 +209,17 @@ class DPTForDepthEstimation(DPTDensePredictor):
         super().__init__(config)
         self.head = DepthEstimationHead(config)
 
-    def __call__(self, pixel_values, output_hidden_states: bool = False, output_attentions: bool = False):
+    def __call__(self, pixel_values, labels=None, output_hidden_states: bool = False,
+                 output_attentions: bool = False, loss_type: str | None = None):
+        """``labels`` (B, H, W), in the prediction's space (disparity for relative depth), give ``loss``:
+        ``loss_type`` "ssi" (default; MiDaS scale-and-shift-invariant) or "silog" (default when
+        ``config.depth_estimation_type == "metric"``); see dpt_mlx.losses. The reference raises
+        NotImplementedError for labels."""
         fused, feats = self.fused_features(pixel_values, output_attentions)
+        depth = self.head(fused)
         return DepthEstimatorOutput(
-            predicted_depth=self.head(fused),
+            loss=model_depth_loss(self.config, depth, labels, loss_type),
+            predicted_depth=depth,
             hidden_states=feats.hidden_states if output_hidden_states else None,
             attentions=feats.attentions if output_attentions else None,
         )
@@ -204,15 +229,39 @@ class DPTForSemanticSegmentation(DPTDensePredictor):
     """DPT with the segmentation head: ``logits`` (B, num_labels, h, w) and ``auxiliary_logits``."""
 
     def __init__(self, config: DPTConfig):
+        if config.backbone_config is not None and not config.is_hybrid:
+            # transformers' DPTForSemanticSegmentation ignores backbone_config (it always builds the ViT).
+            from .errors import UnsupportedModelError
+
+            raise UnsupportedModelError(
+                f"DPTForSemanticSegmentation with a {config.backbone_type} backbone_config is not supported "
+                "(transformers builds a plain ViT for it); use DPTForDepthEstimation"
+            )
         super().__init__(config)
         self.head = SemanticSegmentationHead(config, config.semantic_classifier_dropout, upsample=True)
         self.auxiliary_head = SemanticSegmentationHead(config, 0.1, upsample=False) if config.use_auxiliary_head else None
 
-    def __call__(self, pixel_values, output_hidden_states: bool = False, output_attentions: bool = False):
+    def __call__(self, pixel_values, labels=None, output_hidden_states: bool = False,
+                 output_attentions: bool = False):
+        """``labels`` (B, H, W) class ids give transformers' ``loss``: logits and auxiliary logits
+        upsampled to the labels' size (bilinear, align_corners=False), cross-entropy over pixels
+        not equal to ``semantic_loss_ignore_index``, plus ``auxiliary_loss_weight`` times the
+        auxiliary term. With ``use_auxiliary_head=False`` the loss is the main term alone (the
+        reference fails there on an undefined variable); if every pixel is ignored it is 0 (the
+        reference gives NaN)."""
+        if labels is not None and self.config.num_labels == 1:
+            raise ValueError("The number of labels should be greater than one")
         fused, feats = self.fused_features(pixel_values, output_attentions)
         logits = self.head(fused[self.config.head_in_index])
         aux = self.auxiliary_head(fused[-1]) if self.auxiliary_head is not None else None
+        loss = None
+        if labels is not None:
+            labels = check_segmentation_labels(labels, self.config.num_labels, self.config.semantic_loss_ignore_index)
+            loss = semantic_segmentation_loss(
+                logits, labels, aux, self.config.semantic_loss_ignore_index, self.config.auxiliary_loss_weight
+            )
         return SemanticSegmenterOutput(
+            loss=loss,
             logits=to_nchw(logits),
             auxiliary_logits=to_nchw(aux) if aux is not None else None,
             hidden_states=feats.hidden_states if output_hidden_states else None,
@@ -225,3 +274,8 @@ MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
     "DPTForDepthEstimation": DPTForDepthEstimation,
     "DPTForSemanticSegmentation": DPTForSemanticSegmentation,
 }
+
+# Depth Anything builds on the classes above, so it is imported (and registered) last.
+from .depth_anything import DepthAnythingForDepthEstimation  # noqa: E402
+
+MODEL_CLASSES["DepthAnythingForDepthEstimation"] = DepthAnythingForDepthEstimation

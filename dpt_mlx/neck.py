@@ -130,15 +130,24 @@ class FeatureFusionLayer(nn.Module):
 
 
 class FeatureFusionStage(nn.Module):
-    def __init__(self, config):
+    """Fuse from the coarsest map to the finest.
+
+    Each layer upsamples its output 2x (DPT); with ``upsample_to_next`` (Depth Anything) it resizes
+    it to the next (finer) map's size instead, and only the last layer upsamples 2x.
+    """
+
+    def __init__(self, config, upsample_to_next: bool = False):
         super().__init__()
+        self.upsample_to_next = upsample_to_next
         self.layers = [FeatureFusionLayer(config) for _ in config.neck_hidden_sizes]
 
     def __call__(self, features: list[mx.array]) -> list[mx.array]:
-        """Fuse from the coarsest map to the finest; returns the fused maps in that order."""
+        """Returns the fused maps, coarsest first."""
+        features = features[::-1]
         fused, out = None, []
-        for x, layer in zip(features[::-1], self.layers):
-            fused = layer(x) if fused is None else layer(fused, x)
+        for i, (x, layer) in enumerate(zip(features, self.layers)):
+            size = features[i + 1].shape[1:3] if self.upsample_to_next and i + 1 < len(features) else None
+            fused = layer(x, size=size) if fused is None else layer(fused, x, size=size)
             out.append(fused)
         return out
 
@@ -146,7 +155,7 @@ class FeatureFusionStage(nn.Module):
 class DPTNeck(nn.Module):
     """Reassemble (unless the backbone is hierarchical), 3x3 convs to fusion width, fuse."""
 
-    def __init__(self, config, hidden_size: int, reassemble: bool = True):
+    def __init__(self, config, hidden_size: int, reassemble: bool = True, upsample_to_next: bool = False):
         super().__init__()
         self.num_stages = len(config.neck_hidden_sizes)
         self.reassemble_stage = ReassembleStage(config, hidden_size) if reassemble else None
@@ -154,7 +163,7 @@ class DPTNeck(nn.Module):
             nn.Conv2d(c, config.fusion_hidden_size, kernel_size=3, padding=1, bias=False)
             for c in config.neck_hidden_sizes
         ]
-        self.fusion_stage = FeatureFusionStage(config)
+        self.fusion_stage = FeatureFusionStage(config, upsample_to_next)
 
     def __call__(self, hidden_states: list[mx.array], grid: tuple[int, int] | None = None) -> list[mx.array]:
         if len(hidden_states) != self.num_stages:

@@ -32,14 +32,16 @@ def activation(name: str):
     return table[name]
 
 
-def resize_position_embeddings(posemb: mx.array, grid: tuple[int, int], start_index: int = 1) -> mx.array:
-    """Resize (1, start + n*n, C) position embeddings to a (gh, gw) grid (bilinear, align_corners=False)."""
+def resize_position_embeddings(
+    posemb: mx.array, grid: tuple[int, int], start_index: int = 1, mode: str = "bilinear"
+) -> mx.array:
+    """Resize (1, start + n*n, C) position embeddings to a (gh, gw) grid (``mode``, align_corners=False, in float32)."""
     tokens, posgrid = posemb[:, :start_index], posemb[0, start_index:]
     old = int(math.sqrt(posgrid.shape[0]))
     if (old, old) == tuple(grid):
         return posemb
     posgrid = posgrid.reshape(1, old, old, -1)  # NHWC
-    posgrid = interpolate(posgrid.astype(mx.float32), grid, "bilinear", align_corners=False).astype(posemb.dtype)
+    posgrid = interpolate(posgrid.astype(mx.float32), grid, mode, align_corners=False).astype(posemb.dtype)
     posgrid = posgrid.reshape(1, grid[0] * grid[1], -1)
     return mx.concatenate([tokens, posgrid], axis=1)
 
@@ -99,7 +101,7 @@ class SelfAttention(nn.Module):
 
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         probs = None
-        if output_attentions or (self.training and self.dropout.p > 0):
+        if output_attentions or (self.training and self.dropout._p_1 < 1):  # mlx Dropout keeps 1 - p
             scores = (q * self.scale) @ k.transpose(0, 1, 3, 2)
             if bias is not None:
                 scores = scores + bias

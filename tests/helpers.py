@@ -29,6 +29,16 @@ def perturb(model: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> torch.
     return model.eval()
 
 
+def keep_depth_positive(model: torch.nn.Module, bias: float = 1.0) -> torch.nn.Module:
+    """Shift the DPT depth head's last conv so its final ReLU passes most pixels.
+
+    A random head often ends below zero everywhere; an all-zero depth map matches anything.
+    """
+    with torch.no_grad():
+        model.head.head[4].bias.fill_(bias)
+    return model
+
+
 def save_reference(model: torch.nn.Module, path) -> str:
     model.save_pretrained(str(path))
     return str(path)
@@ -39,6 +49,8 @@ def rel_err(ours, ref) -> float:
     ours = np.asarray(ours, dtype=np.float64)
     ref = np.asarray(ref.detach().numpy() if hasattr(ref, "detach") else ref, dtype=np.float64)
     assert ours.shape == ref.shape, f"shape {ours.shape} != reference {ref.shape}"
+    # An all-zero reference (e.g. a depth head whose final ReLU clips everything) matches anything.
+    assert np.count_nonzero(ref) > ref.size // 4, "reference output is mostly zero: the comparison would prove nothing"
     return float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-12))
 
 

@@ -9,7 +9,7 @@ import dpt_mlx
 from dpt_mlx import weights as W
 from dpt_mlx.config import DPTConfig
 from dpt_mlx.loading import load_strict
-from helpers import TOL, perturb, pixels, rel_err
+from helpers import TOL, keep_depth_positive, perturb, pixels, rel_err
 
 pytestmark = [pytest.mark.parity, pytest.mark.slow]
 
@@ -22,6 +22,7 @@ DPT_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
 def test_dpt_large_shape_384():
     torch.manual_seed(0)
     ref = perturb(transformers.DPTForDepthEstimation(transformers.DPTConfig(**DPT_LARGE)), scale=0.02)
+    keep_depth_positive(ref)
     state = {k: mx.array(v.numpy()) for k, v in ref.state_dict().items()}
     ours = dpt_mlx.DPTForDepthEstimation(DPTConfig(**DPT_LARGE))
     load_strict(ours, W.sanitize(ours, state, "depth"))

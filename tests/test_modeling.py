@@ -7,7 +7,7 @@ import transformers
 
 import dpt_mlx
 from dpt_mlx.convert import convert
-from helpers import TOL, perturb, pixels, rel_err
+from helpers import TOL, keep_depth_positive, perturb, pixels, rel_err
 
 pytestmark = pytest.mark.parity
 
@@ -28,6 +28,8 @@ def tiny_config(**overrides):
 def make(cls, tmp_path, seed=0, **overrides):
     torch.manual_seed(seed)
     ref = perturb(cls(tiny_config(**overrides)), seed=seed)
+    if cls is transformers.DPTForDepthEstimation:
+        keep_depth_positive(ref)
     ref.save_pretrained(tmp_path)
     return ref
 
@@ -184,7 +186,7 @@ def test_numpy_and_mlx_inputs_agree(tmp_path):
 
 def test_sharded_checkpoint(tmp_path):
     torch.manual_seed(0)
-    ref = perturb(transformers.DPTForDepthEstimation(tiny_config()))
+    ref = keep_depth_positive(perturb(transformers.DPTForDepthEstimation(tiny_config())))
     ref.save_pretrained(tmp_path, max_shard_size="100KB")
     assert (tmp_path / "model.safetensors.index.json").is_file()
     ours = dpt_mlx.DPTForDepthEstimation.from_pretrained(tmp_path)

@@ -1,0 +1,90 @@
+"""Depth Anything (V1 and V2): a DINOv2 backbone, the DPT neck, and its own depth head.
+
+The neck is DPT's (dpt_mlx/neck.py) with three differences that the config and one flag
+express: the CLS token is dropped before reassembling (readout "ignore"), the residual
+units are plain biased convolutions, and each fusion layer resizes its output to the next
+feature map's size (``upsample_to_next``) instead of upsampling 2x.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .backbones import build_backbone
+from .config import DepthAnythingConfig
+from .losses import model_depth_loss
+from .modeling import DepthEstimatorOutput, PreTrainedModel
+from .neck import DPTNeck
+from .ops import interpolate
+
+
+class DepthAnythingDepthEstimationHead(nn.Module):
+    """conv3x3 (C -> C/2), resize to the patch grid times the patch size (bilinear, align_corners=True),
+    conv3x3 (-> head_hidden_size), ReLU, conv1x1 (-> 1), then ReLU (relative) or sigmoid (metric),
+    times ``max_depth`` (also for relative depth, where it is 1 on every released checkpoint).
+    """
+
+    def __init__(self, config: DepthAnythingConfig):
+        super().__init__()
+        features = config.fusion_hidden_size
+        self.head_in_index = config.head_in_index
+        self.patch_size = config.patch_size
+        self.metric = config.depth_estimation_type == "metric"
+        self.max_depth = float(config.max_depth)
+        self.conv1 = nn.Conv2d(features, features // 2, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(features // 2, config.head_hidden_size, kernel_size=3, padding=1)
+        self.conv3 = nn.Conv2d(config.head_hidden_size, 1, kernel_size=1)
+
+    def __call__(self, hidden_states: list[mx.array], grid: tuple[int, int]) -> mx.array:
+        """Fused NHWC maps -> (B, gh * patch, gw * patch) depth."""
+        x = self.conv1(hidden_states[self.head_in_index])
+        x = interpolate(x, (grid[0] * self.patch_size, grid[1] * self.patch_size), "bilinear", align_corners=True)
+        x = self.conv3(nn.relu(self.conv2(x)))
+        x = mx.sigmoid(x) if self.metric else nn.relu(x)
+        return (x * self.max_depth)[..., 0]
+
+
+class DepthAnythingForDepthEstimation(PreTrainedModel):
+    """``DepthAnythingForDepthEstimation``: ``model(pixel_values)`` (B, 3, H, W) -> ``predicted_depth``
+    (B, H', W') with H' = (H // patch) * patch, W' likewise."""
+
+    config_class = DepthAnythingConfig
+
+    def __init__(self, config: DepthAnythingConfig):
+        super().__init__()
+        if not isinstance(config, DepthAnythingConfig):
+            raise TypeError(f"DepthAnythingForDepthEstimation needs a DepthAnythingConfig, got {type(config).__name__}")
+        self.config = config
+        self.backbone = build_backbone(config)
+        if self.backbone.hidden_size != config.reassemble_hidden_size:
+            raise ValueError(
+                f"reassemble_hidden_size={config.reassemble_hidden_size} must equal the backbone's "
+                f"hidden_size={self.backbone.hidden_size}"
+            )
+        n = len(getattr(self.backbone, "out_indices", config.neck_hidden_sizes))
+        if n != len(config.neck_hidden_sizes):
+            raise ValueError(
+                f"the backbone returns {n} feature maps but neck_hidden_sizes "
+                f"has {len(config.neck_hidden_sizes)} entries"
+            )
+        self.neck = DPTNeck(config, config.reassemble_hidden_size, upsample_to_next=True)
+        self.head = DepthAnythingDepthEstimationHead(config)
+
+    def __call__(self, pixel_values, labels=None, output_hidden_states: bool = False,
+                 output_attentions: bool = False, loss_type: str | None = None):
+        """``labels`` (B, H, W) give ``loss`` (the reference raises NotImplementedError): "silog" for
+        metric checkpoints (labels in metres), "ssi" for relative ones (labels are disparities);
+        ``loss_type`` overrides. See dpt_mlx.losses."""
+        x = self._prepare(pixel_values)
+        feats = self.backbone(x, output_attentions=output_attentions)
+        # The reference takes the grid from the top-level patch_size, not the backbone's.
+        grid = (x.shape[1] // self.config.patch_size, x.shape[2] // self.config.patch_size)
+        fused = self.neck(feats.features, grid)
+        depth = self.head(fused, grid)
+        return DepthEstimatorOutput(
+            loss=model_depth_loss(self.config, depth, labels, loss_type),
+            predicted_depth=depth,
+            hidden_states=feats.hidden_states if output_hidden_states else None,
+            attentions=feats.attentions if output_attentions else None,
+        )

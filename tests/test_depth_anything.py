@@ -1,0 +1,139 @@
+"""Depth Anything V1 / V2 (relative and metric): parity with transformers on tiny perturbed checkpoints
+shaped like the hub's, and the config."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import dpt_mlx
+from dpt_mlx.config import DepthAnythingConfig, config_from_dict
+from helpers import TOL, perturb, pixels, rel_err
+
+# The hub checkpoints at reduced width: same layer count, out_indices and flags as the -small-hf
+# configs (Dinov2 12 layers, image_size 518 -> 42 here, apply_layernorm default True,
+# reshape_hidden_states False; reassemble_factors [4, 2, 1, 0.5], head_hidden_size 32).
+#   V1  LiheYoung/depth-anything-small-hf:                 out_indices [9, 10, 11, 12], relative
+#   V2  depth-anything/Depth-Anything-V2-Small-hf:         out_indices [3, 6, 9, 12],   relative
+#   V2  depth-anything/Depth-Anything-V2-Metric-Indoor-*:  metric, max_depth 20 (Outdoor: 80)
+# Hidden 384 -> 24, neck_hidden_sizes [48, 96, 192, 384] -> [6, 12, 24, 24], fusion 64 -> 16.
+VARIANTS = {
+    "v1-relative": dict(out_indices=[9, 10, 11, 12]),
+    "v2-relative": dict(out_indices=[3, 6, 9, 12]),
+    "v2-metric-indoor": dict(out_indices=[3, 6, 9, 12], depth_estimation_type="metric", max_depth=20),
+    "v2-metric-outdoor-swiglu": dict(out_indices=[3, 6, 9, 12], depth_estimation_type="metric", max_depth=80,
+                                     use_swiglu_ffn=True, layerscale_value=0.1),
+}
+# (H, W): the config grid (3x3), smaller non-square, larger and not a multiple of 14 (output 56x28).
+SHAPES = [(42, 42), (28, 42), (57, 29)]
+
+
+def depth_anything_config(out_indices, depth_estimation_type="relative", max_depth=1, **backbone_overrides):
+    backbone = transformers.Dinov2Config(
+        hidden_size=24, num_hidden_layers=12, num_attention_heads=2, image_size=42, patch_size=14,
+        out_indices=out_indices, reshape_hidden_states=False, **backbone_overrides,
+    )
+    return transformers.DepthAnythingConfig(
+        backbone_config=backbone, patch_size=14, reassemble_hidden_size=24, neck_hidden_sizes=[6, 12, 24, 24],
+        fusion_hidden_size=16, head_hidden_size=32, depth_estimation_type=depth_estimation_type, max_depth=max_depth,
+    )
+
+
+def make(tmp_path, variant, seed=0):
+    torch.manual_seed(seed)
+    ref = transformers.DepthAnythingForDepthEstimation(depth_anything_config(**VARIANTS[variant]))
+    ref.set_attn_implementation("eager")  # SDPA returns no attention probabilities
+    ref = perturb(ref, seed=seed)
+    if ref.config.depth_estimation_type == "relative":
+        with torch.no_grad():  # keep the final ReLU open on most pixels
+            ref.head.conv3.bias.fill_(1.0)
+    ref.save_pretrained(tmp_path)
+    return ref
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_depth_anything_parity(tmp_path, variant):
+    ref = make(tmp_path, variant)
+    ours = dpt_mlx.load_model(tmp_path)
+    assert type(ours) is dpt_mlx.DepthAnythingForDepthEstimation
+    for h, w in SHAPES:
+        x = pixels(2, h, w, seed=h)
+        with torch.no_grad():
+            expected = ref(torch.from_numpy(x), output_hidden_states=True, output_attentions=True)
+        got = ours(x, output_hidden_states=True, output_attentions=True)
+        depth = expected.predicted_depth
+        assert depth.shape == (2, h // 14 * 14, w // 14 * 14)
+        # Guard against a vacuous match: ReLU not all zero, sigmoid not saturated.
+        assert float((depth > 0).float().mean()) > 0.5 and float(depth.std()) > 1e-3 * float(depth.abs().max())
+        assert rel_err(got.predicted_depth, depth) <= TOL
+        assert len(got.hidden_states) == len(expected.hidden_states) == 13
+        for a, b in zip(got.hidden_states, expected.hidden_states):
+            assert rel_err(a, b) <= TOL
+        for a, b in zip(got.attentions, expected.attentions, strict=True):
+            assert rel_err(a, b) <= TOL
+    out = ours(pixels(1, 28, 28))
+    assert out.hidden_states is None and out.attentions is None
+
+
+@pytest.mark.parity
+def test_null_max_depth_and_mlx_round_trip(tmp_path):
+    """Relative checkpoints converted by transformers 4.x carry "max_depth": null, meaning 1; and a
+    checkpoint re-saved by dpt_mlx (MLX layout) loads back to the same outputs."""
+    ref = make(tmp_path / "ref", "v1-relative", seed=1)
+    path = tmp_path / "ref" / "config.json"
+    data = json.loads(path.read_text())
+    data["max_depth"] = None
+    path.write_text(json.dumps(data))
+    ours = dpt_mlx.DepthAnythingForDepthEstimation.from_pretrained(tmp_path / "ref")
+    x = pixels(1, 28, 42)
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x)).predicted_depth
+    assert rel_err(ours(x).predicted_depth, expected) <= TOL
+    ours.save_pretrained(tmp_path / "mlx")
+    again = dpt_mlx.load_model(tmp_path / "mlx")
+    assert np.array_equal(np.array(again(x).predicted_depth), np.array(ours(x).predicted_depth))
+
+
+def test_config_defaults_match_reference():
+    ref = transformers.DepthAnythingConfig()
+    ours = DepthAnythingConfig()
+    for name in ("patch_size", "reassemble_hidden_size", "fusion_hidden_size", "head_in_index", "head_hidden_size",
+                 "depth_estimation_type", "max_depth"):
+        assert getattr(ours, name) == getattr(ref, name), name
+    assert ours.reassemble_factors == list(ref.reassemble_factors)
+    assert ours.neck_hidden_sizes == list(ref.neck_hidden_sizes)
+    backbone = ref.backbone_config
+    for key, value in ours.backbone_config.items():
+        assert getattr(backbone, key) == value, key
+    # A config that round-trips through transformers' JSON reads back the same.
+    assert config_from_dict(ref.to_dict()).backbone_config["out_indices"] == [9, 10, 11, 12]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(depth_estimation_type="absolute"), "absolute"),
+        (dict(max_depth=-1), "max_depth"),
+        (dict(reassemble_factors=[4, 2, 1]), "reassemble_factors"),
+        (dict(reassemble_factors=[4, 2, 1, 0.3]), "0.3"),
+        (dict(head_in_index=4), "head_in_index"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DepthAnythingConfig(**kwargs)
+
+
+def test_model_rejects_inconsistent_backbone():
+    backbone = {"model_type": "dinov2", "hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 4,
+                "out_indices": [1, 2, 3, 4], "reshape_hidden_states": False}
+    with pytest.raises(ValueError, match="reassemble_hidden_size"):
+        dpt_mlx.DepthAnythingForDepthEstimation(DepthAnythingConfig(backbone_config=backbone))
+    backbone["out_indices"] = [2, 4]
+    with pytest.raises(ValueError, match="feature maps"):
+        dpt_mlx.DepthAnythingForDepthEstimation(DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32))
+    with pytest.raises(dpt_mlx.UnsupportedModelError, match="'beit2'"):
+        dpt_mlx.DepthAnythingForDepthEstimation(DepthAnythingConfig(backbone_config={"model_type": "beit2"}))
