@@ -20,12 +20,19 @@ DROP = (
     re.compile(r"\.num_batches_tracked$"),  # BatchNorm step counter
     re.compile(r"(^|\.)relative_position_index$"),  # BEiT/Swinv2 index tables: recomputed from the config
     re.compile(r"(^|\.)relative_coords_table$"),  # Swinv2 continuous position table: recomputed
+    re.compile(r"embeddings\.backbone\.bit\.norm\."),  # DPT-Hybrid pre-activation BiT's final norm: feeds no feature map
+    re.compile(r"^backbone\.beit\.layernorm\."),  # BEiT final norm (use_mean_pooling=False): feeds no DPT feature
 )
 
 # (pattern, replacement) renames, applied in order to every key.
 RENAMES = [
     # DPT readout projection: Sequential(Linear, GELU) -> ReadoutProject.dense
     (re.compile(r"readout_projects\.(\d+)\.0\."), r"readout_projects.\1.dense."),
+    # BEiT shared relative position bias as transformers 5 saves it -> the 4.x / hub layout we follow
+    (re.compile(r"^backbone\.beit\.encoder\.relative_position_bias\."), "backbone.encoder.relative_position_bias."),
+    # Swinv2 continuous position bias: Sequential(Linear, ReLU, Linear) -> ContinuousPositionBiasMLP.fc1/fc2
+    (re.compile(r"\.continuous_position_bias_mlp\.0\."), ".continuous_position_bias_mlp.fc1."),
+    (re.compile(r"\.continuous_position_bias_mlp\.2\."), ".continuous_position_bias_mlp.fc2."),
 ]
 
 # Renames of the head Sequentials, which differ between the depth and segmentation models.
