@@ -201,11 +201,13 @@ class DPTConfig(BaseConfig):
             raise ValueError(f"readout_type={self.readout_type!r} is not one of {', '.join(READOUT_TYPES)}")
         _check_act("hidden_act", self.hidden_act)
         _check_act("pooler_act", self.pooler_act)
-        if self.hidden_size % self.num_attention_heads:
+        own_vit = self.backbone_type in ("vit", "hybrid")  # else the ViT fields are unused
+        if own_vit and self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not a multiple of num_attention_heads={self.num_attention_heads}"
             )
-        if len(self.reassemble_factors) != len(self.neck_hidden_sizes):
+        # Hierarchical backbones (Swinv2) skip the reassemble stage and its factors.
+        if self.backbone_type != "swinv2" and len(self.reassemble_factors) != len(self.neck_hidden_sizes):
             raise ValueError(
                 f"reassemble_factors ({len(self.reassemble_factors)} values) and neck_hidden_sizes "
                 f"({len(self.neck_hidden_sizes)} values) must have the same length"

@@ -1,0 +1,282 @@
+"""The BEiT backbone of DPT-BEiT (``Intel/dpt-beit-{base,large}-{384,512}``).
+
+Token sequences are (B, 1 + gh * gw, C), CLS first, as in :mod:`dpt_mlx.vit`; the DPT neck
+reassembles them on the (H // patch, W // patch) grid. Module names follow the checkpoints
+(transformers' ``BeitBackbone`` saves ``backbone.embeddings.*`` and
+``backbone.encoder.layer.N.attention.attention.query.*``), so most keys load without renames.
+
+Reference subtleties kept here:
+
+- the relative position bias table is made for the config's patch grid (gh0, gw0) and is
+  resized for every input, even one of the config's size (where the resize is the identity):
+  its (2*gh0-1) * (2*gw0-1) grid part is resized **bilinearly, align_corners=False** to
+  (2*gh-1, 2*gw-1); the three CLS entries are kept. The reference reshapes that part as
+  (2*gw0-1, 2*gh0-1) before resizing; kept verbatim (it only matters for non-square configs);
+- the index into the table is recomputed from the input's grid (``relative_position_index``
+  buffers in old checkpoints are dropped by :mod:`dpt_mlx.weights`);
+- a shared table (``use_shared_relative_position_bias``) and per-layer tables
+  (``use_relative_position_bias``) add up when both are on;
+- absolute position embeddings, when used, are resized **bicubically** (align_corners=False);
+- feature maps are the layers' outputs before any final norm: with ``use_mean_pooling=False``
+  transformers' ``BeitModel`` has a final LayerNorm that no DPT feature goes through (its keys
+  are dropped by :mod:`dpt_mlx.weights`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from .config import BaseConfig, _check_act, _pair
+from .errors import UnsupportedModelError
+from .modeling import BackboneFeatures
+from .ops import interpolate
+from .vit import AttentionOutput, Intermediate, Output, PatchEmbeddings, SelfAttention
+
+
+@dataclass
+class BeitConfig(BaseConfig):
+    """``transformers.BeitConfig``, the fields a BEiT backbone uses (same names and defaults).
+
+    DPT-BEiT hub configs (as transformers' ``convert_dpt_beit_to_hf.py`` builds them; hub files not fetched):
+    base-384: hidden 768, 12 layers, 12 heads, out_features stage3/6/9/12; large-384/512: hidden 1024,
+    24 layers, 16 heads, out_features stage6/12/18/24; all patch 16, ``use_relative_position_bias=True``,
+    ``layer_scale_init_value=0.1``, ``use_mean_pooling=True``, ``reshape_hidden_states=False``.
+    """
+
+    model_type: str = "beit"
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    layer_norm_eps: float = 1e-12
+    image_size: int | list[int] = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    use_mask_token: bool = False
+    use_absolute_position_embeddings: bool = False
+    use_relative_position_bias: bool = False
+    use_shared_relative_position_bias: bool = False
+    layer_scale_init_value: float = 0.1
+    use_mean_pooling: bool = True
+    add_fpn: bool = False
+    reshape_hidden_states: bool = True
+    out_features: list[str] | None = None
+    out_indices: list[int] | None = None
+
+    def __post_init__(self):
+        if self.model_type != "beit":
+            raise UnsupportedModelError(f"expected a 'beit' backbone config, got model_type {self.model_type!r}")
+        _check_act("hidden_act", self.hidden_act)
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"backbone hidden_size={self.hidden_size} is not a multiple of "
+                f"num_attention_heads={self.num_attention_heads}"
+            )
+        ph, pw = _pair(self.patch_size)
+        if ph != pw:
+            raise ValueError(f"BEiT patch_size must be square, got {self.patch_size!r}")
+        self.patch_size = ph
+        self.image_size = list(_pair(self.image_size))
+        if self.add_fpn:
+            raise UnsupportedModelError("a BEiT backbone with add_fpn=True cannot feed DPT's neck (nor can it in "
+                                        "transformers); use a config with add_fpn=false")
+        if self.reshape_hidden_states:
+            raise UnsupportedModelError("DPT needs BEiT token sequences: set reshape_hidden_states=false in the "
+                                        "backbone config, as the DPT-BEiT checkpoints do")
+        # transformers' BackboneConfigMixin: out_features wins, else out_indices, else the last stage.
+        names = self.stage_names
+        if self.out_features is None:
+            self.out_features = [names[i] for i in self.out_indices] if self.out_indices is not None else [names[-1]]
+        bad = [f for f in self.out_features if f not in names]
+        if bad:
+            raise ValueError(f"out_features {bad} are not stages of this backbone (stem, stage1..stage"
+                             f"{self.num_hidden_layers})")
+        self.out_features = list(self.out_features)
+        self.out_indices = [names.index(f) for f in self.out_features]
+
+    @property
+    def stage_names(self) -> list[str]:
+        return ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The patch grid the position tables were made for."""
+        return self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size
+
+
+@lru_cache(maxsize=16)
+def relative_position_index(grid: tuple[int, int]) -> np.ndarray:
+    """(N+1, N+1) indices into a table of (2gh-1)(2gw-1) relative offsets + 3 CLS entries (N = gh*gw)."""
+    gh, gw = grid
+    num_relative = (2 * gh - 1) * (2 * gw - 1) + 3
+    coords = np.stack(np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")).reshape(2, -1)  # (2, N)
+    rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0)  # (N, N, 2)
+    index = np.zeros((gh * gw + 1,) * 2, dtype=np.int32)
+    index[1:, 1:] = (rel[..., 0] + gh - 1) * (2 * gw - 1) + (rel[..., 1] + gw - 1)
+    index[0, :] = num_relative - 3  # cls to token
+    index[:, 0] = num_relative - 2  # token to cls
+    index[0, 0] = num_relative - 1  # cls to cls
+    return index
+
+
+class RelativePositionBias(nn.Module):
+    """A learned table of per-head biases for every relative offset inside the patch grid (+ CLS)."""
+
+    def __init__(self, config: BeitConfig):
+        super().__init__()
+        gh, gw = config.grid
+        self._grid = (gh, gw)
+        self.relative_position_bias_table = mx.zeros(((2 * gh - 1) * (2 * gw - 1) + 3, config.num_attention_heads))
+
+    def __call__(self, grid: tuple[int, int]) -> mx.array:
+        """The (1, heads, N+1, N+1) additive attention bias for a (gh, gw) patch grid."""
+        table = self.relative_position_bias_table
+        old_h, old_w = 2 * self._grid[0] - 1, 2 * self._grid[1] - 1
+        new_h, new_w = 2 * grid[0] - 1, 2 * grid[1] - 1
+        # The reference lays the table out as (old_w, old_h) and resizes it to (new_h, new_w).
+        sub = table[: old_h * old_w].reshape(1, old_w, old_h, -1).astype(mx.float32)  # NHWC
+        sub = interpolate(sub, (new_h, new_w), "bilinear", align_corners=False).astype(table.dtype)
+        table = mx.concatenate([sub.reshape(new_h * new_w, -1), table[old_h * old_w :]], axis=0)
+        index = mx.array(relative_position_index(tuple(grid)).reshape(-1))
+        n = grid[0] * grid[1] + 1
+        bias = table[index].reshape(n, n, -1)
+        return bias.transpose(2, 0, 1)[None]
+
+
+class BeitSelfAttention(SelfAttention):
+    """Self-attention with a bias-free key projection and an optional per-layer relative position bias."""
+
+    def __init__(self, config: BeitConfig):
+        super().__init__(config.hidden_size, config.num_attention_heads, True, config.attention_probs_dropout_prob)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.relative_position_bias = RelativePositionBias(config) if config.use_relative_position_bias else None
+
+    def __call__(self, x, grid, shared_bias=None, output_attentions=False):
+        bias = shared_bias
+        if self.relative_position_bias is not None:
+            own = self.relative_position_bias(grid)
+            bias = own if bias is None else bias + own
+        if bias is not None:
+            bias = bias.astype(x.dtype)
+        return super().__call__(x, bias, output_attentions)
+
+
+class BeitAttention(nn.Module):
+    def __init__(self, config: BeitConfig):
+        super().__init__()
+        self.attention = BeitSelfAttention(config)
+        self.output = AttentionOutput(config.hidden_size, config.hidden_dropout_prob)
+
+    def __call__(self, x, grid, shared_bias=None, output_attentions=False):
+        out, probs = self.attention(x, grid, shared_bias, output_attentions)
+        return self.output(out), probs
+
+
+class BeitLayer(nn.Module):
+    """Pre-norm block with layer scale: x + lambda_1 * attn(ln(x)), then x + lambda_2 * mlp(ln(x))."""
+
+    def __init__(self, config: BeitConfig):
+        super().__init__()
+        self.attention = BeitAttention(config)
+        self.intermediate = Intermediate(config)
+        self.output = Output(config)
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.use_layer_scale = config.layer_scale_init_value > 0
+        if self.use_layer_scale:
+            self.lambda_1 = mx.full((config.hidden_size,), config.layer_scale_init_value)
+            self.lambda_2 = mx.full((config.hidden_size,), config.layer_scale_init_value)
+
+    def __call__(self, x, grid, shared_bias=None, output_attentions=False):
+        attn, probs = self.attention(self.layernorm_before(x), grid, shared_bias, output_attentions)
+        x = x + (self.lambda_1 * attn if self.use_layer_scale else attn)
+        mlp = self.output(self.intermediate(self.layernorm_after(x)))
+        x = x + (self.lambda_2 * mlp if self.use_layer_scale else mlp)
+        return x, probs
+
+
+class BeitEncoder(nn.Module):
+    def __init__(self, config: BeitConfig):
+        super().__init__()
+        self.relative_position_bias = RelativePositionBias(config) if config.use_shared_relative_position_bias else None
+        self.layer = [BeitLayer(config) for _ in range(config.num_hidden_layers)]
+
+    def __call__(self, x, grid, output_attentions=False):
+        """Returns every layer's input and output (embeddings first) and the attention probabilities."""
+        shared = self.relative_position_bias(grid) if self.relative_position_bias is not None else None
+        hidden_states, attentions = [x], []
+        for layer in self.layer:
+            x, probs = layer(x, grid, shared, output_attentions)
+            hidden_states.append(x)
+            attentions.append(probs)
+        return hidden_states, attentions
+
+
+class BeitEmbeddings(nn.Module):
+    def __init__(self, config: BeitConfig):
+        super().__init__()
+        self.patch_size = config.patch_size
+        self.cls_token = mx.zeros((1, 1, config.hidden_size))
+        if config.use_mask_token:  # masked image modeling only; loaded so that checkpoints load strictly
+            self.mask_token = mx.zeros((1, 1, config.hidden_size))
+        self.patch_embeddings = PatchEmbeddings(config.num_channels, config.hidden_size, config.patch_size)
+        if config.use_absolute_position_embeddings:
+            gh, gw = config.grid
+            self.position_embeddings = mx.zeros((1, gh * gw + 1, config.hidden_size))
+        else:
+            self.position_embeddings = None
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def position_embedding(self, grid: tuple[int, int]) -> mx.array:
+        """The absolute position embeddings for a (gh, gw) grid: bicubic resize, as the reference."""
+        pos = self.position_embeddings
+        old = int(math.sqrt(pos.shape[1] - 1))
+        if (old, old) == tuple(grid):
+            return pos
+        patch = pos[:, 1:].reshape(1, old, old, -1).astype(mx.float32)  # NHWC
+        patch = interpolate(patch, grid, "bicubic", align_corners=False).astype(pos.dtype)
+        return mx.concatenate([pos[:, :1], patch.reshape(1, grid[0] * grid[1], -1)], axis=1)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        """(B, H, W, 3) -> (B, 1 + gh * gw, C)."""
+        b, h, w, _ = x.shape
+        emb = self.patch_embeddings(x)
+        cls = mx.broadcast_to(self.cls_token, (b, 1, emb.shape[-1])).astype(emb.dtype)
+        emb = mx.concatenate([cls, emb], axis=1)
+        if self.position_embeddings is not None:
+            emb = emb + self.position_embedding((h // self.patch_size, w // self.patch_size))
+        return self.dropout(emb)
+
+
+class BeitBackbone(nn.Module):
+    """transformers' ``BeitBackbone`` with ``reshape_hidden_states=False``: token sequences at ``out_indices``."""
+
+    def __init__(self, config):
+        super().__init__()
+        beit = BeitConfig.from_dict(config.backbone_config)
+        if len(beit.out_indices) != len(config.neck_hidden_sizes):
+            raise ValueError(
+                f"the BEiT backbone has {len(beit.out_indices)} out_features ({', '.join(beit.out_features)}) but "
+                f"the neck expects {len(config.neck_hidden_sizes)} (neck_hidden_sizes)"
+            )
+        self.out_indices = beit.out_indices
+        self.patch_size = beit.patch_size
+        self.hidden_size = beit.hidden_size
+        self.embeddings = BeitEmbeddings(beit)
+        self.encoder = BeitEncoder(beit)
+
+    def __call__(self, x: mx.array, output_attentions: bool = False) -> BackboneFeatures:
+        """NHWC pixels -> the selected hidden states (B, 1 + gh*gw, C), all hidden states, attentions."""
+        grid = (x.shape[1] // self.patch_size, x.shape[2] // self.patch_size)
+        hidden_states, attentions = self.encoder(self.embeddings(x), grid, output_attentions)
+        features = [hidden_states[i] for i in self.out_indices]
+        return BackboneFeatures(features, grid, tuple(hidden_states), tuple(attentions))
