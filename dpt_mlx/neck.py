@@ -25,6 +25,26 @@ class ReadoutProject(nn.Module):
         return self.act(self.dense(mx.concatenate([tokens, readout], axis=-1)))
 
 
+class PatchConvTranspose2d(nn.ConvTranspose2d):
+    """A transposed convolution whose stride equals its kernel, computed as one matmul.
+
+    With kernel == stride and no padding each input pixel writes its own k x k output block, so
+    the layer is ``(B*H*W, I) @ (I, O*k*k)`` and a reshape. On CPU this runs through the BLAS
+    gemm, where MLX's general conv_transpose2d does not. Parameters (``weight`` (O, k, k, I),
+    ``bias``) are those of ``nn.ConvTranspose2d``, so checkpoints map onto it unchanged.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
+        super().__init__(in_channels, out_channels, kernel_size=kernel_size, stride=kernel_size, padding=0)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        b, h, w, _ = x.shape
+        o, k, _, i = self.weight.shape
+        y = x.reshape(-1, i) @ self.weight.reshape(o * k * k, i).T  # (B*H*W, O*k*k)
+        y = y.reshape(b, h, w, o, k, k).transpose(0, 1, 4, 2, 5, 3).reshape(b, h * k, w * k, o)
+        return y + self.bias if "bias" in self else y
+
+
 class ReassembleLayer(nn.Module):
     """1x1 projection to ``channels``, then resize by ``factor``: >1 transposed conv, 1 identity, <1 strided conv."""
 
@@ -33,7 +53,7 @@ class ReassembleLayer(nn.Module):
         self.projection = nn.Conv2d(hidden_size, channels, kernel_size=1)
         if factor > 1:
             k = int(factor)
-            self.resize = nn.ConvTranspose2d(channels, channels, kernel_size=k, stride=k, padding=0)
+            self.resize = PatchConvTranspose2d(channels, channels, kernel_size=k)
         elif factor == 1:
             self.resize = nn.Identity()
         else:

@@ -1,0 +1,252 @@
+"""The optimized-BLAS setup for MLX's CPU backend on Linux (dpt_mlx/_blas.py).
+
+No timing assertions: these check what is loaded and that results stay correct.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from dpt_mlx import _blas
+from dpt_mlx._blas import blas_info, setup
+
+setup()  # normally done by `import dpt_mlx`; idempotent
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LINUX = sys.platform.startswith("linux")
+linux_only = pytest.mark.skipif(not LINUX, reason="the BLAS setup only acts on Linux")
+
+KEYS = {"platform", "mode", "provider", "library", "found_by", "version", "method", "threads",
+        "mlx_imported_before_setup", "notes", "mlx_cblas_sgemm", "effective"}
+
+
+def _has_openblas32():
+    import importlib.util
+
+    return importlib.util.find_spec("scipy_openblas32") is not None
+
+
+def _run_info(env_value, code_before="", extra_env=None):
+    """blas_info() from a fresh interpreter with DPT_MLX_BLAS=env_value."""
+    env = dict(os.environ)
+    env.pop("DPT_MLX_BLAS", None)
+    if env_value is not None:
+        env["DPT_MLX_BLAS"] = env_value
+    env.update(extra_env or {})
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    code = textwrap.dedent(code_before) + textwrap.dedent(
+        """
+        import json, warnings
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            from dpt_mlx._blas import blas_info
+            info = blas_info()
+        import mlx.core as mx, numpy as np
+        a = np.arange(12, dtype=np.float32).reshape(3, 4)
+        info["matmul_ok"] = bool(np.allclose(np.array(mx.array(a) @ mx.array(a.T)), a @ a.T))
+        info["warnings"] = [str(x.message) for x in w]
+        print("BLASINFO" + json.dumps(info))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    line = [x for x in out.stdout.splitlines() if x.startswith("BLASINFO")][-1]
+    return json.loads(line[len("BLASINFO"):])
+
+
+def test_blas_info_reports_sensibly():
+    info = blas_info()
+    assert KEYS <= set(info)
+    assert isinstance(info["notes"], list)
+    if not LINUX:
+        assert info["provider"] is None and info["effective"] is None
+        return
+    if info["provider"] is not None and info["mode"] != "off":
+        assert info["effective"] is True, info
+        if info["provider"] != "preexisting":
+            assert os.path.exists(info["library"])
+            assert info["library"] in info["mlx_cblas_sgemm"]
+            assert info["method"] in ("PLT rebind", "RTLD_GLOBAL preload + PLT rebind")
+            assert "cblas_sgemm" in info["rebound_symbols"]
+    else:
+        assert info["effective"] in (False, None)
+
+
+def test_setup_is_idempotent():
+    assert setup() == setup()
+    assert blas_info()["provider"] == setup()["provider"]
+
+
+@linux_only
+def test_libmlx_gemm_slots_are_found():
+    base_path = _blas._find_libmlx()
+    assert base_path is not None
+    slots, why = _blas._elf_gemm_slots(base_path[1], _blas._GEMM_SYMBOLS)
+    assert "cblas_sgemm" in slots, why
+
+
+@linux_only
+def test_off_keeps_reference_blas():
+    info = _run_info("off")
+    assert info["mode"] == "off"
+    assert info["provider"] is None and info["method"] is None
+    assert info["effective"] is False
+    assert "mlx_cpu" in info["mlx_cblas_sgemm"]  # mlx-cpu's bundled libblas
+    assert info["matmul_ok"]
+
+
+@linux_only
+@pytest.mark.skipif(not _has_openblas32(), reason="scipy-openblas32 not installed")
+def test_auto_uses_scipy_openblas32():
+    info = _run_info(None)
+    assert info["mode"] == "auto"
+    assert info["provider"] == "scipy-openblas32"
+    assert info["effective"] is True
+    assert "scipy_openblas" in info["mlx_cblas_sgemm"]
+    assert info["version"].startswith("OpenBLAS")
+    assert info["matmul_ok"]
+
+
+@linux_only
+@pytest.mark.skipif(not _has_openblas32(), reason="scipy-openblas32 not installed")
+def test_mlx_imported_and_used_first_still_rebinds():
+    before = """
+        import mlx.core as mx
+        mx.eval(mx.ones((64, 64)) @ mx.ones((64, 64)))   # binds and calls cblas_sgemm
+    """
+    info = _run_info("openblas", code_before=before)
+    assert info["mlx_imported_before_setup"] is True
+    assert info["method"] == "PLT rebind"
+    assert info["effective"] is True
+    assert info["matmul_ok"]
+
+
+@linux_only
+def test_bad_path_falls_back_without_crashing():
+    info = _run_info("/nonexistent/libnothing.so")
+    assert info["provider"] is None
+    assert info["effective"] is False
+    assert any("not found" in n for n in info["notes"]) or info["warnings"]
+    assert info["matmul_ok"]
+
+
+@linux_only
+@pytest.mark.skipif(not _has_openblas32(), reason="scipy-openblas32 not installed")
+def test_explicit_path_and_threads():
+    import scipy_openblas32
+
+    lib = os.path.join(scipy_openblas32.get_lib_dir(), "libscipy_openblas.so")
+    if not os.path.exists(lib):
+        pytest.skip("unexpected scipy-openblas32 layout")
+    info = _run_info(lib, extra_env={"DPT_MLX_BLAS_THREADS": "1"})
+    assert info["provider"] == "custom" and info["symbol_prefix"] == "scipy_"
+    assert info["threads"] == 1
+    assert info["effective"] is True
+
+
+# ----------------------------------------------------------- numerical checks
+# Run with whatever provider this process got (scipy-openblas32 by default on Linux).
+
+
+@pytest.mark.parametrize(
+    "shape_a, shape_b, ta, tb",
+    [((64, 48), (48, 80), False, False), ((257, 130), (257, 66), True, False),
+     ((33, 70), (45, 70), False, True), ((3, 5, 40, 24), (3, 5, 24, 31), False, False)],
+)
+def test_matmul_matches_numpy(shape_a, shape_b, ta, tb):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(shape_a, dtype=np.float32)
+    b = rng.standard_normal(shape_b, dtype=np.float32)
+    A, B = mx.array(a), mx.array(b)
+    A = mx.swapaxes(A, -1, -2) if ta else A  # transposed views -> cblas transpose flags
+    B = mx.swapaxes(B, -1, -2) if tb else B
+    a = np.swapaxes(a, -1, -2) if ta else a
+    b = np.swapaxes(b, -1, -2) if tb else b
+    got = np.array(A @ B)
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_addmm_and_other_dtypes_match_numpy():
+    rng = np.random.default_rng(1)
+    a, b, c = (rng.standard_normal(s, dtype=np.float32) for s in ((50, 40), (40, 30), (50, 30)))
+    got = np.array(mx.addmm(mx.array(c), mx.array(a), mx.array(b), alpha=0.5, beta=2.0))
+    np.testing.assert_allclose(got, 0.5 * (a @ b) + 2.0 * c, rtol=1e-4, atol=1e-4)
+    d, e = rng.standard_normal((40, 30)), rng.standard_normal((30, 20))  # cblas_dgemm
+    got = np.array(mx.matmul(mx.array(d, dtype=mx.float64), mx.array(e, dtype=mx.float64), stream=mx.cpu))
+    np.testing.assert_allclose(got, d @ e, rtol=1e-12, atol=1e-12)
+    f = (rng.standard_normal((20, 12)) + 1j * rng.standard_normal((20, 12))).astype(np.complex64)
+    g = (rng.standard_normal((12, 7)) + 1j * rng.standard_normal((12, 7))).astype(np.complex64)
+    got = np.array(mx.array(f) @ mx.array(g))  # cblas_cgemm
+    np.testing.assert_allclose(got, f.astype(np.complex128) @ g, rtol=1e-4, atol=1e-4)
+
+
+def _conv2d_numpy(x, w, stride, padding):
+    """NHWC x, OHWI w (MLX layout), float64."""
+    x = np.pad(x.astype(np.float64), ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    n, h, wd, _ = x.shape
+    o, kh, kw, _ = w.shape
+    oh, ow = (h - kh) // stride + 1, (wd - kw) // stride + 1
+    out = np.zeros((n, oh, ow, o))
+    for i in range(kh):
+        for j in range(kw):
+            patch = x[:, i : i + stride * oh : stride, j : j + stride * ow : stride, :]
+            out += patch @ w[:, i, j, :].T.astype(np.float64)
+    return out
+
+
+@pytest.mark.parametrize("k, stride, padding", [(3, 1, 1), (3, 2, 1), (1, 1, 0), (4, 4, 0)])
+def test_conv2d_matches_numpy(k, stride, padding):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 20, 20, 24), dtype=np.float32)
+    w = rng.standard_normal((40, k, k, 24), dtype=np.float32) / np.sqrt(k * k * 24)
+    got = np.array(mx.conv2d(mx.array(x), mx.array(w), stride=stride, padding=padding))
+    want = _conv2d_numpy(x, w, stride, padding)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_conv_transpose2d_matches_numpy():
+    """DPT's reassemble stage upsamples with ConvTranspose2d(kernel=stride)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 6, 7, 16), dtype=np.float32)
+    w = rng.standard_normal((8, 4, 4, 16), dtype=np.float32)  # OHWI
+    got = np.array(mx.conv_transpose2d(mx.array(x), mx.array(w), stride=4))
+    want = np.einsum("nhwc,oijc->nhiwjo", x.astype(np.float64), w).reshape(1, 24, 28, 8)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@linux_only
+@pytest.mark.skipif(not _has_openblas32(), reason="scipy-openblas32 not installed")
+def test_failure_during_rebind_leaves_mlx_working():
+    """A fresh copy of the module whose slot write fails: no exception, reference BLAS."""
+    code = f"""
+        import importlib.util, json, sys
+        spec = importlib.util.spec_from_file_location("blas_copy", {os.path.join(ROOT, "dpt_mlx", "_blas.py")!r})
+        b = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(b)
+        def boom(addr, value):
+            raise OSError("simulated")
+        b._write_pointer = boom
+        info = b.blas_info()
+        import mlx.core as mx, numpy as np
+        a = np.arange(12, dtype=np.float32).reshape(3, 4)
+        info["matmul_ok"] = bool(np.allclose(np.array(mx.array(a) @ mx.array(a.T)), a @ a.T))
+        print("BLASINFO" + json.dumps(info))
+    """
+    env = dict(os.environ, DPT_MLX_BLAS="openblas")
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    info = json.loads([x for x in out.stdout.splitlines() if x.startswith("BLASINFO")][-1][8:])
+    assert info["provider"] is None and info["method"] is None
+    assert any("simulated" in n for n in info["notes"])
+    assert info["effective"] is False and info["matmul_ok"]
