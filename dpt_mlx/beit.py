@@ -32,7 +32,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .config import BaseConfig, _check_act, _pair
+from .config import BaseConfig, _check_act, _pair, align_out_features
 from .errors import UnsupportedModelError
 from .modeling import BackboneFeatures
 from .ops import interpolate
@@ -92,16 +92,7 @@ class BeitConfig(BaseConfig):
         if self.reshape_hidden_states:
             raise UnsupportedModelError("DPT needs BEiT token sequences: set reshape_hidden_states=false in the "
                                         "backbone config, as the DPT-BEiT checkpoints do")
-        # transformers' BackboneConfigMixin: out_features wins, else out_indices, else the last stage.
-        names = self.stage_names
-        if self.out_features is None:
-            self.out_features = [names[i] for i in self.out_indices] if self.out_indices is not None else [names[-1]]
-        bad = [f for f in self.out_features if f not in names]
-        if bad:
-            raise ValueError(f"out_features {bad} are not stages of this backbone (stem, stage1..stage"
-                             f"{self.num_hidden_layers})")
-        self.out_features = list(self.out_features)
-        self.out_indices = [names.index(f) for f in self.out_features]
+        self.out_features, self.out_indices = align_out_features(self.stage_names, self.out_features, self.out_indices)
 
     @property
     def stage_names(self) -> list[str]:

@@ -32,6 +32,34 @@ def _check_act(name: str, value: Any) -> None:
         raise ValueError(f"{name}={value!r} is not a supported activation; use one of {', '.join(ACTIVATIONS)}")
 
 
+def align_out_features(stage_names, out_features, out_indices) -> tuple[list[str], list[int]]:
+    """transformers' BackboneConfigMixin: derive the missing one of out_features / out_indices
+    (both missing: the last stage) and check that they name the same stages, in stage order."""
+    n = len(stage_names)
+    if out_indices is not None:
+        out_indices = list(out_indices)
+        bad = [i for i in out_indices if not -n <= int(i) < n]
+        if bad:
+            raise ValueError(f"out_indices {bad} are not valid for the {n} stages {stage_names}")
+        out_indices = [int(i) % n for i in out_indices]
+    if out_features is not None:
+        out_features = list(out_features)
+        bad = [f for f in out_features if f not in stage_names]
+        if bad:
+            raise ValueError(f"out_features {bad} are not stages of this backbone ({', '.join(stage_names)})")
+    if out_features is None and out_indices is None:
+        out_indices = [n - 1]
+    if out_features is None:
+        out_features = [stage_names[i] for i in out_indices]
+    elif out_indices is None:
+        out_indices = [stage_names.index(f) for f in out_features]
+    elif out_features != [stage_names[i] for i in out_indices]:
+        raise ValueError(f"out_features {out_features} and out_indices {out_indices} name different stages")
+    if len(set(out_indices)) != len(out_indices) or out_indices != sorted(out_indices):
+        raise ValueError(f"out_features {out_features} must be distinct and in stage order")
+    return out_features, out_indices
+
+
 @dataclass
 class BaseConfig:
     """Shared ``from_dict`` / ``to_dict`` for the config dataclasses."""
@@ -104,15 +132,7 @@ class BitConfig(BaseConfig):
         _check_act("hidden_act", self.hidden_act)
         if len(self.hidden_sizes) < len(self.depths):
             raise ValueError(f"hidden_sizes {self.hidden_sizes} has fewer entries than depths {self.depths}")
-        # transformers' BackboneConfigMixin: out_features wins, else out_indices, else the last stage.
-        names = self.stage_names
-        if self.out_features is None:
-            self.out_features = [names[i] for i in self.out_indices] if self.out_indices is not None else [names[-1]]
-        bad = [f for f in self.out_features if f not in names]
-        if bad:
-            raise ValueError(f"out_features {bad} are not stages of this backbone ({', '.join(names)})")
-        self.out_features = list(self.out_features)
-        self.out_indices = [names.index(f) for f in self.out_features]
+        self.out_features, self.out_indices = align_out_features(self.stage_names, self.out_features, self.out_indices)
 
     @property
     def stage_names(self) -> list[str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from .config import BaseConfig, _check_act, _pair
+from .config import BaseConfig, _check_act, _pair, align_out_features
 from .modeling import BackboneFeatures
 from .vit import Attention, activation, resize_position_embeddings
 
@@ -61,34 +61,6 @@ class Dinov2Config(BaseConfig):
     @property
     def stage_names(self) -> list[str]:
         return ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
-
-
-def align_out_features(stage_names, out_features, out_indices) -> tuple[list[str], list[int]]:
-    """transformers' BackboneConfigMixin: derive the missing one of out_features / out_indices
-    (both missing: the last stage) and check that they name the same stages, in stage order."""
-    n = len(stage_names)
-    if out_indices is not None:
-        out_indices = list(out_indices)
-        bad = [i for i in out_indices if not -n <= int(i) < n]
-        if bad:
-            raise ValueError(f"out_indices {bad} are not valid for the {n} stages {stage_names}")
-        out_indices = [int(i) % n for i in out_indices]
-    if out_features is not None:
-        out_features = list(out_features)
-        bad = [f for f in out_features if f not in stage_names]
-        if bad:
-            raise ValueError(f"out_features {bad} are not stages of this backbone ({', '.join(stage_names)})")
-    if out_features is None and out_indices is None:
-        out_indices = [n - 1]
-    if out_features is None:
-        out_features = [stage_names[i] for i in out_indices]
-    elif out_indices is None:
-        out_indices = [stage_names.index(f) for f in out_features]
-    elif out_features != [stage_names[i] for i in out_indices]:
-        raise ValueError(f"out_features {out_features} and out_indices {out_indices} name different stages")
-    if len(set(out_indices)) != len(out_indices) or out_indices != sorted(out_indices):
-        raise ValueError(f"out_features {out_features} must be distinct and in stage order")
-    return out_features, out_indices
 
 
 class PatchEmbeddings(nn.Module):

@@ -33,7 +33,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .config import BaseConfig, _check_act, _pair
+from .config import BaseConfig, _check_act, _pair, align_out_features
 from .errors import UnsupportedModelError
 from .modeling import BackboneFeatures
 from .vit import activation
@@ -89,14 +89,7 @@ class Swinv2Config(BaseConfig):
             raise UnsupportedModelError("Swinv2 with use_absolute_embeddings=True is not supported (transformers "
                                         "cannot run it as a backbone either)")
         self.image_size, self.patch_size = list(_pair(self.image_size)), list(_pair(self.patch_size))
-        names = self.stage_names
-        if self.out_features is None:
-            self.out_features = [names[i] for i in self.out_indices] if self.out_indices is not None else [names[-1]]
-        bad = [f for f in self.out_features if f not in names]
-        if bad:
-            raise ValueError(f"out_features {bad} are not stages of this backbone ({', '.join(names)})")
-        self.out_features = list(self.out_features)
-        self.out_indices = [names.index(f) for f in self.out_features]
+        self.out_features, self.out_indices = align_out_features(self.stage_names, self.out_features, self.out_indices)
 
     @property
     def stage_names(self) -> list[str]:
