@@ -60,6 +60,22 @@ def align_out_features(stage_names, out_features, out_indices) -> tuple[list[str
     return out_features, out_indices
 
 
+def check_neck(config, reassemble: bool = True) -> None:
+    """The neck fields shared by DPT and Depth Anything configs: lengths, factors, head index."""
+    if reassemble:
+        if len(config.reassemble_factors) != len(config.neck_hidden_sizes):
+            raise ValueError(
+                f"reassemble_factors ({len(config.reassemble_factors)} values) and neck_hidden_sizes "
+                f"({len(config.neck_hidden_sizes)} values) must have the same length"
+            )
+        for f in config.reassemble_factors:
+            if f <= 0 or (f > 1 and f != int(f)) or (f < 1 and (1 / f) != int(1 / f)):
+                raise ValueError(f"reassemble factor {f} must be a positive integer or 1/integer")
+    n = len(config.neck_hidden_sizes)
+    if not -n <= config.head_in_index < n:
+        raise ValueError(f"head_in_index={config.head_in_index} out of range for {n} neck stages")
+
+
 @dataclass
 class BaseConfig:
     """Shared ``from_dict`` / ``to_dict`` for the config dataclasses."""
@@ -227,11 +243,7 @@ class DPTConfig(BaseConfig):
                 f"hidden_size={self.hidden_size} is not a multiple of num_attention_heads={self.num_attention_heads}"
             )
         # Hierarchical backbones (Swinv2) skip the reassemble stage and its factors.
-        if self.backbone_type != "swinv2" and len(self.reassemble_factors) != len(self.neck_hidden_sizes):
-            raise ValueError(
-                f"reassemble_factors ({len(self.reassemble_factors)} values) and neck_hidden_sizes "
-                f"({len(self.neck_hidden_sizes)} values) must have the same length"
-            )
+        check_neck(self, reassemble=self.backbone_type != "swinv2")
         if self.backbone_out_indices is not None:
             if len(self.backbone_out_indices) != len(self.neck_hidden_sizes):
                 raise ValueError(
@@ -241,12 +253,6 @@ class DPTConfig(BaseConfig):
             bad = [i for i in self.backbone_out_indices if not 0 <= i < self.num_hidden_layers]
             if bad:
                 raise ValueError(f"backbone_out_indices {bad} out of range for num_hidden_layers={self.num_hidden_layers}")
-        for f in self.reassemble_factors:
-            if f <= 0 or (f > 1 and f != int(f)) or (f < 1 and (1 / f) != int(1 / f)):
-                raise ValueError(f"reassemble factor {f} must be a positive integer or 1/integer")
-        n = len(self.neck_hidden_sizes)
-        if not -n <= self.head_in_index < n:
-            raise ValueError(f"head_in_index={self.head_in_index} out of range for {n} neck stages")
         if self.add_projection and self.fusion_hidden_size != 256:
             # The reference hard-codes a 256-channel projection conv in the depth head.
             raise ValueError("add_projection=True requires fusion_hidden_size=256, as in the reference")
@@ -339,17 +345,7 @@ class DepthAnythingConfig(BaseConfig):
             raise ValueError(f"max_depth={self.max_depth!r} must be a positive number")
         if not isinstance(self.patch_size, int) or self.patch_size < 1:
             raise ValueError(f"patch_size={self.patch_size!r} must be a positive integer")
-        if len(self.reassemble_factors) != len(self.neck_hidden_sizes):
-            raise ValueError(
-                f"reassemble_factors ({len(self.reassemble_factors)} values) and neck_hidden_sizes "
-                f"({len(self.neck_hidden_sizes)} values) must have the same length"
-            )
-        for f in self.reassemble_factors:
-            if f <= 0 or (f > 1 and f != int(f)) or (f < 1 and (1 / f) != int(1 / f)):
-                raise ValueError(f"reassemble factor {f} must be a positive integer or 1/integer")
-        n = len(self.neck_hidden_sizes)
-        if not -n <= self.head_in_index < n:
-            raise ValueError(f"head_in_index={self.head_in_index} out of range for {n} neck stages")
+        check_neck(self)
         for name in ("reassemble_hidden_size", "fusion_hidden_size", "head_hidden_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
