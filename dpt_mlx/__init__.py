@@ -9,6 +9,7 @@ from ._blas import blas_info  # noqa: E402
 from .config import DepthAnythingConfig, DPTConfig
 from .errors import CheckpointError, DPTError, ImageError, UnsupportedModelError
 from .loading import load_model
+from .losses import scale_shift_invariant_loss, semantic_segmentation_loss, silog_loss
 from .modeling import (
     BaseModelOutputWithPooling,
     DepthEstimatorOutput,
@@ -42,4 +43,7 @@ __all__ = [
     "UnsupportedModelError",
     "load_model",
     "pipeline",
+    "scale_shift_invariant_loss",
+    "semantic_segmentation_loss",
+    "silog_loss",
 ]
