@@ -259,6 +259,13 @@ class DPTConfig(BaseConfig):
         _pair(self.image_size)
         _pair(self.patch_size)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        # transformers builds id2label from num_labels when a config gives only the count.
+        if isinstance(data, dict) and "num_labels" in data and not data.get("id2label"):
+            data = {**data, "id2label": {i: f"LABEL_{i}" for i in range(int(data["num_labels"]))}}
+        return super().from_dict(data)
+
     @property
     def num_labels(self) -> int:
         return len(self.id2label)

@@ -68,3 +68,9 @@ def test_load_config_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit_mae"}))
     with pytest.raises(UnsupportedModelError, match="vit_mae"):
         load_config(tmp_path / "config.json")
+
+
+def test_num_labels_without_id2label():
+    cfg = DPTConfig.from_dict({"num_labels": 5})
+    assert cfg.num_labels == 5 and cfg.id2label[4] == "LABEL_4"
+    assert DPTConfig.from_dict({"num_labels": 5, "id2label": {"0": "a", "1": "b"}}).num_labels == 2
