@@ -250,3 +250,15 @@ def test_failure_during_rebind_leaves_mlx_working():
     assert info["provider"] is None and info["method"] is None
     assert any("simulated" in n for n in info["notes"])
     assert info["effective"] is False and info["matmul_ok"]
+
+
+def test_zen5_detection():
+    from dpt_mlx._blas import _zen5_like
+
+    flags = "fpu sse avx2 avx512f avx512cd avx512bw avx512dq avx512vl"
+    zen5 = f"processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nflags\t\t: {flags}\n\nprocessor\t: 1\n"
+    assert _zen5_like(zen5)
+    assert not _zen5_like(zen5.replace("26", "25"))  # Zen 4: OpenBLAS detects it itself
+    assert not _zen5_like(zen5.replace("AuthenticAMD", "GenuineIntel"))
+    assert not _zen5_like(zen5.replace(" avx512vl", ""))
+    assert not _zen5_like("")
