@@ -50,10 +50,23 @@ def verify(reference, converted, seed: int = 0) -> float:
     return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12))
 
 
-def convert(hf_path, mlx_path, dtype=None, overwrite: bool = False, verify_tol: float = 1e-6) -> Path:
-    """Convert ``hf_path`` (local dir or hub id) into ``mlx_path``; returns the output directory."""
+def convert(hf_path, mlx_path, dtype=None, overwrite: bool = False, verify_tol: float = 1e-6,
+            quantize: bool = False, q_bits: int = 8, q_group_size: int = 64, report: dict | None = None) -> Path:
+    """Convert ``hf_path`` (local dir or hub id) into ``mlx_path``; returns the output directory.
+
+    With ``quantize`` the transformer's linear layers are stored with ``q_bits``-bit weights in
+    groups of ``q_group_size`` (see dpt_mlx.quantize). The written checkpoint must then reproduce
+    the quantised model exactly (``verify_tol``) and stay within the measured quantisation error
+    of the unquantised model (``quantize.VERIFY_TOLERANCE``); that error is stored in ``report``
+    (a dict, if given) as ``"quantization_error"``.
+    """
     target = Path(mlx_path).expanduser()
     dtype = parse_dtype(dtype)
+    spec = None
+    if quantize:
+        from .quantize import Quantization
+
+        spec = Quantization(bits=q_bits, group_size=q_group_size)  # ValueError names a bad value
     if target.exists() and not overwrite:
         raise DPTError(f"{target} already exists; pass --overwrite to replace it")
     if target.exists() and not target.is_dir():
@@ -63,6 +76,12 @@ def convert(hf_path, mlx_path, dtype=None, overwrite: bool = False, verify_tol: 
         raise DPTError("the output directory is the source checkpoint; choose another --mlx-path")
 
     model = load_pretrained(source, dtype=dtype)
+    reference = None
+    if spec is not None:
+        from .quantize import quantize_model
+
+        reference = load_pretrained(source, dtype=dtype)
+        quantize_model(model, bits=spec.bits, group_size=spec.group_size)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
@@ -75,6 +94,18 @@ def convert(hf_path, mlx_path, dtype=None, overwrite: bool = False, verify_tol: 
         err = verify(model, converted)
         if not err <= verify_tol:
             raise CheckpointError(f"converted model differs from the source (relative error {err:.3g})")
+        if reference is not None:
+            from .quantize import VERIFY_TOLERANCE
+
+            err = verify(reference, converted)
+            if not err <= VERIFY_TOLERANCE[spec.bits]:
+                raise CheckpointError(
+                    f"the {spec.bits}-bit model differs from the unquantized one by {err:.3g} (relative), more "
+                    f"than the {VERIFY_TOLERANCE[spec.bits]:g} measured on DPT/Depth Anything models; "
+                    "try --q-bits 8 or a smaller --q-group-size"
+                )
+            if report is not None:
+                report["quantization_error"] = err
         if target.exists():
             old = target.with_name(f".{target.name}.old-{tmp.name[-8:]}")
             target.rename(old)
@@ -99,6 +130,12 @@ def build_parser():
     p.add_argument("--mlx-path", required=True, help="output directory (must not exist unless --overwrite)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                    help="store the weights in this dtype (default: as in the source)")
+    p.add_argument("--quantize", action="store_true",
+                   help="store the transformer's linear layers with --q-bits-bit weights (dpt_mlx.quantize)")
+    p.add_argument("--q-bits", type=int, choices=[4, 8], default=8,
+                   help="bits per weight with --quantize (default 8; 4-bit is smaller but lossy: see README)")
+    p.add_argument("--q-group-size", type=int, choices=[32, 64, 128], default=64,
+                   help="weights sharing one scale and offset with --quantize (default 64)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
     return p
@@ -110,14 +147,19 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
+    report = {}
     try:
-        out = convert(args.hf_path, args.mlx_path, dtype=args.dtype, overwrite=args.overwrite)
+        out = convert(args.hf_path, args.mlx_path, dtype=args.dtype, overwrite=args.overwrite,
+                      quantize=args.quantize, q_bits=args.q_bits, q_group_size=args.q_group_size, report=report)
     except (DPTError, ValueError, OSError) as e:
         if args.verbose:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"converted {args.hf_path} -> {out} (verified, {time.perf_counter() - start:.1f}s)")
+    note = ""
+    if args.quantize:
+        note = f", {args.q_bits}-bit: {report['quantization_error']:.2g} relative error vs unquantized"
+    print(f"converted {args.hf_path} -> {out} (verified{note}, {time.perf_counter() - start:.1f}s)")
     return 0
 
 

@@ -13,6 +13,7 @@ import mlx.nn as nn
 
 from .backbones import build_backbone
 from .config import DepthAnythingConfig
+from .kernels import Conv2d
 from .losses import model_depth_loss
 from .modeling import DepthEstimatorOutput, PreTrainedModel
 from .neck import DPTNeck
@@ -32,9 +33,9 @@ class DepthAnythingDepthEstimationHead(nn.Module):
         self.patch_size = config.patch_size
         self.metric = config.depth_estimation_type == "metric"
         self.max_depth = float(config.max_depth)
-        self.conv1 = nn.Conv2d(features, features // 2, kernel_size=3, padding=1)
-        self.conv2 = nn.Conv2d(features // 2, config.head_hidden_size, kernel_size=3, padding=1)
-        self.conv3 = nn.Conv2d(config.head_hidden_size, 1, kernel_size=1)
+        self.conv1 = Conv2d(features, features // 2, kernel_size=3, padding=1)
+        self.conv2 = Conv2d(features // 2, config.head_hidden_size, kernel_size=3, padding=1)
+        self.conv3 = Conv2d(config.head_hidden_size, 1, kernel_size=1)
 
     def __call__(self, hidden_states: list[mx.array], grid: tuple[int, int]) -> mx.array:
         """Fused NHWC maps -> (B, gh * patch, gw * patch) depth."""

@@ -168,13 +168,28 @@ def load_strict(model: nn.Module, weights: dict[str, mx.array]) -> None:
 
 
 def cast_model(model: nn.Module, dtype: mx.Dtype | None) -> None:
-    """Cast floating-point parameters to ``dtype``; integer (e.g. quantised) arrays stay as they are."""
+    """Cast floating-point parameters to ``dtype``; integer (e.g. quantised) arrays stay as they are.
+
+    For float16/bfloat16 the linear layers become :class:`dpt_mlx.kernels.Linear` (same arrays),
+    which multiplies in float32 on the CPU, where MLX's half-precision matmul has no BLAS, and
+    BatchNorm layers become :class:`dpt_mlx.kernels.BatchNorm`, which keeps its running
+    statistics in float32 (a trained variance can exceed float16's range) and normalises in float32.
+    """
     if dtype is None:
         return
-    params = tree_flatten(model.parameters())
-    model.update(tree_unflatten([
-        (k, v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v) for k, v in params
-    ]))
+    half = dtype in (mx.float16, mx.bfloat16)
+
+    def cast(key, v):
+        if not mx.issubdtype(v.dtype, mx.floating) or (half and key.endswith((".running_mean", ".running_var"))):
+            return v
+        return v.astype(dtype)
+
+    model.update(tree_unflatten([(k, cast(k, v)) for k, v in tree_flatten(model.parameters())]))
+    if half:
+        from . import kernels
+
+        kernels.replace_modules(model, nn.Linear, kernels.half_linear)
+        kernels.replace_modules(model, nn.BatchNorm, kernels.half_batch_norm)
 
 
 def load_pretrained(path_or_repo_id, model_class=None, dtype=None, **_ignored) -> nn.Module:
@@ -186,6 +201,13 @@ def load_pretrained(path_or_repo_id, model_class=None, dtype=None, **_ignored) -
     if model_class is None:
         model_class = model_class_for(config, weights)
     model = build_model(config, model_class, weights)
+    quantization = _quantization(directory)
+    if quantization is not None:
+        if metadata.get("format") != MLX_FORMAT:
+            raise CheckpointError(f"{directory}: a quantized checkpoint must be in MLX format (written by convert.py)")
+        from .quantize import prepare
+
+        prepare(model, quantization)
     if metadata.get("format") != MLX_FORMAT:
         weights = W.sanitize(model, _match_base_prefix(model, weights), head_kind(type(model)))
     else:
@@ -194,7 +216,26 @@ def load_pretrained(path_or_repo_id, model_class=None, dtype=None, **_ignored) -
     cast_model(model, dtype)
     mx.eval(model.parameters())
     model.eval()
+    from .kernels import raise_cpu_cache_limit
+
+    raise_cpu_cache_limit()  # large activations reuse memory instead of page-faulting (CPU only)
     return model
+
+
+def _quantization(directory: Path):
+    """The ``"quantization"`` entry of a checkpoint's config.json (mlx-lm convention), or None."""
+    try:
+        entry = json.loads((directory / "config.json").read_text()).get("quantization")
+    except (OSError, ValueError, AttributeError):
+        return None  # load_config has already reported an unreadable config
+    if entry is None:
+        return None
+    from .quantize import Quantization
+
+    try:
+        return Quantization.from_dict(entry)
+    except ValueError as e:
+        raise CheckpointError(f"{directory / 'config.json'}: {e}") from None
 
 
 def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
@@ -204,6 +245,8 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
     config = model.config.to_dict()
     config["architectures"] = [type(model).__name__]
     config["torch_dtype"] = str(model.dtype).replace("mlx.core.", "")
+    if getattr(model, "quantization", None) is not None:
+        config["quantization"] = model.quantization.to_dict()
     _atomic_write_text(path / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     tensors = dict(tree_flatten(model.parameters()))
     tmp = path / f".{WEIGHTS_NAME}.tmp.safetensors"

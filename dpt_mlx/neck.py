@@ -8,6 +8,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from .kernels import Conv2d, matmul
 from .ops import interpolate, upsample2x
 from .vit import activation
 
@@ -40,7 +41,7 @@ class PatchConvTranspose2d(nn.ConvTranspose2d):
     def __call__(self, x: mx.array) -> mx.array:
         b, h, w, _ = x.shape
         o, k, _, i = self.weight.shape
-        y = x.reshape(-1, i) @ self.weight.reshape(o * k * k, i).T  # (B*H*W, O*k*k)
+        y = matmul(x.reshape(-1, i), self.weight.reshape(o * k * k, i).T)  # (B*H*W, O*k*k)
         y = y.reshape(b, h, w, o, k, k).transpose(0, 1, 4, 2, 5, 3).reshape(b, h * k, w * k, o)
         return y + self.bias if "bias" in self else y
 
@@ -108,8 +109,8 @@ class PreActResidualLayer(nn.Module):
     def __init__(self, channels: int, use_batch_norm: bool, bias: bool):
         super().__init__()
         self.use_batch_norm = use_batch_norm
-        self.convolution1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=bias)
-        self.convolution2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=bias)
+        self.convolution1 = Conv2d(channels, channels, kernel_size=3, padding=1, bias=bias)
+        self.convolution2 = Conv2d(channels, channels, kernel_size=3, padding=1, bias=bias)
         if use_batch_norm:
             self.batch_norm1 = nn.BatchNorm(channels)
             self.batch_norm2 = nn.BatchNorm(channels)
@@ -132,7 +133,7 @@ class FeatureFusionLayer(nn.Module):
         channels = config.fusion_hidden_size
         bn, bias = bool(config.use_batch_norm_in_fusion_residual), config.use_bias_in_residual
         self.align_corners = align_corners
-        self.projection = nn.Conv2d(channels, channels, kernel_size=1)
+        self.projection = Conv2d(channels, channels, kernel_size=1)
         self.residual_layer1 = PreActResidualLayer(channels, bn, bias)
         self.residual_layer2 = PreActResidualLayer(channels, bn, bias)
 
@@ -180,7 +181,7 @@ class DPTNeck(nn.Module):
         self.num_stages = len(config.neck_hidden_sizes)
         self.reassemble_stage = ReassembleStage(config, hidden_size) if reassemble else None
         self.convs = [
-            nn.Conv2d(c, config.fusion_hidden_size, kernel_size=3, padding=1, bias=False)
+            Conv2d(c, config.fusion_hidden_size, kernel_size=3, padding=1, bias=False)
             for c in config.neck_hidden_sizes
         ]
         self.fusion_stage = FeatureFusionStage(config, upsample_to_next)

@@ -73,16 +73,19 @@ def interpolate(
     align_corners: bool = False,
 ) -> mx.array:
     """Resize an NHWC array to ``size`` = (height, width) like ``F.interpolate`` on NCHW."""
-    _, h, w, _ = x.shape
+    b, h, w, c = x.shape
     out_h, out_w = int(size[0]), int(size[1])
     dtype = x.dtype
+    if dtype in (mx.float16, mx.bfloat16) and mx.default_device().type == mx.DeviceType.cpu:
+        x = x.astype(mx.float32)  # MLX's CPU half matmul has no BLAS (~50x slower)
+    # Plain matmuls, no einsum: ~25% faster on the CPU (no transposed copies).
     if out_h != h:
-        wh = mx.array(interpolation_matrix(h, out_h, mode, align_corners), dtype=dtype)
-        x = mx.einsum("oh,bhwc->bowc", wh, x)
+        wh = mx.array(interpolation_matrix(h, out_h, mode, align_corners), dtype=x.dtype)
+        x = (wh @ x.reshape(b, h, w * c)).reshape(b, out_h, w, c)  # (oh, h) @ (B, h, w*c)
     if out_w != w:
-        ww = mx.array(interpolation_matrix(w, out_w, mode, align_corners), dtype=dtype)
-        x = mx.einsum("pw,bhwc->bhpc", ww, x)
-    return x
+        ww = mx.array(interpolation_matrix(w, out_w, mode, align_corners), dtype=x.dtype)
+        x = ww @ x  # (ow, w) @ (B, oh, w, c), broadcast over B and oh
+    return x.astype(dtype)
 
 
 def interpolate_np(x: np.ndarray, size: tuple[int, int], mode: str = "bilinear", align_corners: bool = False) -> np.ndarray:

@@ -11,13 +11,14 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
+from . import kernels
 from .ops import interpolate
 
 
 def activation(name: str):
     """The transformers ``ACT2FN`` function for ``name``."""
     table = {
-        "gelu": nn.gelu,
+        "gelu": kernels.gelu,  # nn.gelu, with a fast CPU path
         "relu": nn.relu,
         "silu": nn.silu,
         "swish": nn.silu,
@@ -108,7 +109,7 @@ class SelfAttention(nn.Module):
             probs = mx.softmax(scores.astype(mx.float32), axis=-1).astype(q.dtype)
             out = self.dropout(probs) @ v
         else:
-            out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=bias)
+            out = kernels.attention(q, k, v, scale=self.scale, mask=bias)  # mx.fast sdpa off the CPU
         out = out.transpose(0, 2, 1, 3).reshape(b, n, -1)
         return out, probs
 

@@ -1,0 +1,165 @@
+"""dpt_mlx/kernels.py: every fast CPU path against the MLX op it replaces (no timing here)."""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from dpt_mlx import kernels as K
+
+pytestmark = pytest.mark.skipif(not K.on_cpu(), reason="the fast paths only act on the CPU")
+
+
+def rel(a, b) -> float:
+    a, b = np.array(a.astype(mx.float32), dtype=np.float64), np.array(b.astype(mx.float32), dtype=np.float64)
+    assert a.shape == b.shape
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def test_exp_nonpositive_matches_exp():
+    x = np.concatenate([np.linspace(-87, 0, 200_001), [-1e-30, -0.0]]).astype(np.float32)
+    got = np.array(K.exp_nonpositive(mx.array(x)), dtype=np.float64)
+    want = np.exp(x.astype(np.float64))
+    assert np.abs(got / want - 1).max() < 2e-7  # measured 7.7e-8
+    # far below the float range (masked scores): tiny and finite, never NaN
+    tail = np.array(K.exp_nonpositive(mx.array([-100.0, -1e30, -np.inf], dtype=mx.float32)))
+    assert np.all(np.isfinite(tail)) and np.all(tail < 1e-37)
+
+
+def test_exp_gradient_is_exp():
+    x = mx.array(np.linspace(-20, 0, 1001).astype(np.float32))
+    g = mx.grad(lambda a: K.exp_nonpositive(a).sum())(x)
+    assert rel(g, mx.exp(x)) < 1e-5  # measured 1e-6
+
+
+def test_erf_and_gelu():
+    xs = np.linspace(-8, 8, 40_001).astype(np.float32)
+    erf = np.array([math.erf(v) for v in xs.astype(np.float64)])
+    assert np.abs(np.array(K.erf(mx.array(xs))) - erf).max() < 1e-6  # measured 3.8e-7
+    x = mx.array(xs)
+    assert float(mx.abs(K.gelu(x) - nn.gelu(x)).max()) < 5e-6  # |x| <= 8; measured 9.5e-7
+    grad = mx.grad(lambda a: K.gelu(a).sum())(x)
+    assert float(mx.abs(grad - mx.grad(lambda a: nn.gelu(a).sum())(x)).max()) < 5e-5  # measured 6.8e-6
+    assert K.gelu(x.astype(mx.bfloat16)).dtype == mx.bfloat16
+
+
+@pytest.mark.parametrize("mask", [None, "full", "per_head_broadcast", "2d"])
+@pytest.mark.parametrize("n", [7, 50])
+def test_attention_matches_sdpa(monkeypatch, mask, n):
+    monkeypatch.setattr(K, "_BLOCK", 160)  # several row blocks per head at n=50
+    rng = np.random.default_rng(0)
+    q, k, v = (mx.array(rng.standard_normal((2, 3, n, 8)).astype(np.float32) * 2) for _ in range(3))
+    m = None
+    if mask is not None:
+        full = mx.array(rng.standard_normal((2, 3, n, n)).astype(np.float32))
+        m = {"full": full, "per_head_broadcast": full[:1, :1], "2d": full[0, 0]}[mask]
+    want = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=m)
+    assert rel(K.attention(q, k, v, 0.3, m), want) < 1e-5  # measured 1e-7 .. 5e-7
+
+
+def test_attention_half_inputs_and_masked_keys():
+    rng = np.random.default_rng(1)
+    q, k, v = (mx.array(rng.standard_normal((1, 2, 30, 16)).astype(np.float32) * 8) for _ in range(3))
+    m = mx.where(mx.arange(30) < 20, 0.0, -mx.inf)[None, None, None, :]  # keys 20.. masked out
+    q, k, v = (t.astype(mx.float16) for t in (q, k, v))  # scores up to ~250: float32 inside
+    want = mx.fast.scaled_dot_product_attention(*(t.astype(mx.float32) for t in (q, k, v)), scale=0.25, mask=m)
+    got = K.attention(q, k, v, 0.25, m)
+    assert got.dtype == mx.float16
+    assert rel(got, want) < 2e-3  # the float16 rounding of the output; measured 2.4e-4
+
+
+def test_attention_gradients():
+    q, k, v = (mx.random.normal((1, 2, 30, 8), key=mx.random.key(i)) for i in range(3))
+    ours = mx.grad(lambda *a: (K.attention(*a, 0.3) ** 2).sum(), argnums=(0, 1, 2))(q, k, v)
+    ref = mx.grad(lambda *a: (mx.fast.scaled_dot_product_attention(*a, scale=0.3) ** 2).sum(), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(ours, ref):
+        assert rel(a, b) < 1e-5  # measured 1e-7 .. 5e-7
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("kernel,padding,size", [
+    (3, 1, (33, 40)), (1, 0, (33, 40)), (3, 0, (34, 35)), (5, 2, (37, 30)), ((3, 1), (1, 0), (36, 33)), (2, 0, (35, 33)),
+])
+def test_conv2d_matches_mlx(batch, kernel, padding, size):
+    x = mx.random.normal((batch, *size, 6), key=mx.random.key(batch))
+    for bias in (True, False):
+        conv = K.Conv2d(6, 5, kernel, padding=padding, bias=bias)
+        assert size[0] * size[1] >= conv._MIN_PIXELS  # the fast path runs
+        want = nn.Conv2d.__call__(conv, x)
+        got = conv(x)
+        assert got.shape == want.shape and rel(got, want) < 1e-5  # measured < 1e-6
+        half = conv(x.astype(mx.bfloat16))
+        assert half.dtype == mx.bfloat16 and rel(half, want) < 2e-2  # bfloat16 rounding; measured 4e-3
+
+
+def test_conv2d_strided_and_small_maps_use_mlx():
+    # stride 2 is not a fast path: exactly MLX's result
+    conv = K.Conv2d(4, 4, 3, stride=2, padding=1)
+    x = mx.random.normal((1, 40, 40, 4))
+    assert rel(conv(x), nn.Conv2d.__call__(conv, x)) == 0.0
+    small = K.Conv2d(4, 4, 3, padding=1)
+    x = mx.random.normal((1, 8, 8, 4))  # fewer pixels than _MIN_PIXELS: MLX's own conv
+    assert rel(small(x), nn.Conv2d.__call__(small, x)) == 0.0
+
+
+def test_half_linear_and_batch_norm_keep_arrays_and_names():
+    lin = nn.Linear(8, 4)
+    fast = K.half_linear(lin)
+    assert type(fast) is K.Linear and fast.weight is lin.weight and fast.bias is lin.bias
+    x = mx.random.normal((3, 8))
+    assert rel(fast(x), lin(x)) == 0.0  # float32: plain nn.Linear
+    lin16 = K.half_linear(lin)
+    lin16.set_dtype(mx.float16)
+    assert lin16(x.astype(mx.float16)).dtype == mx.float16
+    assert rel(lin16(x.astype(mx.float16)), lin(x)) < 5e-3  # measured 8e-4
+
+    bn = nn.BatchNorm(4)
+    bn.running_var = mx.array([1e5, 7e4, 1.0, 1e-3])  # beyond float16's 65504, and small
+    bn.running_mean = mx.array([3.0, -2.0, 0.5, 0.01])
+    bn.eval()
+    safe = K.half_batch_norm(bn)
+    assert type(safe) is K.BatchNorm and sorted(safe.keys()) == sorted(bn.keys())
+    assert set(safe.trainable_parameters()) == set(bn.trainable_parameters()) == {"weight", "bias"}
+    x = mx.random.normal((2, 5, 5, 4)) * mx.sqrt(bn.running_var) + bn.running_mean
+    got = safe(x.astype(mx.float16))
+    assert got.dtype == mx.float16 and rel(got, bn(x)) < 2e-3  # measured 5e-4
+    plain = nn.BatchNorm(4)
+    plain.update(bn.parameters())
+    plain.set_dtype(mx.float16)  # what a plain half cast does: var 1e5 -> inf, rsqrt(inf) = 0
+    plain.eval()
+    assert rel(plain(x.astype(mx.float16)), bn(x)) > 0.5  # those channels come out as zeros
+
+
+def test_replace_modules_is_exact_type():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.b = [K.Linear(4, 4), nn.Conv2d(2, 2, 1)]
+
+    net = Net()
+    K.replace_modules(net, nn.Linear, K.half_linear)
+    assert type(net.a) is K.Linear and type(net.b[0]) is K.Linear and type(net.b[1]) is nn.Conv2d
+
+
+def test_switch_off(monkeypatch):
+    monkeypatch.setattr(K, "ENABLED", False)
+    assert not K.on_cpu()
+    x = mx.random.normal((1, 40, 40, 3))
+    conv = K.Conv2d(3, 2, 3, padding=1)
+    assert rel(conv(x), nn.Conv2d.__call__(conv, x)) == 0.0
+
+
+def test_cache_limit_leaves_a_users_setting_alone():
+    previous = mx.set_cache_limit(123 << 20)
+    try:
+        K.raise_cpu_cache_limit()
+        assert mx.set_cache_limit(32 << 20) == 123 << 20
+        K.raise_cpu_cache_limit()
+        assert mx.set_cache_limit(32 << 20) == K.cpu_cache_limit() >= 1 << 30
+    finally:
+        mx.set_cache_limit(previous)

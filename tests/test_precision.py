@@ -1,0 +1,120 @@
+"""float16 / bfloat16 models: they load, run in that dtype, and stay within measured error bounds.
+
+The bounds are measured on these tests' own tiny checkpoints (perturbed random weights) against
+our float32 output, max|half - f32| / max|f32|, and set with a stated margin (the measured value is
+in each comment). On real checkpoints see README (python -m dpt_mlx.benchmark).
+"""
+
+from __future__ import annotations
+
+import json
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+import torch
+import transformers
+from helpers import perturb, pixels, rel_err
+from mlx.utils import tree_flatten
+
+import dpt_mlx
+from dpt_mlx import kernels
+from dpt_mlx.loading import load_pretrained
+
+
+def dpt_config(**overrides) -> transformers.DPTConfig:
+    kwargs = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128, image_size=32,
+                  patch_size=8, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[16, 32, 64, 64],
+                  fusion_hidden_size=32, num_labels=5, layer_norm_eps=1e-12)
+    kwargs.update(overrides)
+    return transformers.DPTConfig(**kwargs)
+
+
+def depth_anything_config() -> transformers.DepthAnythingConfig:
+    backbone = transformers.Dinov2Config(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, image_size=42,
+                                         patch_size=14, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
+    return transformers.DepthAnythingConfig(backbone_config=backbone, patch_size=14, reassemble_hidden_size=64,
+                                            neck_hidden_sizes=[16, 32, 64, 64], fusion_hidden_size=32,
+                                            head_hidden_size=16)
+
+
+# kind -> (reference class, config, input size)
+KINDS = {
+    "dpt": (transformers.DPTForDepthEstimation, lambda: dpt_config(), (32, 32)),  # the reference's DPT: square
+    "dpt-segmentation-bn": (transformers.DPTForSemanticSegmentation,
+                            lambda: dpt_config(use_batch_norm_in_fusion_residual=True), (32, 32)),
+    "depth-anything": (transformers.DepthAnythingForDepthEstimation, depth_anything_config, (42, 56)),
+}
+
+
+def build(tmp_path, kind: str, seed: int = 0):
+    """Save a perturbed tiny reference checkpoint; return (directory, input pixels)."""
+    cls, config, (h, w) = KINDS[kind]
+    torch.manual_seed(seed)
+    ref = perturb(cls(config()), seed=seed)
+    x = pixels(2, h, w, seed=seed)
+    if kind != "dpt-segmentation-bn":  # open the depth head's final ReLU on ~90% of the pixels
+        last = [m for m in ref.head.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        seen = []
+        hook = last.register_forward_hook(lambda mod, inp, out: seen.append(out))
+        with torch.no_grad():
+            ref(torch.from_numpy(x))
+            hook.remove()
+            last.bias.sub_(torch.quantile(seen[0].flatten(), 0.1))
+    path = tmp_path / kind
+    ref.save_pretrained(path)
+    return path, x
+
+
+def output(model, x) -> mx.array:
+    out = model(x)
+    return out.logits if "logits" in out else out.predicted_depth
+
+
+# max|half - f32| / max|f32| measured on these checkpoints (seed 0), float16 / bfloat16:
+#   dpt 2.9e-3 / 1.8e-2, dpt-segmentation-bn 1.5e-3 / 1.4e-2, depth-anything 2.5e-3 / 1.9e-2.
+# Bounds: 3x the largest of the three per dtype (bfloat16 keeps 8 mantissa bits, float16 11).
+BOUND = {"float16": 9e-3, "bfloat16": 6e-2}
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_half_precision_loads_runs_and_stays_close(tmp_path, kind, dtype):
+    path, x = build(tmp_path, kind)
+    ref = np.array(output(load_pretrained(path), x))
+    model = load_pretrained(path, dtype=dtype)
+    assert model.dtype == getattr(mx, dtype)
+    out = output(model, x)
+    assert out.dtype == getattr(mx, dtype)
+    assert rel_err(np.array(out.astype(mx.float32)), ref) <= BOUND[dtype]
+
+
+def test_half_cast_keeps_batch_norm_statistics_in_float32(tmp_path):
+    path, _ = build(tmp_path, "dpt-segmentation-bn")
+    model = load_pretrained(path, dtype="float16")
+    params = dict(tree_flatten(model.parameters()))
+    stats = {k: v for k, v in params.items() if k.endswith((".running_mean", ".running_var"))}
+    assert stats and all(v.dtype == mx.float32 for v in stats.values())
+    assert all(v.dtype == mx.float16 for k, v in params.items() if k not in stats)
+    modules = [m for _, m in model.named_modules()]
+    assert not any(type(m) in (nn.BatchNorm, nn.Linear) for m in modules)  # all swapped for the safe ones
+    assert any(isinstance(m, kernels.BatchNorm) for m in modules) and any(isinstance(m, kernels.Linear) for m in modules)
+
+
+def test_half_checkpoint_round_trip(tmp_path):
+    path, x = build(tmp_path, "dpt")
+    model = load_pretrained(path, dtype="bfloat16")
+    model.save_pretrained(tmp_path / "bf16")
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    again = dpt_mlx.load_model(tmp_path / "bf16")
+    assert again.dtype == mx.bfloat16
+    assert np.array_equal(np.array(output(again, x).astype(mx.float32)), np.array(output(model, x).astype(mx.float32)))
+
+
+def test_half_precision_large_activations_stay_finite(tmp_path):
+    """Scores far beyond float16's range of exp: softmax is computed in float32."""
+    path, x = build(tmp_path, "dpt")
+    model = load_pretrained(path, dtype="float16")
+    out = output(model, x * 50)  # embeddings ~50x larger, attention logits ~2500x
+    assert np.all(np.isfinite(np.array(out.astype(mx.float32))))
