@@ -428,7 +428,11 @@ def _open_provider(name, path, global_ok, notes):
         return None
     # Probe the naming without exporting anything globally.
     try:
-        handle = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
+        if name == "scipy-openblas32":
+            with _own_openblas_env(notes):
+                handle = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
+        else:
+            handle = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
     except OSError as exc:
         notes.append(f"{path}: cannot be loaded ({exc})")
         return None
@@ -509,49 +513,57 @@ def _current_binding(libmlx=None):
             "symbol": sym, "reference": _is_reference(lib)}
 
 
-_AVX512_FLAGS = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
+CORETYPE_ENV_VAR = "DPT_MLX_OPENBLAS_CORETYPE"
 
 
-def _zen5_like(cpuinfo: str) -> bool:
-    """Whether the first CPU in ``/proc/cpuinfo`` text is an AMD family >= 0x1A with AVX-512."""
-    fields = {}
-    for line in cpuinfo.split("\n\n", 1)[0].splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            fields[key.strip()] = value.strip()
-    try:
-        family = int(fields.get("cpu family", "0"))
-    except ValueError:
-        return False
-    return (fields.get("vendor_id") == "AuthenticAMD" and family >= 0x1A
-            and _AVX512_FLAGS <= set(fields.get("flags", "").split()))
+class _own_openblas_env:
+    """While loading dpt_mlx's own OpenBLAS (the ``scipy-openblas32`` wheel, which nothing else in
+    the process uses), let it pick its kernels from the CPU, or from ``DPT_MLX_OPENBLAS_CORETYPE``.
 
+    OpenBLAS reads ``OPENBLAS_CORETYPE`` once, when the library initialises. A value in the
+    environment is usually there for the process's other OpenBLAS copies (NumPy's, SciPy's), and
+    pinning an older kernel halves MLX's matmul speed (measured on an AVX-512 CPU with
+    ``OPENBLAS_CORETYPE=Haswell``: 270 -> 495 GFLOP/s for a 577x1024 @ 1024x4096 product on
+    2 cores). The variable is changed only for the ``dlopen`` and restored right after, so
+    everything else in the process (and its children) still sees the user's setting.
 
-def _openblas_coretype_hint(notes) -> None:
-    """Pick OpenBLAS's AVX-512 kernels on AMD Zen 5, which OpenBLAS <= 0.3.34 does not recognise.
-
-    Its DYNAMIC_ARCH falls back to the Haswell (AVX2) kernels for CPU family 0x1A; the SKYLAKEX
-    kernels ran float32 GEMM about 2x faster there (measured: 90 -> 172 GFLOP/s for a
-    577x1024 @ 1024x4096 product). The variable is read when OpenBLAS initialises, so it is set
-    before the library is loaded; a user's own OPENBLAS_CORETYPE always wins.
+    Unless ``OPENBLAS_THREAD_TIMEOUT`` is set, its idle worker threads also go to sleep at once
+    instead of spinning for ~2**28 cycles after each product: the softmax threads of
+    ``kernels.attention`` run between products and would otherwise share a core with a
+    spinning worker (DPT-Large layer 53 -> 51 ms, a Depth-Anything-small layer 41 -> 36 ms).
     """
-    if os.environ.get("OPENBLAS_CORETYPE") or platform.machine() != "x86_64":
-        if os.environ.get("OPENBLAS_CORETYPE"):
-            notes.append(f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} from the environment")
-        return
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            cpuinfo = f.read()
-    except OSError:
-        return
-    if _zen5_like(cpuinfo):
-        os.environ["OPENBLAS_CORETYPE"] = "SKYLAKEX"
-        notes.append("OPENBLAS_CORETYPE=SKYLAKEX (OpenBLAS does not detect this AMD CPU family; AVX-512 kernels)")
+
+    def __init__(self, notes):
+        self.notes = notes
+        self.saved = None
+
+    def __enter__(self):
+        self.timeout_set = "OPENBLAS_THREAD_TIMEOUT" not in os.environ
+        if self.timeout_set:
+            os.environ["OPENBLAS_THREAD_TIMEOUT"] = "4"  # 2**4 cycles, OpenBLAS's minimum
+        self.saved = os.environ.get("OPENBLAS_CORETYPE")
+        own = os.environ.get(CORETYPE_ENV_VAR, "").strip()
+        if own:
+            os.environ["OPENBLAS_CORETYPE"] = own
+            self.notes.append(f"{CORETYPE_ENV_VAR}={own}: OpenBLAS kernels chosen by the user")
+        elif self.saved is not None:
+            del os.environ["OPENBLAS_CORETYPE"]
+            self.notes.append(f"OPENBLAS_CORETYPE={self.saved} left to the process's other OpenBLAS copies; "
+                              f"dpt_mlx's own detects the CPU (set {CORETYPE_ENV_VAR} to pin its kernels)")
+        return self
+
+    def __exit__(self, *exc):
+        if self.timeout_set:
+            os.environ.pop("OPENBLAS_THREAD_TIMEOUT", None)
+        if self.saved is None:
+            os.environ.pop("OPENBLAS_CORETYPE", None)
+        else:
+            os.environ["OPENBLAS_CORETYPE"] = self.saved
+        return False
 
 
 def _setup_linux(mode, info):
     notes = info["notes"]
-    _openblas_coretype_hint(notes)
     explicit = mode != "auto"
     mlx_before = "mlx.core" in sys.modules
     info["mlx_imported_before_setup"] = mlx_before

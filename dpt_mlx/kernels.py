@@ -167,20 +167,17 @@ def _softmax_attention(q, k_t, v, mask):
     return (e @ v) / mx.sum(e, axis=-1, keepdims=True)
 
 
-def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None = None) -> mx.array:
-    """``mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)`` for (B, heads, N, d).
+def _mask4(mask: mx.array | None) -> mx.array | None:
+    if mask is None:
+        return None
+    mask = _f32(mask)
+    while mask.ndim < 4:
+        mask = mask[None]
+    return mask
 
-    ``mask`` is additive and broadcasts to (B, heads, N, N). On the CPU the scores are computed
-    head by head in blocks of query rows that fit in L2, in float32.
-    """
-    if not on_cpu():
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
-    dtype = q.dtype
-    q, k, v = _f32(q) * scale, _f32(k), _f32(v)
-    if mask is not None:
-        mask = _f32(mask)
-        while mask.ndim < 4:
-            mask = mask[None]
+
+def _blocked_attention(q, k, v, mask):
+    """softmax(q @ k^T + mask) @ v in MLX ops, head by head in L2-sized blocks of query rows."""
     heads, n = q.shape[1:3]
     rows = max(16, _BLOCK // max(k.shape[2], 1))
     out = []
@@ -192,7 +189,122 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.arra
             mr = None if mh is None else mh[:, :, r : r + rows] if mh.shape[2] > 1 else mh
             blocks.append(_softmax_attention(qh[:, :, r : r + rows], kh_t, vh, mr))
         out.append(blocks[0] if len(blocks) == 1 else mx.concatenate(blocks, axis=2))
-    return mx.concatenate(out, axis=1).astype(dtype)
+    return out[0] if len(out) == 1 else mx.concatenate(out, axis=1)
+
+
+# Threaded softmax: MLX's CPU backend runs elementwise work on one thread with scalar code
+# (~2-4 ns per score element here); NumPy's float32 exp is vectorised (~0.3 ns) and releases
+# the GIL, so the scores are computed by MLX's BLAS, exponentiated in place by NumPy on every
+# core, and multiplied by V in MLX again.
+THREADED_MIN_SCORES = 1 << 16  # below this many scores per call the MLX path is as fast
+_CHUNK = 1 << 24  # score elements evaluated at a time (64 MiB of float32)
+_ROW_BLOCK = 1 << 16  # score elements per NumPy call (256 KiB, stays in L2)
+_pool = None
+
+
+def _workers():
+    global _pool
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from ._blas import _cpu_count
+
+        n = max(1, min(_cpu_count(), 16))
+        _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="dpt_mlx_softmax") if n > 1 else False
+    return _pool
+
+
+def _unnormalized_softmax_rows(s, den, lo: int, hi: int) -> None:
+    """In place on rows lo:hi of the 2-D float32 NumPy array ``s``: exp(s - row max); row sums into ``den``."""
+    import numpy as np
+
+    step = max(1, _ROW_BLOCK // s.shape[1])
+    for r in range(lo, hi, step):
+        e = min(hi, r + step)
+        blk = s[r:e]
+        np.subtract(blk, blk.max(axis=1, keepdims=True), out=blk)
+        np.exp(blk, out=blk)
+        blk.sum(axis=1, out=den[r:e])
+
+
+def _softmax_product(s: mx.array, v: mx.array) -> mx.array:
+    """softmax(s) @ v for (G, N, M) scores, the softmax by NumPy threads (evaluates ``s``)."""
+    import numpy as np
+
+    mx.eval(s)
+    a = np.asarray(s)  # MLX's own buffer of the freshly computed scores: written in place
+    inplace = a.flags.c_contiguous and a.flags.writeable
+    if not inplace:
+        a = np.array(a, dtype=np.float32)
+    flat = a.reshape(-1, a.shape[-1])
+    den = np.empty(flat.shape[0], np.float32)
+    pool = _workers()
+    if pool:
+        cuts = [flat.shape[0] * i // pool._max_workers for i in range(pool._max_workers + 1)]
+        spans = [(lo, hi) for lo, hi in zip(cuts, cuts[1:]) if hi > lo]
+        list(pool.map(lambda span: _unnormalized_softmax_rows(flat, den, *span), spans))
+    else:
+        _unnormalized_softmax_rows(flat, den, 0, flat.shape[0])
+    e = s if inplace else mx.array(a)
+    return (e @ v) / mx.array(den).reshape(*s.shape[:-1], 1)
+
+
+def _threaded_forward(q, k, v, mask):
+    b, heads, n, _ = q.shape
+    group = max(1, min(heads, _CHUNK // max(n * k.shape[2], 1)))
+    out = []
+    for i in range(b):
+        mb = None if mask is None else mask[i if mask.shape[0] > 1 else 0]
+        for h in range(0, heads, group):
+            s = q[i, h : h + group] @ k[i, h : h + group].swapaxes(-1, -2)
+            if mb is not None:
+                s = s + (mb[h : h + group] if mb.shape[0] > 1 else mb)
+            out.append(_softmax_product(s, v[i, h : h + group]))
+    out = out[0] if len(out) == 1 else mx.concatenate(out, axis=0)
+    return out.reshape(b, heads, n, v.shape[-1])
+
+
+def _make_threaded(masked: bool):
+    def reference(*args):
+        return _blocked_attention(*args) if masked else _blocked_attention(*args, None)
+
+    @mx.custom_function
+    def fn(*args):
+        return _threaded_forward(*args) if masked else _threaded_forward(*args, None)
+
+    @fn.vjp
+    def fn_vjp(primals, cotangent, output):
+        # Gradients through the MLX formulation: the NumPy forward is invisible to autodiff.
+        _, grads = mx.vjp(reference, list(primals), [cotangent])
+        return tuple(grads)
+
+    return fn
+
+
+_threaded = {False: _make_threaded(False), True: _make_threaded(True)}
+
+
+def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None = None) -> mx.array:
+    """``mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)`` for (B, heads, N, d).
+
+    ``mask`` is additive and broadcasts to (B, heads, N, N). On the CPU the scores are computed
+    in float32 by BLAS and their softmax runs on every core (NumPy, in place); gradients, and
+    calls inside ``mx.compile`` / ``mx.vmap`` (which cannot evaluate), use MLX ops head by head
+    in blocks of query rows that fit in L2.
+    """
+    if not on_cpu():
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+    dtype = q.dtype
+    q, k, v = _f32(q) * scale, _f32(k), _f32(v)
+    mask = _mask4(mask)
+    if q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] >= THREADED_MIN_SCORES:
+        args = (q, k, v) if mask is None else (q, k, v, mask)
+        try:
+            return _threaded[mask is not None](*args).astype(dtype)
+        except ValueError as exc:  # inside mx.compile / mx.vmap: no evaluation allowed
+            if "eval" not in str(exc):
+                raise
+    return _blocked_attention(q, k, v, mask).astype(dtype)
 
 
 # ---------------------------------------------------------------------------- convolutions

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -252,13 +253,54 @@ def test_failure_during_rebind_leaves_mlx_working():
     assert info["effective"] is False and info["matmul_ok"]
 
 
-def test_zen5_detection():
-    from dpt_mlx._blas import _zen5_like
+def _raw_openblas32_core(coretype):
+    """The kernel set scipy-openblas32 picks by itself with OPENBLAS_CORETYPE=coretype (None: unset)."""
+    code = textwrap.dedent(
+        """
+        import ctypes, glob, os, scipy_openblas32
+        lib = sorted(glob.glob(os.path.join(os.path.dirname(scipy_openblas32.__file__), "lib", "*.so*")))[0]
+        fn = ctypes.CDLL(lib).scipy_openblas_get_config
+        fn.restype = ctypes.c_char_p
+        print(fn().decode().split()[-2])
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    if coretype is not None:
+        env["OPENBLAS_CORETYPE"] = coretype
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         check=True)
+    return out.stdout.split()[-1]
 
-    flags = "fpu sse avx2 avx512f avx512cd avx512bw avx512dq avx512vl"
-    zen5 = f"processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nflags\t\t: {flags}\n\nprocessor\t: 1\n"
-    assert _zen5_like(zen5)
-    assert not _zen5_like(zen5.replace("26", "25"))  # Zen 4: OpenBLAS detects it itself
-    assert not _zen5_like(zen5.replace("AuthenticAMD", "GenuineIntel"))
-    assert not _zen5_like(zen5.replace(" avx512vl", ""))
-    assert not _zen5_like("")
+
+x86_only = pytest.mark.skipif(platform.machine() != "x86_64", reason="the kernel names tested are x86-64's")
+
+
+@linux_only
+@x86_only
+@pytest.mark.skipif(not _has_openblas32(), reason="scipy-openblas32 is not installed")
+def test_own_openblas_detects_the_cpu_and_leaves_the_environment_alone():
+    detected = _raw_openblas32_core(None)
+    pinned = _raw_openblas32_core("Haswell")
+    assert pinned == "Haswell"  # the variable does steer a plain OpenBLAS load
+    check_env = "import os; print('ENV' + str(os.environ.get('OPENBLAS_CORETYPE')))\n"
+    code = "import os\nos.environ.pop('DPT_MLX_OPENBLAS_CORETYPE', None)\n"
+    info = _run_info(None, code, {"OPENBLAS_CORETYPE": "Haswell"})
+    assert info["provider"] == "scipy-openblas32"
+    assert info["version"].split()[-2] == detected
+    assert any("OPENBLAS_CORETYPE=Haswell left to" in n for n in info["notes"])
+    # the process's environment is restored after the load
+    env = dict(os.environ, OPENBLAS_CORETYPE="Haswell", PYTHONPATH=ROOT)
+    env.pop("DPT_MLX_OPENBLAS_CORETYPE", None)
+    out = subprocess.run([sys.executable, "-c", "import dpt_mlx\n" + check_env], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=300, check=True)
+    assert "ENVHaswell" in out.stdout
+
+
+@linux_only
+@x86_only
+@pytest.mark.skipif(not _has_openblas32(), reason="scipy-openblas32 is not installed")
+def test_own_openblas_kernels_can_be_pinned():
+    info = _run_info(None, extra_env={"DPT_MLX_OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_CORETYPE": "Sandybridge"})
+    assert info["version"].split()[-2] == "Haswell"
+    assert info["matmul_ok"]
+    assert any("DPT_MLX_OPENBLAS_CORETYPE=Haswell" in n for n in info["notes"])
