@@ -40,6 +40,11 @@ Selection, by the environment variable ``DPT_MLX_BLAS``:
 a path to a ``.so``
     That library (unprefixed ``cblas_sgemm`` or ``scipy_``-prefixed, LP64 only).
 
+``scipy-openblas32`` is loaded for MLX alone, so it picks its kernels from the CPU even when
+``OPENBLAS_CORETYPE`` is set for the process's other OpenBLAS copies (the variable is hidden
+during the load only; see ``_own_openblas_env``). ``DPT_MLX_OPENBLAS_CORETYPE=Haswell`` (or any
+OpenBLAS core name) pins its kernels; ``blas_info()["version"]`` names the kernels in use.
+
 ``DPT_MLX_BLAS_THREADS=N`` sets the provider's thread count (otherwise it follows
 ``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``OMP_NUM_THREADS``, else the
 number of CPUs this process may use: affinity mask, capped by a cgroup CPU quota).

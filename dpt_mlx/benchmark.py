@@ -207,12 +207,13 @@ def machine_info() -> dict:
 
 
 def set_threads(n: int) -> None:
-    """Use ``n`` threads in PyTorch and in the BLAS that MLX calls."""
+    """Use ``n`` threads in PyTorch, in the BLAS that MLX calls and in our attention softmax."""
     import ctypes
 
     import torch
 
     torch.set_num_threads(n)
+    kernels.set_threads(n)
     info = blas_info()
     if info.get("library"):
         lib = ctypes.CDLL(info["library"])

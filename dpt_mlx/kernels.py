@@ -39,6 +39,7 @@ import mlx.nn as nn
 __all__ = [
     "BatchNorm", "Conv2d", "Linear", "attention", "conv2d_stride1", "cpu_cache_limit", "erf", "exp_nonpositive",
     "gelu", "half_batch_norm", "half_linear", "matmul", "on_cpu", "raise_cpu_cache_limit", "replace_modules",
+    "set_threads",
 ]
 
 _HALF = (mx.float16, mx.bfloat16)
@@ -202,15 +203,24 @@ _ROW_BLOCK = 1 << 16  # score elements per NumPy call (256 KiB, stays in L2)
 _pool = None
 
 
-def _workers():
+def set_threads(n: int | None = None) -> None:
+    """Threads for the attention softmax; default: as many as the BLAS uses (``DPT_MLX_BLAS_THREADS``)."""
     global _pool
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ._blas import _cpu_count, setup
+
+    if n is None:
+        n = setup().get("threads") or _cpu_count()
+    n = max(1, min(int(n), 16))
+    old, _pool = _pool, (ThreadPoolExecutor(max_workers=n, thread_name_prefix="dpt_mlx_softmax") if n > 1 else False)
+    if old:
+        old.shutdown(wait=False)
+
+
+def _workers():
     if _pool is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        from ._blas import _cpu_count
-
-        n = max(1, min(_cpu_count(), 16))
-        _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="dpt_mlx_softmax") if n > 1 else False
+        set_threads()
     return _pool
 
 

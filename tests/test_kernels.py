@@ -217,3 +217,16 @@ def test_cache_limit_leaves_a_users_setting_alone():
         assert mx.set_cache_limit(32 << 20) == K.cpu_cache_limit() >= 1 << 30
     finally:
         mx.set_cache_limit(previous)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_threaded_attention_any_thread_count(monkeypatch, threads):
+    monkeypatch.setattr(K, "THREADED_MIN_SCORES", 0)
+    q, k, v = (mx.random.normal((1, 4, 33, 8), key=mx.random.key(i)) for i in range(3))
+    K.set_threads(threads)
+    try:
+        assert (K._workers() or None) is None if threads == 1 else K._workers()._max_workers == threads
+        got = K.attention(q, k, v, 0.5)
+    finally:
+        K.set_threads()
+    assert rel(got, mx.fast.scaled_dot_product_attention(q, k, v, scale=0.5)) < 1e-5
