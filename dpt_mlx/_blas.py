@@ -541,6 +541,7 @@ class _own_openblas_env:
     def __init__(self, notes):
         self.notes = notes
         self.saved = None
+        self.timeout_set = False
 
     def __enter__(self):
         self.timeout_set = "OPENBLAS_THREAD_TIMEOUT" not in os.environ

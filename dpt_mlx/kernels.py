@@ -177,7 +177,7 @@ def _mask4(mask: mx.array | None) -> mx.array | None:
     return mask
 
 
-def _blocked_attention(q, k, v, mask):
+def _blocked_attention(q, k, v, mask=None):
     """softmax(q @ k^T + mask) @ v in MLX ops, head by head in L2-sized blocks of query rows."""
     heads, n = q.shape[1:3]
     rows = max(16, _BLOCK // max(k.shape[2], 1))
@@ -200,19 +200,20 @@ def _blocked_attention(q, k, v, mask):
 THREADED_MIN_SCORES = 1 << 16  # below this many scores per call the MLX path is as fast
 _CHUNK = 1 << 24  # score elements evaluated at a time (64 MiB of float32)
 _ROW_BLOCK = 1 << 16  # score elements per NumPy call (256 KiB, stays in L2)
-_pool = None
+_pool = None  # None: not made yet; False: one thread (no pool)
+_threads = 1
 
 
 def set_threads(n: int | None = None) -> None:
     """Threads for the attention softmax; default: as many as the BLAS uses (``DPT_MLX_BLAS_THREADS``)."""
-    global _pool
+    global _pool, _threads
     from concurrent.futures import ThreadPoolExecutor
 
     from ._blas import _cpu_count, setup
 
     if n is None:
         n = setup().get("threads") or _cpu_count()
-    n = max(1, min(int(n), 16))
+    n = _threads = max(1, min(int(n), 16))
     old, _pool = _pool, (ThreadPoolExecutor(max_workers=n, thread_name_prefix="dpt_mlx_softmax") if n > 1 else False)
     if old:
         old.shutdown(wait=False)
@@ -250,7 +251,7 @@ def _softmax_product(s: mx.array, v: mx.array) -> mx.array:
     den = np.empty(flat.shape[0], np.float32)
     pool = _workers()
     if pool:
-        cuts = [flat.shape[0] * i // pool._max_workers for i in range(pool._max_workers + 1)]
+        cuts = [flat.shape[0] * i // _threads for i in range(_threads + 1)]
         spans = [(lo, hi) for lo, hi in zip(cuts, cuts[1:]) if hi > lo]
         list(pool.map(lambda span: _unnormalized_softmax_rows(flat, den, *span), spans))
     else:
@@ -259,7 +260,7 @@ def _softmax_product(s: mx.array, v: mx.array) -> mx.array:
     return (e @ v) / mx.array(den).reshape(*s.shape[:-1], 1)
 
 
-def _threaded_forward(q, k, v, mask):
+def _threaded_forward(q, k, v, mask=None):
     b, heads, n, _ = q.shape
     group = max(1, min(heads, _CHUNK // max(n * k.shape[2], 1)))
     out = []
@@ -274,24 +275,16 @@ def _threaded_forward(q, k, v, mask):
     return out.reshape(b, heads, n, v.shape[-1])
 
 
-def _make_threaded(masked: bool):
-    def reference(*args):
-        return _blocked_attention(*args) if masked else _blocked_attention(*args, None)
-
-    @mx.custom_function
-    def fn(*args):
-        return _threaded_forward(*args) if masked else _threaded_forward(*args, None)
-
-    @fn.vjp
-    def fn_vjp(primals, cotangent, output):
-        # Gradients through the MLX formulation: the NumPy forward is invisible to autodiff.
-        _, grads = mx.vjp(reference, list(primals), [cotangent])
-        return tuple(grads)
-
-    return fn
+@mx.custom_function
+def _threaded(q, k, v, mask=None):
+    return _threaded_forward(q, k, v, mask)
 
 
-_threaded = {False: _make_threaded(False), True: _make_threaded(True)}
+@_threaded.vjp
+def _threaded_vjp(primals, cotangent, output):
+    # Gradients through the MLX formulation: the NumPy forward is invisible to autodiff.
+    _, grads = mx.vjp(_blocked_attention, list(primals), [cotangent])
+    return tuple(grads)
 
 
 def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None = None) -> mx.array:
@@ -310,7 +303,7 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.arra
     if q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] >= THREADED_MIN_SCORES:
         args = (q, k, v) if mask is None else (q, k, v, mask)
         try:
-            return _threaded[mask is not None](*args).astype(dtype)
+            return _threaded(*args).astype(dtype)
         except ValueError as exc:  # inside mx.compile / mx.vmap: no evaluation allowed
             if "eval" not in str(exc):
                 raise
