@@ -1,8 +1,8 @@
-"""Convert a transformers DPT checkpoint to dpt_mlx: python convert.py --hf-path ID_OR_DIR --mlx-path DIR"""
+"""Convert a transformers DPT / Depth Anything checkpoint into a dpt_mlx checkpoint (see --help)."""
 
 import sys
 
-from dpt_mlx.convert import main
+from dpt_mlx.cli.convert import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,26 +1,18 @@
-"""dpt_mlx: DPT and Depth Anything dense prediction models in MLX, with transformers' API."""
+"""dpt_mlx: DPT and Depth Anything dense prediction models in MLX, with transformers' API.
 
-# On Linux, point MLX's CPU matmul at an optimized BLAS before anything runs (see _blas).
-from . import _blas
+Importing dpt_mlx has no side effects: MLX keeps its settings and its BLAS until a model is
+loaded on the CPU (see dpt_mlx.cpu).
+"""
 
-_blas.setup()
-
-from ._blas import blas_info  # noqa: E402
 from .config import DepthAnythingConfig, DPTConfig
+from .cpu.blas import blas_info
 from .errors import CheckpointError, DPTError, ImageError, UnsupportedModelError
-from .loading import load_model
-from .losses import scale_shift_invariant_loss, semantic_segmentation_loss, silog_loss
-from .modeling import (
-    BaseModelOutputWithPooling,
-    DepthEstimatorOutput,
-    DPTForDepthEstimation,
-    DPTForSemanticSegmentation,
-    DPTModel,
-    SemanticSegmenterOutput,
-)
-from .depth_anything import DepthAnythingForDepthEstimation
-from .image_processing import DPTFeatureExtractor, DPTImageProcessor
+from .models import (DepthAnythingForDepthEstimation, DPTForDepthEstimation, DPTForSemanticSegmentation, DPTModel,
+                     load_model)
+from .outputs import BaseModelOutputWithPooling, DepthEstimatorOutput, SemanticSegmenterOutput
 from .pipelines import pipeline
+from .processing.image_processor import DPTFeatureExtractor, DPTImageProcessor
+from .training.losses import scale_shift_invariant_loss, semantic_segmentation_loss, silog_loss
 
 __version__ = "0.1.0"
 

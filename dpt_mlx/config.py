@@ -7,57 +7,16 @@ many generic ``PretrainedConfig`` fields) and validates the rest.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .backbones.bit import HYBRID_BIT_DEFAULTS, BitConfig
+from .config_utils import BaseConfig, check_act, pair
 from .errors import CheckpointError, UnsupportedModelError
 
 READOUT_TYPES = ("ignore", "add", "project")
-ACTIVATIONS = ("gelu", "relu", "silu", "swish", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "quick_gelu", "tanh")
-
-
-def _pair(value) -> tuple[int, int]:
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2:
-            raise ValueError(f"expected an int or a pair, got {value!r}")
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
-
-
-def _check_act(name: str, value: Any) -> None:
-    if value not in ACTIVATIONS:
-        raise ValueError(f"{name}={value!r} is not a supported activation; use one of {', '.join(ACTIVATIONS)}")
-
-
-def align_out_features(stage_names, out_features, out_indices) -> tuple[list[str], list[int]]:
-    """transformers' BackboneConfigMixin: derive the missing one of out_features / out_indices
-    (both missing: the last stage) and check that they name the same stages, in stage order."""
-    n = len(stage_names)
-    if out_indices is not None:
-        out_indices = list(out_indices)
-        bad = [i for i in out_indices if not -n <= int(i) < n]
-        if bad:
-            raise ValueError(f"out_indices {bad} are not valid for the {n} stages {stage_names}")
-        out_indices = [int(i) % n for i in out_indices]
-    if out_features is not None:
-        out_features = list(out_features)
-        bad = [f for f in out_features if f not in stage_names]
-        if bad:
-            raise ValueError(f"out_features {bad} are not stages of this backbone ({', '.join(stage_names)})")
-    if out_features is None and out_indices is None:
-        out_indices = [n - 1]
-    if out_features is None:
-        out_features = [stage_names[i] for i in out_indices]
-    elif out_indices is None:
-        out_indices = [stage_names.index(f) for f in out_features]
-    elif out_features != [stage_names[i] for i in out_indices]:
-        raise ValueError(f"out_features {out_features} and out_indices {out_indices} name different stages")
-    if len(set(out_indices)) != len(out_indices) or out_indices != sorted(out_indices):
-        raise ValueError(f"out_features {out_features} must be distinct and in stage order")
-    return out_features, out_indices
 
 
 def check_neck(config, reassemble: bool = True) -> None:
@@ -74,85 +33,6 @@ def check_neck(config, reassemble: bool = True) -> None:
     n = len(config.neck_hidden_sizes)
     if not -n <= config.head_in_index < n:
         raise ValueError(f"head_in_index={config.head_in_index} out of range for {n} neck stages")
-
-
-@dataclass
-class BaseConfig:
-    """Shared ``from_dict`` / ``to_dict`` for the config dataclasses."""
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        if not isinstance(data, dict):
-            raise ValueError(f"{cls.__name__}.from_dict expects a dict, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in names}
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, BaseConfig):
-                value = value.to_dict()
-            elif isinstance(value, tuple):
-                value = list(value)
-            out[f.name] = value
-        return out
-
-
-# DPT-Hybrid's BiT backbone when a config has ``is_hybrid`` and no ``backbone_config``
-# (transformers' DPTConfig.sub_configs_defaults["backbone_config"]).
-HYBRID_BIT_DEFAULTS = {
-    "model_type": "bit",
-    "global_padding": "same",
-    "layer_type": "bottleneck",
-    "depths": [3, 4, 9],
-    "out_features": ["stage1", "stage2", "stage3"],
-    "embedding_dynamic_padding": True,
-}
-
-
-@dataclass
-class BitConfig(BaseConfig):
-    """``transformers.BitConfig`` (the ResNetV2 backbone of DPT-Hybrid): the same fields and defaults."""
-
-    model_type: str = "bit"
-    num_channels: int = 3
-    embedding_size: int = 64
-    hidden_sizes: list[int] = (256, 512, 1024, 2048)
-    depths: list[int] = (3, 4, 6, 3)
-    layer_type: str = "preactivation"
-    hidden_act: str = "relu"
-    global_padding: str | None = None
-    num_groups: int = 32
-    drop_path_rate: float = 0.0
-    embedding_dynamic_padding: bool = False
-    output_stride: int = 32
-    width_factor: int = 1
-    out_features: list[str] | None = None
-    out_indices: list[int] | None = None
-
-    def __post_init__(self):
-        if self.model_type != "bit":
-            raise UnsupportedModelError(
-                f"DPT-Hybrid backbone model_type {self.model_type!r} is not supported; only 'bit' is"
-            )
-        self.hidden_sizes, self.depths = list(self.hidden_sizes), list(self.depths)
-        if self.global_padding is not None:
-            self.global_padding = self.global_padding.upper()
-        if self.layer_type not in ("preactivation", "bottleneck"):
-            raise ValueError(f"layer_type={self.layer_type!r} is not one of preactivation, bottleneck")
-        if self.global_padding not in (None, "SAME"):
-            # transformers accepts "VALID" too, but its unpadded 3x3 convs then cannot add to the residual
-            raise ValueError(f"global_padding={self.global_padding!r} is not one of None, 'SAME'")
-        _check_act("hidden_act", self.hidden_act)
-        if len(self.hidden_sizes) < len(self.depths):
-            raise ValueError(f"hidden_sizes {self.hidden_sizes} has fewer entries than depths {self.depths}")
-        self.out_features, self.out_indices = align_out_features(self.stage_names, self.out_features, self.out_indices)
-
-    @property
-    def stage_names(self) -> list[str]:
-        return ["stem"] + [f"stage{i}" for i in range(1, len(self.depths) + 1)]
 
 
 @dataclass
@@ -235,8 +115,8 @@ class DPTConfig(BaseConfig):
     def validate(self) -> None:
         if self.readout_type not in READOUT_TYPES:
             raise ValueError(f"readout_type={self.readout_type!r} is not one of {', '.join(READOUT_TYPES)}")
-        _check_act("hidden_act", self.hidden_act)
-        _check_act("pooler_act", self.pooler_act)
+        check_act("hidden_act", self.hidden_act)
+        check_act("pooler_act", self.pooler_act)
         own_vit = self.backbone_type in ("vit", "hybrid")  # else the ViT fields are unused
         if own_vit and self.hidden_size % self.num_attention_heads:
             raise ValueError(
@@ -256,8 +136,8 @@ class DPTConfig(BaseConfig):
         if self.add_projection and self.fusion_hidden_size != 256:
             # The reference hard-codes a 256-channel projection conv in the depth head.
             raise ValueError("add_projection=True requires fusion_hidden_size=256, as in the reference")
-        _pair(self.image_size)
-        _pair(self.patch_size)
+        pair(self.image_size)
+        pair(self.patch_size)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):

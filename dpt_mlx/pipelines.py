@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import CheckpointError, ImageError, UnsupportedModelError
-from .image_processing import CONFIG_NAME, DPTImageProcessor
+from .processing.image_processor import CONFIG_NAME, DPTImageProcessor
 
 DEPTH = "depth-estimation"
 SEGMENTATION = "image-segmentation"
@@ -124,13 +124,7 @@ def list_images(directory: str | os.PathLike) -> list[Path]:
 
 def task_of(model) -> str:
     """``"depth-estimation"`` or ``"image-segmentation"``, from the model's class."""
-    from .loading import head_kind
-
-    kind = None
-    try:
-        kind = head_kind(type(model))
-    except TypeError:
-        pass
+    kind = getattr(type(model), "head_kind", None)
     name = type(model).__name__
     if kind == "segmentation" or "SemanticSegmentation" in name:
         return SEGMENTATION
@@ -188,7 +182,8 @@ def load_processor(directory: str | os.PathLike | None, config) -> tuple[DPTImag
 def load_predictor(model: Any = None, dtype=None, image_processor: DPTImageProcessor | None = None,
                    task: str | None = None) -> Predictor:
     """A :class:`Predictor` for a checkpoint (hub repo id or local directory) or a loaded model."""
-    from .loading import load_model, resolve
+    from .io.hub import resolve
+    from .models import load_model
 
     note = None
     if model is None:
@@ -199,9 +194,11 @@ def load_predictor(model: Any = None, dtype=None, image_processor: DPTImageProce
     else:
         directory, net = None, model
         if dtype is not None:
-            from .loading import cast_model, parse_dtype
+            from . import cpu
+            from .io.checkpoint import cast_model, parse_dtype
 
             cast_model(net, parse_dtype(dtype))
+            cpu.accelerate(net)
     if image_processor is None:
         image_processor, note = load_processor(directory, net.config)
     predictor = Predictor(net, image_processor)

@@ -1,4 +1,6 @@
-"""The optimized-BLAS setup for MLX's CPU backend on Linux (dpt_mlx/_blas.py).
+"""The optimized-BLAS setup for MLX's CPU backend on Linux (dpt_mlx/cpu/blas.py).
+
+Linux only: conftest.py selects these tests by platform (the setup does nothing elsewhere).
 
 No timing assertions: these check what is loaded and that results stay correct.
 """
@@ -7,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import textwrap
@@ -16,23 +17,19 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from dpt_mlx import _blas
-from dpt_mlx._blas import blas_info, setup
+from dpt_mlx.cpu import blas as _blas
+from dpt_mlx.cpu import elf
+from dpt_mlx.cpu.blas import blas_info, setup
 
-setup()  # normally done by `import dpt_mlx`; idempotent
+pytestmark = pytest.mark.linux
+
+setup()  # normally done by the first model load on the CPU; idempotent
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINUX = sys.platform.startswith("linux")
-linux_only = pytest.mark.skipif(not LINUX, reason="the BLAS setup only acts on Linux")
 
-KEYS = {"platform", "mode", "provider", "library", "found_by", "version", "method", "threads",
+KEYS = {"platform", "mode", "provider", "library", "found_by", "version", "method", "threads", "set_up",
         "mlx_imported_before_setup", "notes", "mlx_cblas_sgemm", "effective"}
-
-
-def _has_openblas32():
-    import importlib.util
-
-    return importlib.util.find_spec("scipy_openblas32") is not None
 
 
 def _run_info(env_value, code_before="", extra_env=None):
@@ -48,7 +45,8 @@ def _run_info(env_value, code_before="", extra_env=None):
         import json, warnings
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
-            from dpt_mlx._blas import blas_info
+            from dpt_mlx.cpu.blas import blas_info, setup
+            setup()
             info = blas_info()
         import mlx.core as mx, numpy as np
         a = np.arange(12, dtype=np.float32).reshape(3, 4)
@@ -87,15 +85,13 @@ def test_setup_is_idempotent():
     assert blas_info()["provider"] == setup()["provider"]
 
 
-@linux_only
 def test_libmlx_gemm_slots_are_found():
-    base_path = _blas._find_libmlx()
+    base_path = elf.find_libmlx()
     assert base_path is not None
-    slots, why = _blas._elf_gemm_slots(base_path[1], _blas._GEMM_SYMBOLS)
+    slots, why = elf.elf_gemm_slots(base_path[1], _blas._GEMM_SYMBOLS)
     assert "cblas_sgemm" in slots, why
 
 
-@linux_only
 def test_off_keeps_reference_blas():
     info = _run_info("off")
     assert info["mode"] == "off"
@@ -105,8 +101,6 @@ def test_off_keeps_reference_blas():
     assert info["matmul_ok"]
 
 
-@linux_only
-@pytest.mark.skipif(not _has_openblas32(), reason="scipy-openblas32 not installed")
 def test_auto_uses_scipy_openblas32():
     info = _run_info(None)
     assert info["mode"] == "auto"
@@ -117,8 +111,6 @@ def test_auto_uses_scipy_openblas32():
     assert info["matmul_ok"]
 
 
-@linux_only
-@pytest.mark.skipif(not _has_openblas32(), reason="scipy-openblas32 not installed")
 def test_mlx_imported_and_used_first_still_rebinds():
     before = """
         import mlx.core as mx
@@ -131,7 +123,6 @@ def test_mlx_imported_and_used_first_still_rebinds():
     assert info["matmul_ok"]
 
 
-@linux_only
 def test_bad_path_falls_back_without_crashing():
     info = _run_info("/nonexistent/libnothing.so")
     assert info["provider"] is None
@@ -140,8 +131,6 @@ def test_bad_path_falls_back_without_crashing():
     assert info["matmul_ok"]
 
 
-@linux_only
-@pytest.mark.skipif(not _has_openblas32(), reason="scipy-openblas32 not installed")
 def test_explicit_path_and_threads():
     import scipy_openblas32
 
@@ -225,25 +214,22 @@ def test_conv_transpose2d_matches_numpy():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-@linux_only
-@pytest.mark.skipif(not _has_openblas32(), reason="scipy-openblas32 not installed")
 def test_failure_during_rebind_leaves_mlx_working():
-    """A fresh copy of the module whose slot write fails: no exception, reference BLAS."""
-    code = f"""
-        import importlib.util, json, sys
-        spec = importlib.util.spec_from_file_location("blas_copy", {os.path.join(ROOT, "dpt_mlx", "_blas.py")!r})
-        b = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(b)
+    """A fresh process whose slot write fails: no exception, reference BLAS."""
+    code = """
+        import json
+        from dpt_mlx.cpu import blas as b
         def boom(addr, value):
             raise OSError("simulated")
-        b._write_pointer = boom
+        b.write_pointer = boom
+        b.setup()
         info = b.blas_info()
         import mlx.core as mx, numpy as np
         a = np.arange(12, dtype=np.float32).reshape(3, 4)
         info["matmul_ok"] = bool(np.allclose(np.array(mx.array(a) @ mx.array(a.T)), a @ a.T))
         print("BLASINFO" + json.dumps(info))
     """
-    env = dict(os.environ, DPT_MLX_BLAS="openblas")
+    env = dict(os.environ, DPT_MLX_BLAS="openblas", PYTHONPATH=ROOT)
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr
@@ -272,12 +258,10 @@ def _raw_openblas32_core(coretype):
     return out.stdout.split()[-1]
 
 
-x86_only = pytest.mark.skipif(platform.machine() != "x86_64", reason="the kernel names tested are x86-64's")
+x86_only = pytest.mark.x86_64  # the kernel names tested are x86-64's
 
 
-@linux_only
 @x86_only
-@pytest.mark.skipif(not _has_openblas32(), reason="scipy-openblas32 is not installed")
 def test_own_openblas_detects_the_cpu_and_leaves_the_environment_alone():
     detected = _raw_openblas32_core(None)
     pinned = _raw_openblas32_core("Haswell")
@@ -296,11 +280,41 @@ def test_own_openblas_detects_the_cpu_and_leaves_the_environment_alone():
     assert "ENVHaswell" in out.stdout
 
 
-@linux_only
 @x86_only
-@pytest.mark.skipif(not _has_openblas32(), reason="scipy-openblas32 is not installed")
 def test_own_openblas_kernels_can_be_pinned():
     info = _run_info(None, extra_env={"DPT_MLX_OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_CORETYPE": "Sandybridge"})
     assert info["version"].split()[-2] == "Haswell"
     assert info["matmul_ok"]
     assert any("DPT_MLX_OPENBLAS_CORETYPE=Haswell" in n for n in info["notes"])
+
+
+def test_import_changes_nothing_until_a_model_is_loaded_on_the_cpu():
+    code = textwrap.dedent(
+        """
+        import json
+        import dpt_mlx, mlx.core as mx
+        before = dpt_mlx.blas_info()
+        limit = mx.set_cache_limit(32 << 20)
+        config = dpt_mlx.DPTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                                   image_size=32, backbone_out_indices=[0, 1, 1, 1], neck_hidden_sizes=[8, 16, 16, 32],
+                                   fusion_hidden_size=16)
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            dpt_mlx.DPTForDepthEstimation(config).save_pretrained(d)
+            dpt_mlx.load_model(d)
+        after = dpt_mlx.blas_info()
+        print("BLASINFO" + json.dumps({"before": before, "after": after, "cache_limit_at_import": limit}))
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    for name in ("DPT_MLX_BLAS", "DPT_MLX_FAST_KERNELS"):
+        env.pop(name, None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    info = json.loads([x for x in out.stdout.splitlines() if x.startswith("BLASINFO")][-1][8:])
+    before, after = info["before"], info["after"]
+    assert not before["set_up"] and before["provider"] is None and before["effective"] is False
+    assert "mlx_cpu" in before["mlx_cblas_sgemm"]  # the reference BLAS the wheel ships
+    assert info["cache_limit_at_import"] == 32 << 20  # MLX's own CPU cache limit
+    assert after["set_up"] and after["provider"] == "scipy-openblas32" and after["effective"] is True

@@ -11,7 +11,7 @@ import torch
 import transformers
 
 import dpt_mlx
-from dpt_mlx import convert as conv
+from dpt_mlx.io import convert as conv
 from test_modeling import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,11 +10,11 @@ import torch
 import transformers
 
 import dpt_mlx
-from dpt_mlx import weights as W
+from dpt_mlx.io import weights as W
 from dpt_mlx.backbones import build_backbone
 from dpt_mlx.config import DPTConfig, config_from_dict
-from dpt_mlx.dinov2 import Dinov2Backbone, Dinov2Config
-from dpt_mlx.loading import load_strict, read_weights
+from dpt_mlx.backbones.dinov2 import Dinov2Backbone, Dinov2Config
+from dpt_mlx.io.checkpoint import load_strict, read_weights
 from helpers import TOL, perturb, pixels, rel_err
 
 PATCH = 14

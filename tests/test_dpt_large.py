@@ -6,9 +6,9 @@ import torch
 import transformers
 
 import dpt_mlx
-from dpt_mlx import weights as W
+from dpt_mlx.io import weights as W
 from dpt_mlx.config import DPTConfig
-from dpt_mlx.loading import load_strict
+from dpt_mlx.io.checkpoint import load_strict
 from helpers import TOL, keep_depth_positive, perturb, pixels, rel_err
 
 pytestmark = [pytest.mark.parity, pytest.mark.slow]

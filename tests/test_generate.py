@@ -20,8 +20,9 @@ import transformers
 from helpers import perturb, rel_err
 from PIL import Image
 
-from dpt_mlx import generate, visualize
-from dpt_mlx.generate import main
+from dpt_mlx.cli import predict as generate
+from dpt_mlx.processing import visualize
+from dpt_mlx.cli.predict import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "examples" / "images" / "coffee.jpg"

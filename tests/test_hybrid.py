@@ -26,9 +26,9 @@ import transformers
 from helpers import TOL, perturb, pixels, rel_err
 
 import dpt_mlx
-from dpt_mlx.bit import BitBackbone
+from dpt_mlx.backbones.bit import BitBackbone
 from dpt_mlx.config import BitConfig, DPTConfig, load_config
-from dpt_mlx.weights import sanitize
+from dpt_mlx.io.weights import sanitize
 
 IMAGE = 64  # config.image_size of the tiny models: a 4x4 token grid
 
@@ -161,7 +161,7 @@ def test_model_embeddings_and_feature_maps():
     o = ours(x)
     assert rel_err(o.last_hidden_state, r.last_hidden_state) <= TOL
     assert rel_err(o.pooler_output, r.pooler_output) <= TOL
-    _, maps = ours.embeddings(mx.array(x).transpose(0, 2, 3, 1))
+    _, _, maps = ours.embeddings(mx.array(x).transpose(0, 2, 3, 1))
     for a, b in zip(maps, r.intermediate_activations, strict=True):
         assert rel_err(np.array(a).transpose(0, 3, 1, 2), b) <= TOL
 
@@ -239,5 +239,5 @@ def test_token_grid_is_ceil():
     assert ours.embeddings.patch_size == 16
     assert ours.embeddings.token_grid(384, 384) == (24, 24)
     assert ours.embeddings.token_grid(50, 70) == (4, 5)
-    tokens, maps = ours.embeddings(mx.zeros((1, 50, 70, 3)))
-    assert tokens.shape == (1, 1 + 4 * 5, 32) and maps[1].shape[1:3] == (7, 9)
+    tokens, grid, maps = ours.embeddings(mx.zeros((1, 50, 70, 3)))
+    assert grid == (4, 5) and tokens.shape == (1, 1 + 4 * 5, 32) and maps[1].shape[1:3] == (7, 9)

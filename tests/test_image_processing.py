@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from transformers.models.dpt.image_processing_pil_dpt import DPTImageProcessorPil
 
 from dpt_mlx.errors import CheckpointError
-from dpt_mlx.image_processing import BatchFeature, DPTFeatureExtractor, DPTImageProcessor
+from dpt_mlx.processing.image_processor import BatchFeature, DPTFeatureExtractor, DPTImageProcessor
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]

@@ -6,7 +6,7 @@ import torch
 import transformers
 
 import dpt_mlx
-from dpt_mlx.convert import convert
+from dpt_mlx.io.convert import convert
 from helpers import TOL, keep_depth_positive, perturb, pixels, rel_err
 
 pytestmark = pytest.mark.parity

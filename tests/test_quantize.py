@@ -21,8 +21,9 @@ from test_precision import build, output
 
 import dpt_mlx
 from dpt_mlx.errors import CheckpointError
-from dpt_mlx.loading import load_pretrained
-from dpt_mlx.quantize import Quantization, QuantizedLinear, quantizable, quantize_model
+from dpt_mlx.models import load_model as load_pretrained
+from dpt_mlx.cpu.layers import QuantizedLinear
+from dpt_mlx.io.quantize import Quantization, quantizable, quantize_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

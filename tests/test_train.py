@@ -16,9 +16,9 @@ from mlx.utils import tree_flatten
 from PIL import Image
 
 import dpt_mlx
-from dpt_mlx import train
+from dpt_mlx.training import loop as train
 from dpt_mlx.config import DPTConfig
-from dpt_mlx.image_processing import DPTImageProcessor
+from dpt_mlx.processing.image_processor import DPTImageProcessor
 from helpers import pixels
 
 ROOT = Path(__file__).resolve().parents[1]

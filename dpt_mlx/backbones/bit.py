@@ -22,8 +22,66 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
-from .config import BitConfig
-from .vit import activation, resize_position_embeddings
+from dataclasses import dataclass
+
+from ..config_utils import BaseConfig, align_out_features, check_act, pair, stage_names
+from ..errors import UnsupportedModelError
+from ..layers import activation
+from .transformer import resize_position_embeddings, with_cls_token
+
+# DPT-Hybrid's BiT backbone when a config has ``is_hybrid`` and no ``backbone_config``
+# (transformers' DPTConfig.sub_configs_defaults["backbone_config"]).
+HYBRID_BIT_DEFAULTS = {
+    "model_type": "bit",
+    "global_padding": "same",
+    "layer_type": "bottleneck",
+    "depths": [3, 4, 9],
+    "out_features": ["stage1", "stage2", "stage3"],
+    "embedding_dynamic_padding": True,
+}
+
+
+@dataclass
+class BitConfig(BaseConfig):
+    """``transformers.BitConfig`` (the ResNetV2 backbone of DPT-Hybrid): the same fields and defaults."""
+
+    model_type: str = "bit"
+    num_channels: int = 3
+    embedding_size: int = 64
+    hidden_sizes: list[int] = (256, 512, 1024, 2048)
+    depths: list[int] = (3, 4, 6, 3)
+    layer_type: str = "preactivation"
+    hidden_act: str = "relu"
+    global_padding: str | None = None
+    num_groups: int = 32
+    drop_path_rate: float = 0.0
+    embedding_dynamic_padding: bool = False
+    output_stride: int = 32
+    width_factor: int = 1
+    out_features: list[str] | None = None
+    out_indices: list[int] | None = None
+
+    def __post_init__(self):
+        if self.model_type != "bit":
+            raise UnsupportedModelError(
+                f"DPT-Hybrid backbone model_type {self.model_type!r} is not supported; only 'bit' is"
+            )
+        self.hidden_sizes, self.depths = list(self.hidden_sizes), list(self.depths)
+        if self.global_padding is not None:
+            self.global_padding = self.global_padding.upper()
+        if self.layer_type not in ("preactivation", "bottleneck"):
+            raise ValueError(f"layer_type={self.layer_type!r} is not one of preactivation, bottleneck")
+        if self.global_padding not in (None, "SAME"):
+            # transformers accepts "VALID" too, but its unpadded 3x3 convs then cannot add to the residual
+            raise ValueError(f"global_padding={self.global_padding!r} is not one of None, 'SAME'")
+        check_act("hidden_act", self.hidden_act)
+        if len(self.hidden_sizes) < len(self.depths):
+            raise ValueError(f"hidden_sizes {self.hidden_sizes} has fewer entries than depths {self.depths}")
+        self.out_features, self.out_indices = align_out_features(self.stage_names, self.out_features, self.out_indices)
+
+    @property
+    def stage_names(self) -> list[str]:
+        return stage_names(len(self.depths))
 
 
 def make_div(value: float, divisor: int = 8) -> int:
@@ -308,10 +366,9 @@ class HybridEmbeddings(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        bit = config.bit_config
-        image = config.image_size if isinstance(config.image_size, (list, tuple)) else (config.image_size,) * 2
-        patch = config.patch_size[0] if isinstance(config.patch_size, (list, tuple)) else config.patch_size
-        num_patches = (image[0] // patch) * (image[1] // patch)
+        bit = config.bit
+        gh, gw = (i // p for i, p in zip(pair(config.image_size), pair(config.patch_size)))
+        num_patches = gh * gw
         self.backbone = BitBackbone(bit)
         # The reference sizes the projection from backbone_featmap_shape[1], not from the backbone.
         feature_dim = config.backbone_featmap_shape[1] if config.backbone_featmap_shape else self.backbone.channels[-1]
@@ -336,12 +393,11 @@ class HybridEmbeddings(nn.Module):
         """
         return self.backbone.out_size(height), self.backbone.out_size(width)
 
-    def __call__(self, x: mx.array) -> tuple[mx.array, list[mx.array]]:
-        """(B, H, W, 3) -> ((B, 1 + gh * gw, hidden), [stage-1 map, stage-2 map])."""
+    def __call__(self, x: mx.array) -> tuple[mx.array, tuple[int, int], list[mx.array]]:
+        """(B, H, W, 3) -> (tokens (B, 1 + gh * gw, hidden), the (gh, gw) grid, [stage-1 map, stage-2 map])."""
         maps = self.backbone(x)
         emb = self.projection(maps[-1])
         b, gh, gw, c = emb.shape
-        emb = emb.reshape(b, gh * gw, c)
-        cls = mx.broadcast_to(self.cls_token, (b, 1, c)).astype(emb.dtype)
+        emb = with_cls_token(self.cls_token, emb.reshape(b, gh * gw, c))
         pos = resize_position_embeddings(self.position_embeddings, (gh, gw)).astype(emb.dtype)
-        return mx.concatenate([cls, emb], axis=1) + pos, maps[:2]
+        return emb + pos, (gh, gw), maps[:2]

@@ -59,7 +59,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
-from .ops import interpolate
+from ..ops import interpolate
 
 SSI, SILOG = "ssi", "silog"
 DEPTH_LOSSES = (SSI, SILOG)
@@ -244,23 +244,36 @@ def cross_entropy(logits_nhwc: mx.array, labels: mx.array, ignore_index: int) ->
 
 
 def semantic_segmentation_loss(
-    logits_nhwc: mx.array,
+    logits: mx.array,
     labels: mx.array,
-    auxiliary_logits_nhwc: mx.array | None = None,
+    auxiliary_logits: mx.array | None = None,
     ignore_index: int = 255,
     auxiliary_weight: float = 0.4,
 ) -> mx.array:
     """transformers' loss: logits upsampled to the labels' size, CE + weight * auxiliary CE.
 
-    Logits are NHWC here (the model's internal layout). Without auxiliary logits the loss is the
-    main term alone (transformers raises a NameError in that case).
+    ``logits`` and ``auxiliary_logits`` are (B, num_labels, h, w), as the models return them;
+    ``labels`` (B, H, W) class ids. Without auxiliary logits the loss is the main term alone
+    (transformers raises a NameError in that case).
     """
-    size = labels.shape[1:]
-    loss = cross_entropy(resize_to(logits_nhwc.astype(mx.float32), size), labels, ignore_index)
-    if auxiliary_logits_nhwc is not None:
-        aux = cross_entropy(resize_to(auxiliary_logits_nhwc.astype(mx.float32), size), labels, ignore_index)
+    labels = _as_array(labels)
+    size = tuple(labels.shape[1:])
+    loss = cross_entropy(resize_to(_logits_nhwc(logits, labels), size), labels, ignore_index)
+    if auxiliary_logits is not None:
+        aux = cross_entropy(resize_to(_logits_nhwc(auxiliary_logits, labels), size), labels, ignore_index)
         loss = loss + auxiliary_weight * aux
     return loss
+
+
+def _logits_nhwc(logits, labels: mx.array) -> mx.array:
+    """(B, C, h, w) logits -> (B, h, w, C) float32, after checking they can be the labels' logits."""
+    logits = _as_array(logits)
+    if logits.ndim != 4 or labels.ndim != 3 or logits.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"logits must be (batch, num_labels, height, width) and labels (batch, height, width) with the same "
+            f"batch, got {tuple(logits.shape)} and {tuple(labels.shape)}"
+        )
+    return logits.astype(mx.float32).transpose(0, 2, 3, 1)
 
 
 def model_depth_loss(config, prediction, labels, loss_type: str | None = None) -> mx.array | None:

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from .config import BaseConfig, _check_act, _pair, align_out_features
-from .modeling import BackboneFeatures
-from .vit import Attention, activation, resize_position_embeddings
+from ..config_utils import BaseConfig, align_out_features, check_act, pair, stage_names
+from ..layers import activation
+from ..outputs import BackboneFeatures
+from .transformer import Attention, PatchEmbeddings, resize_position_embeddings, run_layers, with_cls_token
 
 
 @dataclass
@@ -49,33 +50,18 @@ class Dinov2Config(BaseConfig):
     def __post_init__(self):
         if self.model_type != "dinov2":
             raise ValueError(f"model_type={self.model_type!r} is not 'dinov2'")
-        _check_act("hidden_act", self.hidden_act)
+        check_act("hidden_act", self.hidden_act)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not a multiple of num_attention_heads={self.num_attention_heads}"
             )
-        if min(_pair(self.patch_size)) < 1 or min(_pair(self.image_size)) < 1:
+        if min(pair(self.patch_size)) < 1 or min(pair(self.image_size)) < 1:
             raise ValueError(f"patch_size={self.patch_size} and image_size={self.image_size} must be positive")
         self.out_features, self.out_indices = align_out_features(self.stage_names, self.out_features, self.out_indices)
 
     @property
     def stage_names(self) -> list[str]:
-        return ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
-
-
-class PatchEmbeddings(nn.Module):
-    def __init__(self, config: Dinov2Config):
-        super().__init__()
-        self.patch_size = _pair(config.patch_size)
-        self.projection = nn.Conv2d(
-            config.num_channels, config.hidden_size, kernel_size=self.patch_size, stride=self.patch_size
-        )
-
-    def __call__(self, x: mx.array) -> mx.array:
-        """(B, H, W, 3) NHWC -> (B, gh * gw, C)."""
-        x = self.projection(x)
-        b, gh, gw, c = x.shape
-        return x.reshape(b, gh * gw, c)
+        return stage_names(self.num_hidden_layers)
 
 
 class Dinov2Embeddings(nn.Module):
@@ -87,8 +73,8 @@ class Dinov2Embeddings(nn.Module):
 
     def __init__(self, config: Dinov2Config):
         super().__init__()
-        image = _pair(config.image_size)
-        self.patch_embeddings = PatchEmbeddings(config)
+        image = pair(config.image_size)
+        self.patch_embeddings = PatchEmbeddings(config.num_channels, config.hidden_size, config.patch_size)
         ph, pw = self.patch_embeddings.patch_size
         num_patches = (image[0] // ph) * (image[1] // pw)
         self.cls_token = mx.zeros((1, 1, config.hidden_size))
@@ -97,10 +83,6 @@ class Dinov2Embeddings(nn.Module):
         self.position_embeddings = mx.zeros((1, num_patches + 1, config.hidden_size))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def grid(self, height: int, width: int) -> tuple[int, int]:
-        ph, pw = self.patch_embeddings.patch_size
-        return height // ph, width // pw
-
     def __call__(self, x: mx.array) -> mx.array:
         """(B, H, W, 3) -> (B, 1 + gh * gw, C).
 
@@ -108,11 +90,9 @@ class Dinov2Embeddings(nn.Module):
         mode="bicubic", align_corners=False)`` in float32 (no scale_factor, no +0.1 offset in
         this transformers version), and skips it only when the grid already matches.
         """
-        b = x.shape[0]
         emb = self.patch_embeddings(x)
-        pos = resize_position_embeddings(self.position_embeddings, self.grid(x.shape[1], x.shape[2]), mode="bicubic")
-        cls = mx.broadcast_to(self.cls_token, (b, 1, emb.shape[-1])).astype(emb.dtype)
-        emb = mx.concatenate([cls, emb], axis=1) + pos.astype(emb.dtype)
+        pos = resize_position_embeddings(self.position_embeddings, self.patch_embeddings.grid(x.shape[1], x.shape[2]), mode="bicubic")
+        emb = with_cls_token(self.cls_token, emb) + pos.astype(emb.dtype)
         return self.dropout(emb)
 
 
@@ -181,12 +161,7 @@ class Dinov2Encoder(nn.Module):
 
     def __call__(self, x: mx.array, output_attentions: bool = False):
         """Returns every layer's input and output (embeddings first) and the attentions."""
-        hidden_states, attentions = [x], []
-        for layer in self.layer:
-            x, probs = layer(x, output_attentions)
-            hidden_states.append(x)
-            attentions.append(probs)
-        return hidden_states, attentions
+        return run_layers(self.layer, x, output_attentions=output_attentions)
 
 
 class Dinov2Backbone(nn.Module):
@@ -210,7 +185,7 @@ class Dinov2Backbone(nn.Module):
     def __call__(self, x: mx.array, output_attentions: bool = False) -> BackboneFeatures:
         """(B, H, W, 3) NHWC pixels -> BackboneFeatures (all hidden states, embeddings first, un-normed)."""
         b, h, w, _ = x.shape
-        grid = self.embeddings.grid(h, w)
+        grid = self.embeddings.patch_embeddings.grid(h, w)
         hidden_states, attentions = self.encoder(self.embeddings(x), output_attentions)
         features = []
         for i in self.out_indices:

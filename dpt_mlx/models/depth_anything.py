@@ -1,6 +1,6 @@
 """Depth Anything (V1 and V2): a DINOv2 backbone, the DPT neck, and its own depth head.
 
-The neck is DPT's (dpt_mlx/neck.py) with three differences that the config and one flag
+The neck is DPT's (dpt_mlx/models/neck.py) with three differences that the config and one flag
 express: the CLS token is dropped before reassembling (readout "ignore"), the residual
 units are plain biased convolutions, and each fusion layer resizes its output to the next
 feature map's size (``upsample_to_next``) instead of upsampling 2x.
@@ -11,13 +11,13 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from .backbones import build_backbone
-from .config import DepthAnythingConfig
-from .kernels import Conv2d
-from .losses import model_depth_loss
-from .modeling import DepthEstimatorOutput, PreTrainedModel
+from ..backbones import build_backbone
+from ..config import DepthAnythingConfig
+from ..ops import interpolate
+from ..outputs import DepthEstimatorOutput
+from ..training.losses import model_depth_loss
+from .base import PreTrainedModel
 from .neck import DPTNeck
-from .ops import interpolate
 
 
 class DepthAnythingDepthEstimationHead(nn.Module):
@@ -33,9 +33,9 @@ class DepthAnythingDepthEstimationHead(nn.Module):
         self.patch_size = config.patch_size
         self.metric = config.depth_estimation_type == "metric"
         self.max_depth = float(config.max_depth)
-        self.conv1 = Conv2d(features, features // 2, kernel_size=3, padding=1)
-        self.conv2 = Conv2d(features // 2, config.head_hidden_size, kernel_size=3, padding=1)
-        self.conv3 = Conv2d(config.head_hidden_size, 1, kernel_size=1)
+        self.conv1 = nn.Conv2d(features, features // 2, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(features // 2, config.head_hidden_size, kernel_size=3, padding=1)
+        self.conv3 = nn.Conv2d(config.head_hidden_size, 1, kernel_size=1)
 
     def __call__(self, hidden_states: list[mx.array], grid: tuple[int, int]) -> mx.array:
         """Fused NHWC maps -> (B, gh * patch, gw * patch) depth."""
@@ -51,6 +51,7 @@ class DepthAnythingForDepthEstimation(PreTrainedModel):
     (B, H', W') with H' = (H // patch) * patch, W' likewise."""
 
     config_class = DepthAnythingConfig
+    head_kind = "depth"
 
     def __init__(self, config: DepthAnythingConfig):
         super().__init__()

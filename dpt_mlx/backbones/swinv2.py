@@ -33,10 +33,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .config import BaseConfig, _check_act, _pair, align_out_features
-from .errors import UnsupportedModelError
-from .modeling import BackboneFeatures
-from .vit import activation
+from ..config_utils import BaseConfig, align_out_features, check_act, pair, stage_names
+from ..errors import UnsupportedModelError
+from ..layers import ScaledDotProductAttention, activation
+from ..outputs import BackboneFeatures
 
 _MASK_VALUE = -100.0  # the reference's shift-mask value
 
@@ -73,7 +73,7 @@ class Swinv2Config(BaseConfig):
     def __post_init__(self):
         if self.model_type != "swinv2":
             raise UnsupportedModelError(f"expected a 'swinv2' backbone config, got model_type {self.model_type!r}")
-        _check_act("hidden_act", self.hidden_act)
+        check_act("hidden_act", self.hidden_act)
         self.depths, self.num_heads = list(self.depths), list(self.num_heads)
         if self.pretrained_window_sizes is None:
             self.pretrained_window_sizes = [0] * len(self.depths)
@@ -88,12 +88,12 @@ class Swinv2Config(BaseConfig):
             # transformers' Swinv2Backbone adds (1, N+1, C) embeddings to N tokens: it cannot run either.
             raise UnsupportedModelError("Swinv2 with use_absolute_embeddings=True is not supported (transformers "
                                         "cannot run it as a backbone either)")
-        self.image_size, self.patch_size = list(_pair(self.image_size)), list(_pair(self.patch_size))
+        self.image_size, self.patch_size = list(pair(self.image_size)), list(pair(self.patch_size))
         self.out_features, self.out_indices = align_out_features(self.stage_names, self.out_features, self.out_indices)
 
     @property
     def stage_names(self) -> list[str]:
-        return ["stem"] + [f"stage{i}" for i in range(1, len(self.depths) + 1)]
+        return stage_names(len(self.depths))
 
     @property
     def dims(self) -> list[int]:
@@ -171,6 +171,7 @@ class Swinv2SelfAttention(nn.Module):
         self.key = nn.Linear(dim, dim, bias=False)
         self.value = nn.Linear(dim, dim, bias=config.qkv_bias)
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.sdpa = ScaledDotProductAttention()
 
     def position_bias(self) -> mx.array:
         """(heads, w*w, w*w): 16 * sigmoid of the MLP's bias for each pair of positions in a window."""
@@ -210,7 +211,7 @@ class Swinv2SelfAttention(nn.Module):
             def fold(t):
                 return t.reshape(bn // nw, nw * self.num_heads, n, -1)
 
-            out = mx.fast.scaled_dot_product_attention(
+            out = self.sdpa(
                 fold(q), fold(k), fold(v), scale=1.0, mask=bias.reshape(1, nw * self.num_heads, n, n)
             )
             out = out.reshape(bn, self.num_heads, n, self.head_dim)
@@ -379,16 +380,8 @@ class Swinv2Embeddings(nn.Module):
 class Swinv2Backbone(nn.Module):
     """transformers' ``Swinv2Backbone``: NHWC feature maps of the stages in ``out_features``."""
 
-    def __init__(self, config):
+    def __init__(self, swin: Swinv2Config):
         super().__init__()
-        swin = Swinv2Config.from_dict(config.backbone_config)
-        channels = [swin.embed_dim] + swin.dims
-        got = [channels[i] for i in swin.out_indices]
-        if got != list(config.neck_hidden_sizes):
-            raise ValueError(
-                f"the Swinv2 backbone's out_features ({', '.join(swin.out_features)}) have {got} channels but "
-                f"neck_hidden_sizes is {list(config.neck_hidden_sizes)}; they must match"
-            )
         self.out_indices = swin.out_indices
         self.hidden_size = swin.hidden_size
         self.embeddings = Swinv2Embeddings(swin)

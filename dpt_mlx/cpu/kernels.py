@@ -1,82 +1,27 @@
-"""Fast CPU paths for the operations that MLX's CPU backend runs slowly.
+"""The CPU backend's fast paths: functions that rewrite the operations MLX's CPU backend runs
+slowly as matrix products (BLAS) and short chains of cheap elementwise ops.
 
-Measured with mlx 0.32 on Linux x86-64 (``python -m dpt_mlx.benchmark``, figures in the
-README): the CPU backend evaluates ``exp``/``erf``/``tanh`` one scalar at a time (10-20 ns
-per element, PyTorch ~0.5), runs transposed convolutions through a naive loop (a DPT-Large
-reassemble layer: 0.9 s instead of 6 ms as a matrix product, see neck.PatchConvTranspose2d),
-and multiplies float16 / bfloat16 matrices without BLAS (~4 GFLOP/s). The functions and layers
-here rewrite those operations as matrix products and short chains of cheap elementwise ops:
+- :func:`gelu`: exact-erf GELU with a rational erf (max abs error 4e-7);
+- :func:`attention`: softmax attention whose scores come from BLAS and whose softmax runs on
+  every core (NumPy, in place), with an MLX formulation (a polynomial exp with exponent bits,
+  compiled, in cache-sized blocks) for gradients and inside ``mx.compile`` / ``mx.vmap``;
+- :func:`conv2d_stride1`: stride-1 convolutions as one matrix product per kernel tap on
+  contiguous slices of the flattened padded input (no im2col copy);
+- :func:`matmul`: half-precision products in float32.
 
-- :func:`gelu` -- exact-erf GELU with a rational erf (max abs error 4e-7), ~6x faster;
-- :func:`attention` -- softmax attention whose exp is a polynomial with exponent bits
-  (relative error 1e-7), compiled and evaluated in cache-sized blocks, 2.5-3x faster than
-  ``mx.fast.scaled_dot_product_attention`` on CPU;
-- :class:`Conv2d` -- stride-1 convolutions as one matrix product per kernel tap on
-  contiguous slices of the flattened padded input (no im2col copy; 2.5-4x faster than
-  MLX's CPU conv on DPT's large maps), 1x1 convolutions as one matmul;
-- :class:`Linear` -- float16/bfloat16 linear layers multiplied in float32 on the CPU, and
-  :class:`BatchNorm` -- half-precision inference on float32 statistics, on any device
-  (``loading.cast_model`` installs both when a model is cast to half precision);
-- :func:`raise_cpu_cache_limit` -- a buffer cache of a quarter of the memory limit instead of
-  MLX's 32 MiB, so that large activations reuse memory instead of being page-faulted in anew
-  (``load_pretrained`` calls it).
-
-All of them compute half-precision inputs in float32 on the CPU (MLX's own CPU convolutions
-do the same) and round the result back. On any other device (Metal, CUDA) they are MLX's own
-ops, unchanged; ``mx.compile`` falls back to plain ops where no C++ compiler is installed.
-Every path agrees with the plain MLX op to float32 rounding (~1e-6 relative; tests/test_kernels.py).
-``DPT_MLX_FAST_KERNELS=0`` switches them all off.
+Half-precision inputs are computed in float32 and rounded back. Every path agrees with the plain
+MLX op to float32 rounding (tests/test_cpu_kernels.py); measured effects are in the README.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import mlx.core as mx
-import mlx.nn as nn
 
-__all__ = [
-    "BatchNorm", "Conv2d", "Linear", "attention", "conv2d_stride1", "cpu_cache_limit", "erf", "exp_nonpositive",
-    "gelu", "half_batch_norm", "half_linear", "matmul", "on_cpu", "raise_cpu_cache_limit", "replace_modules",
-    "set_threads",
-]
+__all__ = ["attention", "conv2d_stride1", "erf", "exp_nonpositive", "gelu", "matmul", "set_threads"]
 
 _HALF = (mx.float16, mx.bfloat16)
-
-
-# DPT_MLX_FAST_KERNELS=0 turns everything here off (MLX's own ops and settings), for comparisons.
-ENABLED = os.environ.get("DPT_MLX_FAST_KERNELS", "1").strip().lower() not in ("0", "false", "off", "no")
-
-
-def on_cpu() -> bool:
-    """Whether the fast CPU paths apply: MLX computes on the CPU and they are enabled."""
-    return ENABLED and mx.default_device().type == mx.DeviceType.cpu
-
-
-_MLX_CPU_CACHE_DEFAULT = 32 << 20  # mlx's CPU allocator keeps at most this much freed memory
-
-
-def cpu_cache_limit() -> int:
-    """A quarter of MLX's memory limit (which is 80% of RAM): 4.7 GiB on a 23 GiB machine."""
-    return max(mx.get_memory_limit() // 4, 1 << 30)
-
-
-def raise_cpu_cache_limit(limit: int | None = None) -> None:
-    """Let MLX's CPU allocator keep up to ``limit`` bytes (default :func:`cpu_cache_limit`) of
-    freed buffers for reuse, as its Metal allocator does by default.
-
-    With MLX's 32 MiB CPU default every larger buffer goes back to the OS when freed and is
-    page-faulted in again by the next allocation: a 75 MB activation costs ~30 ms instead of
-    ~3 ms to write (measured, 2-core Linux VM); DPT-Large at 384x384 keeps ~0.7 GiB of buffers
-    in flight per image (batch 4: 9.0 s with a 1 GiB cache, 7.8 s with 4 GiB). A limit you set
-    yourself (anything but the default) is left alone; ``mx.clear_cache()`` returns the memory.
-    """
-    if not on_cpu():
-        return
-    previous = mx.set_cache_limit(cpu_cache_limit() if limit is None else limit)
-    if previous != _MLX_CPU_CACHE_DEFAULT:
-        mx.set_cache_limit(previous)
 
 
 def _f32(x: mx.array) -> mx.array:
@@ -84,8 +29,8 @@ def _f32(x: mx.array) -> mx.array:
 
 
 def matmul(a: mx.array, b: mx.array) -> mx.array:
-    """``a @ b``; with float16/bfloat16 operands on the CPU, multiplied in float32 and rounded back."""
-    if on_cpu() and a.dtype in _HALF:
+    """``a @ b``; float16/bfloat16 operands are multiplied in float32 (BLAS) and rounded back."""
+    if a.dtype in _HALF:
         return (_f32(a) @ _f32(b)).astype(a.dtype)
     return a @ b
 
@@ -144,8 +89,8 @@ def _gelu_cpu(x: mx.array) -> mx.array:
 
 
 def gelu(x: mx.array) -> mx.array:
-    """GELU with the exact (erf) formula, like ``nn.gelu`` / PyTorch's default."""
-    return _gelu_cpu(x) if on_cpu() else nn.gelu(x)
+    """GELU with the exact (erf) formula, like ``nn.gelu`` / PyTorch's default, in float32."""
+    return _gelu_cpu(x)
 
 
 # ---------------------------------------------------------------------------- attention
@@ -209,10 +154,11 @@ def set_threads(n: int | None = None) -> None:
     global _pool, _threads
     from concurrent.futures import ThreadPoolExecutor
 
-    from ._blas import _cpu_count, setup
+    from .blas import blas_info
+    from .providers import cpu_count
 
     if n is None:
-        n = setup().get("threads") or _cpu_count()
+        n = blas_info().get("threads") or cpu_count()
     n = _threads = max(1, min(int(n), 16))
     old, _pool = _pool, (ThreadPoolExecutor(max_workers=n, thread_name_prefix="dpt_mlx_softmax") if n > 1 else False)
     if old:
@@ -295,8 +241,6 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.arra
     calls inside ``mx.compile`` / ``mx.vmap`` (which cannot evaluate), use MLX ops head by head
     in blocks of query rows that fit in L2.
     """
-    if not on_cpu():
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
     dtype = q.dtype
     q, k, v = _f32(q) * scale, _f32(k), _f32(v)
     mask = _mask4(mask)
@@ -344,88 +288,3 @@ def conv2d_stride1(x: mx.array, weight: mx.array, bias: mx.array | None, padding
             out = tap @ wt if out is None else mx.addmm(out, tap, wt)
     # image b's outputs start at flat row b * rows * Wp: (B, oh, ow, O) as a view
     return mx.as_strided(out, (b, oh, ow, o), (rows * wp * o, wp * o, o, 1))
-
-
-class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` (same parameters and layout) with a faster CPU path for stride-1 convolutions."""
-
-    _MIN_PIXELS = 1024  # below this MLX's own conv is as fast
-
-    def __call__(self, x: mx.array) -> mx.array:
-        if not (
-            on_cpu()
-            and self.groups == 1
-            and _pair(self.stride) == (1, 1)
-            and _pair(self.dilation) == (1, 1)
-            and x.shape[1] * x.shape[2] >= self._MIN_PIXELS
-        ):
-            return super().__call__(x)
-        y = conv2d_stride1(_f32(x), _f32(self.weight), self.get("bias"), _pair(self.padding))
-        return y.astype(x.dtype)
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` whose float16/bfloat16 product runs in float32 (BLAS) on the CPU.
-
-    The weight stays in half precision (that is the memory saving); the product is
-    accumulated in float32 and rounded back, as GPU half-precision GEMMs do.
-    """
-
-    def __call__(self, x: mx.array) -> mx.array:
-        if not (on_cpu() and x.dtype in _HALF):
-            return super().__call__(x)
-        y = x.astype(mx.float32) @ self["weight"].astype(mx.float32).T
-        if "bias" in self:
-            y = y + self["bias"]
-        return y.astype(x.dtype)
-
-
-class BatchNorm(nn.BatchNorm):
-    """``nn.BatchNorm`` whose inference on float16/bfloat16 inputs runs in float32, on any device.
-
-    ``running_var`` can exceed float16's range (65504) in a trained network and ``var + eps``
-    loses its low bits in half precision, so the statistics stay float32 (``cast_model`` keeps
-    them) and the affine map ``x * scale + shift`` is folded and applied in float32.
-    """
-
-    def __call__(self, x: mx.array) -> mx.array:
-        if self.training or x.dtype not in _HALF or not self.track_running_stats:
-            return super().__call__(x)
-        scale = mx.rsqrt(_f32(self.running_var) + self.eps)
-        shift = -_f32(self.running_mean) * scale
-        if "weight" in self:
-            scale = scale * _f32(self.weight)
-            shift = shift * _f32(self.weight) + _f32(self.bias)
-        return (_f32(x) * scale + shift).astype(x.dtype)
-
-
-def replace_modules(model: nn.Module, cls: type, make) -> nn.Module:
-    """Replace every leaf module of exactly type ``cls`` by ``make(old)`` (in place)."""
-    from mlx.utils import tree_map
-
-    def swap(m):
-        return make(m) if type(m) is cls else m
-
-    model.update_modules(tree_map(swap, model.leaf_modules(), is_leaf=nn.Module.is_module))
-    return model
-
-
-def half_batch_norm(bn: nn.BatchNorm) -> BatchNorm:
-    """The same layer (same arrays, no copy) as a :class:`BatchNorm`."""
-    layer = BatchNorm(1, affine="weight" in bn, track_running_stats="running_mean" in bn)
-    layer.num_features, layer.eps, layer.momentum = bn.num_features, bn.eps, bn.momentum
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        if name in bn:
-            setattr(layer, name, bn[name])
-    layer.train(bn.training)
-    return layer
-
-
-def half_linear(linear: nn.Linear) -> Linear:
-    """The same layer (same arrays, no copy) as a :class:`Linear`."""
-    layer = Linear(1, 1, bias="bias" in linear)
-    layer.weight = linear.weight
-    if "bias" in linear:
-        layer.bias = linear.bias
-    layer.train(linear.training)
-    return layer

@@ -16,13 +16,12 @@ PASCAL VOC bit-interleaving palette.
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+
+from ..io.files import atomic_write
 
 # Anchor colours as "rrggbb" hex, 65 per map: entries 0, 4, ..., 252 and 255 of the 256-entry table.
 _ANCHORS = {
@@ -226,36 +225,6 @@ def png_info(text: dict[str, str] | None) -> PngInfo | None:
     for key, value in text.items():
         info.add_text(key, str(value))
     return info
-
-
-def atomic_write(path: str | os.PathLike, write: Callable) -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it into place.
-
-    An interrupted or failed write leaves no partial file under ``path`` (nor the temporary).
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _file_mode(path: Path) -> int:
-    """The mode a new file gets (0666 less the umask), or the mode of the file being replaced."""
-    try:
-        return path.stat().st_mode & 0o777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
 
 
 def save_png(image: Image.Image, path: str | os.PathLike, text: dict[str, str] | None = None) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from .kernels import Conv2d
-from .ops import upsample2x
+from ..layers import BatchNorm
+from ..ops import upsample2x
 
 
 class DepthEstimationHead(nn.Module):
@@ -19,10 +19,10 @@ class DepthEstimationHead(nn.Module):
         super().__init__()
         features = config.fusion_hidden_size
         self.head_in_index = config.head_in_index
-        self.projection = Conv2d(256, 256, kernel_size=3, padding=1) if config.add_projection else None
-        self.conv1 = Conv2d(features, features // 2, kernel_size=3, padding=1)
-        self.conv2 = Conv2d(features // 2, 32, kernel_size=3, padding=1)
-        self.conv3 = Conv2d(32, 1, kernel_size=1)
+        self.projection = nn.Conv2d(256, 256, kernel_size=3, padding=1) if config.add_projection else None
+        self.conv1 = nn.Conv2d(features, features // 2, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(features // 2, 32, kernel_size=3, padding=1)
+        self.conv3 = nn.Conv2d(32, 1, kernel_size=1)
 
     def __call__(self, hidden_states: list[mx.array]) -> mx.array:
         x = hidden_states[self.head_in_index]
@@ -40,10 +40,10 @@ class SemanticSegmentationHead(nn.Module):
         super().__init__()
         features = config.fusion_hidden_size
         self.upsample = upsample
-        self.conv = Conv2d(features, features, kernel_size=3, padding=1, bias=False)
-        self.batch_norm = nn.BatchNorm(features)
+        self.conv = nn.Conv2d(features, features, kernel_size=3, padding=1, bias=False)
+        self.batch_norm = BatchNorm(features)
         self.dropout = nn.Dropout(dropout)
-        self.classifier = Conv2d(features, config.num_labels, kernel_size=1)
+        self.classifier = nn.Conv2d(features, config.num_labels, kernel_size=1)
 
     def __call__(self, x: mx.array) -> mx.array:
         """(B, h, w, C) -> (B, h', w', num_labels) logits."""

@@ -24,7 +24,6 @@ Reference subtleties kept here:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -32,11 +31,12 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .config import BaseConfig, _check_act, _pair, align_out_features
-from .errors import UnsupportedModelError
-from .modeling import BackboneFeatures
-from .ops import interpolate
-from .vit import AttentionOutput, Intermediate, Output, PatchEmbeddings, SelfAttention
+from ..config_utils import BaseConfig, align_out_features, check_act, pair, stage_names
+from ..errors import UnsupportedModelError
+from ..ops import interpolate
+from ..outputs import BackboneFeatures
+from .transformer import (AttentionOutput, Intermediate, Output, PatchEmbeddings, SelfAttention,
+                          resize_position_embeddings, run_layers, with_cls_token)
 
 
 @dataclass
@@ -75,17 +75,17 @@ class BeitConfig(BaseConfig):
     def __post_init__(self):
         if self.model_type != "beit":
             raise UnsupportedModelError(f"expected a 'beit' backbone config, got model_type {self.model_type!r}")
-        _check_act("hidden_act", self.hidden_act)
+        check_act("hidden_act", self.hidden_act)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"backbone hidden_size={self.hidden_size} is not a multiple of "
                 f"num_attention_heads={self.num_attention_heads}"
             )
-        ph, pw = _pair(self.patch_size)
+        ph, pw = pair(self.patch_size)
         if ph != pw:
             raise ValueError(f"BEiT patch_size must be square, got {self.patch_size!r}")
         self.patch_size = ph
-        self.image_size = list(_pair(self.image_size))
+        self.image_size = list(pair(self.image_size))
         if self.add_fpn:
             raise UnsupportedModelError("a BEiT backbone with add_fpn=True cannot feed DPT's neck (nor can it in "
                                         "transformers); use a config with add_fpn=false")
@@ -96,7 +96,7 @@ class BeitConfig(BaseConfig):
 
     @property
     def stage_names(self) -> list[str]:
-        return ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
+        return stage_names(self.num_hidden_layers)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -147,8 +147,8 @@ class BeitSelfAttention(SelfAttention):
     """Self-attention with a bias-free key projection and an optional per-layer relative position bias."""
 
     def __init__(self, config: BeitConfig):
-        super().__init__(config.hidden_size, config.num_attention_heads, True, config.attention_probs_dropout_prob)
-        self.key = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        super().__init__(config.hidden_size, config.num_attention_heads, True, config.attention_probs_dropout_prob,
+                         key_bias=False)
         self.relative_position_bias = RelativePositionBias(config) if config.use_relative_position_bias else None
 
     def __call__(self, x, grid, shared_bias=None, output_attentions=False):
@@ -204,18 +204,12 @@ class BeitEncoder(nn.Module):
     def __call__(self, x, grid, output_attentions=False):
         """Returns every layer's input and output (embeddings first) and the attention probabilities."""
         shared = self.relative_position_bias(grid) if self.relative_position_bias is not None else None
-        hidden_states, attentions = [x], []
-        for layer in self.layer:
-            x, probs = layer(x, grid, shared, output_attentions)
-            hidden_states.append(x)
-            attentions.append(probs)
-        return hidden_states, attentions
+        return run_layers(self.layer, x, grid, shared, output_attentions=output_attentions)
 
 
 class BeitEmbeddings(nn.Module):
     def __init__(self, config: BeitConfig):
         super().__init__()
-        self.patch_size = config.patch_size
         self.cls_token = mx.zeros((1, 1, config.hidden_size))
         if config.use_mask_token:  # masked image modeling only; loaded so that checkpoints load strictly
             self.mask_token = mx.zeros((1, 1, config.hidden_size))
@@ -227,47 +221,28 @@ class BeitEmbeddings(nn.Module):
             self.position_embeddings = None
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def position_embedding(self, grid: tuple[int, int]) -> mx.array:
-        """The absolute position embeddings for a (gh, gw) grid: bicubic resize, as the reference."""
-        pos = self.position_embeddings
-        old = int(math.sqrt(pos.shape[1] - 1))
-        if (old, old) == tuple(grid):
-            return pos
-        patch = pos[:, 1:].reshape(1, old, old, -1).astype(mx.float32)  # NHWC
-        patch = interpolate(patch, grid, "bicubic", align_corners=False).astype(pos.dtype)
-        return mx.concatenate([pos[:, :1], patch.reshape(1, grid[0] * grid[1], -1)], axis=1)
-
     def __call__(self, x: mx.array) -> mx.array:
         """(B, H, W, 3) -> (B, 1 + gh * gw, C)."""
-        b, h, w, _ = x.shape
-        emb = self.patch_embeddings(x)
-        cls = mx.broadcast_to(self.cls_token, (b, 1, emb.shape[-1])).astype(emb.dtype)
-        emb = mx.concatenate([cls, emb], axis=1)
-        if self.position_embeddings is not None:
-            emb = emb + self.position_embedding((h // self.patch_size, w // self.patch_size))
+        emb = with_cls_token(self.cls_token, self.patch_embeddings(x))
+        if self.position_embeddings is not None:  # bicubic, as the reference resizes them
+            grid = self.patch_embeddings.grid(x.shape[1], x.shape[2])
+            emb = emb + resize_position_embeddings(self.position_embeddings, grid, mode="bicubic")
         return self.dropout(emb)
 
 
 class BeitBackbone(nn.Module):
     """transformers' ``BeitBackbone`` with ``reshape_hidden_states=False``: token sequences at ``out_indices``."""
 
-    def __init__(self, config):
+    def __init__(self, beit: BeitConfig):
         super().__init__()
-        beit = BeitConfig.from_dict(config.backbone_config)
-        if len(beit.out_indices) != len(config.neck_hidden_sizes):
-            raise ValueError(
-                f"the BEiT backbone has {len(beit.out_indices)} out_features ({', '.join(beit.out_features)}) but "
-                f"the neck expects {len(config.neck_hidden_sizes)} (neck_hidden_sizes)"
-            )
         self.out_indices = beit.out_indices
-        self.patch_size = beit.patch_size
         self.hidden_size = beit.hidden_size
         self.embeddings = BeitEmbeddings(beit)
         self.encoder = BeitEncoder(beit)
 
     def __call__(self, x: mx.array, output_attentions: bool = False) -> BackboneFeatures:
         """NHWC pixels -> the selected hidden states (B, 1 + gh*gw, C), all hidden states, attentions."""
-        grid = (x.shape[1] // self.patch_size, x.shape[2] // self.patch_size)
+        grid = self.embeddings.patch_embeddings.grid(x.shape[1], x.shape[2])
         hidden_states, attentions = self.encoder(self.embeddings(x), grid, output_attentions)
         features = [hidden_states[i] for i in self.out_indices]
         return BackboneFeatures(features, grid, tuple(hidden_states), tuple(attentions))

@@ -1,4 +1,8 @@
-"""dpt_mlx/kernels.py: every fast CPU path against the MLX op it replaces (no timing here)."""
+"""dpt_mlx.cpu: every fast CPU path against the MLX op it replaces (no timing here).
+
+The CPU layers act only when MLX computes on the CPU, so these tests make the CPU the default
+device (they run on any platform).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,20 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from mlx import utils as mlx_utils
 
-from dpt_mlx import kernels as K
+from dpt_mlx import cpu
+from dpt_mlx import layers as dpt_layers
+from dpt_mlx.cpu import kernels as K
+from dpt_mlx.cpu import layers as L
 
-pytestmark = pytest.mark.skipif(not K.on_cpu(), reason="the fast paths only act on the CPU")
+
+@pytest.fixture(autouse=True)
+def on_the_cpu():
+    device = mx.default_device()
+    mx.set_default_device(mx.cpu)
+    yield
+    mx.set_default_device(device)
 
 
 def rel(a, b) -> float:
@@ -141,8 +155,8 @@ def test_threaded_attention_leaves_inputs_alone(monkeypatch):
 def test_conv2d_matches_mlx(batch, kernel, padding, size):
     x = mx.random.normal((batch, *size, 6), key=mx.random.key(batch))
     for bias in (True, False):
-        conv = K.Conv2d(6, 5, kernel, padding=padding, bias=bias)
-        assert size[0] * size[1] >= conv._MIN_PIXELS  # the fast path runs
+        conv = L.Conv2d(6, 5, kernel, padding=padding, bias=bias)
+        assert size[0] * size[1] >= conv.MIN_PIXELS  # the fast path runs
         want = nn.Conv2d.__call__(conv, x)
         got = conv(x)
         assert got.shape == want.shape and rel(got, want) < 1e-5  # measured < 1e-6
@@ -152,34 +166,51 @@ def test_conv2d_matches_mlx(batch, kernel, padding, size):
 
 def test_conv2d_strided_and_small_maps_use_mlx():
     # stride 2 is not a fast path: exactly MLX's result
-    conv = K.Conv2d(4, 4, 3, stride=2, padding=1)
+    conv = L.Conv2d(4, 4, 3, stride=2, padding=1)
     x = mx.random.normal((1, 40, 40, 4))
     assert rel(conv(x), nn.Conv2d.__call__(conv, x)) == 0.0
-    small = K.Conv2d(4, 4, 3, padding=1)
-    x = mx.random.normal((1, 8, 8, 4))  # fewer pixels than _MIN_PIXELS: MLX's own conv
+    small = L.Conv2d(4, 4, 3, padding=1)
+    x = mx.random.normal((1, 8, 8, 4))  # fewer pixels than MIN_PIXELS: MLX's own conv
     assert rel(small(x), nn.Conv2d.__call__(small, x)) == 0.0
 
 
-def test_half_linear_and_batch_norm_keep_arrays_and_names():
+def test_fast_layers_keep_arrays_and_names():
     lin = nn.Linear(8, 4)
-    fast = K.half_linear(lin)
-    assert type(fast) is K.Linear and fast.weight is lin.weight and fast.bias is lin.bias
-    x = mx.random.normal((3, 8))
-    assert rel(fast(x), lin(x)) == 0.0  # float32: plain nn.Linear
-    lin16 = K.half_linear(lin)
-    lin16.set_dtype(mx.float16)
-    assert lin16(x.astype(mx.float16)).dtype == mx.float16
-    assert rel(lin16(x.astype(mx.float16)), lin(x)) < 5e-3  # measured 8e-4
+    assert cpu.layers.fast_layer(lin) is lin  # float32: nothing to do
+    lin.set_dtype(mx.float16)
+    fast = cpu.layers.fast_layer(lin)
+    assert type(fast) is L.Linear and fast.weight is lin.weight and fast.bias is lin.bias
+    x = mx.random.normal((3, 8)).astype(mx.float16)
+    assert fast(x).dtype == mx.float16
+    assert rel(fast(x), nn.Linear.__call__(fast, x)) < 5e-3  # measured 8e-4
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    fast = cpu.layers.fast_layer(conv)
+    assert type(fast) is L.Conv2d and fast.weight is conv.weight and sorted(fast.keys()) == sorted(conv.keys())
+    assert fast.padding == conv.padding and fast.stride == conv.stride
+    up = nn.ConvTranspose2d(4, 4, 2, stride=2)
+    assert type(cpu.layers.fast_layer(up)) is L.PatchConvTranspose2d
+    assert cpu.layers.fast_layer(nn.ConvTranspose2d(4, 4, 3, stride=2)) is not None
+    assert type(cpu.layers.fast_layer(nn.ConvTranspose2d(4, 4, 3, stride=2))) is nn.ConvTranspose2d
+    assert type(cpu.layers.fast_layer(nn.GELU())) is L.GELU
+    assert type(cpu.layers.fast_layer(nn.GELU(approx="precise"))) is nn.GELU
+    assert type(cpu.layers.fast_layer(dpt_layers.ScaledDotProductAttention())) is L.Attention
 
-    bn = nn.BatchNorm(4)
+
+def test_patch_conv_transpose_matches_mlx():
+    up = nn.ConvTranspose2d(5, 3, 4, stride=4)
+    x = mx.random.normal((2, 6, 7, 5))
+    fast = cpu.layers.fast_layer(up)
+    assert rel(fast(x), up(x)) < 1e-5
+
+
+def test_half_batch_norm_keeps_float32_statistics():
+    bn = dpt_layers.BatchNorm(4)
     bn.running_var = mx.array([1e5, 7e4, 1.0, 1e-3])  # beyond float16's 65504, and small
     bn.running_mean = mx.array([3.0, -2.0, 0.5, 0.01])
     bn.eval()
-    safe = K.half_batch_norm(bn)
-    assert type(safe) is K.BatchNorm and sorted(safe.keys()) == sorted(bn.keys())
-    assert set(safe.trainable_parameters()) == set(bn.trainable_parameters()) == {"weight", "bias"}
+    assert set(bn.trainable_parameters()) == {"weight", "bias"}
     x = mx.random.normal((2, 5, 5, 4)) * mx.sqrt(bn.running_var) + bn.running_mean
-    got = safe(x.astype(mx.float16))
+    got = bn(x.astype(mx.float16))
     assert got.dtype == mx.float16 and rel(got, bn(x)) < 2e-3  # measured 5e-4
     plain = nn.BatchNorm(4)
     plain.update(bn.parameters())
@@ -188,33 +219,41 @@ def test_half_linear_and_batch_norm_keep_arrays_and_names():
     assert rel(plain(x.astype(mx.float16)), bn(x)) > 0.5  # those channels come out as zeros
 
 
-def test_replace_modules_is_exact_type():
+def test_accelerate_swaps_exact_types_only(monkeypatch):
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.a = nn.Linear(4, 4)
-            self.b = [K.Linear(4, 4), nn.Conv2d(2, 2, 1)]
+            self.a = nn.Conv2d(2, 2, 3)
+            self.b = [nn.GELU(), nn.Linear(4, 4)]
+            self.c = dpt_layers.ScaledDotProductAttention()
 
     net = Net()
-    K.replace_modules(net, nn.Linear, K.half_linear)
-    assert type(net.a) is K.Linear and type(net.b[0]) is K.Linear and type(net.b[1]) is nn.Conv2d
+    before = dict(mlx_utils.tree_flatten(net.parameters()))
+    cpu.accelerate(net)
+    assert type(net.a) is L.Conv2d and type(net.b[0]) is L.GELU and type(net.b[1]) is nn.Linear
+    assert type(net.c) is L.Attention and cpu.is_accelerated(net)
+    after = dict(mlx_utils.tree_flatten(net.parameters()))
+    assert before.keys() == after.keys() and all(before[k] is after[k] for k in before)
+    monkeypatch.setenv("DPT_MLX_FAST_KERNELS", "0")
+    plain = Net()
+    cpu.accelerate(plain)
+    assert not cpu.is_accelerated(plain) and type(plain.a) is nn.Conv2d
 
 
-def test_switch_off(monkeypatch):
-    monkeypatch.setattr(K, "ENABLED", False)
-    assert not K.on_cpu()
+def test_cpu_layers_use_mlx_off_the_cpu_device(monkeypatch):
     x = mx.random.normal((1, 40, 40, 3))
-    conv = K.Conv2d(3, 2, 3, padding=1)
+    conv = L.Conv2d(3, 2, 3, padding=1)
+    monkeypatch.setattr(L, "on_cpu", lambda: False)
     assert rel(conv(x), nn.Conv2d.__call__(conv, x)) == 0.0
 
 
 def test_cache_limit_leaves_a_users_setting_alone():
     previous = mx.set_cache_limit(123 << 20)
     try:
-        K.raise_cpu_cache_limit()
+        cpu.raise_cpu_cache_limit()
         assert mx.set_cache_limit(32 << 20) == 123 << 20
-        K.raise_cpu_cache_limit()
-        assert mx.set_cache_limit(32 << 20) == K.cpu_cache_limit() >= 1 << 30
+        cpu.raise_cpu_cache_limit()
+        assert mx.set_cache_limit(32 << 20) == cpu.cpu_cache_limit() >= 1 << 30
     finally:
         mx.set_cache_limit(previous)
 

@@ -16,8 +16,12 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from .errors import CheckpointError, DPTError
-from .loading import load_pretrained, parse_dtype, resolve, save_pretrained, umask_mode
+from ..errors import CheckpointError, DPTError
+from ..models import load_model
+from .checkpoint import load_pretrained, parse_dtype, save_pretrained
+from .files import umask_mode
+from .hub import resolve
+from .quantize import VERIFY_TOLERANCE, Quantization, quantize_model
 
 SIDE_FILES = ("preprocessor_config.json",)
 
@@ -64,8 +68,6 @@ def convert(hf_path, mlx_path, dtype=None, overwrite: bool = False, verify_tol: 
     dtype = parse_dtype(dtype)
     spec = None
     if quantize:
-        from .quantize import Quantization
-
         spec = Quantization(bits=q_bits, group_size=q_group_size)  # ValueError names a bad value
     if target.exists() and not overwrite:
         raise DPTError(f"{target} already exists; pass --overwrite to replace it")
@@ -75,12 +77,10 @@ def convert(hf_path, mlx_path, dtype=None, overwrite: bool = False, verify_tol: 
     if target.exists() and target.resolve() == source.resolve():
         raise DPTError("the output directory is the source checkpoint; choose another --mlx-path")
 
-    model = load_pretrained(source, dtype=dtype)
+    model = load_model(source, dtype=dtype)
     reference = None
     if spec is not None:
-        from .quantize import quantize_model
-
-        reference = load_pretrained(source, dtype=dtype)
+        reference = load_model(source, dtype=dtype)
         quantize_model(model, bits=spec.bits, group_size=spec.group_size)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
@@ -90,13 +90,11 @@ def convert(hf_path, mlx_path, dtype=None, overwrite: bool = False, verify_tol: 
         for name in SIDE_FILES:
             if (source / name).is_file():
                 shutil.copyfile(source / name, tmp / name)
-        converted = load_pretrained(tmp, model_class=type(model))
+        converted = load_pretrained(tmp, type(model))
         err = verify(model, converted)
         if not err <= verify_tol:
             raise CheckpointError(f"converted model differs from the source (relative error {err:.3g})")
         if reference is not None:
-            from .quantize import VERIFY_TOLERANCE
-
             err = verify(reference, converted)
             if not err <= VERIFY_TOLERANCE[spec.bits]:
                 raise CheckpointError(
@@ -117,51 +115,3 @@ def convert(hf_path, mlx_path, dtype=None, overwrite: bool = False, verify_tol: 
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def build_parser():
-    import argparse
-
-    p = argparse.ArgumentParser(
-        prog="convert.py",
-        description="Convert a transformers DPT / Depth Anything checkpoint into a dpt_mlx checkpoint.",
-    )
-    p.add_argument("--hf-path", required=True, help="Hugging Face Hub repo id or local transformers checkpoint directory")
-    p.add_argument("--mlx-path", required=True, help="output directory (must not exist unless --overwrite)")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                   help="store the weights in this dtype (default: as in the source)")
-    p.add_argument("--quantize", action="store_true",
-                   help="store the transformer's linear layers with --q-bits-bit weights (dpt_mlx.quantize)")
-    p.add_argument("--q-bits", type=int, choices=[4, 8], default=8,
-                   help="bits per weight with --quantize (default 8; 4-bit is smaller but lossy: see README)")
-    p.add_argument("--q-group-size", type=int, choices=[32, 64, 128], default=64,
-                   help="weights sharing one scale and offset with --quantize (default 64)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    p.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
-    return p
-
-
-def main(argv=None) -> int:
-    import sys
-    import time
-
-    args = build_parser().parse_args(argv)
-    start = time.perf_counter()
-    report = {}
-    try:
-        out = convert(args.hf_path, args.mlx_path, dtype=args.dtype, overwrite=args.overwrite,
-                      quantize=args.quantize, q_bits=args.q_bits, q_group_size=args.q_group_size, report=report)
-    except (DPTError, ValueError, OSError) as e:
-        if args.verbose:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    note = ""
-    if args.quantize:
-        note = f", {args.q_bits}-bit: {report['quantization_error']:.2g} relative error vs unquantized"
-    print(f"converted {args.hf_path} -> {out} (verified{note}, {time.perf_counter() - start:.1f}s)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

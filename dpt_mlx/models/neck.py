@@ -8,9 +8,8 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from .kernels import Conv2d, matmul
-from .ops import interpolate, upsample2x
-from .vit import activation
+from ..layers import BatchNorm, activation
+from ..ops import interpolate, upsample2x
 
 
 class ReadoutProject(nn.Module):
@@ -26,26 +25,6 @@ class ReadoutProject(nn.Module):
         return self.act(self.dense(mx.concatenate([tokens, readout], axis=-1)))
 
 
-class PatchConvTranspose2d(nn.ConvTranspose2d):
-    """A transposed convolution whose stride equals its kernel, computed as one matmul.
-
-    With kernel == stride and no padding each input pixel writes its own k x k output block, so
-    the layer is ``(B*H*W, I) @ (I, O*k*k)`` and a reshape. On CPU this runs through the BLAS
-    gemm, where MLX's general conv_transpose2d does not. Parameters (``weight`` (O, k, k, I),
-    ``bias``) are those of ``nn.ConvTranspose2d``, so checkpoints map onto it unchanged.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
-        super().__init__(in_channels, out_channels, kernel_size=kernel_size, stride=kernel_size, padding=0)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        b, h, w, _ = x.shape
-        o, k, _, i = self.weight.shape
-        y = matmul(x.reshape(-1, i), self.weight.reshape(o * k * k, i).T)  # (B*H*W, O*k*k)
-        y = y.reshape(b, h, w, o, k, k).transpose(0, 1, 4, 2, 5, 3).reshape(b, h * k, w * k, o)
-        return y + self.bias if "bias" in self else y
-
-
 class ReassembleLayer(nn.Module):
     """1x1 projection to ``channels``, then resize by ``factor``: >1 transposed conv, 1 identity, <1 strided conv."""
 
@@ -54,7 +33,7 @@ class ReassembleLayer(nn.Module):
         self.projection = nn.Conv2d(hidden_size, channels, kernel_size=1)
         if factor > 1:
             k = int(factor)
-            self.resize = PatchConvTranspose2d(channels, channels, kernel_size=k)
+            self.resize = nn.ConvTranspose2d(channels, channels, kernel_size=k, stride=k)
         elif factor == 1:
             self.resize = nn.Identity()
         else:
@@ -109,11 +88,11 @@ class PreActResidualLayer(nn.Module):
     def __init__(self, channels: int, use_batch_norm: bool, bias: bool):
         super().__init__()
         self.use_batch_norm = use_batch_norm
-        self.convolution1 = Conv2d(channels, channels, kernel_size=3, padding=1, bias=bias)
-        self.convolution2 = Conv2d(channels, channels, kernel_size=3, padding=1, bias=bias)
+        self.convolution1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=bias)
+        self.convolution2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=bias)
         if use_batch_norm:
-            self.batch_norm1 = nn.BatchNorm(channels)
-            self.batch_norm2 = nn.BatchNorm(channels)
+            self.batch_norm1 = BatchNorm(channels)
+            self.batch_norm2 = BatchNorm(channels)
 
     def __call__(self, x: mx.array) -> mx.array:
         h = self.convolution1(nn.relu(x))
@@ -133,7 +112,7 @@ class FeatureFusionLayer(nn.Module):
         channels = config.fusion_hidden_size
         bn, bias = bool(config.use_batch_norm_in_fusion_residual), config.use_bias_in_residual
         self.align_corners = align_corners
-        self.projection = Conv2d(channels, channels, kernel_size=1)
+        self.projection = nn.Conv2d(channels, channels, kernel_size=1)
         self.residual_layer1 = PreActResidualLayer(channels, bn, bias)
         self.residual_layer2 = PreActResidualLayer(channels, bn, bias)
 
@@ -181,7 +160,7 @@ class DPTNeck(nn.Module):
         self.num_stages = len(config.neck_hidden_sizes)
         self.reassemble_stage = ReassembleStage(config, hidden_size) if reassemble else None
         self.convs = [
-            Conv2d(c, config.fusion_hidden_size, kernel_size=3, padding=1, bias=False)
+            nn.Conv2d(c, config.fusion_hidden_size, kernel_size=3, padding=1, bias=False)
             for c in config.neck_hidden_sizes
         ]
         self.fusion_stage = FeatureFusionStage(config, upsample_to_next)

@@ -9,15 +9,13 @@ and so do the tiny continuous-position-bias MLPs of Swinv2.
 A quantised checkpoint is an MLX-format directory whose ``config.json`` carries
 ``"quantization": {"bits": 4, "group_size": 64}`` (the mlx-lm convention); its
 ``model.safetensors`` holds each quantised layer's packed ``weight`` (uint32), ``scales`` and
-``biases`` next to its float ``bias``. :func:`dpt_mlx.loading.load_pretrained` rebuilds the
+``biases`` next to its float ``bias``. :func:`dpt_mlx.io.checkpoint.load_pretrained` rebuilds the
 same layers (:func:`prepare`) and loads it strictly. Write one with
 ``python convert.py --hf-path ID --mlx-path DIR --quantize --q-bits 4 --q-group-size 64`` or
 :func:`quantize_model` + ``save_pretrained``.
 
-On the CPU, MLX's ``quantized_matmul`` runs at ~2 GFLOP/s (measured, mlx 0.32 on Linux x86-64),
-so :class:`QuantizedLinear` dequantizes the weight of one layer at a time and multiplies in
-float32 with BLAS there (the packed weights stay the only resident copy); elsewhere it is
-``nn.QuantizedLinear``.
+The layers are MLX's own ``nn.QuantizedLinear``; on the CPU backend dpt_mlx.cpu swaps in a
+layer with the same arrays that runs faster there.
 """
 
 from __future__ import annotations
@@ -29,10 +27,9 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map_with_path
 
-from .kernels import on_cpu
+from .. import cpu
 
-__all__ = ["DEFAULT_GROUP_SIZE", "VERIFY_TOLERANCE", "Quantization", "QuantizedLinear", "prepare", "quantizable",
-           "quantize_model"]
+__all__ = ["DEFAULT_GROUP_SIZE", "VERIFY_TOLERANCE", "Quantization", "prepare", "quantizable", "quantize_model"]
 
 DEFAULT_GROUP_SIZE = 64
 SUPPORTED_BITS = (4, 8)
@@ -69,22 +66,6 @@ class Quantization:
         return {"bits": self.bits, "group_size": self.group_size}
 
 
-class QuantizedLinear(nn.QuantizedLinear):
-    """``nn.QuantizedLinear`` (same arrays) whose CPU product is dequantize + float32 BLAS matmul."""
-
-    def __call__(self, x: mx.array) -> mx.array:
-        if not on_cpu():
-            return super().__call__(x)
-        w = mx.dequantize(
-            self["weight"], self["scales"], self.get("biases"), group_size=self.group_size, bits=self.bits,
-            mode=self.mode,
-        )
-        y = x.astype(mx.float32) @ w.astype(mx.float32).T
-        if "bias" in self:
-            y = y + self["bias"]
-        return y.astype(x.dtype)
-
-
 def quantizable(path: str, module: nn.Module, group_size: int = DEFAULT_GROUP_SIZE) -> bool:
     """The predicate: a plain linear layer of the backbone's transformer blocks whose input
     width is a multiple of ``group_size`` (not a position-bias MLP)."""
@@ -96,10 +77,10 @@ def quantizable(path: str, module: nn.Module, group_size: int = DEFAULT_GROUP_SI
     )
 
 
-def _quantized_layer(linear: nn.Linear, spec: Quantization, empty: bool) -> QuantizedLinear:
-    """A :class:`QuantizedLinear` holding ``linear`` quantised (or zeros of the right shapes)."""
+def _quantized_layer(linear: nn.Linear, spec: Quantization, empty: bool) -> nn.QuantizedLinear:
+    """An ``nn.QuantizedLinear`` holding ``linear`` quantised (or zeros of the right shapes)."""
     out_dims, in_dims = linear.weight.shape
-    layer = QuantizedLinear(spec.group_size, 1, bias=False, group_size=spec.group_size, bits=spec.bits)
+    layer = nn.QuantizedLinear(spec.group_size, 1, bias=False, group_size=spec.group_size, bits=spec.bits)
     if empty:  # shapes only: strict loading fills them
         layer.weight = mx.zeros((out_dims, in_dims * spec.bits // 32), dtype=mx.uint32)
         layer.scales = mx.zeros((out_dims, in_dims // spec.group_size), dtype=linear.weight.dtype)
@@ -139,7 +120,7 @@ def quantize_model(model: nn.Module, bits: int = 8, group_size: int = DEFAULT_GR
     if _replace(model, spec, empty=False) == 0:
         raise ValueError(f"no linear layer of this model can be quantized with group_size={group_size}")
     mx.eval(model.parameters())
-    return model
+    return cpu.accelerate(model)
 
 
 def prepare(model: nn.Module, spec: Quantization) -> nn.Module:

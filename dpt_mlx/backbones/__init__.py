@@ -1,0 +1,86 @@
+"""``build_backbone(config)``: the backbone of a DPT / Depth Anything config, as ``AutoBackbone`` does.
+
+Every backbone is built the same way, ``Backbone(its own config)``, and called the same way,
+``backbone(x_nhwc, output_attentions=False) -> BackboneFeatures`` (features for the neck, the
+patch grid, all hidden states, attentions); it has ``.hidden_size``. To add one, write its
+module (config dataclass + backbone class) and add a line to ``BACKBONES``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import mlx.nn as nn
+
+from ..errors import UnsupportedModelError
+from .beit import BeitBackbone, BeitConfig
+from .dinov2 import Dinov2Backbone, Dinov2Config
+from .swinv2 import Swinv2Backbone, Swinv2Config
+from .vit import ViTBackbone, ViTConfig
+
+
+class BackboneSpec(NamedTuple):
+    config: Callable  # model config -> the backbone's config
+    backbone: type[nn.Module]
+    reassemble: bool  # token sequences the neck reassembles into maps (False: NHWC maps already)
+
+
+def _dinov2_config(config) -> Dinov2Config:
+    backbone = Dinov2Config.from_dict(config.backbone_config)
+    if backbone.reshape_hidden_states:
+        # The DPT / Depth Anything necks read CLS + patch token sequences; the reference would fail too.
+        raise ValueError(
+            "a DINOv2 backbone_config for DPT or Depth Anything needs reshape_hidden_states=false "
+            "(the neck reads token sequences)"
+        )
+    return backbone
+
+
+def _beit_config(config) -> BeitConfig:
+    beit = BeitConfig.from_dict(config.backbone_config)
+    if len(beit.out_indices) != len(config.neck_hidden_sizes):
+        raise ValueError(
+            f"the BEiT backbone has {len(beit.out_indices)} out_features ({', '.join(beit.out_features)}) but "
+            f"the neck expects {len(config.neck_hidden_sizes)} (neck_hidden_sizes)"
+        )
+    return beit
+
+
+def _swinv2_config(config) -> Swinv2Config:
+    swin = Swinv2Config.from_dict(config.backbone_config)
+    channels = [swin.embed_dim] + swin.dims
+    got = [channels[i] for i in swin.out_indices]
+    if got != list(config.neck_hidden_sizes):
+        raise ValueError(
+            f"the Swinv2 backbone's out_features ({', '.join(swin.out_features)}) have {got} channels but "
+            f"neck_hidden_sizes is {list(config.neck_hidden_sizes)}; they must match"
+        )
+    return swin
+
+
+# config.backbone_type -> how to build it
+BACKBONES: dict[str, BackboneSpec] = {
+    "vit": BackboneSpec(ViTConfig.from_dpt, ViTBackbone, reassemble=True),
+    "hybrid": BackboneSpec(ViTConfig.from_dpt, ViTBackbone, reassemble=True),  # BiT embeddings, then ViT
+    "dinov2": BackboneSpec(_dinov2_config, Dinov2Backbone, reassemble=True),
+    "beit": BackboneSpec(_beit_config, BeitBackbone, reassemble=True),
+    "swinv2": BackboneSpec(_swinv2_config, Swinv2Backbone, reassemble=False),
+}
+
+
+def backbone_spec(config) -> BackboneSpec:
+    kind = config.backbone_type
+    if kind not in BACKBONES:
+        raise UnsupportedModelError(
+            f"backbone model_type {kind!r} is not supported; supported: {', '.join(sorted(BACKBONES))}"
+        )
+    return BACKBONES[kind]
+
+
+def build_backbone(config) -> nn.Module:
+    """The backbone module a DPT / Depth Anything config names (``config.backbone_type``)."""
+    spec = backbone_spec(config)
+    return spec.backbone(spec.config(config))
+
+
+__all__ = ["BACKBONES", "BackboneSpec", "backbone_spec", "build_backbone"]

@@ -1,0 +1,276 @@
+"""Use an optimized BLAS for MLX's CPU backend on Linux.
+
+The ``mlx[cpu]`` wheel for Linux links the netlib *reference* BLAS that it bundles
+(``mlx_cpu.libs/libblas-*.so.3``). Its ``cblas_sgemm`` runs at a few GFLOP/s, and MLX's
+CPU matmul and convolution (im2col + gemm) both go through it, so a DPT forward
+pass is 10-30x slower than it needs to be. On macOS MLX uses Accelerate/Metal and
+this module does nothing.
+
+How it works (measured on mlx 0.32.4, see ``benchmarks/blas_check.py``):
+
+* ``libmlx.so`` imports ``cblas_sgemm``/``cblas_dgemm``/``cblas_cgemm`` (and some
+  LAPACK routines) as plain, unversioned undefined symbols, called through its PLT.
+  Python loads extension modules with ``RTLD_NOW``, so the PLT slots are bound
+  when ``mlx.core`` is imported, to the bundled reference BLAS.
+* We load an optimized BLAS and write the addresses of its gemm routines into
+  those PLT/GOT slots of ``libmlx.so`` ("PLT rebinding"). Only libmlx is affected;
+  nothing is exported into the process's global symbol scope, the symbols do not
+  need to be named ``cblas_*`` (the ``scipy-openblas32`` wheel prefixes them with
+  ``scipy_``), and it works even when ``mlx.core`` was imported before dpt_mlx.
+* An unprefixed library (MKL's ``libmkl_rt``, a system ``libopenblas``, a user
+  path) is in addition loaded with ``RTLD_GLOBAL`` when ``mlx.core`` is not yet
+  imported, which is the classic interposition and also covers MLX's LAPACK calls.
+  (A global preload *after* ``import mlx.core`` is useless: the slots are already
+  bound.)
+* Before writing, every slot is checked to point at a function called
+  ``cblas_?gemm`` (``dladdr``); any surprise aborts without changing anything.
+  ``blas_info()`` reads the slot back, so it reports the BLAS MLX really calls.
+
+Selection, by the environment variable ``DPT_MLX_BLAS``:
+
+``auto`` (default)
+    ``scipy-openblas32`` (pip dependency of dpt_mlx on Linux), then MKL from the
+    ``mkl`` pip package, then a system OpenBLAS / MKL, then the LP64 OpenBLAS
+    bundled with SciPy. A BLAS that the user already interposed (``LD_PRELOAD``)
+    is left alone.
+``off``
+    Do nothing; MLX keeps its reference BLAS.
+``openblas`` / ``mkl`` / ``system`` / ``scipy``
+    Only that source.
+a path to a ``.so``
+    That library (unprefixed ``cblas_sgemm`` or ``scipy_``-prefixed, LP64 only).
+
+``scipy-openblas32`` is loaded for MLX alone, so it picks its kernels from the CPU even when
+``OPENBLAS_CORETYPE`` is set for the process's other OpenBLAS copies (the variable is hidden
+during the load only; see ``_own_openblas_env``). ``DPT_MLX_OPENBLAS_CORETYPE=Haswell`` (or any
+OpenBLAS core name) pins its kernels; ``blas_info()["version"]`` names the kernels in use.
+
+``DPT_MLX_BLAS_THREADS=N`` sets the provider's thread count (otherwise it follows
+``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``OMP_NUM_THREADS``, else the
+number of CPUs this process may use: affinity mask, capped by a cgroup CPU quota).
+On a machine shared with other busy processes (CI runners, several jobs on few
+cores) use ``DPT_MLX_BLAS_THREADS=1``: a multi-threaded OpenBLAS gemm waits for
+all of its threads, and when they are descheduled it can fall to reference-BLAS
+speed (measured: 512^2 sgemm 5 GFLOP/s with 2 threads vs 120 with 1 on a 2-core VM
+at load 6; 240 vs 120 when the cores are free).
+
+Only float32/float64/complex64 matmul and convolution use BLAS; MLX's float16 and
+bfloat16 CPU matmuls do not (a few GFLOP/s either way), so run on CPU in float32.
+
+``setup()`` never raises: any failure leaves MLX as it was and is reported by
+``blas_info()``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import sys
+import threading
+import warnings
+
+from .elf import dladdr, find_libmlx, read_pointer, slots as gemm_slots, symbol_address, write_pointer
+from .providers import (ENV_VAR, PROBE_SYMBOL, candidates, is_reference, open_provider, set_threads)
+
+__all__ = ["blas_info", "setup"]
+
+
+# The gemm entry points libmlx imports; only these are rebound (LAPACK is not on
+# any DPT code path and is left to the RTLD_GLOBAL preload where that applies).
+_GEMM_SYMBOLS = ("cblas_sgemm", "cblas_dgemm", "cblas_cgemm")
+
+_lock = threading.RLock()
+_state: dict | None = None
+_keepalive: list = []  # provider handles must outlive the process's use of them
+
+
+# -------------------------------------------------------------------- public API
+
+
+def _current_binding(libmlx=None):
+    """Which library libmlx's cblas_sgemm slot points at, read from memory."""
+    libmlx = libmlx or find_libmlx()
+    if libmlx is None:
+        return {"mlx_loaded": False}
+    base, path = libmlx
+    slots, why = gemm_slots(path, (PROBE_SYMBOL,))
+    if not slots:
+        return {"mlx_loaded": True, "libmlx": path, "slot": None, "reason": why
+                or "libmlx.so does not import cblas_sgemm dynamically"}
+    target = read_pointer(base + slots[PROBE_SYMBOL][0])
+    lib, sym = dladdr(target)
+    if lib == path:
+        return {"mlx_loaded": True, "libmlx": path, "slot": "unresolved (lazy binding)"}
+    return {"mlx_loaded": True, "libmlx": path, "slot": f"{sym} in {lib}", "library": lib,
+            "symbol": sym, "reference": is_reference(lib)}
+
+
+def _setup_linux(mode, info):
+    notes = info["notes"]
+    explicit = mode != "auto"
+    mlx_before = "mlx.core" in sys.modules
+    info["mlx_imported_before_setup"] = mlx_before
+
+    if mode == "auto":
+        # Honour an optimized BLAS the user set up (LD_PRELOAD, an RTLD_GLOBAL load
+        # before mlx.core, or an earlier rebinding): do not replace it.
+        if mlx_before:
+            lib = _current_binding().get("library")
+        else:
+            lib, _ = dladdr(symbol_address(ctypes.CDLL(None), PROBE_SYMBOL))
+        if lib and not is_reference(lib):
+            importlib.import_module("mlx.core")  # binds libmlx's slots
+
+            info.update(provider="preexisting", library=lib, method="global interposition",
+                        found_by="already bound before dpt_mlx was imported (LD_PRELOAD?)")
+            return
+
+    chosen = None
+    for name, path, how in candidates(mode):
+        opened = open_provider(name, path, global_ok=not mlx_before, notes=notes)
+        if opened is not None:
+            chosen = (name, path, how) + opened
+            break
+    if chosen is None:
+        if explicit:
+            why = "; ".join(notes) or "no such library installed"
+            warnings.warn(f"dpt_mlx: {ENV_VAR}={mode!r}: no usable BLAS ({why}); "
+                          "MLX keeps its reference BLAS", RuntimeWarning, stacklevel=3)
+        else:
+            notes.append("no optimized BLAS found; `pip install scipy-openblas32` or "
+                         "`apt install libopenblas0-pthread`")
+        return
+    name, path, how, handle, prefix, version = chosen
+    _keepalive.append(handle)
+    library = dladdr(symbol_address(handle, prefix + PROBE_SYMBOL))[0] or path
+    info.update(provider=name, library=library, found_by=how, version=version,
+                symbol_prefix=prefix)
+    global_preload = prefix == "" and not mlx_before
+    if global_preload:
+        info["method"] = "RTLD_GLOBAL preload"  # upgraded below once the slots are rebound
+    info["threads"] = set_threads(handle, prefix, notes)
+
+    importlib.import_module("mlx.core")  # loads libmlx.so, binding its slots (RTLD_NOW)
+
+    libmlx = find_libmlx()
+    if libmlx is None:
+        notes.append("libmlx.so is not loaded after `import mlx.core`; nothing rebound")
+        return
+    base, mlx_path = libmlx
+    slots, why = gemm_slots(mlx_path, _GEMM_SYMBOLS)
+    if not slots:
+        notes.append(why or "libmlx.so does not import cblas_*gemm dynamically; nothing to do")
+        info["method"] = "global interposition" if global_preload else None
+        return
+
+    # Plan every write, checking that each slot holds a cblas_?gemm, then write.
+    plan = []
+    for sym, offsets in slots.items():
+        target = symbol_address(handle, prefix + sym)
+        if target is None:
+            raise RuntimeError(f"{path} lacks {prefix + sym}")
+        for off in offsets:
+            current = read_pointer(base + off)
+            cur_lib, cur_sym = dladdr(current)
+            if cur_lib != mlx_path and sym.split("_", 1)[1] not in (cur_sym or "").lower():
+                raise RuntimeError(f"libmlx slot for {sym} points at {cur_sym} in {cur_lib}; "
+                                   "refusing to patch")
+            plan.append((base + off, target))
+    for addr, target in plan:
+        write_pointer(addr, target)
+    for addr, target in plan:
+        if read_pointer(addr) != target:
+            raise RuntimeError("PLT slot write did not stick")
+    info["method"] = "RTLD_GLOBAL preload + PLT rebind" if global_preload else "PLT rebind"
+    info["rebound_symbols"] = sorted(slots)
+    if mlx_before and prefix == "":
+        notes.append("mlx.core was imported before dpt_mlx: a global preload would have been "
+                     "too late (slots bound at import); rebinding the PLT slots fixed gemm, "
+                     "MLX's LAPACK calls stay on the reference library")
+
+
+def _mode() -> str:
+    """The ``DPT_MLX_BLAS`` setting, normalised."""
+    mode = os.environ.get(ENV_VAR, "auto").strip() or "auto"
+    low = mode.lower()
+    if low in ("auto", "on", "1", "true", "yes"):
+        return "auto"
+    if low in ("off", "0", "false", "no", "none", "reference"):
+        return "off"
+    if low in ("openblas", "scipy-openblas32", "mkl", "system", "scipy"):
+        return "openblas" if low == "scipy-openblas32" else low
+    return mode
+
+
+def _blank_info(mode: str) -> dict:
+    return {"platform": sys.platform, "mode": mode, "provider": None, "library": None, "found_by": None,
+            "version": None, "method": None, "threads": None, "set_up": False,
+            "mlx_imported_before_setup": "mlx.core" in sys.modules, "notes": []}
+
+
+def setup() -> dict:
+    """Select an optimized BLAS for MLX (Linux only). Idempotent; never raises.
+
+    dpt_mlx calls it on the first model load on the CPU (dpt_mlx.cpu.accelerate), never on import.
+    """
+    global _state
+    with _lock:
+        if _state is not None:
+            return dict(_state)
+        mode = _mode()
+        info = _blank_info(mode)
+        info["set_up"] = True
+        try:
+            if not sys.platform.startswith("linux"):
+                info["notes"].append("not Linux: MLX uses Accelerate/Metal, nothing to do")
+            elif mode == "off":
+                info["notes"].append(f"{ENV_VAR}=off: MLX keeps the BLAS it links")
+            else:
+                _setup_linux(mode, info)
+        except Exception as exc:  # noqa: BLE001  (never break `import dpt_mlx`)
+            if info.get("method") == "RTLD_GLOBAL preload":
+                # mlx.core was imported after the global preload, so it binds to it anyway
+                info["notes"].append(f"PLT rebind skipped: {type(exc).__name__}: {exc}")
+            else:
+                info["notes"].append(
+                    f"setup failed, MLX left as it was: {type(exc).__name__}: {exc}")
+                info.update(provider=None, library=None, method=None)
+        _state = info
+        return dict(info)
+
+
+def blas_info() -> dict:
+    """What BLAS MLX's CPU backend uses, and how it was chosen.
+
+    Keys: ``provider`` (``scipy-openblas32``, ``mkl``, ``system-openblas``, ...,
+    or None), ``library`` (path), ``found_by``, ``version``, ``method`` (``PLT
+    rebind``, ``RTLD_GLOBAL preload + PLT rebind``, ``global interposition`` or
+    None), ``threads``, ``mlx_imported_before_setup``, ``mode`` (the
+    ``DPT_MLX_BLAS`` setting), ``set_up`` (whether :func:`setup` has run; it changes nothing
+    here), ``notes``, and ``mlx_cblas_sgemm``: where libmlx's ``cblas_sgemm`` call really goes,
+    read from memory now, with ``effective`` (True when that is not a reference BLAS).
+    """
+    with _lock:
+        info = dict(_state) if _state is not None else _blank_info(_mode())
+    info["notes"] = list(info["notes"])
+    if not info["set_up"]:
+        info["notes"].append("MLX keeps the BLAS it ships with until a model is loaded on the CPU "
+                             "(or dpt_mlx.cpu.blas.setup() is called)")
+    if sys.platform.startswith("linux"):
+        try:
+            if "mlx.core" not in sys.modules:
+                importlib.import_module("mlx.core")
+            binding = _current_binding()
+            info["mlx_cblas_sgemm"] = binding.get("slot")
+            info["effective"] = (binding.get("reference") is False) if "reference" in binding else None
+            if binding.get("reason"):
+                info["notes"].append(binding["reason"])
+        except Exception as exc:  # noqa: BLE001
+            info["mlx_cblas_sgemm"] = None
+            info["effective"] = None
+            info["notes"].append(f"could not inspect libmlx: {type(exc).__name__}: {exc}")
+    else:
+        info["mlx_cblas_sgemm"] = None
+        info["effective"] = None
+    return info

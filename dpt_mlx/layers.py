@@ -1,0 +1,68 @@
+"""Small layers every model and backbone shares, in plain MLX: activations, attention, BatchNorm.
+
+Activations and attention are modules (without parameters) rather than functions so that a
+backend-specific layer can stand in for them without changing any parameter path
+(see dpt_mlx.cpu).
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+_HALF = (mx.float16, mx.bfloat16)
+
+
+class QuickGELU(nn.Module):
+    """``x * sigmoid(1.702 x)``."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return x * mx.sigmoid(1.702 * x)
+
+
+# transformers' ACT2FN names -> the MLX module computing the same function
+_ACTIVATIONS = {
+    "gelu": lambda: nn.GELU(),  # exact erf GELU, PyTorch's default
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "swish": nn.SiLU,
+    "gelu_new": lambda: nn.GELU(approx="precise"),  # the tanh approximation
+    "gelu_fast": lambda: nn.GELU(approx="precise"),
+    "gelu_pytorch_tanh": lambda: nn.GELU(approx="precise"),
+    "quick_gelu": QuickGELU,
+    "tanh": nn.Tanh,
+}
+
+
+def activation(name: str) -> nn.Module:
+    """The module for transformers' activation ``name``."""
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"unsupported activation {name!r}")
+    return _ACTIVATIONS[name]()
+
+
+class ScaledDotProductAttention(nn.Module):
+    """``softmax(q @ k^T * scale + mask) @ v`` for (B, heads, N, d) arrays; ``mask`` is additive."""
+
+    def __call__(self, q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None = None):
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+
+
+class BatchNorm(nn.BatchNorm):
+    """``nn.BatchNorm`` whose inference on float16/bfloat16 inputs runs in float32.
+
+    ``running_var`` can exceed float16's range (65504) in a trained network and ``var + eps``
+    loses its low bits in half precision, so the statistics stay float32 (``cast_model`` keeps
+    them) and the affine map ``x * scale + shift`` is folded and applied in float32.
+    """
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if self.training or x.dtype not in _HALF or not self.track_running_stats:
+            return super().__call__(x)
+        f32 = mx.float32
+        scale = mx.rsqrt(self.running_var.astype(f32) + self.eps)
+        shift = -self.running_mean.astype(f32) * scale
+        if "weight" in self:
+            scale = scale * self.weight.astype(f32)
+            shift = shift * self.weight.astype(f32) + self.bias.astype(f32)
+        return (x.astype(f32) * scale + shift).astype(x.dtype)

@@ -1,0 +1,9 @@
+"""The task models: DPT (ViT, hybrid, DINOv2, BEiT, Swinv2 backbones) and Depth Anything."""
+
+from .base import PreTrainedModel
+from .depth_anything import DepthAnythingForDepthEstimation
+from .dpt import DPTForDepthEstimation, DPTForSemanticSegmentation, DPTModel
+from .registry import MODEL_CLASSES, load_model, model_class_for
+
+__all__ = ["MODEL_CLASSES", "DPTForDepthEstimation", "DPTForSemanticSegmentation", "DPTModel",
+           "DepthAnythingForDepthEstimation", "PreTrainedModel", "load_model", "model_class_for"]

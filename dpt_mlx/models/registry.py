@@ -1,0 +1,46 @@
+"""The model classes by name, and ``load_model``: the Auto class of dpt_mlx."""
+
+from __future__ import annotations
+
+from ..io import checkpoint
+from ..errors import UnsupportedModelError
+from .base import PreTrainedModel
+from .depth_anything import DepthAnythingForDepthEstimation
+from .dpt import DPTForDepthEstimation, DPTForSemanticSegmentation, DPTModel
+
+# config.json "architectures" names -> class
+MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
+    "DPTModel": DPTModel,
+    "DPTForDepthEstimation": DPTForDepthEstimation,
+    "DPTForSemanticSegmentation": DPTForSemanticSegmentation,
+    "DepthAnythingForDepthEstimation": DepthAnythingForDepthEstimation,
+}
+
+_SEGMENTATION_KEYS = ("auxiliary_head.", "head.head.1.", "head.batch_norm.")
+
+
+def model_class_for(config, weights: dict | None = None) -> type[PreTrainedModel]:
+    """The class a checkpoint was saved from (``architectures``, else the task its keys show)."""
+    for name in config.architectures or []:
+        if name in MODEL_CLASSES:
+            return MODEL_CLASSES[name]
+    if config.architectures:
+        raise UnsupportedModelError(
+            f"architecture {config.architectures[0]} is not supported; supported: {', '.join(MODEL_CLASSES)}"
+        )
+    keys = weights.keys() if weights is not None else ()
+    if any(k.startswith(_SEGMENTATION_KEYS) for k in keys):
+        return DPTForSemanticSegmentation
+    if any(k.startswith("head.") for k in keys) or weights is None:
+        return DPTForDepthEstimation
+    return DPTModel
+
+
+def load_model(path_or_repo_id, dtype=None, *, torch_dtype=None, **hub_options) -> PreTrainedModel:
+    """The task model a checkpoint was saved as (depth or segmentation), like an Auto class.
+
+    ``hub_options`` are those of ``from_pretrained``: ``revision``, ``token``, ``cache_dir``,
+    ``local_files_only``.
+    """
+    return checkpoint.load_pretrained(path_or_repo_id, model_class_for, dtype=checkpoint.pick_dtype(dtype, torch_dtype),
+                                      hub=checkpoint.HubOptions(**hub_options))

@@ -1,0 +1,1 @@
+"""Image processing: the DPT image processor, post-processing, colour maps and overlays."""

@@ -1,0 +1,1 @@
+"""Fine-tuning: data, losses, metrics, checkpoints and the training loop."""
