@@ -1,12 +1,12 @@
 """The training losses: NumPy/PyTorch implementations of the published formulas, the invariances
 they claim, masking, and loss + every parameter's gradient against transformers + autograd."""
 
-import mlx.core as mx
-import mlx.nn as nn
-import numpy as np
 import os
 import sys
 
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -389,7 +389,6 @@ def test_segmentation_loss_and_gradients_match_transformers(tmp_path, bn_mode):
     assert moved == (bn_mode == "train")
 
 
-@pytest.mark.parity
 # Seen with mlx 0.32.4 on Linux: with MLX's bundled reference BLAS and its own layers (the portable
 # path there, DPT_MLX_FAST_KERNELS=0 DPT_MLX_BLAS=off) this model's gradients differ from PyTorch's by
 # ~1e-3 of their range, while the forward pass matches to 2e-6 and the same model matches to 2e-6 with
@@ -398,6 +397,7 @@ _REFERENCE_BLAS_PORTABLE = os.environ.get("DPT_MLX_BLAS", "").lower() in ("off",
     os.environ.get("DPT_MLX_FAST_KERNELS", "1").lower() in ("0", "false", "off", "no")
 
 
+@pytest.mark.parity
 @pytest.mark.xfail(_REFERENCE_BLAS_PORTABLE and sys.platform.startswith("linux"), strict=True,
                    reason="MLX CPU gradients with the reference BLAS differ by ~1e-3 (see comment)")
 def test_segmentation_without_auxiliary_head_uses_main_loss(tmp_path):
