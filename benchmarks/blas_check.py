@@ -4,8 +4,9 @@
     python benchmarks/blas_check.py --compare  # also run with DPT_MLX_BLAS=off
     python benchmarks/blas_check.py --full     # 2048^2 matmul, 96x96 conv, ViT-L layer
 
-The BLAS is chosen at ``import dpt_mlx`` (see ``dpt_mlx/_blas.py``); set
-``DPT_MLX_BLAS=off|auto|openblas|mkl|system|/path/libX.so`` to change it.
+dpt_mlx chooses the BLAS on the first model load on the CPU (see ``dpt_mlx/cpu/blas.py``); this
+script calls ``dpt_mlx.cpu.blas.setup()`` itself. Set
+``DPT_MLX_BLAS=off|auto|openblas|mkl|system|/path/libX.so`` to change the choice.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from dpt_mlx._blas import blas_info, setup
+from dpt_mlx.cpu.blas import blas_info, setup
 
-setup()  # no-op when `import dpt_mlx` already did it
+setup()  # what dpt_mlx does on the first model load on the CPU
 
 import mlx.core as mx
 import numpy as np

@@ -15,3 +15,7 @@ class UnsupportedModelError(CheckpointError):
 
 class ImageError(DPTError, ValueError):
     """An input image is missing, unreadable or not an image."""
+
+
+class UsageError(DPTError):
+    """A bad option or combination of options on a command line (exit status 2)."""

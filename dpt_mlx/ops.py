@@ -76,8 +76,8 @@ def interpolate(
     b, h, w, c = x.shape
     out_h, out_w = int(size[0]), int(size[1])
     dtype = x.dtype
-    if dtype in (mx.float16, mx.bfloat16) and mx.default_device().type == mx.DeviceType.cpu:
-        x = x.astype(mx.float32)  # MLX's CPU half matmul has no BLAS (~50x slower)
+    if dtype in (mx.float16, mx.bfloat16):
+        x = x.astype(mx.float32)  # resampled in float32, as PyTorch accumulates half-precision resizes
     # Plain matmuls, no einsum: ~25% faster on the CPU (no transposed copies).
     if out_h != h:
         wh = mx.array(interpolation_matrix(h, out_h, mode, align_corners), dtype=x.dtype)

@@ -9,13 +9,15 @@
     >>> seg = pipeline("image-segmentation")            # Intel/dpt-large-ade
     >>> [(m["label"], m["mask"]) for m in seg("photo.jpg")]
 
-The pieces the command line shares live here too: :func:`load_image`, :func:`load_predictor`
-(model + image processor, with defaults when a checkpoint has no preprocessor config) and
+The pieces the command line and training share live here too: :func:`load_predictor` (model +
+image processor, with defaults when a checkpoint has no preprocessor config) and
 :class:`Predictor` (preprocess, batched forward, post-process to each image's size).
+:func:`load_image` and :func:`list_images` are re-exported from :mod:`dpt_mlx.processing.images`.
 """
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,100 +25,27 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .errors import CheckpointError, ImageError, UnsupportedModelError
-from .processing.image_processor import CONFIG_NAME, DPTImageProcessor
+from .processing.image_processor import (
+    CONFIG_NAME,
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    DPTImageProcessor,
+)
+from .processing.images import (  # noqa: F401  (this module was their home)
+    IMAGE_EXTENSIONS,
+    _array_to_uint8,
+    _to_8bit,
+    list_images,
+    load_image,
+)
 
 DEPTH = "depth-estimation"
 SEGMENTATION = "image-segmentation"
 DEFAULT_MODELS = {DEPTH: "Intel/dpt-large", SEGMENTATION: "Intel/dpt-large-ade"}
 TASK_ALIASES = {"depth": DEPTH, "segmentation": SEGMENTATION, "semantic-segmentation": SEGMENTATION}
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
-
-
-# ----------------------------------------------------------------------------------------------
-# Images
-
-
-def _to_8bit(image: Image.Image) -> Image.Image:
-    """16-bit / 32-bit grayscale images -> "L" (``convert("RGB")`` would clip them to white)."""
-    if image.mode.startswith("I;16"):
-        array = np.asarray(image, dtype=np.float64) / 257.0
-    elif image.mode in ("I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        high = array.max() if array.size else 0
-        if image.mode == "F" and high <= 1.0:
-            array = array * 255.0
-        elif high > 255:
-            array = array / (65535.0 if high <= 65535 else high) * 255.0
-    else:
-        return image
-    return Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8))
-
-
-def load_image(source: Any) -> Image.Image:
-    """A path, PIL image or array (HWC / HW; uint8, or float in [0, 1]) -> an upright RGB PIL image.
-
-    Like transformers' ``load_image``: the EXIF orientation is applied and the image is
-    converted with ``convert("RGB")`` (grayscale is repeated, an alpha channel is dropped).
-    Problems with a file raise :class:`ImageError` with a one-line message.
-    """
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(os.path.expanduser(os.fspath(source)))
-        if not path.exists():
-            raise ImageError(f"no such image file: {source}")
-        if path.is_dir():
-            raise ImageError(f"{source} is a directory, not an image (use --input-dir for a folder)")
-        try:
-            with Image.open(path) as opened:
-                opened.load()  # decode now: a truncated file fails here, not later
-                image = ImageOps.exif_transpose(opened)
-        except PermissionError:
-            raise ImageError(f"cannot read {source}: permission denied") from None
-        except Image.DecompressionBombError as e:
-            raise ImageError(f"{source} is too large to open safely ({e})") from None
-        except Image.UnidentifiedImageError:
-            raise ImageError(f"{source} is not an image Pillow can read (corrupt file or unsupported format)") from None
-        except (OSError, SyntaxError, ValueError) as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ImageError(f"cannot decode {source}: {reason}; the file is corrupt or incomplete") from None
-    elif isinstance(source, Image.Image):
-        image = ImageOps.exif_transpose(source)
-    elif isinstance(source, (np.ndarray, mx.array)) or hasattr(source, "__array__"):
-        image = Image.fromarray(_array_to_uint8(np.asarray(source)))
-    else:
-        raise TypeError(f"expected an image path, a PIL image or an array, got {type(source).__name__}")
-    return _to_8bit(image).convert("RGB")
-
-
-def _array_to_uint8(array: np.ndarray) -> np.ndarray:
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
-        array = np.moveaxis(array, 0, -1)  # CHW -> HWC
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        raise ValueError(f"expected an image array (H, W), (H, W, 3) or (H, W, 4), got shape {array.shape}")
-    if array.dtype == np.uint8:
-        return array
-    if np.issubdtype(array.dtype, np.floating) and array.size and array.min() >= 0 and array.max() <= 1:
-        return np.round(array * 255).astype(np.uint8)
-    if array.size and (array.min() < 0 or array.max() > 255):
-        raise ValueError(
-            f"image values must lie in [0, 255] (or [0, 1] for floats), got [{array.min()}, {array.max()}]"
-        )
-    return np.round(array).astype(np.uint8)
-
-
-def list_images(directory: str | os.PathLike) -> list[Path]:
-    """The image files (by extension, case-insensitive) directly in ``directory``, sorted; hidden files skipped."""
-    directory = Path(directory)
-    return sorted(
-        p for p in directory.iterdir()
-        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
-    )
-
 
 # ----------------------------------------------------------------------------------------------
 # Model + processor
@@ -154,7 +83,7 @@ def default_processor(config) -> tuple[DPTImageProcessor, str]:
     if "depth_anything" in model_type or backbone == "dinov2":
         processor = DPTImageProcessor(
             size={"height": 518, "width": 518}, keep_aspect_ratio=True, ensure_multiple_of=14, resample=3,
-            image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+            image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD),
         )
         what = "518 px, aspect ratio kept, multiple of 14, bicubic, ImageNet mean/std"
     else:
@@ -211,6 +140,13 @@ def load_predictor(model: Any = None, dtype=None, image_processor: DPTImageProce
 # Inference
 
 
+def _check_batch_size(batch_size: Any) -> int:
+    """``batch_size`` if it is an integer >= 1, else ValueError (as the command line rejects it)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
 class Predictor:
     """A task model and its image processor: PIL images in, per-image NumPy maps out.
 
@@ -249,8 +185,7 @@ class Predictor:
 
     def predict(self, images: Sequence[Image.Image], batch_size: int = 1) -> list[np.ndarray]:
         """All images, batched by equal preprocessed shape, results in input order."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        _check_batch_size(batch_size)
         pixels = [self.preprocess(image) for image in images]
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(pixels):
@@ -294,12 +229,14 @@ class _Pipeline:
         self.predictor = predictor
         self.model = predictor.model
         self.image_processor = predictor.image_processor
-        self.batch_size = batch_size
+        self.batch_size = _check_batch_size(batch_size)
 
     def __call__(self, images: Any, batch_size: int | None = None):
+        """``batch_size``: images per forward pass for this call (default the pipeline's)."""
+        batch_size = self.batch_size if batch_size is None else _check_batch_size(batch_size)
         single = not isinstance(images, (list, tuple))
         pil = [load_image(x) for x in ([images] if single else images)]
-        maps = self.predictor.predict(pil, batch_size or self.batch_size)
+        maps = self.predictor.predict(pil, batch_size)
         results = [self.format(m) for m in maps]
         return results[0] if single else results
 
@@ -360,11 +297,13 @@ def pipeline(task: str, model: Any = None, dtype=None, image_processor: DPTImage
 
 __all__ = [
     "DEFAULT_MODELS",
+    "IMAGE_EXTENSIONS",
     "DepthEstimationPipeline",
     "ImageError",
     "ImageSegmentationPipeline",
     "Predictor",
     "depth_image",
+    "list_images",
     "load_image",
     "load_predictor",
     "pipeline",

@@ -107,3 +107,51 @@ def test_half_precision_load(checkpoint, dtype):
     assert model.dtype == getattr(mx, dtype)
     out = model(torch.randn(1, 3, 32, 32).numpy()).predicted_depth
     assert out.dtype == getattr(mx, dtype)
+
+
+@pytest.mark.parity
+def test_loaded_models_run_the_path_the_environment_names(checkpoint):
+    """As shipped, a model loaded on the CPU gets the CPU layers; with DPT_MLX_FAST_KERNELS=0 it is the
+    plain MLX model that Metal and CUDA run (the second CI pass), parameters identical either way."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from dpt_mlx import cpu
+
+    model = dpt_mlx.load_model(checkpoint)
+    expected = cpu.enabled() and mx.default_device().type == mx.DeviceType.cpu
+    assert cpu.is_accelerated(model) == expected
+    plain = dpt_mlx.DPTForDepthEstimation(model.config)
+    assert [k for k, _ in tree_flatten(plain.parameters())] == [k for k, _ in tree_flatten(model.parameters())]
+
+
+def test_from_pretrained_takes_transformers_keywords(checkpoint, monkeypatch):
+    import mlx.core as mx
+
+    model = dpt_mlx.DPTForDepthEstimation.from_pretrained(checkpoint, torch_dtype="float16")
+    assert model.dtype == mx.float16
+    assert dpt_mlx.load_model(checkpoint, torch_dtype="bfloat16").dtype == mx.bfloat16
+    assert dpt_mlx.load_model(checkpoint, torch_dtype="auto").dtype == mx.float32
+    with pytest.raises(ValueError, match="disagree"):
+        dpt_mlx.load_model(checkpoint, dtype="float16", torch_dtype="bfloat16")
+    with pytest.raises(TypeError, match="trust_remote_code"):
+        dpt_mlx.DPTForDepthEstimation.from_pretrained(checkpoint, trust_remote_code=True)
+    with pytest.raises(TypeError, match="revisoin"):
+        dpt_mlx.load_model(checkpoint, revisoin="main")
+
+
+def test_hub_options_reach_huggingface_hub(monkeypatch, checkpoint):
+    """revision, token, cache_dir and local_files_only are passed on (a local copy stands in for the Hub)."""
+    import huggingface_hub
+
+    seen = {}
+
+    def fake_snapshot_download(repo_id, allow_patterns, **kwargs):
+        seen.update(kwargs, repo_id=repo_id)
+        return str(checkpoint)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    dpt_mlx.DPTForDepthEstimation.from_pretrained("someone/dpt-tiny", revision="v1", token="hf_x",
+                                                  cache_dir="/tmp/c", local_files_only=True)
+    assert seen == {"repo_id": "someone/dpt-tiny", "revision": "v1", "token": "hf_x", "cache_dir": "/tmp/c",
+                    "local_files_only": True}

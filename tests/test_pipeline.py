@@ -17,7 +17,7 @@ import dpt_mlx
 from dpt_mlx import pipeline
 from dpt_mlx.processing.image_processor import DPTImageProcessor
 from dpt_mlx.errors import ImageError
-from dpt_mlx.processing.image_processor import segment
+from dpt_mlx.processing.postprocess import segment
 from dpt_mlx.pipelines import DEFAULT_MODELS, load_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,7 +178,7 @@ def test_banded_segmentation_equals_resize_then_argmax(monkeypatch):
 
     from dpt_mlx.ops import interpolate_np
 
-    import dpt_mlx.processing.image_processor as module
+    import dpt_mlx.processing.postprocess as module
 
     logits = np.random.default_rng(0).standard_normal((7, 12, 17)).astype(np.float32)
     reference = interpolate_np(logits, (50, 41), "bilinear", align_corners=False).argmax(axis=0)

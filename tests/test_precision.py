@@ -23,6 +23,8 @@ from dpt_mlx import cpu, layers
 from dpt_mlx.cpu import layers as cpu_layers
 from dpt_mlx.models import load_model as load_pretrained
 
+pytestmark = pytest.mark.parity  # on both paths: the half-precision layers differ between them
+
 
 def dpt_config(**overrides) -> transformers.DPTConfig:
     kwargs = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128, image_size=32,

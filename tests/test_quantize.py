@@ -85,6 +85,7 @@ def test_quantized_weights_are_smaller(tmp_path, bits):
 BOUND = {8: 0.04, 4: 0.45}
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("group_size", [32, 64])
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("kind", ["dpt", "depth-anything"])
@@ -104,6 +105,7 @@ def test_cpu_path_matches_mlx_quantized_matmul():
     assert layer(x.astype(mx.bfloat16)).dtype == mx.bfloat16
 
 
+@pytest.mark.parity
 def test_save_and_load_round_trip(tmp_path):
     path, x = build(tmp_path, "depth-anything")
     model = quantize_model(load_pretrained(path), bits=4, group_size=32)

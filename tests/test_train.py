@@ -16,7 +16,10 @@ from mlx.utils import tree_flatten
 from PIL import Image
 
 import dpt_mlx
-from dpt_mlx.training import loop as train
+from dpt_mlx.cli import train as cli
+from dpt_mlx.training import checkpoints, loop
+from dpt_mlx.training.data import Batches, TargetReader, find_samples
+from dpt_mlx.training.metrics import depth_metrics
 from dpt_mlx.config import DPTConfig
 from dpt_mlx.processing.image_processor import DPTImageProcessor
 from helpers import pixels
@@ -84,7 +87,7 @@ def make_segmentation_data(root: Path, n: int, seed=0) -> Path:
 
 
 def run(argv):
-    return train.run(train.build_parser().parse_args(argv))
+    return cli.train(cli.build_parser().parse_args(argv))
 
 
 def outputs(model, x):
@@ -162,8 +165,8 @@ def test_train_modes_and_freeze_batch_norm():
 def test_freeze_backbone_gets_no_gradients():
     model = dpt_mlx.DPTForDepthEstimation(tiny_config())
     mx.eval(model.parameters())
-    train.backbone_of(model).freeze()
-    train.set_train_mode(model, freeze_backbone=True, freeze_batch_norm=False)
+    loop.backbone_of(model).freeze()
+    loop.set_train_mode(model, freeze_backbone=True, freeze_batch_norm=False)
     assert not model.dpt.training and model.neck.training
     before = {k: np.array(v) for k, v in tree_flatten(model.parameters())}
     labels = mx.array(np.random.default_rng(0).uniform(0.5, 2, (2, SIZE, SIZE)).astype(np.float32))
@@ -185,7 +188,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         model = dpt_mlx.DPTForDepthEstimation(tiny_config())
         mx.eval(model.parameters())
         if checkpointing:
-            assert train.enable_gradient_checkpointing(model) == 4
+            assert loop.enable_gradient_checkpointing(model) == 4
             assert type(model.dpt.encoder.layer[0]).__name__ == "CheckpointedViTLayer"
         model.train()
         labels = mx.array(np.random.default_rng(0).uniform(0.5, 2, (2, SIZE, SIZE)).astype(np.float32))
@@ -217,10 +220,10 @@ def test_targets_follow_the_processed_image(tmp_path):
     data = make_depth_data(tmp_path / "d", 2, size=(30, 45))
     processor = DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=True, ensure_multiple_of=8,
                                   do_pad=True, size_divisor=16)
-    reader = train.TargetReader("depth", processor, disparity=False, normalize=False, target="depth", depth_scale=0.001,
-                                ignore_index=255)
-    samples = train.find_samples(data, "depth")
-    batches = train.Batches(samples, processor, reader, batch_size=2)
+    reader = TargetReader("depth", processor, disparity=False, normalize=False, target="depth", depth_scale=0.001,
+                          ignore_index=255)
+    samples = find_samples(data, "depth")
+    batches = Batches(samples, processor, reader, batch_size=2)
     pixel_values, labels = batches.load([0, 1])
     assert pixel_values.shape[2:] == labels.shape[1:] == reader.processed_size((30, 45))
     raw = np.array(Image.open(samples[0].target)).astype(np.float64) * 0.001
@@ -228,14 +231,14 @@ def test_targets_follow_the_processed_image(tmp_path):
     assert (labels[0] == 0).mean() >= (raw == 0).mean() * 0.5  # holes and padding stay invalid
 
     # relative: disparity, scaled by its mean absolute deviation (unit-free)
-    rel = train.TargetReader("depth", processor, disparity=True, normalize=True, target="depth", depth_scale=1.0,
-                             ignore_index=255)
+    rel = TargetReader("depth", processor, disparity=True, normalize=True, target="depth", depth_scale=1.0,
+                       ignore_index=255)
     disparity = rel.read(samples[0])
     valid = disparity > 0
     spread = np.abs(disparity[valid] - np.median(disparity[valid])).mean()
     assert spread == pytest.approx(1.0, rel=0.1)
-    mm = train.TargetReader("depth", processor, disparity=True, normalize=True, target="depth", depth_scale=0.001,
-                            ignore_index=255)
+    mm = TargetReader("depth", processor, disparity=True, normalize=True, target="depth", depth_scale=0.001,
+                      ignore_index=255)
     np.testing.assert_allclose(mm.read(samples[0]), disparity, rtol=1e-5)  # units do not matter
 
 
@@ -243,9 +246,9 @@ def test_segmentation_targets_reduce_labels_and_pad_with_ignore(tmp_path):
     data = make_segmentation_data(tmp_path / "s", 1)
     processor = DPTImageProcessor(size={"height": 24, "width": 24}, do_reduce_labels=True, do_pad=True,
                                   size_divisor=20)
-    reader = train.TargetReader("segmentation", processor, disparity=False, normalize=False, target="depth",
-                                depth_scale=1.0, ignore_index=255)
-    sample = train.find_samples(data, "segmentation")[0]
+    reader = TargetReader("segmentation", processor, disparity=False, normalize=False, target="depth",
+                          depth_scale=1.0, ignore_index=255)
+    sample = find_samples(data, "segmentation")[0]
     labels = reader.read(sample)
     assert labels.shape == (40, 40) and labels.dtype == np.int64
     assert set(np.unique(labels)) <= {0, 1, 255}  # classes 1, 2 -> 0, 1; class 0 and the border -> 255
@@ -256,13 +259,13 @@ def test_depth_metrics():
     rng = np.random.default_rng(0)
     target = rng.uniform(0.5, 3.0, (20, 20)).astype(np.float32)
     target[0] = 0  # invalid
-    perfect = train.depth_metrics(3 * target + 2, target, align=True, disparity=True)  # up to scale and shift
+    perfect = depth_metrics(3 * target + 2, target, align=True, disparity=True)  # up to scale and shift
     assert perfect["abs_rel"] == pytest.approx(0, abs=1e-6) and perfect["delta1"] == 1
-    metric = train.depth_metrics(target * 1.1, target, align=False, disparity=False)
+    metric = depth_metrics(target * 1.1, target, align=False, disparity=False)
     assert metric["abs_rel"] == pytest.approx(0.1, rel=1e-4) and metric["delta1"] == 1
-    assert train.depth_metrics(target, np.zeros_like(target), align=False, disparity=False) is None
+    assert depth_metrics(target, np.zeros_like(target), align=False, disparity=False) is None
     # disparity targets are compared as depths: 1 / disparity
-    inverse = train.depth_metrics(target * 1.1, target, align=False, disparity=True)
+    inverse = depth_metrics(target * 1.1, target, align=False, disparity=True)
     assert inverse["abs_rel"] == pytest.approx(1 - 1 / 1.1, rel=1e-4)
 
 
@@ -288,7 +291,7 @@ def test_depth_training_lowers_validation_loss_and_saves_loadable_checkpoints(tm
     # the run directory is a checkpoint: from_pretrained, load_model and the CLI read it
     x = pixels(2, SIZE, SIZE, seed=3)
     expected = outputs(result.model, x)
-    last = train.list_checkpoints(out)
+    last = checkpoints.list_checkpoints(out)
     assert [p.name for p in last] == ["checkpoint-12"]  # --keep-checkpoints 1
     for path in (out, last[0]):
         for loaded in (dpt_mlx.DPTForDepthEstimation.from_pretrained(path), dpt_mlx.load_model(path)):
@@ -313,16 +316,16 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
               "--val-split", "0.2", "--quiet"]
     straight = run(["--model", str(model_dir), "--output", str(tmp_path / "a"), *common])
 
-    save = train.save_checkpoint
+    save = checkpoints.save_checkpoint
 
     def save_then_interrupt(*args, **kwargs):
-        path = save(*args, **kwargs)
+        save(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "save_checkpoint", save_then_interrupt)
-    assert train.main(["--model", str(model_dir), "--output", str(tmp_path / "b"), *common]) == 130
-    monkeypatch.setattr(train, "save_checkpoint", save)
-    assert [p.name for p in train.list_checkpoints(tmp_path / "b")] == ["checkpoint-2"]
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_interrupt)
+    assert cli.main(["--model", str(model_dir), "--output", str(tmp_path / "b"), *common]) == 130
+    monkeypatch.setattr(loop, "save_checkpoint", save)
+    assert [p.name for p in checkpoints.list_checkpoints(tmp_path / "b")] == ["checkpoint-2"]
     assert not (tmp_path / "b" / "model.safetensors").exists()
 
     resumed = run(["--resume", str(tmp_path / "b"), "--quiet"])  # options come from the checkpoint
@@ -395,7 +398,7 @@ def depth_setup(tmp_path):
 
 
 def one_line_error(capsys, argv, match):
-    assert train.main(argv) == 2
+    assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and match in err, err
     return err

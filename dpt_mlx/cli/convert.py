@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 
 from ..errors import DPTError
+from ..io.checkpoint import DTYPES
 from ..io.convert import convert
+from .console import EXIT_ERROR, EXIT_OK, ArgumentParser, print_error
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog="convert.py",
         description="Convert a transformers DPT / Depth Anything checkpoint into a dpt_mlx checkpoint.",
     )
     p.add_argument("--hf-path", required=True, help="Hugging Face Hub repo id or local transformers checkpoint directory")
     p.add_argument("--mlx-path", required=True, help="output directory (must not exist unless --overwrite)")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+    p.add_argument("--dtype", choices=tuple(DTYPES), default=None,
                    help="store the weights in this dtype (default: as in the source)")
     p.add_argument("--quantize", action="store_true",
                    help="store the transformer's linear layers with --q-bits-bit weights (dpt_mlx.io.quantize)")
@@ -38,15 +38,13 @@ def main(argv=None) -> int:
         out = convert(args.hf_path, args.mlx_path, dtype=args.dtype, overwrite=args.overwrite,
                       quantize=args.quantize, q_bits=args.q_bits, q_group_size=args.q_group_size, report=report)
     except (DPTError, ValueError, OSError) as e:
-        if args.verbose:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        print_error(e, args.verbose)
+        return EXIT_ERROR
     note = ""
     if args.quantize:
         note = f", {args.q_bits}-bit: {report['quantization_error']:.2g} relative error vs unquantized"
     print(f"converted {args.hf_path} -> {out} (verified{note}, {time.perf_counter() - start:.1f}s)")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

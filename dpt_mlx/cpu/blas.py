@@ -1,64 +1,26 @@
-"""Use an optimized BLAS for MLX's CPU backend on Linux.
+"""Point MLX's CPU matrix products at an optimized BLAS (Linux only).
 
 The ``mlx[cpu]`` wheel for Linux links the netlib *reference* BLAS that it bundles
-(``mlx_cpu.libs/libblas-*.so.3``). Its ``cblas_sgemm`` runs at a few GFLOP/s, and MLX's
-CPU matmul and convolution (im2col + gemm) both go through it, so a DPT forward
-pass is 10-30x slower than it needs to be. On macOS MLX uses Accelerate/Metal and
-this module does nothing.
+(``mlx_cpu.libs/libblas-*.so.3``), and MLX's CPU matmul and convolution both go through it.
+``libmlx.so`` calls ``cblas_sgemm`` / ``dgemm`` / ``cgemm`` through PLT slots that are bound when
+``mlx.core`` is imported; :func:`setup` loads an optimized BLAS (:mod:`.providers` finds one)
+and writes the addresses of its gemm routines into those slots of libmlx alone (:mod:`.elf`),
+after checking that each slot points at a ``cblas_?gemm``. Nothing is exported into the
+process's global symbol scope, so NumPy, SciPy and PyTorch keep their own BLAS. An unprefixed
+library loaded before ``mlx.core`` is also preloaded with ``RTLD_GLOBAL`` (which covers MLX's
+LAPACK calls too). On macOS MLX uses Accelerate and this module does nothing.
 
-How it works (measured on mlx 0.32.4, see ``benchmarks/blas_check.py``):
+``DPT_MLX_BLAS`` chooses the source: ``auto`` (default: the ``scipy-openblas32`` wheel, then
+MKL's pip wheel, then a system OpenBLAS / MKL, then SciPy's bundled OpenBLAS; a BLAS already
+interposed with ``LD_PRELOAD`` is left alone), ``off``, ``openblas``, ``mkl``, ``system``,
+``scipy``, or a path to a ``.so`` (``cblas_sgemm`` or ``scipy_cblas_sgemm``, LP64 only).
+``DPT_MLX_BLAS_THREADS`` sets its threads (default: the CPUs this process may use);
+``DPT_MLX_OPENBLAS_CORETYPE`` pins the kernels of dpt_mlx's own OpenBLAS, which otherwise detects
+the CPU even when ``OPENBLAS_CORETYPE`` is set for the process's other OpenBLAS copies.
 
-* ``libmlx.so`` imports ``cblas_sgemm``/``cblas_dgemm``/``cblas_cgemm`` (and some
-  LAPACK routines) as plain, unversioned undefined symbols, called through its PLT.
-  Python loads extension modules with ``RTLD_NOW``, so the PLT slots are bound
-  when ``mlx.core`` is imported, to the bundled reference BLAS.
-* We load an optimized BLAS and write the addresses of its gemm routines into
-  those PLT/GOT slots of ``libmlx.so`` ("PLT rebinding"). Only libmlx is affected;
-  nothing is exported into the process's global symbol scope, the symbols do not
-  need to be named ``cblas_*`` (the ``scipy-openblas32`` wheel prefixes them with
-  ``scipy_``), and it works even when ``mlx.core`` was imported before dpt_mlx.
-* An unprefixed library (MKL's ``libmkl_rt``, a system ``libopenblas``, a user
-  path) is in addition loaded with ``RTLD_GLOBAL`` when ``mlx.core`` is not yet
-  imported, which is the classic interposition and also covers MLX's LAPACK calls.
-  (A global preload *after* ``import mlx.core`` is useless: the slots are already
-  bound.)
-* Before writing, every slot is checked to point at a function called
-  ``cblas_?gemm`` (``dladdr``); any surprise aborts without changing anything.
-  ``blas_info()`` reads the slot back, so it reports the BLAS MLX really calls.
-
-Selection, by the environment variable ``DPT_MLX_BLAS``:
-
-``auto`` (default)
-    ``scipy-openblas32`` (pip dependency of dpt_mlx on Linux), then MKL from the
-    ``mkl`` pip package, then a system OpenBLAS / MKL, then the LP64 OpenBLAS
-    bundled with SciPy. A BLAS that the user already interposed (``LD_PRELOAD``)
-    is left alone.
-``off``
-    Do nothing; MLX keeps its reference BLAS.
-``openblas`` / ``mkl`` / ``system`` / ``scipy``
-    Only that source.
-a path to a ``.so``
-    That library (unprefixed ``cblas_sgemm`` or ``scipy_``-prefixed, LP64 only).
-
-``scipy-openblas32`` is loaded for MLX alone, so it picks its kernels from the CPU even when
-``OPENBLAS_CORETYPE`` is set for the process's other OpenBLAS copies (the variable is hidden
-during the load only; see ``_own_openblas_env``). ``DPT_MLX_OPENBLAS_CORETYPE=Haswell`` (or any
-OpenBLAS core name) pins its kernels; ``blas_info()["version"]`` names the kernels in use.
-
-``DPT_MLX_BLAS_THREADS=N`` sets the provider's thread count (otherwise it follows
-``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``OMP_NUM_THREADS``, else the
-number of CPUs this process may use: affinity mask, capped by a cgroup CPU quota).
-On a machine shared with other busy processes (CI runners, several jobs on few
-cores) use ``DPT_MLX_BLAS_THREADS=1``: a multi-threaded OpenBLAS gemm waits for
-all of its threads, and when they are descheduled it can fall to reference-BLAS
-speed (measured: 512^2 sgemm 5 GFLOP/s with 2 threads vs 120 with 1 on a 2-core VM
-at load 6; 240 vs 120 when the cores are free).
-
-Only float32/float64/complex64 matmul and convolution use BLAS; MLX's float16 and
-bfloat16 CPU matmuls do not (a few GFLOP/s either way), so run on CPU in float32.
-
-``setup()`` never raises: any failure leaves MLX as it was and is reported by
-``blas_info()``.
+:func:`setup` runs on the first model load on the CPU (never on ``import dpt_mlx``) and never
+raises: a failure leaves MLX as it was and is reported by :func:`blas_info`, which reads the slot
+back and so reports the BLAS MLX really calls.
 """
 
 from __future__ import annotations

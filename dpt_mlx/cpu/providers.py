@@ -226,15 +226,13 @@ class own_openblas_env:
 
     OpenBLAS reads ``OPENBLAS_CORETYPE`` once, when the library initialises. A value in the
     environment is usually there for the process's other OpenBLAS copies (NumPy's, SciPy's), and
-    pinning an older kernel halves MLX's matmul speed (measured on an AVX-512 CPU with
-    ``OPENBLAS_CORETYPE=Haswell``: 270 -> 495 GFLOP/s for a 577x1024 @ 1024x4096 product on
-    2 cores). The variable is changed only for the ``dlopen`` and restored right after, so
-    everything else in the process (and its children) still sees the user's setting.
+    pinning an older kernel slows MLX's matrix products (README, "The BLAS on Linux"). The
+    variable is changed only for the ``dlopen`` and restored right after, so everything else in
+    the process (and its children) still sees the user's setting.
 
     Unless ``OPENBLAS_THREAD_TIMEOUT`` is set, its idle worker threads also go to sleep at once
-    instead of spinning for ~2**28 cycles after each product: the softmax threads of
-    ``kernels.attention`` run between products and would otherwise share a core with a
-    spinning worker (DPT-Large layer 53 -> 51 ms, a Depth-Anything-small layer 41 -> 36 ms).
+    instead of spinning after each product: the softmax threads of ``kernels.attention`` run
+    between products and would otherwise share a core with a spinning worker.
     """
 
     def __init__(self, notes):

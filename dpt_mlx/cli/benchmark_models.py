@@ -1,0 +1,347 @@
+"""The benchmark's models and measurements: checkpoints shaped like released ones with random weights at a
+trained network's scale, the side-by-side timing against transformers, and the precision table.
+
+Every checkpoint is built with transformers (torch is needed even with ``--no-torch``), saved with
+``save_pretrained`` into a temporary directory and loaded from there by both libraries.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+import numpy as np
+
+from ..cpu.blas import blas_info
+from ..io.quantize import quantize_model
+from ..models import load_model
+from .benchmark_memory import ForwardMemory, forward_memory, weights_mib
+
+# ------------------------------------------------------------------------------------- models
+
+
+@dataclass
+class ModelSpec:
+    """A released checkpoint's shape: how to build its transformers config and the input size."""
+
+    name: str
+    checkpoint: str  # the hub checkpoint whose config this mirrors (not downloaded)
+    input_size: tuple[int, int]  # (H, W) that the checkpoint's image processor produces
+    input_note: str
+    config: Callable[[], object] = field(repr=False)
+
+
+def _dinov2(out_indices, apply_layernorm):
+    import transformers
+
+    return transformers.Dinov2Config(
+        hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4, image_size=518, patch_size=14,
+        out_indices=out_indices, apply_layernorm=apply_layernorm, reshape_hidden_states=False,
+    )
+
+
+def _dpt_large():
+    import transformers
+
+    return transformers.DPTConfig(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, image_size=384,
+        patch_size=16, backbone_out_indices=[5, 11, 17, 23], neck_hidden_sizes=[256, 512, 1024, 1024],
+        readout_type="project", layer_norm_eps=1e-12, fusion_hidden_size=256,
+    )
+
+
+def _dpt_hybrid():
+    import transformers
+
+    return transformers.DPTConfig(
+        is_hybrid=True, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+        image_size=384, patch_size=16, backbone_out_indices=[2, 5, 8, 11], neck_hidden_sizes=[256, 512, 768, 768],
+        reassemble_factors=[1, 1, 1, 0.5], readout_type="project", backbone_featmap_shape=[1, 1024, 24, 24],
+        neck_ignore_stages=[0, 1], layer_norm_eps=1e-12,
+    )
+
+
+def _dpt_dinov2_small():
+    import transformers
+
+    return transformers.DPTConfig(
+        backbone_config=_dinov2([3, 6, 9, 12], apply_layernorm=True), neck_hidden_sizes=[48, 96, 192, 384],
+        fusion_hidden_size=256, add_projection=True, use_bias_in_fusion_residual=False, readout_type="project",
+        reassemble_factors=[4, 2, 1, 0.5],
+    )
+
+
+def _depth_anything_small():
+    import transformers
+
+    return transformers.DepthAnythingConfig(
+        backbone_config=_dinov2([9, 10, 11, 12], apply_layernorm=True), reassemble_hidden_size=384, patch_size=14,
+        neck_hidden_sizes=[48, 96, 192, 384], fusion_hidden_size=64, head_hidden_size=32,
+    )
+
+
+MODELS = {
+    spec.name: spec
+    for spec in [
+        ModelSpec("dpt-large", "Intel/dpt-large", (384, 384), "DPTImageProcessor: resize to 384x384", _dpt_large),
+        ModelSpec("dpt-hybrid", "Intel/dpt-hybrid-midas", (384, 384), "384x384 (the reference runs hybrids "
+                  "at image_size only)", _dpt_hybrid),
+        ModelSpec("dpt-dinov2-small", "facebook/dpt-dinov2-small-nyu", (490, 644), "a 640x480 photo: no resize, "
+                  "padded to a multiple of 14", _dpt_dinov2_small),
+        ModelSpec("depth-anything-small", "LiheYoung/depth-anything-small-hf", (518, 518), "518x518",
+                  _depth_anything_small),
+    ]
+}
+
+
+def init_like_trained(model, input_size: tuple[int, int], seed: int = 0):
+    """Weights with a trained network's scale: N(0, 1/fan_in) for every matrix/kernel and small
+    random biases; then the depth head's last convolution gets the bias that lets its final ReLU
+    pass 90% of the pixels of a random image (an all-zero depth map would make every comparison
+    meaningless)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    model.eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("weight") and p.ndim >= 2:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
+            elif name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+            if name.endswith("norm3.weight"):
+                # BiT bottlenecks: a residual branch as small as trained ones have. At unit scale
+                # 16 random bottlenecks are chaotic: they amplify float32 rounding 1000-fold.
+                p.fill_(0.2)
+        last = [m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        seen = []
+        hook = last.register_forward_hook(lambda mod, inp, out: seen.append(out))
+        model(torch.randn((1, 3, *input_size), generator=gen))
+        hook.remove()
+        last.bias.sub_(torch.quantile(seen[0].flatten()[::97].float(), 0.1))
+    return model
+
+
+def build_pair(spec: ModelSpec, directory: str, seed: int = 0):
+    """The transformers model with random trained-scale weights, saved into ``directory``."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = spec.config()
+    cls = transformers.DepthAnythingForDepthEstimation if config.model_type == "depth_anything" else (
+        transformers.DPTForDepthEstimation)
+    ref = init_like_trained(cls(config), spec.input_size, seed)
+    ref.save_pretrained(directory)
+    return ref
+
+
+# ------------------------------------------------------------------------------------- results
+
+
+def format_mib(v) -> str:
+    return "n/a" if v is None else f"{v:,.0f}"
+
+
+@dataclass
+class SpeedRow:
+    """One batch size: median seconds per call of each library (torch fields None with --no-torch)."""
+
+    batch: int
+    mlx_s: float
+    mlx_runs: list[float]
+    torch_s: float | None = None
+    torch_runs: list[float] | None = None
+    ratio: float | None = None  # mlx_s / torch_s
+    rel_err_vs_torch: float | None = None  # max |ours - theirs| / max |theirs|
+    mlx_memory: ForwardMemory | None = None
+    torch_memory: ForwardMemory | None = None
+
+    def to_json(self) -> dict:
+        out = {k: v for k, v in vars(self).items() if v is not None}
+        for key in ("mlx_memory", "torch_memory"):
+            if key in out:
+                out[key] = out[key].to_json()
+        return out
+
+    def line(self) -> str:
+        bs = self.batch
+        text = f"batch {bs}: mlx {self.mlx_s / bs:.3f} s/img ({bs / self.mlx_s:.2f} img/s)"
+        if self.torch_s is not None:
+            text += (f" | torch {self.torch_s / bs:.3f} s/img ({bs / self.torch_s:.2f} img/s)"
+                     f" | ratio {self.ratio:.2f} | rel err vs torch {self.rel_err_vs_torch:.1e}")
+        if self.mlx_memory is not None:
+            m = self.mlx_memory
+            text += f" | mlx +{format_mib(m.rss_added_mib)} MiB RSS (allocator peak {format_mib(m.mlx_peak_mib)} MiB)"
+        if self.torch_memory is not None:
+            text += f" | torch +{format_mib(self.torch_memory.rss_added_mib)} MiB RSS"
+        return text
+
+
+@dataclass
+class PrecisionRow:
+    """One weight format against our float32 output: errors relative to the float32 map's range."""
+
+    variant: str
+    weights_mib: float
+    seconds: float
+    max_err_of_range: float = 0.0
+    mean_err_of_range: float = 0.0
+
+    def line(self) -> str:
+        return (f"{self.variant:<11} weights {self.weights_mib:7.1f} MiB | max err {self.max_err_of_range:.2e}"
+                f" of range | mean err {self.mean_err_of_range:.2e} of range | {self.seconds:.2f} s")
+
+
+@dataclass
+class ModelResult:
+    model: str
+    checkpoint: str
+    input: list[int]  # [H, W]
+    input_note: str
+    dtype: str
+    speed: list[SpeedRow] = field(default_factory=list)
+    precision: list[PrecisionRow] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        out = dict(vars(self))
+        out["speed"] = [row.to_json() for row in self.speed]
+        out["precision"] = [dict(vars(row)) for row in self.precision]
+        return out
+
+
+@dataclass
+class BenchOptions:
+    """What to measure, from the command line."""
+
+    batch_sizes: list[int]
+    runs: int
+    dtype: str  # compute dtype of both libraries for the timing
+    precision: bool
+    torch_too: bool
+    memory: bool
+
+
+# ------------------------------------------------------------------------------------- measuring
+
+
+def alternate(fns: dict[str, Callable[[], None]], runs: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Time each function ``runs`` times, alternating their order run by run."""
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    times = {n: [] for n in names}
+    for i in range(runs):
+        for n in names if i % 2 == 0 else names[::-1]:
+            t = time.perf_counter()
+            fns[n]()
+            times[n].append(time.perf_counter() - t)
+    return times
+
+
+def time_batch(ours, ref, x: np.ndarray, tdtype, runs: int) -> SpeedRow:
+    """Median seconds per call of our model and (if ``ref``) the reference on the batch ``x``."""
+    import torch
+
+    xt = torch.from_numpy(x).to(tdtype)
+
+    def run_ours():
+        mx.eval(ours(x).predicted_depth)
+
+    def run_torch():
+        with torch.inference_mode():
+            ref(xt)
+
+    times = alternate({"mlx": run_ours, "torch": run_torch} if ref is not None else {"mlx": run_ours}, runs)
+    row = SpeedRow(batch=len(x), mlx_s=statistics.median(times["mlx"]), mlx_runs=times["mlx"])
+    if ref is not None:
+        row.torch_s, row.torch_runs = statistics.median(times["torch"]), times["torch"]
+        row.ratio = row.mlx_s / row.torch_s
+        with torch.inference_mode():
+            a = ref(xt).predicted_depth.float().numpy()
+        b = np.array(ours(x).predicted_depth.astype(mx.float32))
+        row.rel_err_vs_torch = float(np.abs(b - a).max() / max(np.abs(a).max(), 1e-12))
+    return row
+
+
+def _errors_of_range(ref: np.ndarray, out: np.ndarray) -> tuple[float, float]:
+    """Max and mean absolute difference relative to the float32 depth map's range."""
+    span = float(ref.max() - ref.min()) or 1.0
+    diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
+    return float(diff.max() / span), float(diff.mean() / span)
+
+
+def precision_table(f32_model, directory: str, spec: ModelSpec, log) -> list[PrecisionRow]:
+    """float16 / bfloat16 / 8-bit / 4-bit against float32 on one image."""
+    h, w = spec.input_size
+    x = np.random.default_rng(1234).standard_normal((1, 3, h, w)).astype(np.float32)
+    base = f32_model if f32_model is not None else load_model(directory)
+    t = time.perf_counter()
+    ref = np.array(base(x).predicted_depth)
+    rows = [PrecisionRow("float32", weights_mib(base), time.perf_counter() - t)]
+    log("  " + rows[-1].line())
+    variants = [
+        ("float16", lambda: load_model(directory, dtype="float16")),
+        ("bfloat16", lambda: load_model(directory, dtype="bfloat16")),
+        ("int8 (g64)", lambda: quantize_model(load_model(directory), bits=8, group_size=64)),
+        ("int4 (g64)", lambda: quantize_model(load_model(directory), bits=4, group_size=64)),
+    ]
+    for name, make in variants:
+        model = make()
+        t = time.perf_counter()
+        out = np.array(model(x).predicted_depth.astype(mx.float32))
+        rows.append(PrecisionRow(name, weights_mib(model), time.perf_counter() - t, *_errors_of_range(ref, out)))
+        log("  " + rows[-1].line())
+        del model
+        gc.collect()
+        mx.clear_cache()
+    return rows
+
+
+def blas_name(info: dict) -> str:
+    """The BLAS in ``dpt_mlx.cpu.blas.blas_info()``, as the report names it."""
+    return info.get("version") or info.get("provider") or "reference (none found)"
+
+
+def bench_model(spec: ModelSpec, options: BenchOptions, log) -> ModelResult:
+    """Build ``spec``'s checkpoint, time both libraries at every batch size, then the precision table.
+
+    The BLAS is logged once our model is loaded: dpt_mlx picks it on the first model load on the CPU.
+    """
+    import torch
+
+    dtype = options.dtype
+    result = ModelResult(spec.name, spec.checkpoint, list(spec.input_size), spec.input_note, dtype)
+    tdtype = getattr(torch, dtype)
+    with tempfile.TemporaryDirectory(prefix="dpt_mlx_bench_") as directory:
+        t0 = time.perf_counter()
+        ref = build_pair(spec, directory).to(tdtype)
+        ours = load_model(directory, dtype=None if dtype == "float32" else dtype)
+        blas = blas_info()
+        log(f"  built {spec.name} in {time.perf_counter() - t0:.1f}s: {weights_mib(ours):.0f} MiB of weights "
+            f"({dtype}); MLX's BLAS {blas_name(blas)} x{blas.get('threads')}")
+        h, w = spec.input_size
+        for bs in options.batch_sizes:
+            x = np.random.default_rng(bs).standard_normal((bs, 3, h, w)).astype(np.float32)
+            row = time_batch(ours, ref if options.torch_too else None, x, tdtype, options.runs)
+            if options.memory:
+                row.mlx_memory = forward_memory("mlx", directory, bs, spec.input_size, dtype)
+                if options.torch_too:
+                    row.torch_memory = forward_memory("torch", directory, bs, spec.input_size, dtype)
+            result.speed.append(row)
+            log("  " + row.line())
+        ref = None  # free the reference before the precision models load
+        gc.collect()
+        if options.precision:
+            result.precision = precision_table(ours if dtype == "float32" else None, directory, spec, log)
+    gc.collect()
+    mx.clear_cache()
+    return result

@@ -1,0 +1,251 @@
+"""The predict command's files: which images to read, which output files each one gets, and writing them.
+
+Planning refuses, before the model runs, every output that would overwrite an input, an existing
+file (without ``--overwrite``) or another image's output; writing goes through
+dpt_mlx.processing.visualize, whose writers rename a finished temporary file into place.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UsageError
+from .console import Console
+
+MIN_SHARE = 0.005  # segmentation: classes under this share of the pixels are summed up in one line
+
+# (task, output kind) -> file name suffix; "overlay" is the --overlay picture.
+SUFFIXES = {
+    ("depth", "png"): "_depth.png",
+    ("depth", "png16"): "_depth16.png",
+    ("depth", "npy"): "_depth.npy",
+    ("depth", "overlay"): "_depth_overlay.png",
+    ("segmentation", "png"): "_seg.png",
+    ("segmentation", "npy"): "_seg.npy",
+    ("segmentation", "overlay"): "_seg_overlay.png",
+}
+OUTPUT_SUFFIXES = tuple(sorted({s for s in SUFFIXES.values() if s.endswith(".png")}))
+
+
+@dataclass
+class Job:
+    """One input image: its output files, and while it is in flight the photo and the model input."""
+
+    path: Path
+    outputs: list[tuple[str, Path]] = field(default_factory=list)  # (output kind, file)
+    image: object = None  # the PIL image, for overlays
+    size: tuple[int, int] = (0, 0)  # (H, W) of the photo: the outputs' size
+    pixels: np.ndarray | None = None  # the preprocessed (3, H', W') model input
+
+
+@dataclass
+class Plan:
+    """The images to run, and the reasons the others cannot be (each reported as a failed image)."""
+
+    jobs: list[Job]
+    rejected: list[str]
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _image_file(name: str) -> Path:
+    path = Path(os.path.expanduser(name))
+    if not path.exists():
+        raise UsageError(f"no such image file: {name}")
+    if path.is_dir():
+        raise UsageError(f"{name} is a directory; use --input-dir {name}")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"cannot read {name}: permission denied")
+    return path
+
+
+def _directory_images(name: str, console: Console) -> list[Path]:
+    from ..pipelines import IMAGE_EXTENSIONS, list_images
+
+    directory = Path(os.path.expanduser(name))
+    if not directory.is_dir():
+        raise UsageError(f"--input-dir {name} is not a directory")
+    try:
+        found = list_images(directory)
+    except OSError as e:
+        raise UsageError(f"cannot list {name}: {e.strerror or e}") from None
+    ours = [p for p in found if p.name.endswith(OUTPUT_SUFFIXES)]
+    if ours:
+        console.detail(f"skipping {len(ours)} file(s) in {name} named like dpt-mlx outputs "
+                       f"({', '.join(OUTPUT_SUFFIXES)})")
+    found = [p for p in found if p not in ours]
+    if not found:
+        raise UsageError(f"no images in {name} (looked for {' '.join(IMAGE_EXTENSIONS)})")
+    return found
+
+
+def collect_inputs(args, console: Console) -> list[Path]:
+    """The --image files and the images in each --input-dir, each file once."""
+    paths = [_image_file(name) for name in args.image]
+    for name in args.input_dir:
+        paths.extend(_directory_images(name, console))
+    unique = {}
+    for p in paths:
+        unique.setdefault(os.path.realpath(p), p)
+    return list(unique.values())
+
+
+# ----------------------------------------------------------------------------------------------
+# Planning
+
+
+def _kinds(args, task: str) -> list[str]:
+    formats = [f for group in (args.format or []) for f in group]
+    if not formats:
+        formats = ["npy"] if args.output and args.output.lower().endswith(".npy") else ["png"]
+    kinds = list(dict.fromkeys(formats))
+    if task == "segmentation" and "png16" in kinds:
+        raise UsageError("--format png16 is for depth models; this model does segmentation (use png or npy)")
+    if args.overlay:
+        kinds.append("overlay")
+    return kinds
+
+
+def _check_output_file(args, paths: list[Path], kinds: list[str]) -> None:
+    if len(paths) != 1:
+        raise UsageError(f"--output names one file but there are {len(paths)} images; use --output-dir")
+    if len(kinds) != 1:
+        raise UsageError(f"--output names one file but {len(kinds)} outputs were asked for "
+                         f"({', '.join(kinds)}); use --output-dir")
+    want = ".npy" if kinds[0] == "npy" else ".png"
+    if Path(args.output).suffix.lower() != want:
+        raise UsageError(f"--output {args.output}: a {kinds[0]} output needs a {want} file name")
+
+
+def _output_dir(args) -> Path | None:
+    """The --output-dir, created; checks that the directory of --output exists."""
+    out_dir = Path(os.path.expanduser(args.output_dir)) if args.output_dir else None
+    if out_dir is not None:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UsageError(f"--output-dir {args.output_dir} exists and is not a directory")
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot create --output-dir {args.output_dir}: {e.strerror or e}") from None
+    if args.output:
+        parent = Path(os.path.expanduser(args.output)).parent
+        if not parent.is_dir():
+            raise UsageError(f"the directory of --output {args.output} does not exist")
+    return out_dir
+
+
+def _refusal(target: Path, inputs: set[str], claimed: dict[str, Path], overwrite: bool) -> str | None:
+    """Why ``target`` cannot be written, or None."""
+    real = os.path.realpath(target)
+    if real in inputs:
+        return f"{target} is an input image; refusing to overwrite it"
+    if real in claimed:
+        return f"{target} would also be written for {claimed[real]}; rename one of them"
+    if target.is_dir():
+        return f"{target} is a directory"
+    if target.exists() and not overwrite:
+        return f"{target} exists; pass --overwrite to replace it"
+    return None
+
+
+def plan(args, paths: list[Path], task: str) -> Plan:
+    """The output files of every input (``task`` is "depth" or "segmentation")."""
+    kinds = _kinds(args, task)
+    if args.output:
+        _check_output_file(args, paths, kinds)
+    out_dir = _output_dir(args)
+    inputs = {os.path.realpath(p) for p in paths}
+    claimed: dict[str, Path] = {}  # realpath of an output -> the input it is written for
+    result = Plan([], [])
+    for path in paths:
+        job, reason = Job(path), None
+        for kind in kinds:
+            if args.output:
+                target = Path(os.path.expanduser(args.output))
+            else:
+                target = (out_dir or path.parent) / (path.stem + SUFFIXES[(task, kind)])
+            reason = _refusal(target, inputs, claimed, args.overwrite)
+            if reason:
+                break
+            job.outputs.append((kind, target))
+        if reason:
+            result.rejected.append(reason)
+            continue
+        for _, target in job.outputs:
+            claimed[os.path.realpath(target)] = path
+        result.jobs.append(job)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def depth_kind(config) -> str:
+    if getattr(config, "depth_estimation_type", "relative") == "metric":
+        return "metric depth (larger = farther)"
+    return "relative inverse depth (larger = closer)"
+
+
+def write_depth(job: Job, depth: np.ndarray, args, predictor) -> list[str]:
+    """Write the depth outputs of ``job``; returns the lines that describe them (for --verbose)."""
+    from ..processing import visualize as V
+
+    low, high = float(np.nanmin(depth)), float(np.nanmax(depth))
+    text = {
+        "Software": "dpt_mlx",
+        "model": predictor.source,
+        "depth_min": repr(low),
+        "depth_max": repr(high),
+        "description": f"{depth_kind(predictor.config)}, min-max normalised per image: "
+                       "depth = value / max_value * (depth_max - depth_min) + depth_min",
+    }
+    for kind, target in job.outputs:
+        if kind == "png":
+            V.save_png(V.colorize_depth(depth, args.colormap), target, text)
+        elif kind == "png16":
+            image, _, _ = V.depth_png16(depth)
+            V.save_png(image, target, text)
+        elif kind == "npy":
+            V.save_npy(depth.astype(np.float32), target)
+        elif kind == "overlay":
+            colors = V.colorize_depth(depth, args.colormap).convert("RGB")
+            V.save_png(V.overlay(job.image, colors, args.alpha), target)
+    return [f"    depth range {low:.6g} .. {high:.6g}"]
+
+
+def _class_lines(classes: np.ndarray, id2label: dict, verbose: bool) -> list[str]:
+    """The classes present, largest first; without ``verbose`` the small ones summed in one line."""
+    from ..processing import visualize as V
+
+    rows = V.class_shares(classes, id2label)
+    shown = rows if verbose else [r for r in rows if r[2] >= MIN_SHARE] or rows[:1]
+    lines = [f"    {share * 100:5.1f}%  {name} ({i})" for i, name, share in shown]
+    if len(shown) < len(rows):
+        rest = sum(r[2] for r in rows[len(shown):])
+        lines.append(f"    {rest * 100:5.1f}%  {len(rows) - len(shown)} more classes under "
+                     f"{MIN_SHARE * 100:g}% each (--verbose lists them)")
+    return lines
+
+
+def write_segmentation(job: Job, classes: np.ndarray, args, predictor) -> list[str]:
+    """Write the segmentation outputs of ``job``; returns the lines listing its classes."""
+    from ..processing import visualize as V
+
+    num_labels = predictor.num_labels
+    for kind, target in job.outputs:
+        if kind == "png":
+            text = {"Software": "dpt_mlx", "model": predictor.source}
+            V.save_png(V.class_map_image(classes, num_labels), target, text)
+        elif kind == "npy":
+            dtype = np.uint8 if num_labels <= 256 else np.int32
+            V.save_npy(classes.astype(dtype), target)
+        elif kind == "overlay":
+            V.save_png(V.overlay(job.image, V.color_classes(classes, num_labels), args.alpha), target)
+    return _class_lines(classes, predictor.id2label, args.verbose)

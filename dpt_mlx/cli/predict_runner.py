@@ -1,0 +1,106 @@
+"""The predict command's loop: read each image, batch images of the same model-input size, run the
+model, write the outputs and report each image (or its failure) on the console."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .console import Console
+from .predict_outputs import Job, write_depth, write_segmentation
+
+
+class Runner:
+    """Runs the planned jobs with one predictor; counts the images written and failed."""
+
+    def __init__(self, args, predictor, console: Console):
+        self.args, self.predictor, self.console = args, predictor, console
+        self.written, self.failed = 0, 0
+        self.model_seconds = 0.0
+
+    def fail(self, path: Path | None, message: str) -> None:
+        """Report one image that could not be done; ``path`` prefixes the message when given."""
+        self.failed += 1
+        self.console.error(f"{path}: {message}" if path is not None else message)
+        self.console.advance()
+
+    def prepare(self, job: Job) -> bool:
+        """Read and preprocess the image of ``job``; False (reported) when it cannot be."""
+        from ..errors import ImageError
+        from ..pipelines import load_image
+
+        try:
+            image = load_image(job.path)
+        except (ImageError, OSError) as e:
+            self.fail(None, str(e))  # load_image's messages name the file
+            return False
+        try:
+            job.pixels = self.predictor.preprocess(image)
+        except ValueError as e:
+            self.fail(job.path, f"cannot preprocess: {e}")
+            return False
+        job.image, job.size = image, (image.height, image.width)
+        return True
+
+    def run_batch(self, batch: list[Job]) -> None:
+        """One forward pass over ``batch`` (same input size), then every image's outputs."""
+        start = time.perf_counter()
+        try:
+            results = self.predictor.forward(np.stack([j.pixels for j in batch]), [j.size for j in batch])
+        except (ValueError, OSError) as e:
+            for job in batch:
+                self.fail(job.path, f"inference failed: {e}")
+            return
+        seconds = time.perf_counter() - start
+        self.model_seconds += seconds
+        for job, result in zip(batch, results):
+            job.pixels = None
+            details = self._write(job, result)
+            if details is not None:
+                self._report(job, details, seconds / len(batch), len(batch))
+
+    def _write(self, job: Job, result: np.ndarray) -> list[str] | None:
+        """Write the outputs of one image; None (reported) when that fails."""
+        write = write_depth if self.predictor.task == "depth-estimation" else write_segmentation
+        try:
+            for _, target in job.outputs:
+                if target.exists() and not self.args.overwrite:
+                    raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
+            return write(job, result, self.args, self.predictor)
+        except FileExistsError as e:
+            self.fail(None, str(e))
+        except (ValueError, OSError) as e:
+            self.fail(job.path, f"cannot write output: {getattr(e, 'strerror', None) or e}")
+        finally:
+            job.image = None
+        return None
+
+    def _report(self, job: Job, details: list[str], seconds: float, batch_size: int) -> None:
+        self.written += 1
+        names = ", ".join(str(t) for _, t in job.outputs)
+        self.console.info(f"{job.path} -> {names}")
+        show = self.console.info if self.predictor.task == "image-segmentation" else self.console.detail
+        for line in details:
+            show(line)
+        self.console.detail(f"    {job.size[1]}x{job.size[0]}, model {seconds:.3f} s/image "
+                            f"(batch of {batch_size})")
+        self.console.advance()
+
+    def run(self, jobs: list[Job]) -> None:
+        """Every job, in batches of --batch-size images whose model inputs have the same shape."""
+        size = self.args.batch_size
+        pending: dict[tuple, list[Job]] = {}  # input shape -> jobs waiting for a batch
+        for job in jobs:
+            if not self.prepare(job):
+                continue
+            bucket = pending.setdefault(job.pixels.shape, [])
+            bucket.append(job)
+            if len(bucket) >= size:
+                self.run_batch(pending.pop(job.pixels.shape))
+            elif sum(len(b) for b in pending.values()) >= 4 * size:  # bound memory with many shapes
+                largest = max(pending, key=lambda k: len(pending[k]))
+                self.run_batch(pending.pop(largest))
+        for key in list(pending):
+            self.run_batch(pending.pop(key))

@@ -1,0 +1,101 @@
+"""Reading images for inference and training: files, PIL images or arrays -> upright 8-bit RGB.
+
+:func:`load_image` follows transformers' ``load_image`` (EXIF orientation applied, then
+``convert("RGB")``) and turns problems with a file into a one-line :class:`ImageError`;
+:func:`list_images` lists the images in a folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..errors import ImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit / 32-bit grayscale images -> "L" (``convert("RGB")`` would clip them to white)."""
+    if image.mode.startswith("I;16"):
+        array = np.asarray(image, dtype=np.float64) / 257.0
+    elif image.mode in ("I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        high = array.max() if array.size else 0
+        if image.mode == "F" and high <= 1.0:
+            array = array * 255.0
+        elif high > 255:
+            array = array / (65535.0 if high <= 65535 else high) * 255.0
+    else:
+        return image
+    return Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8))
+
+
+def load_image(source: Any) -> Image.Image:
+    """A path, PIL image or array (HWC / HW; uint8, or float in [0, 1]) -> an upright RGB PIL image.
+
+    Like transformers' ``load_image``: the EXIF orientation is applied and the image is
+    converted with ``convert("RGB")`` (grayscale is repeated, an alpha channel is dropped).
+    Problems with a file raise :class:`ImageError` with a one-line message.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(os.path.expanduser(os.fspath(source)))
+        if not path.exists():
+            raise ImageError(f"no such image file: {source}")
+        if path.is_dir():
+            raise ImageError(f"{source} is a directory, not an image (use --input-dir for a folder)")
+        try:
+            with Image.open(path) as opened:
+                opened.load()  # decode now: a truncated file fails here, not later
+                image = ImageOps.exif_transpose(opened)
+        except PermissionError:
+            raise ImageError(f"cannot read {source}: permission denied") from None
+        except Image.DecompressionBombError as e:
+            raise ImageError(f"{source} is too large to open safely ({e})") from None
+        except Image.UnidentifiedImageError:
+            raise ImageError(f"{source} is not an image Pillow can read (corrupt file or unsupported format)") from None
+        except (OSError, SyntaxError, ValueError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ImageError(f"cannot decode {source}: {reason}; the file is corrupt or incomplete") from None
+    elif isinstance(source, Image.Image):
+        image = ImageOps.exif_transpose(source)
+    elif isinstance(source, (np.ndarray, mx.array)) or hasattr(source, "__array__"):
+        image = Image.fromarray(_array_to_uint8(np.asarray(source)))
+    else:
+        raise TypeError(f"expected an image path, a PIL image or an array, got {type(source).__name__}")
+    return _to_8bit(image).convert("RGB")
+
+
+def _array_to_uint8(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # CHW -> HWC
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ValueError(f"expected an image array (H, W), (H, W, 3) or (H, W, 4), got shape {array.shape}")
+    if array.dtype == np.uint8:
+        return array
+    if np.issubdtype(array.dtype, np.floating) and array.size and array.min() >= 0 and array.max() <= 1:
+        return np.round(array * 255).astype(np.uint8)
+    if array.size and (array.min() < 0 or array.max() > 255):
+        raise ValueError(
+            f"image values must lie in [0, 255] (or [0, 1] for floats), got [{array.min()}, {array.max()}]"
+        )
+    return np.round(array).astype(np.uint8)
+
+
+def list_images(directory: str | os.PathLike) -> list[Path]:
+    """The image files (by extension, case-insensitive) directly in ``directory``, sorted; hidden files skipped."""
+    directory = Path(directory)
+    return sorted(
+        p for p in directory.iterdir()
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+    )
+
+
+__all__ = ["IMAGE_EXTENSIONS", "list_images", "load_image"]

@@ -1,0 +1,120 @@
+"""Model outputs -> per-image NumPy maps at the sizes asked for, as transformers' DPT processor.
+
+Depth maps are resized bicubically, segmentation logits bilinearly (both align_corners=False,
+with PyTorch's kernels); :func:`segment` resizes and arg-maxes logits in bands of rows, so the
+full-size (C, H, W) scores are never held at once. ``DPTImageProcessor``'s post-processing
+methods wrap these functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from ..ops import interpolate_np, interpolation_matrix
+from .transforms import as_numpy
+
+# Segmentation logits are resized to the target size before the argmax in bands of output rows
+# holding at most this many bytes of resized logits.
+_BAND_BYTES = 64 * 2**20
+
+
+def _output_field(outputs: Any, name: str) -> Any:
+    value = outputs.get(name) if isinstance(outputs, Mapping) else getattr(outputs, name, None)
+    if value is None:
+        raise ValueError(f"outputs has no {name!r}; pass the model's output object")
+    return value
+
+
+def _float_numpy(x: Any) -> np.ndarray:
+    array = as_numpy(x)
+    return array.astype(np.float32, copy=array.dtype != np.float32)
+
+
+def check_target_sizes(target_sizes: Any, batch: int, what: str) -> list[tuple[int, int] | None]:
+    """One (height, width) or ``None`` per item of a batch of ``batch`` ``what``; ``None`` -> all ``None``."""
+    if target_sizes is None:
+        return [None] * batch
+    if isinstance(target_sizes, (np.ndarray, mx.array)) or hasattr(target_sizes, "__array__"):
+        target_sizes = as_numpy(target_sizes).tolist()
+    target_sizes = list(target_sizes)
+    if len(target_sizes) != batch:
+        raise ValueError(
+            f"got {len(target_sizes)} target sizes for a batch of {batch} {what}; pass one (height, width) per image"
+        )
+    sizes: list[tuple[int, int] | None] = []
+    for size in target_sizes:
+        if size is None:
+            sizes.append(None)
+            continue
+        if len(size) != 2 or int(size[0]) < 1 or int(size[1]) < 1:
+            raise ValueError(f"target size {size!r} is invalid; use (height, width) with positive integers")
+        sizes.append((int(size[0]), int(size[1])))
+    return sizes
+
+
+def depth_maps(outputs: Any, target_sizes: Any = None) -> list[np.ndarray]:
+    """``outputs.predicted_depth`` ((B, H, W) or (B, 1, H, W), mx or NumPy) -> B float32 (h, w) maps,
+    each bicubically resized to its ``target_sizes`` entry (``None`` keeps the model's size)."""
+    depth = _float_numpy(_output_field(outputs, "predicted_depth"))
+    if depth.ndim == 4 and depth.shape[1] == 1:
+        depth = depth[:, 0]
+    if depth.ndim != 3:
+        raise ValueError(f"predicted_depth must have shape (batch, height, width), got {depth.shape}")
+    results = []
+    for one, size in zip(depth, check_target_sizes(target_sizes, len(depth), "depth maps")):
+        if size is not None:
+            one = interpolate_np(one, size, "bicubic", align_corners=False)
+        results.append(np.array(one, dtype=np.float32))
+    return results
+
+
+def _logits(outputs: Any, target_sizes: Any) -> list[tuple[np.ndarray, tuple[int, int]]]:
+    """(C, h, w) float32 logits and the (height, width) to resize them to, per image."""
+    logits = _float_numpy(_output_field(outputs, "logits"))
+    if logits.ndim != 4:
+        raise ValueError(f"logits must have shape (batch, classes, height, width), got {logits.shape}")
+    sizes = check_target_sizes(target_sizes, len(logits), "logits")
+    return [(scores, scores.shape[-2:] if size is None else size) for scores, size in zip(logits, sizes)]
+
+
+def class_maps(outputs: Any, target_sizes: Any = None) -> list[np.ndarray]:
+    """``outputs.logits`` ((B, C, h, w)) -> B (H, W) int64 class maps, through :func:`segment`."""
+    return [segment(scores, size) for scores, size in _logits(outputs, target_sizes)]
+
+
+def class_scores(outputs: Any, target_sizes: Any = None) -> list[np.ndarray]:
+    """``outputs.logits`` ((B, C, h, w)) -> B (C, H, W) float32 logits, bilinearly resized (not probabilities)."""
+    return [
+        np.array(interpolate_np(scores, size, "bilinear", align_corners=False), dtype=np.float32)
+        for scores, size in _logits(outputs, target_sizes)
+    ]
+
+
+def segment(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) logits -> (H, W) int64 class map: bilinear resize (align_corners=False) then argmax.
+
+    The same maths as transformers' ``post_process_semantic_segmentation``, done as two 2-D
+    matrix products per band of output rows, so the (C, H, W) resized logits are never held
+    at once: fast, and bounded memory for large photos.
+    """
+    channels, h, w = logits.shape
+    height, width = int(size[0]), int(size[1])
+    wh = interpolation_matrix(h, height, "bilinear", False).astype(np.float32)
+    ww = interpolation_matrix(w, width, "bilinear", False).astype(np.float32)
+    rows = np.ascontiguousarray(np.asarray(logits, dtype=np.float32).transpose(1, 2, 0)).reshape(h, w * channels)
+    out = np.empty((height, width), dtype=np.int64)
+    band = max(1, _BAND_BYTES // (4 * channels * max(width, w)))
+    for top in range(0, height, band):
+        a = wh[top:top + band] @ rows  # (b, w*C): resized along the height
+        b = a.shape[0]
+        a = np.ascontiguousarray(a.reshape(b, w, channels).transpose(1, 0, 2)).reshape(w, b * channels)
+        scores = (ww @ a).reshape(width, b, channels)  # resized along the width
+        out[top:top + b] = scores.argmax(axis=-1).T
+    return out
+
+
+__all__ = ["check_target_sizes", "class_maps", "class_scores", "depth_maps", "segment"]

@@ -1,0 +1,117 @@
+"""The files of a training run: checkpoints to resume from, and the trained model at the top of the run.
+
+    RUN/checkpoint-<step>/   config.json, model.safetensors, preprocessor_config.json,
+                             optimizer.safetensors (AdamW moments and step), trainer_state.json
+    RUN/                     config.json, model.safetensors, preprocessor_config.json (the final model)
+
+A checkpoint directory is written under a hidden temporary name and renamed into place, so one
+that exists is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten, tree_map_with_path
+
+from ..errors import UsageError
+from ..io.checkpoint import save_pretrained
+from ..io.files import atomic_write_text
+from ..processing.image_processor import CONFIG_NAME
+from .data import reason
+
+STATE_NAME, OPTIMIZER_NAME = "trainer_state.json", "optimizer.safetensors"
+CHECKPOINT_PREFIX = "checkpoint-"
+STATE_FORMAT = "dpt_mlx-trainer"
+
+
+def save_checkpoint(run_dir: Path, model, processor, optimizer, state: dict, keep: int) -> Path:
+    """run_dir/checkpoint-<step>: weights, preprocessor config, optimizer state, trainer state.
+
+    Written into a hidden temporary directory that is renamed into place, so a checkpoint
+    directory is always complete. Older checkpoints beyond ``keep`` are removed afterwards.
+    """
+    target = run_dir / f"{CHECKPOINT_PREFIX}{state['step']}"
+    tmp = run_dir / f".{target.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_pretrained(model, tmp)
+    processor.save_pretrained(tmp)
+    flat = dict(tree_flatten(optimizer.state))
+    mx.save_safetensors(str(tmp / OPTIMIZER_NAME), flat, metadata={"format": "mlx-optimizer"})
+    (tmp / STATE_NAME).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint directories of a run, oldest first."""
+    found = []
+    if run_dir.is_dir():
+        for p in run_dir.iterdir():
+            suffix = p.name[len(CHECKPOINT_PREFIX):]
+            if p.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() and (p / STATE_NAME).is_file():
+                found.append((int(suffix), p))
+    return [p for _, p in sorted(found)]
+
+
+def find_checkpoint(path: Path) -> Path:
+    """``path`` itself when it is a checkpoint, else the latest checkpoint of the run directory ``path``."""
+    if (path / STATE_NAME).is_file():
+        return path
+    found = list_checkpoints(path)
+    if not found:
+        raise UsageError(f"--resume {path}: no {STATE_NAME} there and no {CHECKPOINT_PREFIX}<step> directories in it")
+    return found[-1]
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run directory a checkpoint belongs to."""
+    return checkpoint.parent if checkpoint.name.startswith(CHECKPOINT_PREFIX) else checkpoint
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether a directory already holds (a checkpoint of) a training run."""
+    return bool(list_checkpoints(run_dir)) or (run_dir / STATE_NAME).exists()
+
+
+def read_state(checkpoint: Path) -> dict:
+    """A checkpoint's trainer_state.json: epoch, step, history, task, loss_type, options."""
+    try:
+        state = json.loads((checkpoint / STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {checkpoint / STATE_NAME}: {reason(e)}") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise UsageError(f"{checkpoint / STATE_NAME} is not a dpt_mlx training state")
+    return state
+
+
+def restore_optimizer(optimizer, model, checkpoint: Path) -> None:
+    """Load the saved AdamW moments and step into an optimizer for ``model``'s trainable parameters."""
+    path = checkpoint / OPTIMIZER_NAME
+    try:
+        saved = mx.load(str(path))
+    except Exception as e:  # noqa: BLE001 - mx.load raises RuntimeError/ValueError for bad files
+        raise UsageError(f"cannot read {path}: {reason(e)}") from None
+    optimizer.init(model.trainable_parameters())
+    expected = {k for k, _ in tree_flatten(optimizer.state)}
+    if expected != set(saved):
+        raise UsageError(
+            f"the optimizer state in {checkpoint} is for other trainable parameters; resume with the same "
+            "--freeze-backbone setting as the run that wrote it"
+        )
+    optimizer.state = tree_map_with_path(lambda path, _: saved[path], optimizer.state)
+
+
+def export_final(run_dir: Path, model, processor) -> None:
+    """The trained model at the top of the run directory: what from_pretrained and the CLI load."""
+    save_pretrained(model, run_dir)
+    atomic_write_text(run_dir / CONFIG_NAME, json.dumps(processor.to_dict(), indent=2, sort_keys=True) + "\n")
