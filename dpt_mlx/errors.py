@@ -19,3 +19,9 @@ class ImageError(DPTError, ValueError):
 
 class UsageError(DPTError):
     """A bad option or combination of options on a command line (exit status 2)."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for one-line errors."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

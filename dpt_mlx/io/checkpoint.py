@@ -18,7 +18,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from .. import cpu
 from ..config import load_config
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 from . import weights as W
 from .files import atomic_write_text, umask_mode
 from .hub import HubOptions, resolve
@@ -82,7 +82,7 @@ def read_weights(directory: Path) -> tuple[dict[str, mx.array], dict[str, str]]:
         try:
             data, meta = mx.load(str(f), return_metadata=True)
         except Exception as e:  # noqa: BLE001 - mx.load raises RuntimeError/ValueError for bad files
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = first_line(e)
             raise CheckpointError(f"cannot read {f}: {reason}") from None
         if i == 0:
             metadata = dict(meta or {})

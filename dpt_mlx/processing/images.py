@@ -15,7 +15,7 @@ import mlx.core as mx
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..errors import ImageError
+from ..errors import ImageError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
 
@@ -60,7 +60,7 @@ def load_image(source: Any) -> Image.Image:
         except Image.UnidentifiedImageError:
             raise ImageError(f"{source} is not an image Pillow can read (corrupt file or unsupported format)") from None
         except (OSError, SyntaxError, ValueError) as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = first_line(e)
             raise ImageError(f"cannot decode {source}: {reason}; the file is corrupt or incomplete") from None
     elif isinstance(source, Image.Image):
         image = ImageOps.exif_transpose(source)

@@ -18,11 +18,10 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_map_with_path
 
-from ..errors import UsageError
+from ..errors import UsageError, first_line
 from ..io.checkpoint import save_pretrained
 from ..io.files import atomic_write_text
 from ..processing.image_processor import CONFIG_NAME
-from .data import reason
 
 STATE_NAME, OPTIMIZER_NAME = "trainer_state.json", "optimizer.safetensors"
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -88,7 +87,7 @@ def read_state(checkpoint: Path) -> dict:
     try:
         state = json.loads((checkpoint / STATE_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read {checkpoint / STATE_NAME}: {reason(e)}") from None
+        raise UsageError(f"cannot read {checkpoint / STATE_NAME}: {first_line(e)}") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise UsageError(f"{checkpoint / STATE_NAME} is not a dpt_mlx training state")
     return state
@@ -100,7 +99,7 @@ def restore_optimizer(optimizer, model, checkpoint: Path) -> None:
     try:
         saved = mx.load(str(path))
     except Exception as e:  # noqa: BLE001 - mx.load raises RuntimeError/ValueError for bad files
-        raise UsageError(f"cannot read {path}: {reason(e)}") from None
+        raise UsageError(f"cannot read {path}: {first_line(e)}") from None
     optimizer.init(model.trainable_parameters())
     expected = {k for k, _ in tree_flatten(optimizer.state)}
     if expected != set(saved):

@@ -20,8 +20,10 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DPTError
+from ..errors import first_line as reason
 from ..pipelines import list_images, load_image
 from ..processing.image_processor import resize_output_size
+from ..processing.transforms import center_pad, reduce_labels
 
 DEPTH, SEGMENTATION = "depth", "segmentation"
 TARGET_DIRS = {DEPTH: "depth", SEGMENTATION: "masks"}
@@ -31,12 +33,6 @@ TARGET_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L", "F", "1")  # single-cha
 
 class DataError(DPTError, ValueError):
     """The training data is missing, unreadable or does not follow the layout."""
-
-
-def reason(e: BaseException) -> str:
-    """The first line of an exception's message (its type's name when it has none), for one-line errors."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 @dataclass
@@ -168,15 +164,6 @@ def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return array[rows[:, None], cols[None, :]]
 
 
-def pad_center(array: np.ndarray, divisor: int, fill) -> np.ndarray:
-    """Pad (H, W) to multiples of ``divisor``, centred, as the processor pads the image."""
-    pads = []
-    for length in array.shape:
-        total = math.ceil(length / divisor) * divisor - length
-        pads.append((total // 2, total - total // 2))
-    return np.pad(array, pads, mode="constant", constant_values=fill)
-
-
 def read_target_file(path: Path) -> np.ndarray:
     """A target file as an (H, W) array: a .npy, or a single-channel image."""
     try:
@@ -240,7 +227,7 @@ class TargetReader:
         array = resize_nearest(array, self.resized_size(sample.size))
         p = self.processor
         if p.do_pad and p.size_divisor:
-            array = pad_center(array, p.size_divisor, fill)
+            array = center_pad(array[None], p.size_divisor, fill)[0]
         return array
 
     def _depth(self, raw: np.ndarray) -> np.ndarray:
@@ -262,9 +249,8 @@ class TargetReader:
             if not np.all(np.isfinite(raw)) or not np.all(raw == np.round(raw)):
                 raise DataError(f"{path} must hold integer class ids, got dtype {raw.dtype}")
         labels = raw.astype(np.int64)
-        if self.processor.do_reduce_labels:  # as transformers: 0 (background) -> 255, others - 1
-            labels = np.where(labels == 0, 255, labels - 1)
-            labels = np.where(labels == 254, 255, labels)
+        if self.processor.do_reduce_labels:
+            labels = reduce_labels(labels)
         if self.num_labels is not None:
             self._check_classes(labels, path)
         return labels
