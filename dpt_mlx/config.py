@@ -8,15 +8,38 @@ many generic ``PretrainedConfig`` fields) and validates the rest.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
+from .backbones import backbone_spec
 from .backbones.bit import HYBRID_BIT_DEFAULTS, BitConfig
 from .config_utils import BaseConfig, check_act, pair
 from .errors import CheckpointError, UnsupportedModelError
 
 READOUT_TYPES = ("ignore", "add", "project")
+MAX_LABELS = 65536  # a bound for a num_labels given without id2label (the labels are made one by one)
+
+
+def in_backbone_config(build: Callable[[], Any]):
+    """``build()``, its ValueError prefixed with ``backbone_config:`` (its type kept)."""
+    try:
+        return build()
+    except ValueError as e:
+        raise type(e)(f"backbone_config: {e}") from None
+
+
+def check_backbone(config):
+    """The backbone's own config (``backbone_spec(config).config``), built at config load so that a
+    bad ``backbone_config`` fails there and not when the model is built."""
+    own_vit = config.backbone_config is None or getattr(config, "is_hybrid", False)  # from the config's own fields
+    if not own_vit and config.backbone_type in ("vit", "hybrid"):
+        raise UnsupportedModelError(
+            f"backbone_config model_type {config.backbone_type!r} is not supported; use beit, dinov2 or swinv2"
+        )
+    spec = backbone_spec(config)  # UnsupportedModelError for an unknown model_type
+    return spec.config(config) if own_vit else in_backbone_config(lambda: spec.config(config))
 
 
 def check_neck(config, reassemble: bool = True) -> None:
@@ -28,8 +51,10 @@ def check_neck(config, reassemble: bool = True) -> None:
                 f"({len(config.neck_hidden_sizes)} values) must have the same length"
             )
         for f in config.reassemble_factors:
-            if f <= 0 or (f > 1 and f != int(f)) or (f < 1 and (1 / f) != int(1 / f)):
-                raise ValueError(f"reassemble factor {f} must be a positive integer or 1/integer")
+            inverse = 1 / f if f > 0 else math.inf
+            if not math.isfinite(inverse) or (f > 1 and f != int(f)) or (f < 1 and inverse != int(inverse)):
+                raise ValueError(f"reassemble factor {f} in reassemble_factors={config.reassemble_factors} must be "
+                                 "a positive integer or 1/integer")
     n = len(config.neck_hidden_sizes)
     if not -n <= config.head_in_index < n:
         raise ValueError(f"head_in_index={config.head_in_index} out of range for {n} neck stages")
@@ -76,16 +101,26 @@ class DPTConfig(BaseConfig):
     id2label: dict[int, str] = field(default_factory=lambda: {0: "LABEL_0", 1: "LABEL_1"})
     architectures: list[str] | None = None
 
+    POSITIVE = frozenset({"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                          "layer_norm_eps", "image_size", "patch_size", "num_channels", "neck_hidden_sizes",
+                          "fusion_hidden_size", "backbone_featmap_shape", "pooler_output_size"})
+    NON_NEGATIVE = frozenset({"hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range",
+                              "auxiliary_loss_weight", "semantic_classifier_dropout", "neck_ignore_stages"})
+
+    # Hub configs store these fields as null when the backbone lives elsewhere: null means this default.
+    NULL_DEFAULTS = {"num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+                     "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "layer_norm_eps": 1e-12,
+                     "image_size": 384, "patch_size": 16, "num_channels": 3, "qkv_bias": True,
+                     "use_auxiliary_head": True, "use_batch_norm_in_fusion_residual": False, "id2label": {}}
+
     def __post_init__(self):
-        # Hub configs store these fields as null when the backbone lives elsewhere.
-        for name, default in (("num_hidden_layers", 12), ("num_attention_heads", 12), ("intermediate_size", 3072),
-                              ("hidden_dropout_prob", 0.0), ("attention_probs_dropout_prob", 0.0),
-                              ("layer_norm_eps", 1e-12), ("image_size", 384), ("patch_size", 16),
-                              ("num_channels", 3), ("qkv_bias", True), ("use_auxiliary_head", True),
-                              ("use_batch_norm_in_fusion_residual", False)):
+        for name, default in self.NULL_DEFAULTS.items():
             if getattr(self, name) is None:
-                setattr(self, name, default)
-        self.id2label = {int(k): str(v) for k, v in (self.id2label or {}).items()}
+                setattr(self, name, dict(default) if isinstance(default, dict) else default)
+        if self.pooler_output_size in (None, 0):  # transformers: ``pooler_output_size or hidden_size``
+            self.pooler_output_size = self.hidden_size
+        super().__post_init__()
+        self.id2label = {int(k): v for k, v in self.id2label.items()}
         if self.backbone is not None and self.backbone_config is None:
             raise UnsupportedModelError(
                 f"backbone {self.backbone!r} (a timm or named backbone) is not supported; "
@@ -99,18 +134,18 @@ class DPTConfig(BaseConfig):
         if self.is_hybrid:  # DPT-Hybrid: validate the BiT backbone (defaults as in the reference when absent)
             self.backbone_config = dict(HYBRID_BIT_DEFAULTS if self.backbone_config is None else self.backbone_config)
             self.backbone_config.setdefault("model_type", "bit")
-            if len(self.bit_config.out_features) != 3:
-                raise ValueError(f"DPT-Hybrid needs 3 BiT out_features, got {self.bit_config.out_features}")
+            bit = in_backbone_config(lambda: BitConfig.from_dict(self.backbone_config))
+            if len(bit.out_features) != 3:
+                raise ValueError(f"backbone_config: DPT-Hybrid needs 3 BiT out_features, got {bit.out_features}")
         if self.backbone_config is not None and not self.is_hybrid:
             self.backbone_out_indices = None
-        if not self.pooler_output_size:
-            self.pooler_output_size = self.hidden_size
         for name in ("backbone_out_indices", "reassemble_factors", "neck_hidden_sizes",
                      "backbone_featmap_shape", "neck_ignore_stages"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, list(value))
         self.validate()
+        check_backbone(self)
 
     def validate(self) -> None:
         if self.readout_type not in READOUT_TYPES:
@@ -136,14 +171,17 @@ class DPTConfig(BaseConfig):
         if self.add_projection and self.fusion_hidden_size != 256:
             # The reference hard-codes a 256-channel projection conv in the depth head.
             raise ValueError("add_projection=True requires fusion_hidden_size=256, as in the reference")
-        pair(self.image_size)
-        pair(self.patch_size)
+        pair(self.image_size, "image_size")
+        pair(self.patch_size, "patch_size")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
         # transformers builds id2label from num_labels when a config gives only the count.
         if isinstance(data, dict) and "num_labels" in data and not data.get("id2label"):
-            data = {**data, "id2label": {i: f"LABEL_{i}" for i in range(int(data["num_labels"]))}}
+            n = data["num_labels"]
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_LABELS:
+                raise ValueError(f"num_labels={n!r} is invalid: expected an integer from 1 to {MAX_LABELS}")
+            data = {**data, "id2label": {i: f"LABEL_{i}" for i in range(n)}}
         return super().from_dict(data)
 
     @property
@@ -212,7 +250,12 @@ class DepthAnythingConfig(BaseConfig):
     max_depth: float | None = 1
     architectures: list[str] | None = None
 
+    POSITIVE = frozenset({"patch_size", "reassemble_hidden_size", "neck_hidden_sizes", "fusion_hidden_size",
+                          "head_hidden_size", "max_depth"})
+    NON_NEGATIVE = frozenset({"initializer_range"})
+
     def __post_init__(self):
+        super().__post_init__()
         if self.backbone is not None and self.backbone_config is None:
             raise UnsupportedModelError(
                 f"backbone {self.backbone!r} (a timm or named backbone) is not supported; "
@@ -228,14 +271,11 @@ class DepthAnythingConfig(BaseConfig):
         self.reassemble_factors, self.neck_hidden_sizes = list(self.reassemble_factors), list(self.neck_hidden_sizes)
         if self.depth_estimation_type not in ("relative", "metric"):
             raise ValueError(f"depth_estimation_type={self.depth_estimation_type!r} is not one of relative, metric")
-        if not isinstance(self.max_depth, (int, float)) or self.max_depth <= 0:
-            raise ValueError(f"max_depth={self.max_depth!r} must be a positive number")
-        if not isinstance(self.patch_size, int) or self.patch_size < 1:
-            raise ValueError(f"patch_size={self.patch_size!r} must be a positive integer")
         check_neck(self)
-        for name in ("reassemble_hidden_size", "fusion_hidden_size", "head_hidden_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        backbone = check_backbone(self)
+        if backbone.hidden_size != self.reassemble_hidden_size:
+            raise ValueError(f"reassemble_hidden_size={self.reassemble_hidden_size} must equal the backbone's "
+                             f"hidden_size={backbone.hidden_size}")
 
     @property
     def backbone_type(self) -> str:
@@ -258,12 +298,18 @@ CONFIG_CLASSES: dict[str, type[BaseConfig]] = {"dpt": DPTConfig, "depth_anything
 
 def config_from_dict(data: dict[str, Any]) -> BaseConfig:
     """Build the config class that ``data['model_type']`` names."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {json_type(data)}")
     model_type = data.get("model_type", "dpt")
-    if model_type not in CONFIG_CLASSES:
+    if not isinstance(model_type, str) or model_type not in CONFIG_CLASSES:
         raise UnsupportedModelError(
             f"model_type {model_type!r} is not supported; supported: {', '.join(sorted(CONFIG_CLASSES))}"
         )
     return CONFIG_CLASSES[model_type].from_dict(data)
+
+
+def json_type(value) -> str:
+    return "null" if value is None else type(value).__name__
 
 
 def load_config(path: str | os.PathLike) -> BaseConfig:
@@ -275,6 +321,8 @@ def load_config(path: str | os.PathLike) -> BaseConfig:
         raise CheckpointError(f"no config.json in {os.path.dirname(path) or '.'}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {json_type(data)}")
     try:
         return config_from_dict(data)
     except UnsupportedModelError:

@@ -7,16 +7,22 @@ module; it imports neither.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
 ACTIVATIONS = ("gelu", "relu", "silu", "swish", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "quick_gelu", "tanh")
 
 
-def pair(value) -> tuple[int, int]:
+def pair(value, name: str | None = None) -> tuple[int, int]:
+    """``(h, w)`` from an int or a pair; ``name`` is the config field, for the error message."""
     if isinstance(value, (list, tuple)):
         if len(value) != 2:
-            raise ValueError(f"expected an int or a pair, got {value!r}")
+            what = f"{name}={value!r} is invalid: expected" if name else f"got {value!r},"
+            raise ValueError(f"{what} an integer or a pair of integers")
         return int(value[0]), int(value[1])
     return int(value), int(value)
 
@@ -54,9 +60,104 @@ def align_out_features(stage_names, out_features, out_indices) -> tuple[list[str
     return out_features, out_indices
 
 
+INT_LIMIT = 2**31  # MLX shapes are int32
+
+
+def _describe(hint, sign: str | None) -> str:
+    """What a value of type ``hint`` must be, in words ("a positive integer", "a list of strings")."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a, sign) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return f"a list of {_plural(typing.get_args(hint)[0], sign)}"
+    if hint is bool:
+        return "true or false"
+    if hint is int:
+        return {"positive": "a positive integer", "non-negative": "a non-negative integer"}.get(sign, "an integer")
+    if hint is float:
+        return {"positive": "a positive number", "non-negative": "a non-negative number"}.get(sign, "a finite number")
+    if hint is str:
+        return "a string"
+    if typing.get_origin(hint) is dict:  # JSON object keys are strings: "0" stands for the int 0
+        key, item = typing.get_args(hint)
+        return "an object" if item is Any else f"an object mapping {_plural(key, None)} to {_plural(item, None)}"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _plural(hint, sign: str | None) -> str:
+    """"a positive integer" -> "positive integers"."""
+    return _describe(hint, sign).removeprefix("an ").removeprefix("a ") + "s"
+
+
+def _fits(value, hint, sign: str | None) -> bool:
+    """Whether ``value`` (as read from JSON, or given in Python) is of type ``hint``.
+
+    bool is not an int; an int is a float; floats are finite; ints are int32; ``sign`` ("positive",
+    "non-negative") bounds numbers and the items of lists; dict keys typed int may be digit strings
+    (JSON object keys are strings).
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a, sign) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is Any:
+        return True
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float) if hint is float else int):
+            return False
+        if (hint is int and not -INT_LIMIT < value < INT_LIMIT) or (hint is float and not math.isfinite(value)):
+            return False
+        return sign is None or value > 0 or (sign == "non-negative" and value == 0)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        return isinstance(value, (list, tuple)) and all(_fits(v, args[0], sign) for v in value)
+    if origin is dict:
+        key, item = args
+        return isinstance(value, dict) and all(
+            (_fits(k, key, None) or key is int and isinstance(k, str) and k.lstrip("-").isdigit())
+            and _fits(v, item, None) for k, v in value.items()
+        )
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+@functools.cache
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # the annotations are strings (``from __future__ import annotations``)
+
+
 @dataclass
 class BaseConfig:
-    """Shared ``from_dict`` / ``to_dict`` for the config dataclasses."""
+    """Shared ``from_dict`` / ``to_dict`` for the config dataclasses, and the check of every field.
+
+    After construction each field must be of its annotated type (see ``_fits``); the numbers in
+    ``POSITIVE`` (and every item of those that are lists) must be > 0, those in ``NON_NEGATIVE`` >= 0.
+    Subclasses list their sizes and counts there and call ``super().__post_init__()`` first (after
+    filling any null that stands for a default), so their own checks see well-typed values.
+    """
+
+    POSITIVE = frozenset()  # no annotation: class attributes, not fields
+    NON_NEGATIVE = frozenset()
+
+    def __post_init__(self):
+        self.check_fields()
+
+    def check_fields(self) -> None:
+        """Raise ``ValueError("name=value is invalid: expected ...")`` for the first ill-typed field."""
+        hints = _field_types(type(self))
+        for f in dataclasses.fields(self):
+            value, sign = getattr(self, f.name), self._sign(f.name)
+            if not _fits(value, hints[f.name], sign):
+                expected = _describe(hints[f.name], sign)
+                if any(isinstance(v, int) and not isinstance(v, bool) and abs(v) >= INT_LIMIT
+                       for v in (value if isinstance(value, (list, tuple)) else [value])):
+                    expected += " (below 2**31)"
+                raise ValueError(f"{f.name}={value!r} is invalid: expected {expected}")
+
+    def _sign(self, name: str) -> str | None:
+        return "positive" if name in self.POSITIVE else "non-negative" if name in self.NON_NEGATIVE else None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
@@ -76,8 +177,6 @@ class BaseConfig:
                 value = list(value)
             out[f.name] = value
         return out
-
-
 
 
 def stage_names(num_stages: int) -> list[str]:

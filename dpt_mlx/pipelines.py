@@ -177,11 +177,21 @@ class Predictor:
     def forward(self, pixel_values: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """Run a batch of equal-shape pixel values; post-process each result to its (height, width)."""
         outputs = self.model(mx.array(np.ascontiguousarray(pixel_values)))
+        self._check_finite(outputs.predicted_depth if self.task == DEPTH else outputs.logits)
         if self.task == DEPTH:
-            mx.eval(outputs.predicted_depth)
             done = self.image_processor.post_process_depth_estimation(outputs, target_sizes=list(sizes))
             return [d["predicted_depth"] for d in done]
         return self.image_processor.post_process_semantic_segmentation(outputs, target_sizes=list(sizes))
+
+    def _check_finite(self, output: mx.array) -> None:
+        """A ValueError when a model output (batch first) holds NaN or inf: the model is broken, and
+        post-processing would turn it into a plausible-looking map."""
+        bad = mx.logical_not(mx.isfinite(output)).reshape(output.shape[0], -1).any(axis=1)
+        count = int(bad.sum().item())
+        if count:
+            half = " or float16 overflowed (try dtype float32)" if output.dtype == mx.float16 else ""
+            raise ValueError(f"the model's output for {count} of {output.shape[0]} image(s) contains NaN or inf; "
+                             f"the checkpoint's weights may be damaged{half}")
 
     def predict(self, images: Sequence[Image.Image], batch_size: int = 1) -> list[np.ndarray]:
         """All images, batched by equal preprocessed shape, results in input order."""
@@ -211,6 +221,10 @@ def depth_image(depth: np.ndarray) -> Image.Image:
     A constant map (max == min, where transformers would divide by zero) gives an all-black image.
     """
     depth = np.asarray(depth, dtype=np.float32)
+    if depth.ndim != 2 or depth.size == 0:
+        raise ValueError(f"a depth map must be a non-empty 2-D (height, width) array, got shape {depth.shape}")
+    if not np.isfinite(depth).all():
+        raise ValueError("the depth map contains NaN or inf; no picture can be made from it")
     low, high = depth.min(), depth.max()
     if not high > low:
         return Image.fromarray(np.zeros(depth.shape, dtype=np.uint8))

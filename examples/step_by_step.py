@@ -12,8 +12,7 @@ import argparse
 import numpy as np
 from PIL import Image
 
-from dpt_mlx import load_model
-from dpt_mlx.image_processing import DPTImageProcessor
+from dpt_mlx import DPTImageProcessor, load_model
 
 
 def main() -> None:

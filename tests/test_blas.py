@@ -131,6 +131,38 @@ def test_bad_path_falls_back_without_crashing():
     assert info["matmul_ok"]
 
 
+def test_unusable_setting_is_one_note_and_one_warning_line(tmp_path):
+    info = _run_info("no-such-blas")
+    assert info["provider"] is None and info["effective"] is False and info["matmul_ok"]
+    assert len(info["notes"]) == 1, info["notes"]
+    assert "DPT_MLX_BLAS='no-such-blas'" in info["notes"][0] and "cannot open shared object" in info["notes"][0]
+    assert len(info["warnings"]) == 1 and "\n" not in info["warnings"][0]
+    assert "DPT_MLX_BLAS='no-such-blas'" in info["warnings"][0]
+    # printed by Python's default warning display: one line, no source line of the caller under it
+    script = tmp_path / "load.py"
+    script.write_text("from dpt_mlx.cpu.blas import setup\nsetup()\n")
+    env = dict(os.environ, DPT_MLX_BLAS="no-such-blas", PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, str(script)], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == 0
+    lines = out.stderr.strip("\n").splitlines()
+    assert len(lines) == 1 and "RuntimeWarning" in lines[0] and "no-such-blas" in lines[0], out.stderr
+
+
+def test_thread_count_above_the_library_maximum_is_noted():
+    info = _run_info(None, extra_env={"DPT_MLX_BLAS_THREADS": "1000000"})
+    assert info["provider"] == "scipy-openblas32"
+    assert 1 <= info["threads"] < 1000000
+    assert f"DPT_MLX_BLAS_THREADS=1000000 capped at {info['threads']}" in " ".join(info["notes"])
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many"])
+def test_thread_count_that_is_not_positive_is_ignored_with_a_note(value):
+    info = _run_info(None, extra_env={"DPT_MLX_BLAS_THREADS": value})
+    assert info["threads"] >= 1 and info["matmul_ok"]
+    assert f"DPT_MLX_BLAS_THREADS={value!r} ignored (not a positive integer)" in info["notes"]
+
+
 def test_explicit_path_and_threads():
     import scipy_openblas32
 

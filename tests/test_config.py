@@ -74,3 +74,21 @@ def test_num_labels_without_id2label():
     cfg = DPTConfig.from_dict({"num_labels": 5})
     assert cfg.num_labels == 5 and cfg.id2label[4] == "LABEL_4"
     assert DPTConfig.from_dict({"num_labels": 5, "id2label": {"0": "a", "1": "b"}}).num_labels == 2
+
+
+def test_hub_nulls_stand_for_defaults(tmp_path):
+    """transformers 4.x wrote the unused ViT fields of a backbone_config checkpoint as null: they load."""
+    data = transformers.DPTConfig(backbone_config=transformers.Dinov2Config(
+        hidden_size=32, num_attention_heads=2, num_hidden_layers=4, out_indices=[1, 2, 3, 4],
+        reshape_hidden_states=False), neck_hidden_sizes=[8, 16, 32, 32]).to_dict()
+    data.update({name: None for name in DPTConfig.NULL_DEFAULTS}, pooler_output_size=None, backbone_out_indices=None)
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    cfg = load_config(tmp_path / "config.json")
+    assert cfg.num_hidden_layers == 12 and cfg.pooler_output_size == cfg.hidden_size and cfg.id2label == {}
+
+
+@pytest.mark.parametrize("data, kind", [([], "list"), (None, "null"), (1.5, "float")])
+def test_load_config_not_an_object(tmp_path, data, kind):
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=f"expected a JSON object, got {kind}"):
+        load_config(tmp_path / "config.json")

@@ -6,12 +6,17 @@ import sys
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
 import pytest
 import torch
 import transformers
+from helpers import perturb, pixels
 
 import dpt_mlx
+from dpt_mlx.cli.convert import main as convert_main
 from dpt_mlx.io import convert as conv
+from dpt_mlx.io.quantize import quantize_model
 from test_modeling import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,3 +84,94 @@ def test_verification_catches_wrong_weights(source, tmp_path):
     b.head.conv3.bias = b.head.conv3.bias + 1.0
     assert conv.verify(a, a) == 0.0
     assert conv.verify(a, b) > 1e-3
+
+
+# Tiny checkpoints of every family convert.py handles: (reference class, config, input size).
+HALF_KINDS = {
+    "dpt": (transformers.DPTForDepthEstimation, lambda: tiny_config(), (32, 32)),
+    "hybrid": (transformers.DPTForDepthEstimation, lambda: transformers.DPTConfig(
+        is_hybrid=True, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
+        image_size=64, patch_size=16, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[16, 32, 32, 32],
+        reassemble_factors=[1, 1, 1, 0.5], fusion_hidden_size=16, backbone_featmap_shape=[1, 64, 4, 4],
+        use_batch_norm_in_fusion_residual=True, backbone_config=dict(
+            model_type="bit", layer_type="bottleneck", global_padding="same", embedding_dynamic_padding=True,
+            depths=[1, 1, 2], embedding_size=8, hidden_sizes=[16, 32, 64], num_groups=4,
+            out_features=["stage1", "stage2", "stage3"])), (64, 64)),
+    "segmentation": (transformers.DPTForSemanticSegmentation,
+                     lambda: tiny_config(use_batch_norm_in_fusion_residual=True), (32, 32)),
+    "dinov2": (transformers.DPTForDepthEstimation, lambda: transformers.DPTConfig(
+        backbone_config=transformers.Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                                  image_size=28, patch_size=14, out_indices=[1, 2, 3, 4],
+                                                  apply_layernorm=False, reshape_hidden_states=False),
+        neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, use_bias_in_fusion_residual=False), (28, 42)),
+    "depth-anything": (transformers.DepthAnythingForDepthEstimation, lambda: transformers.DepthAnythingConfig(
+        backbone_config=transformers.Dinov2Config(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                                                  image_size=42, patch_size=14, out_indices=[1, 2, 3, 4],
+                                                  reshape_hidden_states=False),
+        patch_size=14, reassemble_hidden_size=64, neck_hidden_sizes=[16, 32, 64, 64], fusion_hidden_size=32,
+        head_hidden_size=16), (42, 56)),
+}
+
+
+@pytest.fixture(scope="module")
+def half_sources(tmp_path_factory):
+    """kind -> (perturbed reference checkpoint, input pixels); depth heads' final ReLU open on ~90% of pixels."""
+    root, out = tmp_path_factory.mktemp("half"), {}
+    for kind, (cls, config, (h, w)) in HALF_KINDS.items():
+        torch.manual_seed(0)
+        ref = perturb(cls(config()))
+        x = pixels(2, h, w)
+        if kind != "segmentation":
+            last = [m for m in ref.head.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+            seen = []
+            hook = last.register_forward_hook(lambda mod, inp, o: seen.append(o))
+            with torch.no_grad():
+                ref(torch.from_numpy(x))
+                hook.remove()
+                last.bias.sub_(torch.quantile(seen[0].flatten(), 0.1))
+        ref.save_pretrained(root / kind)
+        out[kind] = root / kind, x
+    return out
+
+
+def first_output(model, x) -> np.ndarray:
+    out = model(x)
+    return np.array((out.logits if "logits" in out else out.predicted_depth).astype(mx.float32))
+
+
+def module_types(model) -> list:
+    return [type(m) for _, m in model.named_modules()]
+
+
+@pytest.mark.parity  # on both CPU paths: their half-precision layers differ
+@pytest.mark.parametrize("quantize", [False, True], ids=["float", "8-bit"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("kind", list(HALF_KINDS))
+def test_half_conversion_loads_as_dtype_on_the_source(half_sources, tmp_path, capsys, kind, dtype, quantize):
+    """``convert.py --dtype`` (and ``--quantize``) succeeds for every family, and the converted checkpoint is
+    the model ``load_model(source, dtype=...)`` gives: the same modules, bit-identical outputs."""
+    source, x = half_sources[kind]
+    args = ["--hf-path", str(source), "--mlx-path", str(tmp_path / "out"), "--dtype", dtype]
+    if quantize:
+        args += ["--quantize", "--q-group-size", "32"]
+    assert convert_main(args) == 0, capsys.readouterr().err
+    converted = dpt_mlx.load_model(tmp_path / "out")
+    direct = dpt_mlx.load_model(source, dtype=dtype)
+    if quantize:
+        quantize_model(direct, bits=8, group_size=32)
+    assert converted.dtype == direct.dtype == getattr(mx, dtype)
+    assert module_types(converted) == module_types(direct)
+    assert any(isinstance(m, nn.QuantizedLinear) for _, m in converted.named_modules()) == quantize
+    a, b = first_output(converted, x), first_output(direct, x)
+    assert np.isfinite(a).all() and np.count_nonzero(a) > a.size // 2
+    assert np.array_equal(a, b)
+
+
+def test_overflowing_half_model_is_refused_with_a_reason(half_sources, tmp_path, monkeypatch):
+    """A model whose float16 output is not finite fails verification saying so, not "relative error nan"."""
+    source, _ = half_sources["dpt"]
+    real = conv._first_output
+    monkeypatch.setattr(conv, "_first_output", lambda out: real(out) * mx.array(float("inf"), dtype=mx.float16))
+    with pytest.raises(dpt_mlx.CheckpointError, match="not finite in float16.*bfloat16"):
+        conv.convert(source, tmp_path / "out", dtype="float16")
+    assert not (tmp_path / "out").exists()

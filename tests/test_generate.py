@@ -478,3 +478,171 @@ def test_python_m_dpt_mlx_generate(ckpt, photos, tmp_path):
     offline = _cli(["--model", "nobody/no-such-dpt-model", "--image", photos["odd"]], HF_HUB_OFFLINE="1")
     assert offline.returncode == 2
     assert "nobody/no-such-dpt-model" in _one_error_line(offline.stderr)
+
+
+# ----------------------------------------------------------------------------------------------
+# Concurrent runs, signals, --skip-existing, a closed stdout
+
+
+def test_a_second_run_into_the_same_folder_never_replaces_the_first_runs_files(ckpt, photos, tmp_path, capsys,
+                                                                              monkeypatch):
+    """Run A plans (no outputs exist yet); run B writes everything; then A writes: A's files all clash."""
+    folder = _folder(photos, tmp_path / "in", names=("odd", "gray", "rgba"))
+    out = tmp_path / "out"
+    save_png, nested = visualize.save_png, []
+
+    def save_png_after_another_run(*args, **kwargs):
+        if not nested:  # the first write of run A: run B starts and finishes in the meantime
+            nested.append(None)
+            nested[0] = main(["--model", str(ckpt["depth"]), "--input-dir", str(folder), "-d", str(out),
+                              "--colormap", "turbo", "-q"])
+        return save_png(*args, **kwargs)
+
+    monkeypatch.setattr(visualize, "save_png", save_png_after_another_run)
+    code, _, err = _run(["--model", ckpt["depth"], "--input-dir", folder, "-d", out], capsys)
+    monkeypatch.setattr(visualize, "save_png", save_png)
+    assert nested == [0]
+    assert code == 2 and err.count("appeared while this run was writing it") == 3 and "--overwrite" in err
+    assert _leftovers(out) == []
+    # every file is B's (turbo), none was replaced by A's (inferno)
+    _run(["--model", ckpt["depth"], "--input-dir", folder, "-d", tmp_path / "b", "--colormap", "turbo"], capsys)
+    for name in ("odd_depth.png", "gray_depth.png", "rgba_depth.png"):
+        assert (out / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def _big_folder(root: Path, n: int) -> Path:
+    root.mkdir(parents=True)
+    photo = Image.open(PHOTO).convert("RGB").resize((900, 600))
+    for i in range(n):
+        photo.rotate(i).save(root / f"img{i:02d}.png")
+    return root
+
+
+def _popen(args):
+    return subprocess.Popen([sys.executable, "-m", "dpt_mlx.generate", *map(str, args)], cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_two_processes_into_one_folder_write_each_file_once(ckpt, tmp_path):
+    folder = _big_folder(tmp_path / "in", 6)
+    args = ["--model", ckpt["depth"], "--input-dir", folder, "-d", tmp_path / "out", "--format", "png,npy"]
+    procs = [_popen(args) for _ in range(2)]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    names = [f"img{i:02d}" for i in range(6)]
+    written = [[n for n in names if f"{n}.png ->" in out] for _, out, _ in results]
+    assert sorted(written[0] + written[1]) == names, results  # each image written by exactly one run
+    for (code, _, err), mine in zip(results, written):
+        if len(mine) < 6:  # the other run wrote some of its images: it says so, and exits non-zero
+            assert code == (1 if mine else 2), err
+            assert err.count("--overwrite") >= 6 - len(mine) and "Traceback" not in err
+        else:
+            assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        f"{n}_depth.{e}" for n in names for e in ("png", "npy"))
+
+
+def _outputs_are_complete(out: Path) -> list[str]:
+    """The names in ``out``, after checking that each is a complete PNG or .npy (no temporary files)."""
+    names = sorted(p.name for p in out.iterdir())
+    assert not [n for n in names if n.startswith(".") or n.endswith(".tmp")], names
+    for name in names:
+        if name.endswith(".npy"):
+            assert np.load(out / name).shape == (600, 900), name
+        else:
+            with Image.open(out / name) as image:
+                image.load()
+                assert image.size == (900, 600), name
+    return names
+
+
+def test_sigterm_leaves_only_complete_files_and_skip_existing_finishes(ckpt, tmp_path):
+    import signal
+    import time
+
+    folder, out = _big_folder(tmp_path / "in", 12), tmp_path / "out"
+    args = ["--model", ckpt["depth"], "--input-dir", folder, "-d", out, "--format", "png,png16,npy"]
+    proc = _popen(args)
+    deadline = time.monotonic() + 120
+    first = [out / f"img00{s}" for s in ("_depth.png", "_depth16.png", "_depth.npy")]
+    while not all(p.exists() for p in first):  # the first image is done; the run is in the middle
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=120)
+    _, err = proc.communicate()
+    assert code == 143, err
+    assert "terminated by SIGTERM" in err and "Traceback" not in err
+    names = _outputs_are_complete(out)
+    done = [f"img{i:02d}" for i in range(12) if all(f"img{i:02d}{s}" in names
+                                                    for s in ("_depth.png", "_depth16.png", "_depth.npy"))]
+    assert 1 <= len(done) < 12
+    # a temporary file of a killed (SIGKILL) run: ignored as input, removed as stale by the next run
+    stale = out / ".img11_depth.png.abcd1234.tmp"
+    stale.write_bytes(b"half")
+    os.utime(stale, (time.time() - 3600,) * 2)
+    (folder / stale.name).write_bytes(b"half")  # hidden: never an input
+    rerun = _cli([*args, "--skip-existing"])
+    assert rerun.returncode == 0, rerun.stderr
+    assert not stale.exists()
+    plural = "s" if len(done) > 1 else ""
+    assert f"{12 - len(done)} image" in rerun.stdout and f"{len(done)} image{plural} skipped" in rerun.stdout
+    assert not [n for n in done if f"{n}.png ->" in rerun.stdout]
+    assert len(_outputs_are_complete(out)) == 36
+    again = _cli([*args, "--skip-existing"])
+    assert again.returncode == 0 and "12 images skipped" in again.stdout, again.stderr
+
+
+def test_skip_existing_redoes_an_image_with_only_some_outputs(ckpt, photos, tmp_path, capsys):
+    folder = _folder(photos, tmp_path / "in", names=("odd", "gray"))
+    args = ["--model", ckpt["depth"], "--input-dir", folder, "-d", tmp_path / "out", "--format", "png,npy"]
+    assert _run(args, capsys)[0] == 0
+    partial = tmp_path / "out" / "gray_depth.npy"
+    partial.unlink()
+    (tmp_path / "out" / "gray_depth.png").write_bytes(b"from an interrupted run")
+    assert _run(args, capsys)[0] == 2  # without --skip-existing both images fail on their existing files
+    code, out, err = _run([*args, "--skip-existing"], capsys)
+    assert code == 0, err
+    assert "1 image written" in out and "1 image skipped" in out and "odd.png" not in out
+    assert partial.exists()
+    with Image.open(tmp_path / "out" / "gray_depth.png") as image:
+        assert image.size == (301, 203)
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in (*args, "--skip-existing", "--overwrite")])
+    assert info.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
+def test_a_closed_stdout_ends_quietly(ckpt, photos):
+    read, write = os.pipe()
+    os.close(read)  # as `dpt-mlx -v ... | head -0`: every write to stdout fails with EPIPE
+    try:
+        proc = subprocess.run([sys.executable, "-m", "dpt_mlx.generate", "--model", str(ckpt["depth"]),
+                               "--image", str(photos["odd"]), "--format", "npy", "--output-dir",
+                               str(photos["odd"].parent / "piped"), "-v"],
+                              cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr
+
+
+def test_the_summary_is_the_last_thing_on_the_terminal(monkeypatch):
+    import io
+
+    from dpt_mlx.cli.console import Console
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stdout", screen)
+    monkeypatch.setattr(sys, "stderr", screen)
+    console = Console(quiet=False, verbose=False, total=2)
+    for name in ("a", "b"):
+        console.info(f"{name}.jpg -> {name}_depth.png")
+        console.advance()
+    assert "2/2" in screen.getvalue()
+    console.info("2 images written in 1.00 s")
+    console.error("1 of 2 images failed")
+    assert screen.getvalue().endswith("2 images written in 1.00 s\nerror: 1 of 2 images failed\n")

@@ -441,3 +441,55 @@ def test_module_entry_point_error_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "dpt_mlx.train", "--epochs", "zero"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--epochs" in proc.stderr
+
+
+def test_sigterm_during_a_checkpoint_keeps_the_last_complete_one_and_resume_cleans_up(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    model_dir = save_model(tmp_path / "model", dpt_mlx.DPTForDepthEstimation, seed=4)
+    data = make_depth_data(tmp_path / "data", 6, seed=4)
+    out = tmp_path / "run"
+    common = ["--data", str(data), "--epochs", "3", "--batch-size", "3", "--depth-scale", "0.001",
+              "--val-split", "0.0", "--quiet"]
+    save_pretrained, calls = checkpoints.save_pretrained, []
+
+    def save_then_terminate(model, path):
+        save_pretrained(model, path)
+        calls.append(path)
+        if len(calls) == 2:  # the second checkpoint, half written: as `kill PID` would
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(checkpoints, "save_pretrained", save_then_terminate)
+    previous = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["--model", str(model_dir), "--output", str(out), *common]) == 143
+    assert signal.getsignal(signal.SIGTERM) == previous  # the policy is undone when main returns
+    monkeypatch.setattr(checkpoints, "save_pretrained", save_pretrained)
+    assert [p.name for p in checkpoints.list_checkpoints(out)] == ["checkpoint-2"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2"]  # no temporary directory left
+    assert checkpoints.read_state(out / "checkpoint-2")["epoch"] == 1
+
+    # what a SIGKILL'd run leaves (its pid is gone) is removed when the run resumes
+    dead = out / ".checkpoint-4.tmp-2147483646"
+    (dead / "sub").mkdir(parents=True)
+    result = run(["--resume", str(out), "--quiet"])
+    assert result.state["step"] == 6
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_train_ends_quietly_on_a_closed_stdout(tmp_path):
+    import os
+
+    model_dir = save_model(tmp_path / "model", dpt_mlx.DPTForDepthEstimation, seed=5)
+    data = make_depth_data(tmp_path / "data", 4, seed=5)
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "dpt_mlx.train", "--model", str(model_dir), "--data", str(data),
+                               "--output", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2",
+                               "--depth-scale", "0.001"], cwd=Path(__file__).resolve().parents[1],
+                              env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])),
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert proc.returncode == 141 and "Traceback" not in proc.stderr and "Broken pipe" not in proc.stderr, proc.stderr

@@ -25,6 +25,15 @@ class BackboneSpec(NamedTuple):
     reassemble: bool  # token sequences the neck reassembles into maps (False: NHWC maps already)
 
 
+def _check_feature_count(kind: str, backbone, config) -> None:
+    """A token backbone must give the neck one feature per ``neck_hidden_sizes`` entry."""
+    if len(backbone.out_indices) != len(config.neck_hidden_sizes):
+        raise ValueError(
+            f"the {kind} backbone returns {len(backbone.out_indices)} feature maps "
+            f"({', '.join(backbone.out_features)}) but neck_hidden_sizes has {len(config.neck_hidden_sizes)} entries; they must match"
+        )
+
+
 def _dinov2_config(config) -> Dinov2Config:
     backbone = Dinov2Config.from_dict(config.backbone_config)
     if backbone.reshape_hidden_states:
@@ -33,16 +42,13 @@ def _dinov2_config(config) -> Dinov2Config:
             "a DINOv2 backbone_config for DPT or Depth Anything needs reshape_hidden_states=false "
             "(the neck reads token sequences)"
         )
+    _check_feature_count("DINOv2", backbone, config)
     return backbone
 
 
 def _beit_config(config) -> BeitConfig:
     beit = BeitConfig.from_dict(config.backbone_config)
-    if len(beit.out_indices) != len(config.neck_hidden_sizes):
-        raise ValueError(
-            f"the BEiT backbone has {len(beit.out_indices)} out_features ({', '.join(beit.out_features)}) but "
-            f"the neck expects {len(config.neck_hidden_sizes)} (neck_hidden_sizes)"
-        )
+    _check_feature_count("BEiT", beit, config)
     return beit
 
 

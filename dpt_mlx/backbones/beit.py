@@ -72,7 +72,12 @@ class BeitConfig(BaseConfig):
     out_features: list[str] | None = None
     out_indices: list[int] | None = None
 
+    POSITIVE = frozenset({"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                          "layer_norm_eps", "image_size", "patch_size", "num_channels"})
+    NON_NEGATIVE = frozenset({"hidden_dropout_prob", "attention_probs_dropout_prob"})
+
     def __post_init__(self):
+        super().__post_init__()
         if self.model_type != "beit":
             raise UnsupportedModelError(f"expected a 'beit' backbone config, got model_type {self.model_type!r}")
         check_act("hidden_act", self.hidden_act)
@@ -81,11 +86,7 @@ class BeitConfig(BaseConfig):
                 f"backbone hidden_size={self.hidden_size} is not a multiple of "
                 f"num_attention_heads={self.num_attention_heads}"
             )
-        ph, pw = pair(self.patch_size)
-        if ph != pw:
-            raise ValueError(f"BEiT patch_size must be square, got {self.patch_size!r}")
-        self.patch_size = ph
-        self.image_size = list(pair(self.image_size))
+        self.image_size = list(pair(self.image_size, "image_size"))
         if self.add_fpn:
             raise UnsupportedModelError("a BEiT backbone with add_fpn=True cannot feed DPT's neck (nor can it in "
                                         "transformers); use a config with add_fpn=false")

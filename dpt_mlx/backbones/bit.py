@@ -61,7 +61,12 @@ class BitConfig(BaseConfig):
     out_features: list[str] | None = None
     out_indices: list[int] | None = None
 
+    POSITIVE = frozenset({"num_channels", "embedding_size", "hidden_sizes", "depths", "num_groups", "output_stride",
+                          "width_factor"})
+    NON_NEGATIVE = frozenset({"drop_path_rate"})
+
     def __post_init__(self):
+        super().__post_init__()
         if self.model_type != "bit":
             raise UnsupportedModelError(
                 f"DPT-Hybrid backbone model_type {self.model_type!r} is not supported; only 'bit' is"

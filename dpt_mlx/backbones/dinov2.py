@@ -47,7 +47,13 @@ class Dinov2Config(BaseConfig):
     reshape_hidden_states: bool = True
     use_mask_token: bool = True
 
+    POSITIVE = frozenset({"hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio", "layer_norm_eps",
+                          "image_size", "patch_size", "num_channels"})
+    NON_NEGATIVE = frozenset({"hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range",
+                              "drop_path_rate"})
+
     def __post_init__(self):
+        super().__post_init__()
         if self.model_type != "dinov2":
             raise ValueError(f"model_type={self.model_type!r} is not 'dinov2'")
         check_act("hidden_act", self.hidden_act)
@@ -55,8 +61,7 @@ class Dinov2Config(BaseConfig):
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not a multiple of num_attention_heads={self.num_attention_heads}"
             )
-        if min(pair(self.patch_size)) < 1 or min(pair(self.image_size)) < 1:
-            raise ValueError(f"patch_size={self.patch_size} and image_size={self.image_size} must be positive")
+        pair(self.image_size, "image_size"), pair(self.patch_size, "patch_size")
         self.out_features, self.out_indices = align_out_features(self.stage_names, self.out_features, self.out_indices)
 
     @property

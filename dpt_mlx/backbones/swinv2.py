@@ -70,7 +70,12 @@ class Swinv2Config(BaseConfig):
     out_features: list[str] | None = None
     out_indices: list[int] | None = None
 
+    POSITIVE = frozenset({"image_size", "patch_size", "num_channels", "embed_dim", "depths", "num_heads",
+                          "window_size", "mlp_ratio", "layer_norm_eps"})
+    NON_NEGATIVE = frozenset({"pretrained_window_sizes", "hidden_dropout_prob", "attention_probs_dropout_prob"})
+
     def __post_init__(self):
+        super().__post_init__()
         if self.model_type != "swinv2":
             raise UnsupportedModelError(f"expected a 'swinv2' backbone config, got model_type {self.model_type!r}")
         check_act("hidden_act", self.hidden_act)
@@ -88,7 +93,8 @@ class Swinv2Config(BaseConfig):
             # transformers' Swinv2Backbone adds (1, N+1, C) embeddings to N tokens: it cannot run either.
             raise UnsupportedModelError("Swinv2 with use_absolute_embeddings=True is not supported (transformers "
                                         "cannot run it as a backbone either)")
-        self.image_size, self.patch_size = list(pair(self.image_size)), list(pair(self.patch_size))
+        self.image_size = list(pair(self.image_size, "image_size"))
+        self.patch_size = list(pair(self.patch_size, "patch_size"))
         self.out_features, self.out_indices = align_out_features(self.stage_names, self.out_features, self.out_indices)
 
     @property

@@ -40,6 +40,10 @@ class ViTConfig(BaseConfig):
     bit: BitConfig | None = None
     backbone_featmap_shape: list[int] | None = None
 
+    POSITIVE = frozenset({"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                          "layer_norm_eps", "image_size", "patch_size", "num_channels", "backbone_featmap_shape"})
+    NON_NEGATIVE = frozenset({"hidden_dropout_prob", "attention_probs_dropout_prob", "out_indices"})
+
     @classmethod
     def from_dpt(cls, config) -> ViTConfig:
         """The ViT part of a DPTConfig: its own fields, ``backbone_out_indices``, and BiT for hybrids."""

@@ -1,21 +1,36 @@
-"""What every dpt_mlx command shares: exit codes, one-line errors, the argument parser, a progress bar.
+"""What every dpt_mlx command shares: exit codes, one-line errors, the argument parser, a progress bar,
+and one signal policy.
 
 Results go to stdout, errors and the progress bar to stderr. An error is one line (``error: ...``);
 ``--verbose`` adds the traceback of the exception being handled.
+
+Signals: inside :func:`command`, SIGTERM (kill, systemd, job schedulers) and SIGHUP take the path of
+Ctrl-C: they raise :class:`Interrupted`, a KeyboardInterrupt, so the same ``except KeyboardInterrupt``
+cleans up (temporary files removed, the run's counts reported), and :func:`interrupt_status` gives the
+shell's status for it: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP. A closed stdout (``| head``)
+ends the command quietly with status 141, as a command killed by SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
+from contextlib import contextmanager
 
 EXIT_OK = 0  # everything done
 EXIT_SOME_FAILED = 1  # some items failed, the others were done
 EXIT_ERROR = 2  # nothing done: a usage error, a bad input or checkpoint
-EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
+EXIT_BROKEN_PIPE = 141  # stdout closed by its reader (128 + SIGPIPE)
+TERMINATING_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 
 def one_line(message) -> str:
@@ -28,6 +43,72 @@ def print_error(message, verbose: bool = False) -> None:
     if verbose and sys.exc_info()[0] is not None:
         traceback.print_exc()
     print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, like Ctrl-C's KeyboardInterrupt."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def interrupt_status(exc: BaseException) -> int:
+    """The exit status for an interruption: 128 + the signal's number (130 for Ctrl-C)."""
+    return 128 + exc.signum if isinstance(exc, Interrupted) else EXIT_INTERRUPTED
+
+
+def interrupt_name(exc: BaseException) -> str:
+    """What stopped the run, for its last message: "interrupted" (Ctrl-C) or "terminated by SIGTERM"."""
+    return f"terminated by {signal.Signals(exc.signum).name}" if isinstance(exc, Interrupted) else "interrupted"
+
+
+@contextmanager
+def signals_interrupt():
+    """While inside, SIGTERM and SIGHUP raise :class:`Interrupted` (once; repeats are ignored while the
+    program unwinds). Outside the main thread (where Python cannot set handlers) this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = []
+
+    def handler(signum, frame):
+        if not raised:
+            raised.append(signum)
+            raise Interrupted(signum)
+
+    previous = {}
+    try:
+        for signum in TERMINATING_SIGNALS:
+            previous[signum] = signal.signal(signum, handler)
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass  # not a real file (a test's capture): nothing will flush it at exit
+
+
+def command(main):
+    """Decorate a command's ``main(argv) -> int``: the signal policy above, and a quiet end on a closed stdout."""
+
+    @functools.wraps(main)
+    def run(*args, **kwargs) -> int:
+        try:
+            with signals_interrupt():
+                return main(*args, **kwargs)
+        except BrokenPipeError:
+            _quiet_stdout()
+            return EXIT_BROKEN_PIPE
+
+    return run
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -52,22 +133,24 @@ class ProgressBar:
     """A one-line bar on stderr, drawn only when stderr is a terminal and there is more than one item.
 
     ``update(done, note)`` redraws it; ``clear()`` erases it (before printing a line); the bar
-    ends with a newline once ``done`` reaches ``total``.
+    ends with a newline once ``done`` reaches ``total`` and is not drawn again after that, so that
+    what is printed next (a summary) stays the last thing on the terminal.
     """
 
     def __init__(self, total: int, label: str = "", enabled: bool = True, unit: str = "item"):
         self.total, self.label, self.unit = total, label, unit
         self.enabled = enabled and total > 1 and sys.stderr.isatty()
         self.done, self.note = 0, ""
+        self.finished = False  # the completed bar has been drawn, with its newline
         self.start = time.perf_counter()
 
     def clear(self) -> None:
-        if self.enabled and self.done < self.total:
+        if self.enabled and not self.finished:
             sys.stderr.write("\r\033[K")
             sys.stderr.flush()
 
     def draw(self) -> None:
-        if not self.enabled:
+        if not self.enabled or self.finished:
             return
         width = max(10, min(40, shutil.get_terminal_size((80, 20)).columns - 50))
         filled = int(width * self.done / self.total)
@@ -79,6 +162,7 @@ class ProgressBar:
         sys.stderr.write("\r\033[K" + " ".join(line.split()))
         if self.done >= self.total:
             sys.stderr.write("\n")
+            self.finished = True
         sys.stderr.flush()
 
     def update(self, done: int | None = None, note: str = "") -> None:

@@ -5,8 +5,9 @@
     python -m dpt_mlx.generate --input-dir photos/ --output-dir out/ --batch-size 4
     python -m dpt_mlx.generate --model Intel/dpt-large-ade --image room.jpg --overlay
 
-Exit status: 0 everything written; 1 some images failed (each is reported, the others are
-written); 2 nothing was done (a usage error, a bad model, or every image failed).
+Exit status: 0 everything written (or skipped with --skip-existing); 1 some images failed (each is
+reported, the others are written); 2 nothing was done (a usage error, a bad model, or every image
+failed); 130 / 143 interrupted by Ctrl-C / SIGTERM (finished outputs are kept, no temporary files).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import time
 from ..errors import DPTError, UsageError
 from ..io.checkpoint import DTYPES
 from ..processing.visualize import COLORMAPS
-from .console import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, Console, positive_int
+from ..io.files import remove_stale_temps
+from .console import (EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, Console, command, interrupt_name, interrupt_status,
+                      positive_int)
 from .predict_outputs import Plan, collect_inputs, depth_kind, plan
 from .predict_runner import Runner
 
@@ -47,14 +50,19 @@ outputs (default: beside each input, or in --output-dir):
   segmentation:  <name>_seg.png (palette, values = class ids), <name>_seg.npy (class ids),
                  <name>_seg_overlay.png
   Existing files are kept (that image fails) unless --overwrite; an input is never overwritten.
-  Files are written under a temporary name and renamed, so an interrupted run leaves no partial file.
+  With --skip-existing an image whose outputs all exist is skipped, and one with only some of
+  them (an interrupted run) is done again, replacing those.
+  Files are written under a hidden temporary name and published only if the name is still free
+  (or replaced, with --overwrite), so an interrupted run leaves no partial file and two runs into
+  one folder never replace each other's files; the one that finds a file already written reports
+  it. Temporary files a killed run left behind are removed by the next run into that folder.
   --input-dir skips hidden files and files named like these outputs.
 
 progress: a progress bar is drawn on stderr for more than one image when stderr is a terminal
   (not with --quiet). Results and the timing summary go to stdout, errors to stderr.
 
-exit status: 0 all written; 1 some images failed (reported, the rest written);
-  2 nothing done (usage error, unusable model, every image failed).
+exit status: 0 all written (or skipped); 1 some images failed (reported, the rest written);
+  2 nothing done (usage error, unusable model, every image failed); 130 Ctrl-C; 143 SIGTERM.
 
 examples:
   python -m dpt_mlx.generate --image photo.jpg
@@ -127,7 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also write the depth colours or class colours blended over the photo")
     outputs.add_argument("--alpha", type=_alpha, default=0.5, metavar="A",
                          help="opacity of the colours in --overlay, 0..1 (default 0.5)")
-    outputs.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    existing = outputs.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    existing.add_argument("--skip-existing", action="store_true",
+                          help="skip an image whose requested outputs all exist; an image with only some "
+                               "of them is done again, replacing those")
 
     run = p.add_argument_group("running")
     run.add_argument("--batch-size", "-b", type=positive_int, default=1, metavar="N",
@@ -173,6 +185,8 @@ def _summary(runner: Runner, work: Plan, predictor, seconds: float, load_seconds
     plural = "s" if runner.written != 1 else ""
     summary = (f"{runner.written} image{plural} written in {seconds + load_seconds:.2f} s "
                f"(model load {load_seconds:.2f} s, {per_image:.2f} s/image)")
+    if work.skipped:
+        summary += f"; {_skipped(work)}"
     if predictor.task == "depth-estimation":
         summary += f"; depth is {depth_kind(predictor.config)}"
         if any(k in ("png", "png16", "overlay") for k, _ in work.jobs[0].outputs):
@@ -180,6 +194,11 @@ def _summary(runner: Runner, work: Plan, predictor, seconds: float, load_seconds
     return summary
 
 
+def _skipped(work: Plan) -> str:
+    return f"{len(work.skipped)} image{'s' if len(work.skipped) != 1 else ''} skipped (all outputs exist)"
+
+
+@command  # SIGTERM / SIGHUP as Ctrl-C; a closed stdout ends quietly
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors exit 2 here
@@ -195,32 +214,40 @@ def main(argv: list[str] | None = None) -> int:
         if task == "segmentation" and args.colormap != "inferno":
             console.detail("--colormap applies to depth only; segmentation uses the model's palette")
         work = plan(args, paths, task)
+        stale = remove_stale_temps(t for job in work.jobs for _, t in job.outputs)
+        if stale:
+            console.detail(f"removed {stale} temporary file(s) left by an earlier, killed run")
     except DPTError as e:  # UsageError included
         console.error(str(e))
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP
+        print(f"\n{interrupt_name(e)}", file=sys.stderr)
+        return interrupt_status(e)
 
-    console = Console(args.quiet, args.verbose, total=len(paths))
+    todo = len(work.jobs) + len(work.rejected)
+    console = Console(args.quiet, args.verbose, total=todo)
     runner = Runner(args, predictor, console)
     for reason in work.rejected:
         runner.fail(None, reason)
     start = time.perf_counter()
     try:
         runner.run(work.jobs)
-    except KeyboardInterrupt:
-        console.error(f"interrupted after {runner.written} of {len(paths)} images (no partial files left)")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:
+        console.bar.close()
+        console.error(f"{interrupt_name(e)} after {runner.written} of {todo} images "
+                      "(finished outputs kept, no partial files left; --skip-existing continues)")
+        return interrupt_status(e)
     seconds = time.perf_counter() - start
 
     if runner.written:
         console.info(_summary(runner, work, predictor, seconds, load_seconds))
+    elif work.skipped:
+        console.info(_skipped(work))
     if runner.failed:
         if len(paths) > 1:
             console.error(f"{runner.failed} of {len(paths)} images failed (see above)"
                           + ("; the others were written" if runner.written else ""))
-        return EXIT_SOME_FAILED if runner.written else EXIT_ERROR
+        return EXIT_SOME_FAILED if runner.written or work.skipped else EXIT_ERROR
     return EXIT_OK
 
 

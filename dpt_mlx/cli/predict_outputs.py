@@ -1,8 +1,11 @@
 """The predict command's files: which images to read, which output files each one gets, and writing them.
 
 Planning refuses, before the model runs, every output that would overwrite an input, an existing
-file (without ``--overwrite``) or another image's output; writing goes through
-dpt_mlx.processing.visualize, whose writers rename a finished temporary file into place.
+file (without ``--overwrite``) or another image's output; with ``--skip-existing`` an image whose
+outputs all exist is skipped, and the existing outputs of one that has only some are replaced.
+Writing goes through dpt_mlx.processing.visualize, whose writers publish a finished temporary file
+only where the name is free (io/files.atomic_write), unless that file may be replaced: a file that
+appeared in the meantime (another run) is reported for that image, never clobbered.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class Job:
 
     path: Path
     outputs: list[tuple[str, Path]] = field(default_factory=list)  # (output kind, file)
+    replace: set[Path] = field(default_factory=set)  # outputs that may be replaced (--skip-existing: a partial image)
     image: object = None  # the PIL image, for overlays
     size: tuple[int, int] = (0, 0)  # (H, W) of the photo: the outputs' size
     pixels: np.ndarray | None = None  # the preprocessed (3, H', W') model input
@@ -48,6 +52,7 @@ class Plan:
 
     jobs: list[Job]
     rejected: list[str]
+    skipped: list[Path] = field(default_factory=list)  # --skip-existing: images whose outputs all exist
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,8 +145,13 @@ def _output_dir(args) -> Path | None:
     return out_dir
 
 
+def may_replace(args, job: Job, target: Path) -> bool:
+    """Whether writing ``target`` of ``job`` may replace a file of that name."""
+    return bool(args.overwrite) or target in job.replace
+
+
 def _refusal(target: Path, inputs: set[str], claimed: dict[str, Path], overwrite: bool) -> str | None:
-    """Why ``target`` cannot be written, or None."""
+    """Why ``target`` cannot be written, or None (``overwrite``: an existing file may be replaced)."""
     real = os.path.realpath(target)
     if real in inputs:
         return f"{target} is an input image; refusing to overwrite it"
@@ -162,6 +172,7 @@ def plan(args, paths: list[Path], task: str) -> Plan:
     out_dir = _output_dir(args)
     inputs = {os.path.realpath(p) for p in paths}
     claimed: dict[str, Path] = {}  # realpath of an output -> the input it is written for
+    skip = bool(getattr(args, "skip_existing", False))
     result = Plan([], [])
     for path in paths:
         job, reason = Job(path), None
@@ -170,13 +181,18 @@ def plan(args, paths: list[Path], task: str) -> Plan:
                 target = Path(os.path.expanduser(args.output))
             else:
                 target = (out_dir or path.parent) / (path.stem + SUFFIXES[(task, kind)])
-            reason = _refusal(target, inputs, claimed, args.overwrite)
+            reason = _refusal(target, inputs, claimed, args.overwrite or skip)
             if reason:
                 break
             job.outputs.append((kind, target))
         if reason:
             result.rejected.append(reason)
             continue
+        if skip:
+            job.replace = {t for _, t in job.outputs if t.is_file()}
+            if len(job.replace) == len(job.outputs):
+                result.skipped.append(path)
+                continue
         for _, target in job.outputs:
             claimed[os.path.realpath(target)] = path
         result.jobs.append(job)
@@ -207,16 +223,17 @@ def write_depth(job: Job, depth: np.ndarray, args, predictor) -> list[str]:
                        "depth = value / max_value * (depth_max - depth_min) + depth_min",
     }
     for kind, target in job.outputs:
+        replace = may_replace(args, job, target)
         if kind == "png":
-            V.save_png(V.colorize_depth(depth, args.colormap), target, text)
+            V.save_png(V.colorize_depth(depth, args.colormap), target, text, overwrite=replace)
         elif kind == "png16":
             image, _, _ = V.depth_png16(depth)
-            V.save_png(image, target, text)
+            V.save_png(image, target, text, overwrite=replace)
         elif kind == "npy":
-            V.save_npy(depth.astype(np.float32), target)
+            V.save_npy(depth.astype(np.float32), target, overwrite=replace)
         elif kind == "overlay":
             colors = V.colorize_depth(depth, args.colormap).convert("RGB")
-            V.save_png(V.overlay(job.image, colors, args.alpha), target)
+            V.save_png(V.overlay(job.image, colors, args.alpha), target, overwrite=replace)
     return [f"    depth range {low:.6g} .. {high:.6g}"]
 
 
@@ -240,12 +257,14 @@ def write_segmentation(job: Job, classes: np.ndarray, args, predictor) -> list[s
 
     num_labels = predictor.num_labels
     for kind, target in job.outputs:
+        replace = may_replace(args, job, target)
         if kind == "png":
             text = {"Software": "dpt_mlx", "model": predictor.source}
-            V.save_png(V.class_map_image(classes, num_labels), target, text)
+            V.save_png(V.class_map_image(classes, num_labels), target, text, overwrite=replace)
         elif kind == "npy":
             dtype = np.uint8 if num_labels <= 256 else np.int32
-            V.save_npy(classes.astype(dtype), target)
+            V.save_npy(classes.astype(dtype), target, overwrite=replace)
         elif kind == "overlay":
-            V.save_png(V.overlay(job.image, V.color_classes(classes, num_labels), args.alpha), target)
+            colors = V.color_classes(classes, num_labels)
+            V.save_png(V.overlay(job.image, colors, args.alpha), target, overwrite=replace)
     return _class_lines(classes, predictor.id2label, args.verbose)

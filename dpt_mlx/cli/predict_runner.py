@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from .console import Console
-from .predict_outputs import Job, write_depth, write_segmentation
+from .predict_outputs import Job, may_replace, write_depth, write_segmentation
+
+CLASH = "{} appeared while this run was writing it (another run?); use --overwrite to replace it"
 
 
 class Runner:
@@ -62,15 +64,20 @@ class Runner:
                 self._report(job, details, seconds / len(batch), len(batch))
 
     def _write(self, job: Job, result: np.ndarray) -> list[str] | None:
-        """Write the outputs of one image; None (reported) when that fails."""
+        """Write the outputs of one image; None (reported) when that fails.
+
+        An output that did not exist when the run was planned is published only if its name is still
+        free (another run may have written it since): the image then fails with a clash, and the file
+        is left as the other run wrote it.
+        """
         write = write_depth if self.predictor.task == "depth-estimation" else write_segmentation
         try:
             for _, target in job.outputs:
-                if target.exists() and not self.args.overwrite:
-                    raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
+                if target.exists() and not may_replace(self.args, job, target):
+                    raise FileExistsError(CLASH.format(target))  # cheap early check; the writer decides
             return write(job, result, self.args, self.predictor)
         except FileExistsError as e:
-            self.fail(None, str(e))
+            self.fail(None, CLASH.format(e.filename) if e.filename else str(e))
         except (ValueError, OSError) as e:
             self.fail(job.path, f"cannot write output: {getattr(e, 'strerror', None) or e}")
         finally:

@@ -17,7 +17,8 @@ Depth files hold depth (larger = farther) unless ``--target disparity``; ``--dep
 their values to metres (e.g. 0.001 for millimetre PNGs; needed for metric models only).
 
 Exit status: 0 done; 2 nothing was trained (a usage error, bad data or an unusable model, with a
-one-line message); 130 interrupted.
+one-line message); 130 interrupted by Ctrl-C, 143 by SIGTERM (the last complete checkpoint is kept;
+--resume continues from it).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from ..errors import DPTError, UsageError
 from ..training.checkpoints import find_checkpoint, holds_run, list_checkpoints, read_state, run_dir_of
 from ..training.loop import Resume, RunResult, RunSpec, TrainingOptions, run
 from ..training.losses import SILOG, SSI
-from .console import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, ArgumentParser, ProgressBar, positive_int, print_error
+from .console import (EXIT_ERROR, EXIT_OK, ArgumentParser, ProgressBar, command, interrupt_name, interrupt_status,
+                      positive_int, print_error)
 
 
 def _number(kind, low=None, high=None, low_open=False, what=""):
@@ -174,6 +176,7 @@ def train(args: argparse.Namespace) -> RunResult:
     return run(spec_from_args(args), progress)
 
 
+@command  # SIGTERM / SIGHUP as Ctrl-C; a closed stdout ends quietly
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -181,12 +184,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     try:
         train(args)
+    except BrokenPipeError:
+        raise  # stdout closed: command() ends quietly
     except (DPTError, OSError) as e:  # OSError: disk full, permissions: the user's to fix
         print_error(e)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("\ninterrupted (the last complete checkpoint is kept)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP
+        print(f"\n{interrupt_name(e)} (the last complete checkpoint is kept)", file=sys.stderr)
+        return interrupt_status(e)
     return EXIT_OK
 
 

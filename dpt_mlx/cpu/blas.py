@@ -14,7 +14,8 @@ LAPACK calls too). On macOS MLX uses Accelerate and this module does nothing.
 MKL's pip wheel, then a system OpenBLAS / MKL, then SciPy's bundled OpenBLAS; a BLAS already
 interposed with ``LD_PRELOAD`` is left alone), ``off``, ``openblas``, ``mkl``, ``system``,
 ``scipy``, or a path to a ``.so`` (``cblas_sgemm`` or ``scipy_cblas_sgemm``, LP64 only).
-``DPT_MLX_BLAS_THREADS`` sets its threads (default: the CPUs this process may use);
+``DPT_MLX_BLAS_THREADS`` sets its threads (default: the CPUs this process may use; a value above
+the library's maximum is capped, and :func:`blas_info`'s notes say so);
 ``DPT_MLX_OPENBLAS_CORETYPE`` pins the kernels of dpt_mlx's own OpenBLAS, which otherwise detects
 the CPU even when ``OPENBLAS_CORETYPE`` is set for the process's other OpenBLAS copies.
 
@@ -97,8 +98,9 @@ def _setup_linux(mode, info):
     if chosen is None:
         if explicit:
             why = "; ".join(notes) or "no such library installed"
-            warnings.warn(f"dpt_mlx: {ENV_VAR}={mode!r}: no usable BLAS ({why}); "
-                          "MLX keeps its reference BLAS", RuntimeWarning, stacklevel=3)
+            notes[:] = [f"{ENV_VAR}={mode!r}: no usable BLAS ({why}); MLX keeps its reference BLAS"]
+            _warn_one_line(f"{ENV_VAR}={mode!r} is not a usable BLAS, MLX keeps its reference BLAS "
+                           "(dpt_mlx.blas_info()['notes'] says why)")
         else:
             notes.append("no optimized BLAS found; `pip install scipy-openblas32` or "
                          "`apt install libopenblas0-pthread`")
@@ -150,6 +152,12 @@ def _setup_linux(mode, info):
         notes.append("mlx.core was imported before dpt_mlx: a global preload would have been "
                      "too late (slots bound at import); rebinding the PLT slots fixed gemm, "
                      "MLX's LAPACK calls stay on the reference library")
+
+
+def _warn_one_line(message: str) -> None:
+    """A RuntimeWarning printed as one line: attributed to no source line, so that Python does not
+    print one under it (which line of the caller would not help); filters can match the module."""
+    warnings.warn_explicit(message, RuntimeWarning, "dpt_mlx", 0, module="dpt_mlx.cpu.blas")
 
 
 def _mode() -> str:

@@ -16,7 +16,6 @@ THREADS_ENV_VAR = "DPT_MLX_BLAS_THREADS"
 PROBE_SYMBOL = "cblas_sgemm"
 
 
-
 def is_reference(path):
     """Whether ``path`` is mlx-cpu's bundled (or a netlib) reference BLAS."""
     if not path:
@@ -203,11 +202,15 @@ def set_threads(handle, prefix, notes):
     if requested:
         try:
             n = int(requested)
-            if n < 1:
-                raise ValueError
-            set_fn(n)
         except ValueError:
+            n = 0
+        if n < 1:
             notes.append(f"{THREADS_ENV_VAR}={requested!r} ignored (not a positive integer)")
+        else:
+            set_fn(min(n, 2**31 - 1))  # a C int
+            got = int(get_fn())
+            if got < n:  # OpenBLAS caps at the MAX_THREADS it was built with
+                notes.append(f"{THREADS_ENV_VAR}={n} capped at {got} (the most this BLAS library supports)")
     elif not any(
         os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
     ):

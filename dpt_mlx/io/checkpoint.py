@@ -20,7 +20,7 @@ from .. import cpu
 from ..config import load_config
 from ..errors import CheckpointError, first_line
 from . import weights as W
-from .files import atomic_write_text, umask_mode
+from .files import atomic_write, atomic_write_text, umask_mode
 from .hub import HubOptions, resolve
 from .quantize import Quantization, prepare
 
@@ -65,7 +65,7 @@ def weight_files(directory: Path) -> list[Path]:
             raise CheckpointError(f"{index} lists missing shard {missing[0]}")
         return files
     single = directory / WEIGHTS_NAME
-    if single.is_file():
+    if single.is_file() or single.is_symlink():  # a broken link or a loop: read_weights says which
         return [single]
     if any(directory.glob("*.bin")) or any(directory.glob("*.pt*")):
         raise CheckpointError(
@@ -80,7 +80,11 @@ def read_weights(directory: Path) -> tuple[dict[str, mx.array], dict[str, str]]:
     tensors, metadata = {}, {}
     for i, f in enumerate(weight_files(directory)):
         try:
+            with open(f, "rb"):  # mx.load says only "Failed to open file"; the OS says why
+                pass
             data, meta = mx.load(str(f), return_metadata=True)
+        except OSError as e:  # permission denied, a symbolic link loop, an I/O error
+            raise CheckpointError(f"cannot read {f}: {(e.strerror or first_line(e)).lower()}") from None
         except Exception as e:  # noqa: BLE001 - mx.load raises RuntimeError/ValueError for bad files
             reason = first_line(e)
             raise CheckpointError(f"cannot read {f}: {reason}") from None
@@ -168,7 +172,8 @@ def _quantization(directory: Path):
 
 
 def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
-    """config.json + model.safetensors in MLX layout, each written to a temporary name then moved in place."""
+    """config.json + model.safetensors in MLX layout, each written to a temporary name then moved in place
+    (io/files.atomic_write, the one writer)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()
@@ -178,11 +183,4 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
         config["quantization"] = model.quantization.to_dict()
     atomic_write_text(path / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     tensors = dict(tree_flatten(model.parameters()))
-    tmp = path / f".{WEIGHTS_NAME}.tmp.safetensors"
-    try:
-        mx.save_safetensors(str(tmp), tensors, metadata={"format": MLX_FORMAT})
-        os.chmod(tmp, umask_mode(0o666))
-        os.replace(tmp, path / WEIGHTS_NAME)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path / WEIGHTS_NAME, lambda f: mx.save_safetensors(f, tensors, metadata={"format": MLX_FORMAT}))

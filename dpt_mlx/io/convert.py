@@ -48,6 +48,11 @@ def verify(reference, converted, seed: int = 0) -> float:
     h, w = probe_size(reference.config)
     x = np.random.default_rng(seed).standard_normal((1, reference.config.num_channels, h, w)).astype(np.float32)
     a = np.array(_first_output(reference(x)).astype(mx.float32))
+    if not np.isfinite(a).all():  # a NaN would fail the check below with "relative error nan"
+        dtype = str(reference.dtype).removeprefix("mlx.core.")
+        hint = "; convert to bfloat16 or float32 instead" if dtype == "float16" else ""
+        raise CheckpointError(f"the model's output is not finite in {dtype} (it overflows or the weights are broken)"
+                              f"{hint}")
     b = np.array(_first_output(converted(x)).astype(mx.float32))
     if a.shape != b.shape:
         raise DPTError(f"converted model output shape {b.shape} differs from the source's {a.shape}")

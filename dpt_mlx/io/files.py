@@ -1,15 +1,33 @@
-"""One way to write a file: to a temporary name beside it, then renamed into place.
+"""One way to write a file: to a hidden temporary name beside it, then published under its name.
 
 An interrupted or failed write leaves no partial file under the final name (nor the temporary),
 and a new file gets the usual permissions (0666 less the umask) rather than mkstemp's 0600.
+
+Publishing is publish-or-fail: with ``overwrite=False`` the finished temporary file is hard-linked
+to its name, which fails with FileExistsError when the name exists at that moment (so two writers
+can never both "create" one file), and the temporary name is then removed; with ``overwrite=True``
+it is renamed over the name (``os.replace``). Where hard links are not supported (FAT, some
+network file systems) the name is first reserved with ``O_CREAT | O_EXCL`` and the finished file
+renamed over that reservation: still never a clobber, though for that instant a reader may see
+an empty file.
+
+A killed process (SIGKILL, a power cut) can leave its temporary ``.<name>.<random>.tmp`` behind;
+:func:`remove_stale_temps` removes those a later run finds beside the files it writes.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+TEMP_SUFFIX = ".tmp"
+STALE_SECONDS = 60.0  # a temporary file this old belongs to no live writer
+# errors of os.link that mean "this file system has no hard links", not "the name exists"
+_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EXDEV}
 
 
 def umask_mode(mode: int) -> int:
@@ -27,26 +45,96 @@ def _file_mode(path: Path) -> int:
         return umask_mode(0o666)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable, text: bool = False) -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it into place.
+def _exists_error(path: Path) -> FileExistsError:
+    return FileExistsError(errno.EEXIST, "appeared while this run was writing it", str(path))
 
-    The file object is binary, or text (UTF-8) with ``text=True``.
+
+def _publish_exclusive(tmp: str, path: Path) -> None:
+    """Rename ``tmp`` to ``path`` only if ``path`` does not exist (FileExistsError otherwise)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise _exists_error(path) from None
+    except (OSError, AttributeError, NotImplementedError) as e:
+        if isinstance(e, OSError) and e.errno not in _NO_LINKS:
+            raise
+        try:  # no hard links here: reserve the name, then replace the reservation
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            raise _exists_error(path) from None
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(path)
+            raise
+        return
+    os.unlink(tmp)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable, text: bool = False, overwrite: bool = True) -> None:
+    """Call ``write(file_object)`` on a temporary file beside ``path``, then publish it as ``path``.
+
+    The file object is binary, or text (UTF-8) with ``text=True``. With ``overwrite=False`` an
+    existing ``path`` is never replaced: FileExistsError if it exists when the file is published
+    (the temporary file is removed either way).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
         with os.fdopen(fd, "w" if text else "wb", **({"encoding": "utf-8"} if text else {})) as f:
             write(f)
-        os.chmod(tmp, _file_mode(path))
-        os.replace(tmp, path)
+        os.chmod(tmp, _file_mode(path) if overwrite else umask_mode(0o666))
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _publish_exclusive(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
         raise
 
 
-def atomic_write_text(path: str | os.PathLike, content: str) -> None:
+def atomic_write_text(path: str | os.PathLike, content: str, overwrite: bool = True) -> None:
     """Write ``content`` (UTF-8) to ``path`` atomically."""
-    atomic_write(path, lambda f: f.write(content), text=True)
+    atomic_write(path, lambda f: f.write(content), text=True, overwrite=overwrite)
+
+
+def is_temp_of(name: str, target: str) -> bool:
+    """Whether the file name ``name`` is a temporary file of :func:`atomic_write` for ``target``."""
+    return name.startswith(f".{target}.") and name.endswith(TEMP_SUFFIX) and len(name) > len(target) + 2
+
+
+def remove_stale_temps(targets: Iterable[str | os.PathLike], older_than: float = STALE_SECONDS) -> int:
+    """Remove the temporary files that killed writers left for ``targets``; returns how many.
+
+    Only ``.<name>.<random>.tmp`` files of the given targets are touched, and only those not modified
+    for ``older_than`` seconds (a younger one may belong to a writer still running). Each directory
+    is listed once.
+    """
+    by_dir: dict[Path, set[str]] = {}
+    for target in targets:
+        target = Path(target)
+        by_dir.setdefault(target.parent, set()).add(target.name)
+    removed, now = 0, time.time()
+    for directory, names in by_dir.items():
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            if not entry.name.startswith(".") or not entry.name.endswith(TEMP_SUFFIX):
+                continue
+            target = entry.name[1:-len(TEMP_SUFFIX)].rsplit(".", 1)[0]
+            if target not in names or not is_temp_of(entry.name, target):
+                continue
+            try:
+                if entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime > older_than:
+                    os.unlink(entry.path)
+                    removed += 1
+            except OSError:
+                pass
+    return removed

@@ -186,7 +186,8 @@ class DPTImageProcessor:
         """Preprocess one image or a batch.
 
         ``images``: a PIL image, an array (HWC or CHW, 1/3/4 channels, or HW grayscale; uint8,
-        or float in [0, 1]), an (N, ...) array, an mx.array, or a list of these.
+        or float in [0, 1]), an (N, ...) array, an mx.array, or a list of these. An empty image,
+        or one with NaN, inf or values that are not real numbers, is a ``ValueError``.
         ``segmentation_maps``: the same for 2-D label maps (PIL "L"/"P" images or integer arrays).
         ``overrides``: any option, for this call only (``None`` keeps the processor's value).
 

@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +18,19 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import ImageError, first_line
+from .transforms import as_numpy, check_image_array
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
-    """16-bit / 32-bit grayscale images -> "L" (``convert("RGB")`` would clip them to white)."""
+    """16-bit / 32-bit grayscale images -> "L" (``convert("RGB")`` would clip them to white).
+
+    A float ("F") image with NaN or inf is a ValueError."""
     if image.mode.startswith("I;16"):
         array = np.asarray(image, dtype=np.float64) / 257.0
     elif image.mode in ("I", "F"):
-        array = np.asarray(image, dtype=np.float64)
+        array = check_image_array(np.asarray(image, dtype=np.float64), channels_first=True)
         high = array.max() if array.size else 0
         if image.mode == "F" and high <= 1.0:
             array = array * 255.0
@@ -45,10 +50,7 @@ def load_image(source: Any) -> Image.Image:
     """
     if isinstance(source, (str, os.PathLike)):
         path = Path(os.path.expanduser(os.fspath(source)))
-        if not path.exists():
-            raise ImageError(f"no such image file: {source}")
-        if path.is_dir():
-            raise ImageError(f"{source} is a directory, not an image (use --input-dir for a folder)")
+        _check_path(path, source)
         try:
             with Image.open(path) as opened:
                 opened.load()  # decode now: a truncated file fails here, not later
@@ -62,13 +64,35 @@ def load_image(source: Any) -> Image.Image:
         except (OSError, SyntaxError, ValueError) as e:
             reason = first_line(e)
             raise ImageError(f"cannot decode {source}: {reason}; the file is corrupt or incomplete") from None
+        try:
+            image = _to_8bit(image)
+        except ValueError as e:
+            raise ImageError(f"{source}: {e}") from None
     elif isinstance(source, Image.Image):
-        image = ImageOps.exif_transpose(source)
+        image = _to_8bit(ImageOps.exif_transpose(source))
     elif isinstance(source, (np.ndarray, mx.array)) or hasattr(source, "__array__"):
-        image = Image.fromarray(_array_to_uint8(np.asarray(source)))
+        image = Image.fromarray(_array_to_uint8(as_numpy(source)))
     else:
         raise TypeError(f"expected an image path, a PIL image or an array, got {type(source).__name__}")
-    return _to_8bit(image).convert("RGB")
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"the image is empty ({image.width}x{image.height} pixels)")
+    return image.convert("RGB")
+
+
+def _check_path(path: Path, source: Any) -> None:
+    """An ImageError unless ``path`` names something that can be opened as a file."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise ImageError(f"{source} is a symbolic link to a missing file ({os.readlink(path)})") from None
+        raise ImageError(f"no such image file: {source}") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ImageError(f"{source} is a symbolic link loop") from None
+        raise ImageError(f"cannot read {source}: {(e.strerror or first_line(e)).lower()}") from None
+    if stat.S_ISDIR(mode):
+        raise ImageError(f"{source} is a directory, not an image (use --input-dir for a folder)")
 
 
 def _array_to_uint8(array: np.ndarray) -> np.ndarray:
@@ -78,6 +102,7 @@ def _array_to_uint8(array: np.ndarray) -> np.ndarray:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
         raise ValueError(f"expected an image array (H, W), (H, W, 3) or (H, W, 4), got shape {array.shape}")
+    check_image_array(array, channels_first=False)
     if array.dtype == np.uint8:
         return array
     if np.issubdtype(array.dtype, np.floating) and array.size and array.min() >= 0 and array.max() <= 1:

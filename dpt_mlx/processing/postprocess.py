@@ -8,7 +8,8 @@ methods wrap these functions.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import numbers
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import mlx.core as mx
@@ -29,9 +30,21 @@ def _output_field(outputs: Any, name: str) -> Any:
     return value
 
 
-def _float_numpy(x: Any) -> np.ndarray:
+def _float_numpy(x: Any, name: str) -> np.ndarray:
+    """``outputs.<name>`` as float32 NumPy; NaN or inf in it is a ValueError (it would pass for a map)."""
     array = as_numpy(x)
-    return array.astype(np.float32, copy=array.dtype != np.float32)
+    if not (np.issubdtype(array.dtype, np.number) and not np.iscomplexobj(array)):
+        raise ValueError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    array = array.astype(np.float32, copy=array.dtype != np.float32)
+    bad = ~np.isfinite(array)
+    if bad.any():
+        where = f" (in {int(bad.reshape(len(bad), -1).any(axis=1).sum())} of {len(bad)} images)" if bad.ndim else ""
+        raise ValueError(f"{name} contains NaN or inf{where}; no map can be made from it")
+    return array
+
+
+def _is_side(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)) and value >= 1
 
 
 def check_target_sizes(target_sizes: Any, batch: int, what: str) -> list[tuple[int, int] | None]:
@@ -40,17 +53,23 @@ def check_target_sizes(target_sizes: Any, batch: int, what: str) -> list[tuple[i
         return [None] * batch
     if isinstance(target_sizes, (np.ndarray, mx.array)) or hasattr(target_sizes, "__array__"):
         target_sizes = as_numpy(target_sizes).tolist()
+    if not isinstance(target_sizes, Sequence) or isinstance(target_sizes, str):
+        raise ValueError(f"target_sizes must be a list of (height, width) pairs, got {type(target_sizes).__name__}")
     target_sizes = list(target_sizes)
     if len(target_sizes) != batch:
+        hint = " in a list, [(height, width)]" if len(target_sizes) == 2 and all(map(_is_side, target_sizes)) else ""
         raise ValueError(
-            f"got {len(target_sizes)} target sizes for a batch of {batch} {what}; pass one (height, width) per image"
+            f"got {len(target_sizes)} target sizes for a batch of {batch} {what}; pass one (height, width) per "
+            f"image{hint}"
         )
     sizes: list[tuple[int, int] | None] = []
     for size in target_sizes:
         if size is None:
             sizes.append(None)
             continue
-        if len(size) != 2 or int(size[0]) < 1 or int(size[1]) < 1:
+        if hasattr(size, "__array__"):  # a NumPy, MLX or torch array
+            size = as_numpy(size).tolist()
+        if not (isinstance(size, Sequence) and len(size) == 2 and all(_is_side(side) for side in size)):
             raise ValueError(f"target size {size!r} is invalid; use (height, width) with positive integers")
         sizes.append((int(size[0]), int(size[1])))
     return sizes
@@ -59,7 +78,7 @@ def check_target_sizes(target_sizes: Any, batch: int, what: str) -> list[tuple[i
 def depth_maps(outputs: Any, target_sizes: Any = None) -> list[np.ndarray]:
     """``outputs.predicted_depth`` ((B, H, W) or (B, 1, H, W), mx or NumPy) -> B float32 (h, w) maps,
     each bicubically resized to its ``target_sizes`` entry (``None`` keeps the model's size)."""
-    depth = _float_numpy(_output_field(outputs, "predicted_depth"))
+    depth = _float_numpy(_output_field(outputs, "predicted_depth"), "predicted_depth")
     if depth.ndim == 4 and depth.shape[1] == 1:
         depth = depth[:, 0]
     if depth.ndim != 3:
@@ -74,7 +93,7 @@ def depth_maps(outputs: Any, target_sizes: Any = None) -> list[np.ndarray]:
 
 def _logits(outputs: Any, target_sizes: Any) -> list[tuple[np.ndarray, tuple[int, int]]]:
     """(C, h, w) float32 logits and the (height, width) to resize them to, per image."""
-    logits = _float_numpy(_output_field(outputs, "logits"))
+    logits = _float_numpy(_output_field(outputs, "logits"), "logits")
     if logits.ndim != 4:
         raise ValueError(f"logits must have shape (batch, classes, height, width), got {logits.shape}")
     sizes = check_target_sizes(target_sizes, len(logits), "logits")
@@ -101,11 +120,16 @@ def segment(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     matrix products per band of output rows, so the (C, H, W) resized logits are never held
     at once: fast, and bounded memory for large photos.
     """
+    if np.ndim(logits) != 3:
+        raise ValueError(f"logits must have shape (classes, height, width), got {np.shape(logits)}")
+    (height, width), = check_target_sizes([size], 1, "logits")
+    logits = np.asarray(logits, dtype=np.float32)
+    if not np.isfinite(logits).all():
+        raise ValueError("logits contain NaN or inf; no class map can be made from them")
     channels, h, w = logits.shape
-    height, width = int(size[0]), int(size[1])
     wh = interpolation_matrix(h, height, "bilinear", False).astype(np.float32)
     ww = interpolation_matrix(w, width, "bilinear", False).astype(np.float32)
-    rows = np.ascontiguousarray(np.asarray(logits, dtype=np.float32).transpose(1, 2, 0)).reshape(h, w * channels)
+    rows = np.ascontiguousarray(logits.transpose(1, 2, 0)).reshape(h, w * channels)
     out = np.empty((height, width), dtype=np.int64)
     band = max(1, _BAND_BYTES // (4 * channels * max(width, w)))
     for top in range(0, height, band):

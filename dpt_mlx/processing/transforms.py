@@ -157,6 +157,24 @@ def as_numpy(x: Any) -> np.ndarray:
     raise TypeError(f"expected a PIL image, a NumPy array or an mx.array, got {type(x).__name__}")
 
 
+def check_image_array(array: np.ndarray, channels_first: bool, what: str = "image") -> np.ndarray:
+    """``array`` if it can be an image: real numbers (bool, integer or float), at least one pixel,
+    and no NaN or inf; else a one-line ValueError. Its spatial axes are the two last
+    (``channels_first``) or the two first of a 3-D array, the two of a 2-D one."""
+    if not (array.dtype == np.bool_ or (np.issubdtype(array.dtype, np.number) and not np.iscomplexobj(array))):
+        raise ValueError(f"{what} arrays must hold real numbers (integers or floats), got dtype {array.dtype}")
+    if array.ndim in (2, 3):
+        height, width = array.shape[-2:] if channels_first or array.ndim == 2 else array.shape[:2]
+        if height == 0 or width == 0:
+            raise ValueError(f"the {what} is empty ({width}x{height} pixels)")
+    if np.issubdtype(array.dtype, np.floating):
+        bad = ~np.isfinite(array)
+        if bad.any():
+            kind = "NaN" if np.isnan(array).any() else "inf"
+            raise ValueError(f"the {what} contains {kind} ({int(bad.sum())} values); its values must be finite")
+    return array
+
+
 def flatten_inputs(inputs: Any, expected_ndims: int, what: str) -> list:
     """One input, a batch array, a list or a list of lists -> a flat list of single inputs."""
     if isinstance(inputs, Image.Image):
@@ -212,13 +230,19 @@ def _channel_axis(array: np.ndarray) -> int:
 
 
 def image_to_chw(image: Any, convert_rgb: bool) -> np.ndarray:
+    """One image (PIL, or an (H, W) / HWC / CHW array) -> (C, H, W); an empty image, or one with
+    NaN, inf or values that are not real numbers, is a ValueError."""
     if isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise ValueError(f"the image is empty ({image.width}x{image.height} pixels)")
         array = _pil_to_rgb(image) if convert_rgb else np.array(image)
-        return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+        array = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+        return check_image_array(array, channels_first=True)
     array = as_numpy(image)
     if array.ndim == 2:  # (H, W) grayscale
         array = array[None]
     array = np.moveaxis(array, _channel_axis(array), 0)
+    check_image_array(array, channels_first=True)
     return _array_to_rgb(array) if convert_rgb else array
 
 
@@ -226,7 +250,7 @@ def map_to_chw(seg_map: Any) -> np.ndarray:
     array = np.array(seg_map) if isinstance(seg_map, Image.Image) else as_numpy(seg_map)
     if array.ndim != 2:
         raise ValueError(f"a segmentation map must be 2-D (height, width), got shape {array.shape}")
-    return array[None]
+    return check_image_array(array, channels_first=True, what="segmentation map")[None]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -238,6 +262,8 @@ def resize_output_size(
 ) -> tuple[int, int]:
     """The (height, width) DPT resizes an image to: fit ``size``, optionally keeping the aspect
     ratio by scaling as little as possible, then round each side to a multiple (half to even)."""
+    if height < 1 or width < 1:
+        raise ValueError(f"the image is empty ({width}x{height} pixels)")
     scale_height = size["height"] / height
     scale_width = size["width"] / width
     if keep_aspect_ratio:
@@ -354,6 +380,7 @@ __all__ = [
     "OPTION_NAMES",
     "as_numpy",
     "center_pad",
+    "check_image_array",
     "flatten_inputs",
     "image_to_chw",
     "map_to_chw",

@@ -227,12 +227,14 @@ def png_info(text: dict[str, str] | None) -> PngInfo | None:
     return info
 
 
-def save_png(image: Image.Image, path: str | os.PathLike, text: dict[str, str] | None = None) -> None:
-    """Write a PNG atomically, with optional tEXt metadata."""
+def save_png(image: Image.Image, path: str | os.PathLike, text: dict[str, str] | None = None,
+             overwrite: bool = True) -> None:
+    """Write a PNG atomically, with optional tEXt metadata; ``overwrite=False``: FileExistsError rather
+    than replacing a file of that name (see io/files.atomic_write)."""
     info = png_info(text)
-    atomic_write(path, lambda f: image.save(f, format="PNG", pnginfo=info))
+    atomic_write(path, lambda f: image.save(f, format="PNG", pnginfo=info), overwrite=overwrite)
 
 
-def save_npy(array: np.ndarray, path: str | os.PathLike) -> None:
-    """Write a .npy file atomically."""
-    atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
+def save_npy(array: np.ndarray, path: str | os.PathLike, overwrite: bool = True) -> None:
+    """Write a .npy file atomically; ``overwrite=False`` as in :func:`save_png`."""
+    atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False), overwrite=overwrite)

@@ -4,8 +4,10 @@
                              optimizer.safetensors (AdamW moments and step), trainer_state.json
     RUN/                     config.json, model.safetensors, preprocessor_config.json (the final model)
 
-A checkpoint directory is written under a hidden temporary name and renamed into place, so one
-that exists is complete.
+A checkpoint directory is written under a hidden temporary name (``.checkpoint-<step>.tmp-<pid>``)
+and renamed into place, so one that exists is complete. A write that fails or is interrupted removes
+its temporary directory; one that a killed run (SIGKILL, a power cut) left is incomplete by
+construction, and :func:`remove_stale_checkpoints` removes it when a run starts or resumes.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from mlx.utils import tree_flatten, tree_map_with_path
 
 from ..errors import UsageError, first_line
 from ..io.checkpoint import save_pretrained
-from ..io.files import atomic_write_text
+from ..io.files import atomic_write, atomic_write_text
 from ..processing.image_processor import CONFIG_NAME
 
 STATE_NAME, OPTIMIZER_NAME = "trainer_state.json", "optimizer.safetensors"
@@ -35,20 +37,61 @@ def save_checkpoint(run_dir: Path, model, processor, optimizer, state: dict, kee
     directory is always complete. Older checkpoints beyond ``keep`` are removed afterwards.
     """
     target = run_dir / f"{CHECKPOINT_PREFIX}{state['step']}"
-    tmp = run_dir / f".{target.name}.tmp-{os.getpid()}"
+    tmp = run_dir / f"{_TEMP_PREFIX}{target.name}{_TEMP_MARK}{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_pretrained(model, tmp)
-    processor.save_pretrained(tmp)
-    flat = dict(tree_flatten(optimizer.state))
-    mx.save_safetensors(str(tmp / OPTIMIZER_NAME), flat, metadata={"format": "mlx-optimizer"})
-    (tmp / STATE_NAME).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    try:
+        save_pretrained(model, tmp)
+        processor.save_pretrained(tmp)
+        flat = dict(tree_flatten(optimizer.state))
+        atomic_write(tmp / OPTIMIZER_NAME, lambda f: mx.save_safetensors(f, flat, metadata={"format": "mlx-optimizer"}))
+        atomic_write_text(tmp / STATE_NAME, json.dumps(state, indent=2, sort_keys=True) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:  # an error, Ctrl-C or SIGTERM: no half-written checkpoint stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+_TEMP_PREFIX, _TEMP_MARK = ".", ".tmp-"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # ours from an earlier attempt in this process: not being written now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError, ValueError):
+        return True  # exists but not ours (EPERM), or cannot tell: leave it
+    return True
+
+
+def remove_stale_checkpoints(run_dir: Path) -> list[Path]:
+    """Remove the temporary checkpoint directories that interrupted runs left in ``run_dir``.
+
+    They are incomplete by construction (a complete one is renamed). One whose writing process
+    (the pid in its name) is still alive is left alone: a run writing into the same directory.
+    Returns the directories removed.
+    """
+    removed = []
+    if not run_dir.is_dir():
+        return removed
+    for p in run_dir.iterdir():
+        name = p.name
+        if not (name.startswith(_TEMP_PREFIX + CHECKPOINT_PREFIX) and _TEMP_MARK in name) or not p.is_dir():
+            continue
+        pid = name.rsplit(_TEMP_MARK, 1)[1]
+        if pid.isdigit() and _pid_alive(int(pid)):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -221,7 +221,7 @@ class TargetReader:
         if raw.shape != sample.size:
             raise DataError(f"{sample.target} has shape {raw.shape} but its image is {sample.size}")
         if self.task == DEPTH:
-            array, fill = self._depth(raw), 0.0
+            array, fill = self._depth(raw, sample.target), 0.0
         else:
             array, fill = self._classes(raw, sample.target), self.ignore_index
         array = resize_nearest(array, self.resized_size(sample.size))
@@ -230,11 +230,14 @@ class TargetReader:
             array = center_pad(array[None], p.size_divisor, fill)[0]
         return array
 
-    def _depth(self, raw: np.ndarray) -> np.ndarray:
+    def _depth(self, raw: np.ndarray, path: Path) -> np.ndarray:
         if not (np.issubdtype(raw.dtype, np.number) and not np.iscomplexobj(raw)):
-            raise DataError(f"depth maps must hold numbers, got dtype {raw.dtype}")
+            raise DataError(f"{path}: depth maps must hold numbers, got dtype {raw.dtype}")
         values = raw.astype(np.float64) * self.depth_scale
         valid = np.isfinite(values) & (values > 0)
+        if not valid.any():  # it would train with a loss of 0 and teach nothing
+            raise DataError(f"{path} has no valid depth pixel (every value is 0, negative, NaN or inf); "
+                            "fix the file or remove the image")
         if self.disparity and self.target == "depth":
             values = 1.0 / np.where(valid, values, 1.0)
         values = np.where(valid, values, 0.0)
@@ -251,6 +254,10 @@ class TargetReader:
         labels = raw.astype(np.int64)
         if self.processor.do_reduce_labels:
             labels = reduce_labels(labels)
+        if (labels == self.ignore_index).all():  # it would train with a loss of 0 and teach nothing
+            reduced = " after do_reduce_labels (0 becomes the ignore index)" if self.processor.do_reduce_labels else ""
+            raise DataError(f"{path} has no labelled pixel: every pixel is the ignore index {self.ignore_index}"
+                            f"{reduced}; fix the mask or remove the image")
         if self.num_labels is not None:
             self._check_classes(labels, path)
         return labels

@@ -26,7 +26,7 @@ from ..models import load_model
 from ..pipelines import DEPTH as DEPTH_TASK
 from ..pipelines import load_processor, task_of
 from ..processing.image_processor import DPTImageProcessor
-from .checkpoints import STATE_FORMAT, export_final, restore_optimizer, save_checkpoint
+from .checkpoints import STATE_FORMAT, export_final, remove_stale_checkpoints, restore_optimizer, save_checkpoint
 from .data import DEPTH, SEGMENTATION, Batches, TargetReader, find_samples, split_samples
 from .losses import SSI, default_depth_loss
 from .metrics import evaluate, format_metrics
@@ -315,6 +315,8 @@ def run(spec: RunSpec, progress: ProgressFactory | None = None) -> RunResult:
         enable_gradient_checkpointing(model)
     state = _start_state(spec, s)
     _log(quiet, _summary(s))
+    for stale in remove_stale_checkpoints(spec.run_dir):
+        _log(quiet, f"removed {stale.name}, an incomplete checkpoint an interrupted run left")
     if state["epoch"] >= opts.epochs:
         _log(quiet, f"the checkpoint is at epoch {state['epoch']} of {opts.epochs}; nothing to train "
                     "(pass a larger --epochs)")

@@ -253,12 +253,16 @@ def semantic_segmentation_loss(
     """transformers' loss: logits upsampled to the labels' size, CE + weight * auxiliary CE.
 
     ``logits`` and ``auxiliary_logits`` are (B, num_labels, h, w), as the models return them;
-    ``labels`` (B, H, W) class ids. Without auxiliary logits the loss is the main term alone
+    ``labels`` (B, H, W) integer class ids in [0, num_labels) or ``ignore_index`` (others are a
+    ValueError). Without auxiliary logits the loss is the main term alone
     (transformers raises a NameError in that case).
     """
     labels = _as_array(labels)
     size = tuple(labels.shape[1:])
-    loss = cross_entropy(resize_to(_logits_nhwc(logits, labels), size), labels, ignore_index)
+    logits = _logits_nhwc(logits, labels)
+    # an id outside the classes would index past the logits: garbage, not an error, in take_along_axis
+    labels = check_segmentation_labels(labels, logits.shape[-1], ignore_index)
+    loss = cross_entropy(resize_to(logits, size), labels, ignore_index)
     if auxiliary_logits is not None:
         aux = cross_entropy(resize_to(_logits_nhwc(auxiliary_logits, labels), size), labels, ignore_index)
         loss = loss + auxiliary_weight * aux

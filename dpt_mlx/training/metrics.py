@@ -3,10 +3,12 @@ for segmentation), and their one-line summary."""
 
 from __future__ import annotations
 
+import warnings
+
 import mlx.core as mx
 import numpy as np
 
-from .data import DEPTH, SEGMENTATION, Batches
+from .data import DEPTH, SEGMENTATION, Batches, DataError
 from .losses import resize_to
 
 DELTA_THRESHOLD = 1.25
@@ -23,6 +25,9 @@ def depth_metrics(prediction: np.ndarray, target: np.ndarray, align: bool, dispa
     the farthest ground-truth point's disparity (so no depth is infinite), and both are inverted.
     Metric models (no alignment, depths) are compared as they are.
     """
+    prediction, target = np.asarray(prediction), np.asarray(target)
+    if prediction.shape != target.shape:
+        raise ValueError(f"prediction {prediction.shape} and target {target.shape} must have the same shape")
     valid = np.isfinite(target) & (target > 0)
     if valid.sum() < 2:
         return None
@@ -94,12 +99,28 @@ def evaluate(model, batches: Batches, loss_type: str | None) -> dict[str, float]
         else:
             confusion += _confusion(prediction, labels, num_labels, reader.ignore_index)
     result = {"val_loss": total / max(count, 1)}
-    if task == DEPTH and per_image:
-        result["abs_rel"] = float(np.mean([m["abs_rel"] for m in per_image]))
-        result["delta1"] = float(np.mean([m["delta1"] for m in per_image]))
+    if task == DEPTH:
+        _check_scored(len(per_image), count)
+        if per_image:
+            result["abs_rel"] = float(np.mean([m["abs_rel"] for m in per_image]))
+            result["delta1"] = float(np.mean([m["delta1"] for m in per_image]))
     elif task == SEGMENTATION:
+        if count and not confusion.sum():
+            raise DataError("no validation mask has a labelled pixel at the processed size (all are the ignore "
+                            f"index {reader.ignore_index}); mIoU and pixel accuracy cannot be computed")
         result.update(_segmentation_scores(confusion))
     return result
+
+
+def _check_scored(scored: int, count: int) -> None:
+    """Say so when validation images have too few valid depth pixels to be scored: a DataError when
+    none has, a warning when some are left out of the depth metrics."""
+    if count and not scored:
+        raise DataError(f"none of the {count} validation images has two valid depth pixels at the processed "
+                        "size; AbsRel and delta<1.25 cannot be computed")
+    if scored < count:
+        warnings.warn(f"dpt_mlx: {count - scored} of {count} validation images have fewer than two valid depth "
+                      "pixels at the processed size; the depth metrics leave them out", stacklevel=3)
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
