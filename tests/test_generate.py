@@ -646,3 +646,12 @@ def test_the_summary_is_the_last_thing_on_the_terminal(monkeypatch):
     console.info("2 images written in 1.00 s")
     console.error("1 of 2 images failed")
     assert screen.getvalue().endswith("2 images written in 1.00 s\nerror: 1 of 2 images failed\n")
+
+
+@pytest.mark.linux  # the BLAS choice only exists on Linux
+def test_quiet_prints_no_blas_warning(ckpt, photos, tmp_path):
+    args = ["--model", ckpt["depth"], "--image", photos["rgb"], "--output-dir", tmp_path]
+    loud = _cli(args, DPT_MLX_BLAS="no-such-blas")
+    assert loud.returncode == 0 and len(loud.stderr.strip().splitlines()) == 1 and "DPT_MLX_BLAS" in loud.stderr
+    quiet = _cli(args + ["-q", "--overwrite"], DPT_MLX_BLAS="no-such-blas")
+    assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == ""

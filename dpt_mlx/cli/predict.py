@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 
 from ..errors import DPTError, UsageError
 from ..io.checkpoint import DTYPES
@@ -163,8 +164,9 @@ def _load(args, console: Console):
     """The predictor for --model, and the seconds it took to load; --verbose describes it."""
     from ..pipelines import load_predictor
 
-    if args.quiet:
+    if args.quiet:  # errors only: no download bars, no warnings (blas_info() keeps the BLAS notes)
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        warnings.filterwarnings("ignore", category=RuntimeWarning)
     start = time.perf_counter()
     predictor = load_predictor(args.model, dtype=args.dtype)
     seconds = time.perf_counter() - start
