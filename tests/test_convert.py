@@ -175,3 +175,30 @@ def test_overflowing_half_model_is_refused_with_a_reason(half_sources, tmp_path,
     with pytest.raises(dpt_mlx.CheckpointError, match="not finite in float16.*bfloat16"):
         conv.convert(source, tmp_path / "out", dtype="float16")
     assert not (tmp_path / "out").exists()
+
+
+def test_sigterm_leaves_nothing_and_stale_work_dirs_go(source, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+    import time
+
+    from dpt_mlx.io import files
+
+    stale = tmp_path / ".mlx.tmp-killed1"  # what a SIGKILL'd conversion leaves
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"partial")
+    old = time.time() - 10 * files.STALE_SECONDS
+    os.utime(stale, (old, old))
+    fresh = tmp_path / ".mlx.tmp-running"  # a conversion still running keeps its own
+    fresh.mkdir()
+
+    def terminated(a, b):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the work directory is full
+        return 0.0
+
+    monkeypatch.setattr(conv, "verify", terminated)
+    handler = signal.getsignal(signal.SIGTERM)
+    assert convert_main(["--hf-path", str(source), "--mlx-path", str(tmp_path / "mlx")]) == 143
+    assert "terminated by SIGTERM" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".mlx.tmp-running", "hf"]
+    assert signal.getsignal(signal.SIGTERM) is handler  # the policy holds only while the command runs

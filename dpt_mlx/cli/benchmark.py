@@ -38,6 +38,7 @@ from ..cpu import kernels
 from ..cpu.blas import blas_info
 from ..errors import UsageError
 from ..io.checkpoint import DTYPES
+from ..io.files import atomic_write_text
 from .benchmark_models import MODELS, BenchOptions, ModelResult, bench_model, blas_name, format_mib
 from .console import EXIT_ERROR, EXIT_OK, ArgumentParser, positive_int, print_error
 
@@ -165,8 +166,7 @@ def summary(machine: Machine, results: list[ModelResult]) -> str:
 def write_json(path: str, machine: Machine, results: list[ModelResult]) -> None:
     record = dataclasses.asdict(machine)
     record["load_average_end"] = os.getloadavg()
-    with open(path, "w") as f:
-        json.dump({"machine": record, "results": [r.to_json() for r in results]}, f, indent=2)
+    atomic_write_text(path, json.dumps({"machine": record, "results": [r.to_json() for r in results]}, indent=2))
 
 
 # ------------------------------------------------------------------------------------- command line

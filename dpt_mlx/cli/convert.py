@@ -7,7 +7,7 @@ import time
 from ..errors import DPTError
 from ..io.checkpoint import DTYPES
 from ..io.convert import convert
-from .console import EXIT_ERROR, EXIT_OK, ArgumentParser, print_error
+from .console import EXIT_ERROR, EXIT_OK, ArgumentParser, command, interrupt_name, interrupt_status, print_error
 
 
 def build_parser() -> ArgumentParser:
@@ -30,6 +30,7 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+@command  # SIGTERM / SIGHUP as Ctrl-C: the work directory is removed, the target left as it was
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
@@ -40,6 +41,9 @@ def main(argv=None) -> int:
     except (DPTError, ValueError, OSError) as e:
         print_error(e, args.verbose)
         return EXIT_ERROR
+    except KeyboardInterrupt as e:
+        print_error(f"{interrupt_name(e)}; nothing was written to {args.mlx_path}")
+        return interrupt_status(e)
     note = ""
     if args.quantize:
         note = f", {args.q_bits}-bit: {report['quantization_error']:.2g} relative error vs unquantized"

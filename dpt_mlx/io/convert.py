@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import mlx.core as mx
@@ -19,7 +20,7 @@ import numpy as np
 from ..errors import CheckpointError, DPTError
 from ..models import load_model
 from .checkpoint import load_pretrained, parse_dtype, save_pretrained
-from .files import umask_mode
+from .files import STALE_SECONDS, umask_mode
 from .hub import resolve
 from .quantize import VERIFY_TOLERANCE, Quantization, quantize_model
 
@@ -88,6 +89,7 @@ def convert(hf_path, mlx_path, dtype=None, overwrite: bool = False, verify_tol: 
         reference = load_model(source, dtype=dtype)
         quantize_model(model, bits=spec.bits, group_size=spec.group_size)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_work_dirs(target)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
         os.chmod(tmp, umask_mode(0o777))
@@ -120,3 +122,16 @@ def convert(hf_path, mlx_path, dtype=None, overwrite: bool = False, verify_tol: 
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _remove_stale_work_dirs(target: Path) -> None:
+    """Remove the work directories (``.<name>.tmp-*``, ``.<name>.old-*``) that a killed conversion
+    into ``target`` left behind; only those untouched for a while, so a running one keeps its own."""
+    now = time.time()
+    for pattern in (f".{target.name}.tmp-*", f".{target.name}.old-*"):
+        for path in target.parent.glob(pattern):
+            try:
+                if path.is_dir() and not path.is_symlink() and now - path.stat().st_mtime > STALE_SECONDS:
+                    shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                pass
