@@ -39,6 +39,21 @@ def keep_depth_positive(model: torch.nn.Module, bias: float = 1.0) -> torch.nn.M
     return model
 
 
+def open_final_relu(model: torch.nn.Module, pixels: np.ndarray, share: float = 0.9) -> torch.nn.Module:
+    """Shift a depth head's last conv so that its final ReLU passes ``share`` of the pixels of ``pixels``.
+
+    Works for any head (DPT, Depth Anything): the shift is measured on the reference's own output.
+    """
+    last = [m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    seen = []
+    hook = last.register_forward_hook(lambda mod, inp, out: seen.append(out))
+    with torch.no_grad():
+        model(torch.from_numpy(pixels))
+        hook.remove()
+        last.bias.sub_(torch.quantile(seen[0].flatten(), 1 - share))
+    return model
+
+
 def save_reference(model: torch.nn.Module, path) -> str:
     model.save_pretrained(str(path))
     return str(path)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from helpers import perturb, pixels
+from helpers import open_final_relu, perturb, pixels
 
 import dpt_mlx
 from dpt_mlx.cli.convert import main as convert_main
@@ -122,13 +122,7 @@ def half_sources(tmp_path_factory):
         ref = perturb(cls(config()))
         x = pixels(2, h, w)
         if kind != "segmentation":
-            last = [m for m in ref.head.modules() if isinstance(m, torch.nn.Conv2d)][-1]
-            seen = []
-            hook = last.register_forward_hook(lambda mod, inp, o: seen.append(o))
-            with torch.no_grad():
-                ref(torch.from_numpy(x))
-                hook.remove()
-                last.bias.sub_(torch.quantile(seen[0].flatten(), 0.1))
+            open_final_relu(ref, x)
         ref.save_pretrained(root / kind)
         out[kind] = root / kind, x
     return out
