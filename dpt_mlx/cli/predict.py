@@ -111,10 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inputs = p.add_argument_group("inputs")
     inputs.add_argument("--image", "-i", metavar="PATH", nargs="+", action="extend", default=[],
-                        help="image file(s); repeat or list several")
+                        help="image file(s) or http(s) URLs; repeat or list several")
     inputs.add_argument("--input-dir", metavar="DIR", action="append", default=[],
-                        help="every image in DIR (.jpg .jpeg .png .bmp .gif .tif .tiff .webp .ppm .pgm .pnm; "
-                             "not recursive)")
+                        help="every image in DIR (.jpg .jpeg .png .bmp .gif .tif .tiff .webp .ppm .pgm .pnm "
+                             ".heic .heif; not recursive without --recursive)")
+    inputs.add_argument("--recursive", "-r", action="store_true",
+                        help="--input-dir: also the images in its subfolders (hidden ones skipped, folder links "
+                             "not followed); outputs keep the folder structure under --output-dir")
+    inputs.add_argument("--image-list", metavar="FILE", action="append", default=[],
+                        help="a text file of image paths or URLs, one a line (# comments and blank lines "
+                             "ignored; relative to the file's folder); - reads stdin")
     inputs.add_argument("--model", "-m", default=DEFAULT_MODEL,
                         help="Hugging Face Hub repo id or local checkpoint directory (transformers or converted); "
                              f"default {DEFAULT_MODEL}. Depth or segmentation follows from the checkpoint")
@@ -204,8 +210,8 @@ def _skipped(work: Plan) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors exit 2 here
-    if not args.image and not args.input_dir:
-        parser.error("give at least one --image or an --input-dir")
+    if not args.image and not args.input_dir and not args.image_list:
+        parser.error("give at least one --image, an --input-dir or an --image-list")
     console = Console(args.quiet, args.verbose)
     try:
         paths = collect_inputs(args, console)

@@ -11,12 +11,14 @@ appeared in the meantime (another run) is reported for that image, never clobber
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UsageError
+from ..processing.images import is_url, url_name
 from .console import Console
 
 MIN_SHARE = 0.005  # segmentation: classes under this share of the pixels are summed up in one line
@@ -38,7 +40,7 @@ OUTPUT_SUFFIXES = tuple(sorted({s for s in SUFFIXES.values() if s.endswith(".png
 class Job:
     """One input image: its output files, and while it is in flight the photo and the model input."""
 
-    path: Path
+    path: Path  # or an http(s) URL string
     outputs: list[tuple[str, Path]] = field(default_factory=list)  # (output kind, file)
     replace: set[Path] = field(default_factory=set)  # outputs that may be replaced (--skip-existing: a partial image)
     image: object = None  # the PIL image, for overlays
@@ -59,7 +61,9 @@ class Plan:
 # Inputs
 
 
-def _image_file(name: str) -> Path:
+def _image_file(name: str) -> Path | str:
+    if is_url(name):
+        return name
     path = Path(os.path.expanduser(name))
     if not path.exists():
         raise UsageError(f"no such image file: {name}")
@@ -70,14 +74,14 @@ def _image_file(name: str) -> Path:
     return path
 
 
-def _directory_images(name: str, console: Console) -> list[Path]:
+def _directory_images(name: str, console: Console, recursive: bool = False) -> list[Path]:
     from ..pipelines import IMAGE_EXTENSIONS, list_images
 
     directory = Path(os.path.expanduser(name))
     if not directory.is_dir():
         raise UsageError(f"--input-dir {name} is not a directory")
     try:
-        found = list_images(directory)
+        found = list_images(directory, recursive=recursive)
     except OSError as e:
         raise UsageError(f"cannot list {name}: {e.strerror or e}") from None
     ours = [p for p in found if p.name.endswith(OUTPUT_SUFFIXES)]
@@ -90,14 +94,39 @@ def _directory_images(name: str, console: Console) -> list[Path]:
     return found
 
 
-def collect_inputs(args, console: Console) -> list[Path]:
-    """The --image files and the images in each --input-dir, each file once."""
+def _list_file(name: str) -> list[Path | str]:
+    """The paths and URLs an --image-list names (``-``: stdin), relative ones taken from its folder.
+
+    They are not checked here: a missing file fails as that image (reported, the others written)."""
+    try:
+        if name == "-":
+            text, base = sys.stdin.read(), Path()
+        else:
+            path = Path(os.path.expanduser(name))
+            text, base = path.read_text(encoding="utf-8"), path.parent
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read --image-list {name}: {getattr(e, 'strerror', None) or e}") from None
+    lines = [line.strip() for line in text.splitlines()]
+    entries = [line if is_url(line) else base / os.path.expanduser(line)
+               for line in lines if line and not line.startswith("#")]
+    if not entries:
+        raise UsageError(f"--image-list {name} names no images")
+    return entries
+
+
+def collect_inputs(args, console: Console) -> list[Path | str]:
+    """The --image files and URLs, the images in each --input-dir and each --image-list, each once."""
     paths = [_image_file(name) for name in args.image]
     for name in args.input_dir:
-        paths.extend(_directory_images(name, console))
+        paths.extend(_directory_images(name, console, getattr(args, "recursive", False)))
+    for name in getattr(args, "image_list", []):
+        paths.extend(_list_file(name))
+    urls = [p for p in paths if is_url(p)]
+    if urls and not args.output_dir and not args.output:
+        raise UsageError(f"{urls[0]}: a URL input needs --output-dir (or --output) for its outputs")
     unique = {}
     for p in paths:
-        unique.setdefault(os.path.realpath(p), p)
+        unique.setdefault(p if is_url(p) else os.path.realpath(p), p)
     return list(unique.values())
 
 
@@ -164,23 +193,39 @@ def _refusal(target: Path, inputs: set[str], claimed: dict[str, Path], overwrite
     return None
 
 
-def plan(args, paths: list[Path], task: str) -> Plan:
+def _subfolder(args, path: Path) -> Path:
+    """--recursive: the folder of ``path`` below the --input-dir it was found in (mirrored in --output-dir)."""
+    if getattr(args, "recursive", False):
+        for name in args.input_dir:
+            try:
+                return path.parent.relative_to(Path(os.path.expanduser(name)))
+            except ValueError:
+                pass
+    return Path()
+
+
+def _target(args, out_dir: Path | None, path: Path | str, suffix: str) -> Path:
+    if args.output:
+        return Path(os.path.expanduser(args.output))
+    if is_url(path):  # collect_inputs made sure that there is an --output-dir
+        return out_dir / (Path(url_name(path)).stem + suffix)
+    return (out_dir / _subfolder(args, path) if out_dir else path.parent) / (path.stem + suffix)
+
+
+def plan(args, paths: list[Path | str], task: str) -> Plan:
     """The output files of every input (``task`` is "depth" or "segmentation")."""
     kinds = _kinds(args, task)
     if args.output:
         _check_output_file(args, paths, kinds)
     out_dir = _output_dir(args)
-    inputs = {os.path.realpath(p) for p in paths}
+    inputs = {os.path.realpath(p) for p in paths if not is_url(p)}
     claimed: dict[str, Path] = {}  # realpath of an output -> the input it is written for
     skip = bool(getattr(args, "skip_existing", False))
     result = Plan([], [])
     for path in paths:
         job, reason = Job(path), None
         for kind in kinds:
-            if args.output:
-                target = Path(os.path.expanduser(args.output))
-            else:
-                target = (out_dir or path.parent) / (path.stem + SUFFIXES[(task, kind)])
+            target = _target(args, out_dir, path, SUFFIXES[(task, kind)])
             reason = _refusal(target, inputs, claimed, args.overwrite or skip)
             if reason:
                 break

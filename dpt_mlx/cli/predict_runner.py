@@ -73,6 +73,7 @@ class Runner:
         write = write_depth if self.predictor.task == "depth-estimation" else write_segmentation
         try:
             for _, target in job.outputs:
+                target.parent.mkdir(parents=True, exist_ok=True)  # --recursive: a mirrored subfolder
                 if target.exists() and not may_replace(self.args, job, target):
                     raise FileExistsError(CLASH.format(target))  # cheap early check; the writer decides
             return write(job, result, self.args, self.predictor)

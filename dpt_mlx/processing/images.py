@@ -1,15 +1,21 @@
-"""Reading images for inference and training: files, PIL images or arrays -> upright 8-bit RGB.
+"""Reading images for inference and training: files, URLs, PIL images or arrays -> upright 8-bit RGB.
 
-:func:`load_image` follows transformers' ``load_image`` (EXIF orientation applied, then
-``convert("RGB")``) and turns problems with a file into a one-line :class:`ImageError`;
-:func:`list_images` lists the images in a folder.
+:func:`load_image` follows transformers' ``load_image`` (http(s) URLs fetched, EXIF orientation
+applied, then ``convert("RGB")``) and turns problems with a file into a one-line :class:`ImageError`;
+:func:`list_images` lists the images in a folder (or below it). HEIC/HEIF files are read with
+pillow-heif when it is installed (``pip install "dpt_mlx[heic]"``).
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import os
+import re
 import stat
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +26,58 @@ from PIL import Image, ImageOps
 from ..errors import ImageError, first_line
 from .transforms import as_numpy, check_image_array
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
+HEIF_EXTENSIONS = (".heic", ".heif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm",
+                    *HEIF_EXTENSIONS)
+MAX_DOWNLOAD = 50 * 2**20  # bytes: a larger URL is refused
+URL_TIMEOUT = 30.0  # seconds
+
+
+def is_url(source: Any) -> bool:
+    """Whether ``source`` is an http:// or https:// URL string."""
+    return isinstance(source, str) and source[:8].lower().startswith(("http://", "https://"))
+
+
+def url_name(url: str) -> str:
+    """A file name for a URL input: its last path component, sanitised (never hidden, never empty)."""
+    parts = urllib.parse.urlsplit(url)
+    last = urllib.parse.unquote(parts.path.rstrip("/").rsplit("/", 1)[-1])
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", last).lstrip("._")
+    return name or re.sub(r"[^A-Za-z0-9.-]+", "_", parts.hostname or "").strip("._") or "image"
+
+
+def _heif_opener(source: Any, required: bool) -> None:
+    """Register pillow-heif's opener with Pillow; without pillow-heif an ImageError if ``required``."""
+    try:
+        import pillow_heif
+    except ImportError:
+        if required:
+            raise ImageError(f'{source}: reading HEIC/HEIF images needs pillow-heif: '
+                             f'pip install "dpt_mlx[heic]"') from None
+        return
+    if not getattr(pillow_heif, "_dpt_mlx_registered", False):
+        pillow_heif.register_heif_opener()
+        pillow_heif._dpt_mlx_registered = True
+
+
+def _fetch(url: str) -> io.BytesIO:
+    """The bytes at ``url`` (at most MAX_DOWNLOAD), in memory; a one-line ImageError when that fails."""
+    request = urllib.request.Request(url, headers={"User-Agent": "dpt_mlx"})
+    try:
+        with urllib.request.urlopen(request, timeout=URL_TIMEOUT) as response:
+            data = response.read(MAX_DOWNLOAD + 1)
+    except urllib.error.HTTPError as e:
+        raise ImageError(f"cannot fetch {url}: HTTP {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        reason = e.reason
+        if isinstance(reason, BaseException):
+            reason = getattr(reason, "strerror", None) or first_line(reason)
+        raise ImageError(f"cannot fetch {url}: {reason}") from None
+    except (OSError, ValueError) as e:  # timeouts, resets, malformed URLs
+        raise ImageError(f"cannot fetch {url}: {first_line(e)}") from None
+    if len(data) > MAX_DOWNLOAD:
+        raise ImageError(f"cannot fetch {url}: larger than {MAX_DOWNLOAD // 2**20} MB")
+    return io.BytesIO(data)
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
@@ -42,15 +99,21 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 
 def load_image(source: Any) -> Image.Image:
-    """A path, PIL image or array (HWC / HW; uint8, or float in [0, 1]) -> an upright RGB PIL image.
+    """A path, http(s) URL, PIL image or array (HWC / HW; uint8, or float in [0, 1]) -> an upright RGB PIL image.
 
-    Like transformers' ``load_image``: the EXIF orientation is applied and the image is
-    converted with ``convert("RGB")`` (grayscale is repeated, an alpha channel is dropped).
-    Problems with a file raise :class:`ImageError` with a one-line message.
+    Like transformers' ``load_image``: a URL is fetched, the EXIF orientation is applied and the
+    image is converted with ``convert("RGB")`` (grayscale is repeated, an alpha channel is dropped).
+    Problems with a file or URL raise :class:`ImageError` with a one-line message.
     """
     if isinstance(source, (str, os.PathLike)):
-        path = Path(os.path.expanduser(os.fspath(source)))
-        _check_path(path, source)
+        if is_url(source):
+            _heif_opener(source, required=False)
+            path = _fetch(source)
+        else:
+            path = Path(os.path.expanduser(os.fspath(source)))
+            _check_path(path, source)
+            if path.suffix.lower() in HEIF_EXTENSIONS:
+                _heif_opener(source, required=True)
         try:
             with Image.open(path) as opened:
                 opened.load()  # decode now: a truncated file fails here, not later
@@ -114,13 +177,28 @@ def _array_to_uint8(array: np.ndarray) -> np.ndarray:
     return np.round(array).astype(np.uint8)
 
 
-def list_images(directory: str | os.PathLike) -> list[Path]:
-    """The image files (by extension, case-insensitive) directly in ``directory``, sorted; hidden files skipped."""
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+
+
+def list_images(directory: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """The image files (by extension, case-insensitive) in ``directory``, sorted; hidden files skipped.
+
+    ``recursive``: every image below ``directory`` too, sorted by relative path; hidden folders are
+    skipped and symbolic links to folders are not followed (so a link loop cannot hang the listing).
+    """
     directory = Path(directory)
-    return sorted(
-        p for p in directory.iterdir()
-        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
-    )
+    if not recursive:
+        return sorted(p for p in directory.iterdir() if _is_image(p))
+
+    def fail(error: OSError) -> None:
+        raise error
+
+    found = []
+    for root, dirs, files in os.walk(directory, onerror=fail, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(p for p in (Path(root) / f for f in sorted(files)) if _is_image(p))
+    return found
 
 
-__all__ = ["IMAGE_EXTENSIONS", "list_images", "load_image"]
+__all__ = ["HEIF_EXTENSIONS", "IMAGE_EXTENSIONS", "is_url", "list_images", "load_image", "url_name"]
