@@ -145,7 +145,7 @@ def test_recursive_outputs_mirror_the_tree(ckpt, tree, tmp_path, capsys):
 
 def test_recursive_without_output_dir_writes_beside_each_input(ckpt, tree, capsys):
     before = _files(tree)
-    code, stdout, err = _run(["--model", ckpt, "--input-dir", tree, "-r", "--format", "npy"], capsys)
+    code, stdout, err = _run(["--model", ckpt, "--input-dir", tree, "--recursive", "--format", "npy"], capsys)
     assert code == 0, err
     assert _files(tree) - before == {"a_depth.npy", "sub/b_depth.npy", "sub/deeper/c_depth.npy"}
 

@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_argument("--input-dir", metavar="DIR", action="append", default=[],
                         help="every image in DIR (.jpg .jpeg .png .bmp .gif .tif .tiff .webp .ppm .pgm .pnm "
                              ".heic .heif; not recursive without --recursive)")
-    inputs.add_argument("--recursive", "-r", action="store_true",
+    inputs.add_argument("--recursive", action="store_true",
                         help="--input-dir: also the images in its subfolders (hidden ones skipped, folder links "
                              "not followed); outputs keep the folder structure under --output-dir")
     inputs.add_argument("--image-list", metavar="FILE", action="append", default=[],
