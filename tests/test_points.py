@@ -197,6 +197,7 @@ def test_cli_relative_model_is_refused_unless_depth_kind_metric(models, tmp_path
     code, out, err = _run(args + ["--depth-kind", "metric"], capsys)
     assert code == 0, err
     assert "default (60° horizontal field of view)" in out
+    assert "(taken as metric: --depth-kind)" in out
     xyz, _ = _read_ply(tmp_path / "photo_points.ply")
     assert len(xyz) > 0 and np.all(xyz[:, 2] > 0)
 

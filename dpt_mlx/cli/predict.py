@@ -195,6 +195,8 @@ def _summary(runner: Runner, work: Plan, predictor, seconds: float, load_seconds
         summary += f"; {_skipped(work)}"
     if predictor.task == "depth-estimation":
         summary += f"; depth is {depth_kind(predictor.config)}"
+        if getattr(runner.args, "depth_kind", None):
+            summary += f" (taken as {runner.args.depth_kind}: --depth-kind)"
         if any(k in ("png", "png16", "overlay") for k, _ in work.jobs[0].outputs):
             summary += ", PNGs are min-max normalised per image"
     return summary
