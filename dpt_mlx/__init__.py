@@ -12,6 +12,7 @@ from .models import (DepthAnythingForDepthEstimation, DPTForDepthEstimation, DPT
 from .outputs import BaseModelOutputWithPooling, DepthEstimatorOutput, SemanticSegmenterOutput
 from .pipelines import pipeline
 from .processing.image_processor import DPTFeatureExtractor, DPTImageProcessor
+from .processing.points import depth_to_points
 from .training.losses import scale_shift_invariant_loss, semantic_segmentation_loss, silog_loss
 
 __version__ = "0.1.0"
@@ -32,6 +33,7 @@ __all__ = [
     "SemanticSegmenterOutput",
     "ImageError",
     "blas_info",
+    "depth_to_points",
     "UnsupportedModelError",
     "load_model",
     "pipeline",

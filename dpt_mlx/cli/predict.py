@@ -25,10 +25,11 @@ from ..io.files import remove_stale_temps
 from .console import (EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, Console, command, interrupt_name, interrupt_status,
                       positive_int)
 from .predict_outputs import Plan, collect_inputs, depth_kind, plan
+from .predict_points import add_point_options, check_points
 from .predict_runner import Runner
 
 DEFAULT_MODEL = "Intel/dpt-large"
-FORMATS = ("png", "png16", "npy")
+FORMATS = ("png", "png16", "npy", "ply")
 
 DESCRIPTION = """\
 Predict depth (DPT, Depth Anything) or semantic segmentation (DPT-ADE) for images with MLX.
@@ -47,7 +48,8 @@ colours blended over the photo."""
 EPILOG = """\
 outputs (default: beside each input, or in --output-dir):
   depth:         <name>_depth.png (colour map), <name>_depth16.png (16-bit gray),
-                 <name>_depth.npy (float32), <name>_depth_overlay.png
+                 <name>_depth.npy (float32), <name>_depth_overlay.png,
+                 <name>_points.ply (point cloud, metric depth only)
   segmentation:  <name>_seg.png (palette, values = class ids), <name>_seg.npy (class ids),
                  <name>_seg_overlay.png
   Existing files are kept (that image fails) unless --overwrite; an input is never overwritten.
@@ -133,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="directory for the outputs (created if needed); default: beside each input")
     outputs.add_argument("--format", "-f", type=_formats, action="append", metavar="FMT",
                          help="png (default: colour-mapped depth / palette class map), png16 (16-bit grayscale "
-                              "depth, mode I;16), npy (float32 depth / class ids at the input size); "
-                              "comma-separated or repeated for several")
+                              "depth, mode I;16), npy (float32 depth / class ids at the input size), ply (3D point "
+                              "cloud of metric depth); comma-separated or repeated for several")
     outputs.add_argument("--colormap", "-c", choices=COLORMAPS, default="inferno", metavar="NAME",
                          help=f"depth colours for png and overlay: {', '.join(COLORMAPS)} (default inferno; "
                               "gray writes an 8-bit grayscale PNG)")
@@ -147,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     existing.add_argument("--skip-existing", action="store_true",
                           help="skip an image whose requested outputs all exist; an image with only some "
                                "of them is done again, replacing those")
+
+    add_point_options(p)
 
     run = p.add_argument_group("running")
     run.add_argument("--batch-size", "-b", type=positive_int, default=1, metavar="N",
@@ -197,6 +201,8 @@ def _summary(runner: Runner, work: Plan, predictor, seconds: float, load_seconds
         summary += f"; {_skipped(work)}"
     if predictor.task == "depth-estimation":
         summary += f"; depth is {depth_kind(predictor.config)}"
+        if getattr(runner.args, "depth_kind", None):
+            summary += f" (taken as {runner.args.depth_kind}: --depth-kind)"
         if any(k in ("png", "png16", "overlay") for k, _ in work.jobs[0].outputs):
             summary += ", PNGs are min-max normalised per image"
     return summary
@@ -221,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         task = "depth" if predictor.task == "depth-estimation" else "segmentation"
         if task == "segmentation" and args.colormap != "inferno":
             console.detail("--colormap applies to depth only; segmentation uses the model's palette")
+        check_points(args, predictor)
         work = plan(args, paths, task)
         stale = remove_stale_temps(t for job in work.jobs for _, t in job.outputs)
         if stale:

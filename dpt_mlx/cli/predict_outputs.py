@@ -29,6 +29,7 @@ SUFFIXES = {
     ("depth", "png16"): "_depth16.png",
     ("depth", "npy"): "_depth.npy",
     ("depth", "overlay"): "_depth_overlay.png",
+    ("depth", "ply"): "_points.ply",
     ("segmentation", "png"): "_seg.png",
     ("segmentation", "npy"): "_seg.npy",
     ("segmentation", "overlay"): "_seg_overlay.png",
@@ -46,6 +47,7 @@ class Job:
     image: object = None  # the PIL image, for overlays
     size: tuple[int, int] = (0, 0)  # (H, W) of the photo: the outputs' size
     pixels: np.ndarray | None = None  # the preprocessed (3, H', W') model input
+    note: str = ""  # said on the image's line (the point cloud's camera)
 
 
 @dataclass
@@ -137,10 +139,13 @@ def collect_inputs(args, console: Console) -> list[Path | str]:
 def _kinds(args, task: str) -> list[str]:
     formats = [f for group in (args.format or []) for f in group]
     if not formats:
-        formats = ["npy"] if args.output and args.output.lower().endswith(".npy") else ["png"]
+        suffix = Path(args.output).suffix.lower() if args.output else ""
+        formats = [{".npy": "npy", ".ply": "ply"}.get(suffix, "png")]
     kinds = list(dict.fromkeys(formats))
-    if task == "segmentation" and "png16" in kinds:
-        raise UsageError("--format png16 is for depth models; this model does segmentation (use png or npy)")
+    for depth_only in ("png16", "ply"):
+        if task == "segmentation" and depth_only in kinds:
+            raise UsageError(f"--format {depth_only} is for depth models; this model does segmentation "
+                             "(use png or npy)")
     if args.overlay:
         kinds.append("overlay")
     return kinds
@@ -152,7 +157,7 @@ def _check_output_file(args, paths: list[Path], kinds: list[str]) -> None:
     if len(kinds) != 1:
         raise UsageError(f"--output names one file but {len(kinds)} outputs were asked for "
                          f"({', '.join(kinds)}); use --output-dir")
-    want = ".npy" if kinds[0] == "npy" else ".png"
+    want = {"npy": ".npy", "ply": ".ply"}.get(kinds[0], ".png")
     if Path(args.output).suffix.lower() != want:
         raise UsageError(f"--output {args.output}: a {kinds[0]} output needs a {want} file name")
 
@@ -279,6 +284,10 @@ def write_depth(job: Job, depth: np.ndarray, args, predictor) -> list[str]:
         elif kind == "overlay":
             colors = V.colorize_depth(depth, args.colormap).convert("RGB")
             V.save_png(V.overlay(job.image, colors, args.alpha), target, overwrite=replace)
+        elif kind == "ply":
+            from .predict_points import write_points
+
+            job.note = write_points(job, depth, target, args, predictor, overwrite=replace)
     return [f"    depth range {low:.6g} .. {high:.6g}"]
 
 

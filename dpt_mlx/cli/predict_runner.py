@@ -88,7 +88,7 @@ class Runner:
     def _report(self, job: Job, details: list[str], seconds: float, batch_size: int) -> None:
         self.written += 1
         names = ", ".join(str(t) for _, t in job.outputs)
-        self.console.info(f"{job.path} -> {names}")
+        self.console.info(f"{job.path} -> {names}" + (f" ({job.note})" if job.note else ""))
         show = self.console.info if self.predictor.task == "image-segmentation" else self.console.detail
         for line in details:
             show(line)
