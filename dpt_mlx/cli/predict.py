@@ -30,6 +30,7 @@ from .predict_runner import Runner
 
 DEFAULT_MODEL = "Intel/dpt-large"
 FORMATS = ("png", "png16", "npy", "ply")
+VIDEO_FORMATS = ("mp4", "npz")  # with png16: --video's formats (cli/predict_video.py)
 
 DESCRIPTION = """\
 Predict depth (DPT, Depth Anything) or semantic segmentation (DPT-ADE) for images with MLX.
@@ -80,9 +81,10 @@ examples:
 
 def _formats(text: str) -> list[str]:
     names = [t.strip().lower() for t in text.split(",") if t.strip()]
-    bad = [n for n in names if n not in FORMATS]
+    bad = [n for n in names if n not in FORMATS + VIDEO_FORMATS]
     if bad or not names:
-        raise argparse.ArgumentTypeError(f"invalid format {text!r}; choose from {', '.join(FORMATS)} (comma-separated)")
+        raise argparse.ArgumentTypeError(f"invalid format {text!r}; choose from {', '.join(FORMATS)} "
+                                         f"(--video: mp4, npz, png16; comma-separated)")
     return names
 
 
@@ -126,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_argument("--model", "-m", default=DEFAULT_MODEL,
                         help="Hugging Face Hub repo id or local checkpoint directory (transformers or converted); "
                              f"default {DEFAULT_MODEL}. Depth or segmentation follows from the checkpoint")
+    inputs.add_argument("--video", metavar="PATH",
+                        help="a video: writes <name>_depth.mp4 (--format mp4, npz, png16); depth models only")
 
     outputs = p.add_argument_group("outputs")
     where = outputs.add_mutually_exclusive_group()
@@ -144,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also write the depth colours or class colours blended over the photo")
     outputs.add_argument("--alpha", type=_alpha, default=0.5, metavar="A",
                          help="opacity of the colours in --overlay, 0..1 (default 0.5)")
+    outputs.add_argument("--stabilize", action="store_true",
+                         help="--video mp4: align each frame's depth to the previous ones and use one "
+                              "normalisation range for the video (less flicker)")
     existing = outputs.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true", help="replace existing output files")
     existing.add_argument("--skip-existing", action="store_true",
@@ -216,8 +223,14 @@ def _skipped(work: Plan) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors exit 2 here
+    if args.video:
+        from .predict_video import run_video
+
+        return run_video(args)
     if not args.image and not args.input_dir and not args.image_list:
-        parser.error("give at least one --image, an --input-dir or an --image-list")
+        parser.error("give at least one --image, an --input-dir, an --image-list or a --video")
+    if args.stabilize or any(f in VIDEO_FORMATS for group in args.format or [] for f in group):
+        parser.error("--stabilize and --format mp4 / npz are for --video")
     console = Console(args.quiet, args.verbose)
     try:
         paths = collect_inputs(args, console)

@@ -1,0 +1,278 @@
+"""The predict command's video path: ``--video in.mp4`` -> in_depth.mp4 / in_depth.npz / in_depth16/.
+
+One pass, as a stream: frames are decoded, batched (``--batch-size``), predicted, post-processed to the
+frame size and handed to each output at once, so memory holds one batch of frames, not the video.
+Every output is written under a hidden temporary name beside its target and published only when the
+whole video is done (publish-or-fail without ``--overwrite``, as io/files.atomic_write); an interrupted
+or failed run removes them, leaving nothing.
+
+- mp4: H.264 yuv420p of the colour-mapped depth, the input's frame count, rate and size (odd sides
+  padded to even, see processing/video.py); per-frame min-max normalised, or with ``--stabilize``
+  aligned to a running reference and normalised with one range for the video.
+- npz: ``depth`` float32 (T, H, W) and ``times`` float64 (T,) seconds. Frames are appended to a
+  temporary raw file as they come and copied into the archive at the end (a few MB of RAM at most).
+- png16: a folder of 16-bit frames ``frame_000000.png`` with depth_min / depth_max text chunks, as
+  the image path's png16, written into a hidden temporary folder that is renamed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DPTError, UsageError
+from ..io.files import TEMP_SUFFIX, _publish_exclusive, remove_stale_temps, umask_mode
+from .console import EXIT_ERROR, EXIT_OK, Console, interrupt_name, interrupt_status
+
+VIDEO_FORMATS = ("mp4", "npz", "png16")
+SUFFIXES = {"mp4": "_depth.mp4", "npz": "_depth.npz", "png16": "_depth16"}
+_CHUNK = 16 * 2**20  # bytes copied at a time into the npz
+
+
+def _temp_name(target: Path) -> str:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX)
+    os.close(fd)
+    return tmp
+
+
+def _publish(tmp: str, target: Path, overwrite: bool) -> None:
+    os.chmod(tmp, umask_mode(0o666))
+    if overwrite:
+        os.replace(tmp, target)
+    else:
+        _publish_exclusive(tmp, target)
+
+
+def _unlink(path: str | None) -> None:
+    if path:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+class Mp4Output:
+    def __init__(self, target: Path, reader, args):
+        from ..processing.video import Stabilizer, VideoWriter
+
+        self.target, self.colormap = target, args.colormap
+        self.tmp = _temp_name(target)
+        self.writer = VideoWriter(self.tmp, reader.size, reader.rate)
+        self.stabilizer = Stabilizer() if args.stabilize else None
+
+    def _encode(self, units) -> None:
+        from ..processing.video import colorize
+
+        for unit in units:
+            self.writer.write(colorize(unit, self.colormap))
+
+    def write(self, depth: np.ndarray, seconds: float) -> None:
+        from ..processing.visualize import normalize_depth
+
+        self._encode(self.stabilizer.push(depth) if self.stabilizer else [normalize_depth(depth)[0]])
+
+    def finish(self, overwrite: bool) -> None:
+        if self.stabilizer:
+            self._encode(self.stabilizer.flush())
+        self.writer.close()
+        _publish(self.tmp, self.target, overwrite)
+
+    def discard(self) -> None:
+        self.writer.abort()
+        _unlink(self.tmp)
+
+
+class NpzOutput:
+    def __init__(self, target: Path, reader, args):
+        self.target, self.size = target, reader.size
+        self.raw_path, self.tmp = _temp_name(target), None
+        self.raw = open(self.raw_path, "wb")
+        self.times: list[float] = []
+
+    def write(self, depth: np.ndarray, seconds: float) -> None:
+        self.raw.write(np.ascontiguousarray(depth, dtype=np.float32).tobytes())
+        self.times.append(seconds)
+
+    def finish(self, overwrite: bool) -> None:
+        self.raw.close()
+        self.tmp = _temp_name(self.target)
+        shape = (len(self.times), *self.size)
+        with zipfile.ZipFile(self.tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            with archive.open("depth.npy", "w", force_zip64=True) as f, open(self.raw_path, "rb") as raw:
+                header = {"descr": "<f4", "fortran_order": False, "shape": shape}
+                np.lib.format.write_array_header_1_0(f, header)
+                shutil.copyfileobj(raw, f, _CHUNK)
+            with archive.open("times.npy", "w") as f:
+                np.save(f, np.asarray(self.times, dtype=np.float64))
+        _unlink(self.raw_path)
+        _publish(self.tmp, self.target, overwrite)
+
+    def discard(self) -> None:
+        self.raw.close()
+        _unlink(self.raw_path)
+        _unlink(self.tmp)
+
+
+class Png16Output:
+    def __init__(self, target: Path, reader, args):
+        self.target, self.source = target, args.model
+        self.tmp = tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX)
+        self.count = 0
+
+    def write(self, depth: np.ndarray, seconds: float) -> None:
+        from ..processing import visualize as V
+
+        image, low, high = V.depth_png16(depth)
+        text = {"Software": "dpt_mlx", "model": self.source, "depth_min": repr(low), "depth_max": repr(high),
+                "time": repr(seconds),
+                "description": "min-max normalised per frame: depth = value / 65535 * (depth_max - depth_min) "
+                               "+ depth_min"}
+        V.save_png(image, Path(self.tmp) / f"frame_{self.count:06d}.png", text)
+        self.count += 1
+
+    def finish(self, overwrite: bool) -> None:
+        os.chmod(self.tmp, umask_mode(0o777))
+        old = None
+        if self.target.exists():
+            if not overwrite:
+                raise FileExistsError(17, "appeared while this run was writing it", str(self.target))
+            old = tempfile.mkdtemp(dir=self.target.parent, prefix=f".{self.target.name}.", suffix=TEMP_SUFFIX)
+            os.replace(self.target, old)  # renames the old folder onto the (empty) reservation
+        os.rename(self.tmp, self.target)  # fails if a non-empty folder of that name appeared meanwhile
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+OUTPUTS = {"mp4": Mp4Output, "npz": NpzOutput, "png16": Png16Output}
+
+
+def _check(args) -> tuple[Path, list[str]]:
+    """The video and the formats asked for; UsageError for options that do not go with --video."""
+    if args.image or args.input_dir or args.image_list:
+        raise UsageError("--video cannot be combined with --image, --input-dir or --image-list; run them separately")
+    for flag, given in (("--output", args.output), ("--overlay", args.overlay),
+                        ("--skip-existing", args.skip_existing), ("--recursive", args.recursive),
+                        ("--focal-length", args.focal_length), ("--fov", args.fov)):
+        if given:
+            raise UsageError(f"{flag} is not supported with --video" + ("; use --output-dir" if flag == "--output"
+                                                                         else ""))
+    formats = list(dict.fromkeys(f for group in (args.format or [["mp4"]]) for f in group))
+    bad = [f for f in formats if f not in VIDEO_FORMATS]
+    if bad:
+        raise UsageError(f"--format {','.join(bad)} is not a video format; use {', '.join(VIDEO_FORMATS)}")
+    path = Path(os.path.expanduser(args.video))
+    if not path.is_file():
+        raise UsageError(f"no such video file: {args.video}")
+    return path, formats
+
+
+def _targets(args, path: Path, formats: list[str]) -> dict[str, Path]:
+    directory = Path(os.path.expanduser(args.output_dir)) if args.output_dir else path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    targets = {f: directory / f"{path.stem}{SUFFIXES[f]}" for f in formats}
+    for target in targets.values():
+        if target.resolve() == path.resolve():
+            raise UsageError(f"{target} is the input video; choose another --output-dir")
+        if target.exists() and not args.overwrite:
+            raise UsageError(f"{target} exists; use --overwrite to replace it")
+    return targets
+
+
+def _predictor(args, console: Console):
+    import warnings
+
+    from ..pipelines import load_predictor
+
+    if args.quiet:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        warnings.filterwarnings("ignore", category=RuntimeWarning)
+    start = time.perf_counter()
+    predictor = load_predictor(args.model, dtype=args.dtype)
+    for note in predictor.notes:
+        console.detail(note)
+    if predictor.task != "depth-estimation":
+        raise UsageError(f"--video needs a depth model; {args.model} does segmentation")
+    return predictor, time.perf_counter() - start
+
+
+def stream(reader, predictor, outputs: list, batch_size: int, console: Console) -> int:
+    """Every frame of ``reader`` through the model into ``outputs``, ``batch_size`` frames a pass."""
+    pixels, times, done = [], [], 0
+
+    def flush():
+        nonlocal done
+        for depth, seconds in zip(predictor.forward(np.stack(pixels), [reader.size] * len(pixels)), times):
+            for output in outputs:
+                output.write(depth, seconds)
+            done += 1
+            console.advance()
+        pixels.clear()
+        times.clear()
+
+    for image, seconds in reader:
+        pixels.append(predictor.preprocess(image))
+        times.append(seconds)
+        if len(pixels) >= batch_size:
+            flush()
+    if pixels:
+        flush()
+    return done
+
+
+def run_video(args) -> int:
+    """The whole --video run; returns the exit status."""
+    from ..processing.video import VideoReader, require_av
+
+    console = Console(args.quiet, args.verbose)
+    outputs: list = []
+    try:
+        path, formats = _check(args)
+        require_av()
+        targets = _targets(args, path, formats)
+        remove_stale_temps(targets.values())
+        predictor, load_seconds = _predictor(args, console)
+        with VideoReader(path) as reader:
+            console = Console(args.quiet, args.verbose, total=reader.frames, unit="frame")
+            for f in formats:
+                outputs.append(OUTPUTS[f](targets[f], reader, args))
+            start = time.perf_counter()
+            frames = stream(reader, predictor, outputs, args.batch_size, console)
+            if not frames:
+                raise UsageError(f"{path} has no frames")
+            for output in outputs:
+                output.finish(args.overwrite)
+            seconds = time.perf_counter() - start
+    except KeyboardInterrupt as e:
+        console.bar.close()
+        for output in outputs:
+            output.discard()
+        console.error(f"{interrupt_name(e)}; no output written")
+        return interrupt_status(e)
+    except (DPTError, FileExistsError, OSError, ValueError) as e:
+        for output in outputs:
+            output.discard()
+        if isinstance(e, FileExistsError) and e.filename:
+            e = f"{e.filename} appeared while this run was writing it (another run?); use --overwrite to replace it"
+        console.error(str(e))
+        return EXIT_ERROR
+    except BaseException:
+        for output in outputs:
+            output.discard()
+        raise
+    height, width = reader.size
+    console.info(f"{path} -> {', '.join(str(t) for t in targets.values())}")
+    console.info(f"{frames} frames {width}x{height} at {float(reader.rate):.6g} fps in {seconds + load_seconds:.2f} s "
+                 f"(model load {load_seconds:.2f} s, {seconds / frames:.3f} s/frame)"
+                 + ("; mp4 stabilised" if args.stabilize and "mp4" in formats else ""))
+    sys.stdout.flush()
+    return EXIT_OK
