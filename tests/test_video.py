@@ -200,6 +200,9 @@ def test_stabilizer_undoes_scale_and_shift():
     (["--image", "x.jpg"], "--video cannot be combined with --image"),
     (["-f", "png"], "not a video format"),
     (["--overlay"], "--overlay is not supported with --video"),
+    (["--image-list", "list.txt"], "--video cannot be combined with --image, --input-dir or --image-list"),
+    (["--recursive"], "--recursive is not supported with --video"),
+    (["--fov", "60"], "--fov is not supported with --video"),
 ])
 def test_usage_errors(ckpt, clip, tmp_path, capsys, extra, message):
     assert run("--video", clip, "-m", ckpt["depth"], "-d", tmp_path, *extra) == 2
