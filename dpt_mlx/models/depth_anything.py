@@ -58,18 +58,7 @@ class DepthAnythingForDepthEstimation(PreTrainedModel):
         if not isinstance(config, DepthAnythingConfig):
             raise TypeError(f"DepthAnythingForDepthEstimation needs a DepthAnythingConfig, got {type(config).__name__}")
         self.config = config
-        self.backbone = build_backbone(config)
-        if self.backbone.hidden_size != config.reassemble_hidden_size:
-            raise ValueError(
-                f"reassemble_hidden_size={config.reassemble_hidden_size} must equal the backbone's "
-                f"hidden_size={self.backbone.hidden_size}"
-            )
-        n = len(getattr(self.backbone, "out_indices", config.neck_hidden_sizes))
-        if n != len(config.neck_hidden_sizes):
-            raise ValueError(
-                f"the backbone returns {n} feature maps but neck_hidden_sizes "
-                f"has {len(config.neck_hidden_sizes)} entries"
-            )
+        self.backbone = build_backbone(config)  # its size and outputs match the neck: checked by the config
         self.neck = DPTNeck(config, config.reassemble_hidden_size, upsample_to_next=True)
         self.head = DepthAnythingDepthEstimationHead(config)
 
