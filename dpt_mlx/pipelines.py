@@ -17,23 +17,26 @@ image processor, with defaults when a checkpoint has no preprocessor config) and
 
 from __future__ import annotations
 
-import numbers
+import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import mlx.core as mx
 import numpy as np
 from PIL import Image
 
-from .errors import CheckpointError, ImageError, UnsupportedModelError
+from .errors import CheckpointError, ImageError
+from .predictor import DEPTH, SEGMENTATION, Predictor, check_batch_size, predicts_metres, task_of  # noqa: F401
+from .processing.auto import processor_class_for
+from .processing.depth_prompt import read_prompt_depth
 from .processing.image_processor import (
     CONFIG_NAME,
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
     DPTImageProcessor,
 )
+from .processing.prompt_depth_processor import PromptDepthAnythingImageProcessor
+from .processing.zoedepth_processor import ZoeDepthImageProcessor
 from .processing.images import (  # noqa: F401  (this module was their home)
     IMAGE_EXTENSIONS,
     _array_to_uint8,
@@ -42,8 +45,6 @@ from .processing.images import (  # noqa: F401  (this module was their home)
     load_image,
 )
 
-DEPTH = "depth-estimation"
-SEGMENTATION = "image-segmentation"
 DEFAULT_MODELS = {DEPTH: "Intel/dpt-large", SEGMENTATION: "Intel/dpt-large-ade"}
 TASK_ALIASES = {"depth": DEPTH, "segmentation": SEGMENTATION, "semantic-segmentation": SEGMENTATION}
 
@@ -51,25 +52,13 @@ TASK_ALIASES = {"depth": DEPTH, "segmentation": SEGMENTATION, "semantic-segmenta
 # Model + processor
 
 
-def task_of(model) -> str:
-    """``"depth-estimation"`` or ``"image-segmentation"``, from the model's class."""
-    kind = getattr(type(model), "head_kind", None)
-    name = type(model).__name__
-    if kind == "segmentation" or "SemanticSegmentation" in name:
-        return SEGMENTATION
-    if kind == "depth" or "DepthEstimation" in name:
-        return DEPTH
-    raise UnsupportedModelError(
-        f"{name} has no depth or segmentation head; use a depth-estimation or semantic-segmentation checkpoint"
-    )
-
-
-def default_processor(config) -> tuple[DPTImageProcessor, str]:
+def default_processor(config) -> tuple[Any, str]:
     """Preprocessing for a checkpoint without preprocessor_config.json, and a line saying what it is.
 
-    DINOv2-based models (Depth Anything, DPT-DINOv2) get Depth Anything's settings: 518 pixels,
-    aspect ratio kept, sides a multiple of 14, ImageNet mean/std. Everything else gets DPT's:
-    a square of the config's ``image_size``, bicubic, mean = std = 0.5.
+    ZoeDepth gets its own processor's defaults (384x512 kept in aspect, reflect padding);
+    DINOv2-based models (Depth Anything, Prompt Depth Anything, DPT-DINOv2) get Depth Anything's
+    settings: 518 pixels, aspect ratio kept, sides a multiple of 14, ImageNet mean/std. Everything
+    else gets DPT's: a square of the config's ``image_size``, bicubic, mean = std = 0.5.
     """
     model_type = getattr(config, "model_type", "dpt")
     backbone = getattr(config, "backbone_type", None)
@@ -80,8 +69,12 @@ def default_processor(config) -> tuple[DPTImageProcessor, str]:
     else:
         backbone = backbone or getattr(backbone_config, "model_type", None)
         inner_size = getattr(backbone_config, "image_size", None)
-    if "depth_anything" in model_type or backbone == "dinov2":
-        processor = DPTImageProcessor(
+    if model_type == "zoedepth":
+        processor = ZoeDepthImageProcessor()
+        what = "ZoeDepth's: 384x512 aspect ratio kept, reflect padding, bilinear, mean/std 0.5"
+    elif "depth_anything" in model_type or backbone == "dinov2":
+        cls = PromptDepthAnythingImageProcessor if model_type == "prompt_depth_anything" else DPTImageProcessor
+        processor = cls(
             size={"height": 518, "width": 518}, keep_aspect_ratio=True, ensure_multiple_of=14, resample=3,
             image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD),
         )
@@ -101,16 +94,23 @@ def load_processor(directory: str | os.PathLike | None, config) -> tuple[DPTImag
 
     Returns the processor and, when defaults were used, a line saying so.
     """
-    if directory is not None and (Path(directory) / CONFIG_NAME).is_file():
-        return DPTImageProcessor.from_pretrained(directory), None
+    path = Path(directory) / CONFIG_NAME if directory is not None else None
+    if path is not None and path.is_file():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"cannot read {path}: {e}") from None
+        cls = processor_class_for(saved if isinstance(saved, dict) else None, getattr(config, "model_type", None))
+        return cls.from_pretrained(directory), None
     processor, what = default_processor(config)
     where = f"{directory}" if directory is not None else "the model"
     return processor, f"no {CONFIG_NAME} in {where}; using {what}"
 
 
-def load_predictor(model: Any = None, dtype=None, image_processor: DPTImageProcessor | None = None,
-                   task: str | None = None) -> Predictor:
-    """A :class:`Predictor` for a checkpoint (hub repo id or local directory) or a loaded model."""
+def load_predictor(model: Any = None, dtype=None, image_processor: Any = None, task: str | None = None,
+                   flip: bool = False) -> Predictor:
+    """A :class:`Predictor` for a checkpoint (hub repo id or local directory) or a loaded model;
+    ``flip=True`` averages each prediction with that of the mirrored image."""
     from .io.hub import resolve
     from .models import load_model
 
@@ -130,85 +130,10 @@ def load_predictor(model: Any = None, dtype=None, image_processor: DPTImageProce
             cpu.accelerate(net)
     if image_processor is None:
         image_processor, note = load_processor(directory, net.config)
-    predictor = Predictor(net, image_processor)
+    predictor = Predictor(net, image_processor, flip=flip)
     predictor.notes = [note] if note else []
     predictor.source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
     return predictor
-
-
-# ----------------------------------------------------------------------------------------------
-# Inference
-
-
-def _check_batch_size(batch_size: Any) -> int:
-    """``batch_size`` if it is an integer >= 1, else ValueError (as the command line rejects it)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
-
-
-class Predictor:
-    """A task model and its image processor: PIL images in, per-image NumPy maps out.
-
-    ``predict`` returns, per image and at the image's own size, the post-processed float32
-    depth ((H, W); relative inverse depth for DPT: larger is closer) or the int64 class map.
-    """
-
-    def __init__(self, model, image_processor: DPTImageProcessor):
-        self.model = model
-        self.image_processor = image_processor
-        self.task = task_of(model)
-        self.config = model.config
-        self.notes: list[str] = []
-        self.source = type(model).__name__
-
-    @property
-    def id2label(self) -> dict[int, str]:
-        return dict(getattr(self.config, "id2label", {}) or {})
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.id2label)
-
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        """(3, h, w) float32 pixel values of one image."""
-        return self.image_processor(image, return_tensors=None)["pixel_values"][0]
-
-    def forward(self, pixel_values: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
-        """Run a batch of equal-shape pixel values; post-process each result to its (height, width)."""
-        outputs = self.model(mx.array(np.ascontiguousarray(pixel_values)))
-        self._check_finite(outputs.predicted_depth if self.task == DEPTH else outputs.logits)
-        if self.task == DEPTH:
-            done = self.image_processor.post_process_depth_estimation(outputs, target_sizes=list(sizes))
-            return [d["predicted_depth"] for d in done]
-        return self.image_processor.post_process_semantic_segmentation(outputs, target_sizes=list(sizes))
-
-    def _check_finite(self, output: mx.array) -> None:
-        """A ValueError when a model output (batch first) holds NaN or inf: the model is broken, and
-        post-processing would turn it into a plausible-looking map."""
-        bad = mx.logical_not(mx.isfinite(output)).reshape(output.shape[0], -1).any(axis=1)
-        count = int(bad.sum().item())
-        if count:
-            half = " or float16 overflowed (try dtype float32)" if output.dtype == mx.float16 else ""
-            raise ValueError(f"the model's output for {count} of {output.shape[0]} image(s) contains NaN or inf; "
-                             f"the checkpoint's weights may be damaged{half}")
-
-    def predict(self, images: Sequence[Image.Image], batch_size: int = 1) -> list[np.ndarray]:
-        """All images, batched by equal preprocessed shape, results in input order."""
-        _check_batch_size(batch_size)
-        pixels = [self.preprocess(image) for image in images]
-        groups: dict[tuple, list[int]] = {}
-        for i, p in enumerate(pixels):
-            groups.setdefault(p.shape, []).append(i)
-        results: list[np.ndarray | None] = [None] * len(images)
-        for indices in groups.values():
-            for start in range(0, len(indices), batch_size):
-                chunk = indices[start:start + batch_size]
-                batch = np.stack([pixels[i] for i in chunk])
-                sizes = [(images[i].height, images[i].width) for i in chunk]
-                for i, result in zip(chunk, self.forward(batch, sizes)):
-                    results[i] = result
-        return results  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,14 +168,33 @@ class _Pipeline:
         self.predictor = predictor
         self.model = predictor.model
         self.image_processor = predictor.image_processor
-        self.batch_size = _check_batch_size(batch_size)
+        self.batch_size = check_batch_size(batch_size)
 
-    def __call__(self, images: Any, batch_size: int | None = None):
-        """``batch_size``: images per forward pass for this call (default the pipeline's)."""
-        batch_size = self.batch_size if batch_size is None else _check_batch_size(batch_size)
+    def __call__(self, images: Any, batch_size: int | None = None, prompt_depth: Any = None,
+                 prompt_scale_to_meter: float | None = None):
+        """``batch_size``: images per forward pass for this call (default the pipeline's).
+
+        ``prompt_depth`` (Prompt Depth Anything): one depth map per image, as its image processor
+        takes them (arrays or PIL images, times ``prompt_scale_to_meter``, default the processor's
+        0.001: millimetres), or a file path (:func:`dpt_mlx.processing.depth_prompt.read_prompt_depth`:
+        ``.npy`` / float TIFF in metres, integer PNG / TIFF in millimetres, unless
+        ``prompt_scale_to_meter`` says otherwise).
+        """
+        batch_size = self.batch_size if batch_size is None else check_batch_size(batch_size)
         single = not isinstance(images, (list, tuple))
         pil = [load_image(x) for x in ([images] if single else images)]
-        maps = self.predictor.predict(pil, batch_size)
+        prompts, scales = None, None
+        if prompt_depth is not None:
+            given = list(prompt_depth) if isinstance(prompt_depth, (list, tuple)) else [prompt_depth]
+            prompts, scales = [], []
+            for p in given:
+                if isinstance(p, (str, os.PathLike)):  # read in metres
+                    prompts.append(read_prompt_depth(p, prompt_scale_to_meter))
+                    scales.append(1.0)
+                else:
+                    prompts.append(p)
+                    scales.append(prompt_scale_to_meter)
+        maps = self.predictor.predict(pil, batch_size, prompts, scales)
         results = [self.format(m) for m in maps]
         return results[0] if single else results
 
@@ -264,8 +208,10 @@ class _Pipeline:
 class DepthEstimationPipeline(_Pipeline):
     """``pipe(image)`` -> ``{"predicted_depth": float32 (H, W), "depth": PIL "L" image}``; a list -> a list.
 
-    ``predicted_depth`` is the model's output resized (bicubic) to the image's size; for DPT it is
-    relative inverse depth (larger = closer). ``depth`` is it min-max normalised to 0..255.
+    ``predicted_depth`` is the model's output resized (bicubic) to the image's size; for DPT and
+    relative Depth Anything it is relative inverse depth (larger = closer), for metric models
+    (ZoeDepth, metric Depth Anything, Prompt Depth Anything with a prompt) metres.
+    ``depth`` is it min-max normalised to 0..255.
     """
 
     task = DEPTH
@@ -292,20 +238,22 @@ class ImageSegmentationPipeline(_Pipeline):
 PIPELINES = {DEPTH: DepthEstimationPipeline, SEGMENTATION: ImageSegmentationPipeline}
 
 
-def pipeline(task: str, model: Any = None, dtype=None, image_processor: DPTImageProcessor | None = None,
-             batch_size: int = 1):
+def pipeline(task: str, model: Any = None, dtype=None, image_processor: Any = None, batch_size: int = 1,
+             flip_tta: bool = False):
     """A callable for ``"depth-estimation"`` or ``"image-segmentation"``.
 
     ``model``: a Hugging Face Hub repo id, a local checkpoint directory (transformers or converted)
     or a loaded dpt_mlx model; default ``Intel/dpt-large`` (depth) / ``Intel/dpt-large-ade``
     (segmentation). ``dtype``: "float32", "float16" or "bfloat16" (default: the checkpoint's).
     ``image_processor``: default the checkpoint's preprocessor_config.json, else defaults for
-    the model type.
+    the model type. ``flip_tta``: also predict every image mirrored left-right and average the two
+    (test-time augmentation, as ZoeDepth's ``outputs_flipped``; twice the model time).
     """
     name = TASK_ALIASES.get(task, task)
     if name not in PIPELINES:
         raise ValueError(f"unknown task {task!r}; available tasks: {', '.join(PIPELINES)}")
-    predictor = load_predictor(model if model is not None else DEFAULT_MODELS[name], dtype, image_processor, name)
+    predictor = load_predictor(model if model is not None else DEFAULT_MODELS[name], dtype, image_processor, name,
+                               flip=flip_tta)
     return PIPELINES[name](predictor, batch_size=batch_size)
 
 

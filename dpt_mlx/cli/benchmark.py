@@ -1,6 +1,6 @@
 """Speed, memory and precision of dpt_mlx against transformers, on the same weights.
 
-    python -m dpt_mlx.benchmark                                   # 4 models, batch 1
+    python -m dpt_mlx.benchmark                                   # every model, batch 1
     python -m dpt_mlx.benchmark --models dpt-large --batch-sizes 1,4,8 --runs 5
     python -m dpt_mlx.benchmark --no-precision --threads 1 --json out.json
 

@@ -21,6 +21,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 _CLEAR_REFS = "/proc/self/clear_refs"
+PROMPT_SIZE = (192, 256)  # an iPhone LiDAR depth map (Prompt Depth Anything's prompt)
 _TAG = "MEMORY"  # the child's result line: MEMORY{json}
 
 
@@ -63,20 +64,39 @@ def _reset_rss_peak() -> bool:
         return False
 
 
-def _mlx_forward(directory: str, x: np.ndarray, dtype: str, memory: ForwardMemory) -> Callable[[], None]:
+def bench_inputs(model_type: str, batch: int, size: tuple[int, int], seed: int = 0):
+    """Random (batch, 3, H, W) pixels, and for Prompt Depth Anything a (batch, 1, 192, 256) prompt of
+    0.5 to 5 metres (else None)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, 3, *size)).astype(np.float32)
+    if model_type != "prompt_depth_anything":
+        return x, None
+    return x, rng.uniform(0.5, 5.0, (batch, 1, *PROMPT_SIZE)).astype(np.float32)
+
+
+def _model_type(directory: str) -> str:
+    with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
+        return json.load(f).get("model_type", "dpt")
+
+
+def _mlx_forward(directory: str, batch: int, size, dtype: str, memory: ForwardMemory) -> Callable[[], None]:
     from ..models import load_model
 
     model = load_model(directory, dtype=None if dtype == "float32" else dtype)
     memory.weights_mib = weights_mib(model)
-    return lambda: mx.eval(model(x).predicted_depth)
+    x, prompt = bench_inputs(model.config.model_type, batch, size)
+    kw = {} if prompt is None else {"prompt_depth": prompt}
+    return lambda: mx.eval(model(x, **kw).predicted_depth)
 
 
-def _torch_forward(directory: str, x: np.ndarray, dtype: str, memory: ForwardMemory) -> Callable[[], None]:
+def _torch_forward(directory: str, batch: int, size, dtype: str, memory: ForwardMemory) -> Callable[[], None]:
     import torch
     import transformers
 
     model = transformers.AutoModelForDepthEstimation.from_pretrained(directory).eval().to(getattr(torch, dtype))
+    x, prompt = bench_inputs(_model_type(directory), batch, size)
     xt = torch.from_numpy(x).to(getattr(torch, dtype))
+    kw = {} if prompt is None else {"prompt_depth": torch.from_numpy(prompt).to(getattr(torch, dtype))}
     tensors = list(model.parameters()) + list(model.buffers())
     memory.weights_mib = sum(t.nbytes for t in tensors) / 2**20
     with torch.no_grad():  # safetensors are memory-mapped: page every weight in before measuring
@@ -84,16 +104,15 @@ def _torch_forward(directory: str, x: np.ndarray, dtype: str, memory: ForwardMem
 
     def forward():
         with torch.inference_mode():
-            model(xt)
+            model(xt, **kw)
 
     return forward
 
 
 def memory_child(framework: str, directory: str, batch: int, height: int, width: int, dtype: str) -> None:
     """Run in a fresh process: load one model, run one forward pass, print its memory as JSON."""
-    x = np.random.default_rng(0).standard_normal((batch, 3, height, width)).astype(np.float32)
     memory = ForwardMemory()
-    forward = (_mlx_forward if framework == "mlx" else _torch_forward)(directory, x, dtype, memory)
+    forward = (_mlx_forward if framework == "mlx" else _torch_forward)(directory, batch, (height, width), dtype, memory)
     gc.collect()
     ok = _reset_rss_peak()
     base = _status_kb("VmRSS")

@@ -21,7 +21,7 @@ import numpy as np
 from ..cpu.blas import blas_info
 from ..io.quantize import quantize_model
 from ..models import load_model
-from .benchmark_memory import ForwardMemory, forward_memory, weights_mib
+from .benchmark_memory import ForwardMemory, bench_inputs, forward_memory, weights_mib
 
 # ------------------------------------------------------------------------------------- models
 
@@ -35,6 +35,7 @@ class ModelSpec:
     input_size: tuple[int, int]  # (H, W) that the checkpoint's image processor produces
     input_note: str
     config: Callable[[], object] = field(repr=False)
+    prompt_size: tuple[int, int] | None = None  # (h, w) of the depth prompt (Prompt Depth Anything)
 
 
 def _dinov2(out_indices, apply_layernorm):
@@ -86,6 +87,33 @@ def _depth_anything_small():
     )
 
 
+def _zoedepth_nyu_kitti():
+    import transformers
+
+    beit = transformers.BeitConfig(
+        image_size=384, num_hidden_layers=24, hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
+        use_relative_position_bias=True, reshape_hidden_states=False, out_features=["stage6", "stage12", "stage18",
+                                                                                     "stage24"],
+    )
+    return transformers.ZoeDepthConfig(
+        backbone_config=beit, neck_hidden_sizes=[256, 512, 1024, 1024], bin_centers_type="softplus",
+        bin_configurations=[{"name": "nyu", "n_bins": 64, "min_depth": 0.001, "max_depth": 10.0},
+                            {"name": "kitti", "n_bins": 64, "min_depth": 0.001, "max_depth": 80.0}],
+        num_patch_transformer_layers=4, patch_transformer_hidden_size=128,
+        patch_transformer_intermediate_size=1024, patch_transformer_num_attention_heads=4,
+    )
+
+
+def _prompt_depth_anything_vits():
+    import transformers
+
+    return transformers.PromptDepthAnythingConfig(
+        backbone_config=_dinov2([2, 5, 8, 11], apply_layernorm=True), reassemble_hidden_size=384, patch_size=14,
+        neck_hidden_sizes=[48, 96, 192, 384], fusion_hidden_size=64, head_hidden_size=32,
+        depth_estimation_type="metric", max_depth=1,
+    )
+
+
 MODELS = {
     spec.name: spec
     for spec in [
@@ -96,6 +124,11 @@ MODELS = {
                   "padded to a multiple of 14", _dpt_dinov2_small),
         ModelSpec("depth-anything-small", "LiheYoung/depth-anything-small-hf", (518, 518), "518x518",
                   _depth_anything_small),
+        ModelSpec("zoedepth-nyu-kitti", "Intel/zoedepth-nyu-kitti", (384, 512), "ZoeDepthImageProcessor: a 4:3 "
+                  "photo, reflect-padded, resized to 384x512", _zoedepth_nyu_kitti),
+        ModelSpec("prompt-depth-anything-vits", "depth-anything/prompt-depth-anything-vits-hf", (518, 686),
+                  "a 3:4 photo at 518 px, multiple of 14, with a 192x256 LiDAR-sized prompt",
+                  _prompt_depth_anything_vits, prompt_size=(192, 256)),
     ]
 }
 
@@ -109,6 +142,7 @@ def init_like_trained(model, input_size: tuple[int, int], seed: int = 0):
 
     gen = torch.Generator().manual_seed(seed)
     model.eval()
+    inputs = torch_inputs(model.config.model_type, 1, input_size, gen)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("weight") and p.ndim >= 2:
@@ -120,13 +154,26 @@ def init_like_trained(model, input_size: tuple[int, int], seed: int = 0):
                 # BiT bottlenecks: a residual branch as small as trained ones have. At unit scale
                 # 16 random bottlenecks are chaotic: they amplify float32 rounding 1000-fold.
                 p.fill_(0.2)
+        if not hasattr(model, "head"):  # ZoeDepth: metric bins, no final ReLU to open
+            return model
         last = [m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d)][-1]
         seen = []
         hook = last.register_forward_hook(lambda mod, inp, out: seen.append(out))
-        model(torch.randn((1, 3, *input_size), generator=gen))
+        model(**inputs)
         hook.remove()
         last.bias.sub_(torch.quantile(seen[0].flatten()[::97].float(), 0.1))
     return model
+
+
+def torch_inputs(model_type: str, batch: int, input_size: tuple[int, int], gen=None) -> dict:
+    """The reference model's keyword inputs: random pixels, and a depth prompt where the model takes one."""
+    import torch
+
+    x, prompt = bench_inputs(model_type, batch, input_size, seed=int(gen.initial_seed()) if gen is not None else 0)
+    out = {"pixel_values": torch.from_numpy(x)}
+    if prompt is not None:
+        out["prompt_depth"] = torch.from_numpy(prompt)
+    return out
 
 
 def build_pair(spec: ModelSpec, directory: str, seed: int = 0):
@@ -136,8 +183,10 @@ def build_pair(spec: ModelSpec, directory: str, seed: int = 0):
 
     torch.manual_seed(seed)
     config = spec.config()
-    cls = transformers.DepthAnythingForDepthEstimation if config.model_type == "depth_anything" else (
-        transformers.DPTForDepthEstimation)
+    cls = {"depth_anything": transformers.DepthAnythingForDepthEstimation,
+           "zoedepth": transformers.ZoeDepthForDepthEstimation,
+           "prompt_depth_anything": transformers.PromptDepthAnythingForDepthEstimation,
+           }.get(config.model_type, transformers.DPTForDepthEstimation)
     ref = init_like_trained(cls(config), spec.input_size, seed)
     ref.save_pretrained(directory)
     return ref
@@ -247,18 +296,21 @@ def alternate(fns: dict[str, Callable[[], None]], runs: int, warmup: int = 1) ->
     return times
 
 
-def time_batch(ours, ref, x: np.ndarray, tdtype, runs: int) -> SpeedRow:
-    """Median seconds per call of our model and (if ``ref``) the reference on the batch ``x``."""
+def time_batch(ours, ref, x: np.ndarray, tdtype, runs: int, prompt: np.ndarray | None = None) -> SpeedRow:
+    """Median seconds per call of our model and (if ``ref``) the reference on the batch ``x`` (with
+    the depth ``prompt`` for models that take one)."""
     import torch
 
     xt = torch.from_numpy(x).to(tdtype)
+    ours_kw = {} if prompt is None else {"prompt_depth": prompt}
+    ref_kw = {} if prompt is None else {"prompt_depth": torch.from_numpy(prompt).to(tdtype)}
 
     def run_ours():
-        mx.eval(ours(x).predicted_depth)
+        mx.eval(ours(x, **ours_kw).predicted_depth)
 
     def run_torch():
         with torch.inference_mode():
-            ref(xt)
+            ref(xt, **ref_kw)
 
     times = alternate({"mlx": run_ours, "torch": run_torch} if ref is not None else {"mlx": run_ours}, runs)
     row = SpeedRow(batch=len(x), mlx_s=statistics.median(times["mlx"]), mlx_runs=times["mlx"])
@@ -266,10 +318,14 @@ def time_batch(ours, ref, x: np.ndarray, tdtype, runs: int) -> SpeedRow:
         row.torch_s, row.torch_runs = statistics.median(times["torch"]), times["torch"]
         row.ratio = row.mlx_s / row.torch_s
         with torch.inference_mode():
-            a = ref(xt).predicted_depth.float().numpy()
-        b = np.array(ours(x).predicted_depth.astype(mx.float32))
+            a = ref(xt, **ref_kw).predicted_depth.float().numpy()
+        b = np.array(ours(x, **ours_kw).predicted_depth.astype(mx.float32))
         row.rel_err_vs_torch = float(np.abs(b - a).max() / max(np.abs(a).max(), 1e-12))
     return row
+
+
+def base_type(spec: ModelSpec) -> str:
+    return spec.config().model_type
 
 
 def _errors_of_range(ref: np.ndarray, out: np.ndarray) -> tuple[float, float]:
@@ -281,11 +337,11 @@ def _errors_of_range(ref: np.ndarray, out: np.ndarray) -> tuple[float, float]:
 
 def precision_table(f32_model, directory: str, spec: ModelSpec, log) -> list[PrecisionRow]:
     """float16 / bfloat16 / 8-bit / 4-bit against float32 on one image."""
-    h, w = spec.input_size
-    x = np.random.default_rng(1234).standard_normal((1, 3, h, w)).astype(np.float32)
+    x, prompt = bench_inputs(base_type(spec), 1, spec.input_size, seed=1234)
+    kw = {} if prompt is None else {"prompt_depth": prompt}
     base = f32_model if f32_model is not None else load_model(directory)
     t = time.perf_counter()
-    ref = np.array(base(x).predicted_depth)
+    ref = np.array(base(x, **kw).predicted_depth)
     rows = [PrecisionRow("float32", weights_mib(base), time.perf_counter() - t)]
     log("  " + rows[-1].line())
     variants = [
@@ -297,7 +353,7 @@ def precision_table(f32_model, directory: str, spec: ModelSpec, log) -> list[Pre
     for name, make in variants:
         model = make()
         t = time.perf_counter()
-        out = np.array(model(x).predicted_depth.astype(mx.float32))
+        out = np.array(model(x, **kw).predicted_depth.astype(mx.float32))
         rows.append(PrecisionRow(name, weights_mib(model), time.perf_counter() - t, *_errors_of_range(ref, out)))
         log("  " + rows[-1].line())
         del model
@@ -328,10 +384,9 @@ def bench_model(spec: ModelSpec, options: BenchOptions, log) -> ModelResult:
         blas = blas_info()
         log(f"  built {spec.name} in {time.perf_counter() - t0:.1f}s: {weights_mib(ours):.0f} MiB of weights "
             f"({dtype}); MLX's BLAS {blas_name(blas)} x{blas.get('threads')}")
-        h, w = spec.input_size
         for bs in options.batch_sizes:
-            x = np.random.default_rng(bs).standard_normal((bs, 3, h, w)).astype(np.float32)
-            row = time_batch(ours, ref if options.torch_too else None, x, tdtype, options.runs)
+            x, prompt = bench_inputs(ours.config.model_type, bs, spec.input_size, seed=bs)
+            row = time_batch(ours, ref if options.torch_too else None, x, tdtype, options.runs, prompt)
             if options.memory:
                 row.mlx_memory = forward_memory("mlx", directory, bs, spec.input_size, dtype)
                 if options.torch_too:

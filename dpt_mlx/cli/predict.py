@@ -26,6 +26,7 @@ from .console import (EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, Console, command, i
                       positive_int)
 from .predict_outputs import Plan, collect_inputs, depth_kind, plan
 from .predict_points import add_point_options, check_points
+from .predict_prompt import add_prompt_options, assign_prompts
 from .predict_runner import Runner
 
 DEFAULT_MODEL = "Intel/dpt-large"
@@ -158,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "of them is done again, replacing those")
 
     add_point_options(p)
+    add_prompt_options(p)
 
     run = p.add_argument_group("running")
     run.add_argument("--batch-size", "-b", type=positive_int, default=1, metavar="N",
@@ -165,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "preprocessing (default 1)")
     run.add_argument("--dtype", choices=tuple(DTYPES), default=None,
                      help="compute dtype (default: the checkpoint's)")
+    run.add_argument("--flip-tta", action="store_true",
+                     help="also predict each image mirrored left-right and average the two (test-time "
+                          "augmentation, as ZoeDepth's evaluation does): twice the model time per image")
     run.add_argument("--version", action="version", version=f"dpt_mlx {_version()}")
     talk = run.add_mutually_exclusive_group()
     talk.add_argument("--quiet", "-q", action="store_true", help="print errors only")
@@ -185,7 +190,7 @@ def _load(args, console: Console):
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         warnings.filterwarnings("ignore", category=RuntimeWarning)
     start = time.perf_counter()
-    predictor = load_predictor(args.model, dtype=args.dtype)
+    predictor = load_predictor(args.model, dtype=args.dtype, flip=args.flip_tta)
     seconds = time.perf_counter() - start
     for note in predictor.notes:
         console.detail(note)
@@ -207,11 +212,13 @@ def _summary(runner: Runner, work: Plan, predictor, seconds: float, load_seconds
     if work.skipped:
         summary += f"; {_skipped(work)}"
     if predictor.task == "depth-estimation":
-        summary += f"; depth is {depth_kind(predictor.config)}"
+        summary += f"; depth is {depth_kind(predictor.config, bool(runner.args.prompt_depth))}"
         if getattr(runner.args, "depth_kind", None):
             summary += f" (taken as {runner.args.depth_kind}: --depth-kind)"
         if any(k in ("png", "png16", "overlay") for k, _ in work.jobs[0].outputs):
             summary += ", PNGs are min-max normalised per image"
+        if predictor.flip:
+            summary += "; flip-averaged (two forward passes per image)"
     return summary
 
 
@@ -224,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors exit 2 here
     if args.video:
+        if args.prompt_depth:
+            parser.error("--prompt-depth is for images, not --video")
         from .predict_video import run_video
 
         return run_video(args)
@@ -242,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             console.detail("--colormap applies to depth only; segmentation uses the model's palette")
         check_points(args, predictor)
         work = plan(args, paths, task)
+        work.rejected += assign_prompts(args, work.jobs, predictor)
         stale = remove_stale_temps(t for job in work.jobs for _, t in job.outputs)
         if stale:
             console.detail(f"removed {stale} temporary file(s) left by an earlier, killed run")

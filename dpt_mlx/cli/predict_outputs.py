@@ -48,6 +48,8 @@ class Job:
     size: tuple[int, int] = (0, 0)  # (H, W) of the photo: the outputs' size
     pixels: np.ndarray | None = None  # the preprocessed (3, H', W') model input
     note: str = ""  # said on the image's line (the point cloud's camera)
+    prompt: Path | None = None  # --prompt-depth: the image's depth prompt file
+    prompt_pixels: np.ndarray | None = None  # the (1, h, w) prompt in metres, while in flight
 
 
 @dataclass
@@ -253,9 +255,14 @@ def plan(args, paths: list[Path | str], task: str) -> Plan:
 # Writing
 
 
-def depth_kind(config) -> str:
-    if getattr(config, "depth_estimation_type", "relative") == "metric":
-        return "metric depth (larger = farther)"
+def depth_kind(config, prompted: bool = False) -> str:
+    """What a depth model's values are, for the summary and the PNG text chunks."""
+    from ..predictor import predicts_metres
+
+    if predicts_metres(config, prompted):
+        return "metric depth in metres (larger = farther)"
+    if getattr(config, "model_type", None) == "prompt_depth_anything":
+        return "relative depth (no depth prompt given, so no scale)"
     return "relative inverse depth (larger = closer)"
 
 
@@ -269,7 +276,7 @@ def write_depth(job: Job, depth: np.ndarray, args, predictor) -> list[str]:
         "model": predictor.source,
         "depth_min": repr(low),
         "depth_max": repr(high),
-        "description": f"{depth_kind(predictor.config)}, min-max normalised per image: "
+        "description": f"{depth_kind(predictor.config, job.prompt is not None)}, min-max normalised per image: "
                        "depth = value / max_value * (depth_max - depth_min) + depth_min",
     }
     for kind, target in job.outputs:

@@ -43,11 +43,14 @@ def add_point_options(parser: argparse.ArgumentParser) -> None:
 
 
 def is_metric(config, args) -> bool:
-    """Whether the depth is metric: --depth-kind, else the config (depth_estimation_type "metric")."""
+    """Whether the depth is metric: --depth-kind, else the model (a metric config, ZoeDepth, or
+    Prompt Depth Anything given --prompt-depth)."""
+    from ..predictor import predicts_metres
+
     kind = getattr(args, "depth_kind", None)
     if kind is not None:
         return kind == "metric"
-    return getattr(config, "depth_estimation_type", None) == "metric"
+    return predicts_metres(config, prompted=bool(getattr(args, "prompt_depth", None)))
 
 
 def wants_points(args) -> bool:

@@ -32,6 +32,7 @@ class Runner:
         """Read and preprocess the image of ``job``; False (reported) when it cannot be."""
         from ..errors import ImageError
         from ..pipelines import load_image
+        from ..processing.depth_prompt import read_prompt_depth
 
         try:
             image = load_image(job.path)
@@ -39,7 +40,14 @@ class Runner:
             self.fail(None, str(e))  # load_image's messages name the file
             return False
         try:
-            job.pixels = self.predictor.preprocess(image)
+            if job.prompt is None:
+                job.pixels = self.predictor.preprocess(image)
+            else:
+                prompt = read_prompt_depth(job.prompt, self.args.prompt_depth_scale)  # metres
+                job.pixels, job.prompt_pixels = self.predictor.preprocess_with_prompt(image, prompt, 1.0)
+        except ImageError as e:  # the depth prompt's file
+            self.fail(job.path, str(e))
+            return False
         except ValueError as e:
             self.fail(job.path, f"cannot preprocess: {e}")
             return False
@@ -50,7 +58,8 @@ class Runner:
         """One forward pass over ``batch`` (same input size), then every image's outputs."""
         start = time.perf_counter()
         try:
-            results = self.predictor.forward(np.stack([j.pixels for j in batch]), [j.size for j in batch])
+            prompts = None if batch[0].prompt_pixels is None else np.stack([j.prompt_pixels for j in batch])
+            results = self.predictor.forward(np.stack([j.pixels for j in batch]), [j.size for j in batch], prompts)
         except (ValueError, OSError) as e:
             for job in batch:
                 self.fail(job.path, f"inference failed: {e}")
@@ -58,7 +67,7 @@ class Runner:
         seconds = time.perf_counter() - start
         self.model_seconds += seconds
         for job, result in zip(batch, results):
-            job.pixels = None
+            job.pixels = job.prompt_pixels = None
             details = self._write(job, result)
             if details is not None:
                 self._report(job, details, seconds / len(batch), len(batch))
@@ -99,14 +108,15 @@ class Runner:
     def run(self, jobs: list[Job]) -> None:
         """Every job, in batches of --batch-size images whose model inputs have the same shape."""
         size = self.args.batch_size
-        pending: dict[tuple, list[Job]] = {}  # input shape -> jobs waiting for a batch
+        pending: dict[tuple, list[Job]] = {}  # input (and prompt) shapes -> jobs waiting for a batch
         for job in jobs:
             if not self.prepare(job):
                 continue
-            bucket = pending.setdefault(job.pixels.shape, [])
+            key = (job.pixels.shape, None if job.prompt_pixels is None else job.prompt_pixels.shape)
+            bucket = pending.setdefault(key, [])
             bucket.append(job)
             if len(bucket) >= size:
-                self.run_batch(pending.pop(job.pixels.shape))
+                self.run_batch(pending.pop(key))
             elif sum(len(b) for b in pending.values()) >= 4 * size:  # bound memory with many shapes
                 largest = max(pending, key=lambda k: len(pending[k]))
                 self.run_batch(pending.pop(largest))

@@ -197,7 +197,7 @@ def _predictor(args, console: Console):
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         warnings.filterwarnings("ignore", category=RuntimeWarning)
     start = time.perf_counter()
-    predictor = load_predictor(args.model, dtype=args.dtype)
+    predictor = load_predictor(args.model, dtype=args.dtype, flip=args.flip_tta)
     for note in predictor.notes:
         console.detail(note)
     if predictor.task != "depth-estimation":

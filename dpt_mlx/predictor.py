@@ -1,0 +1,175 @@
+"""``Predictor``: a task model and its image processor, PIL images in, per-image NumPy maps out.
+
+What the pipelines, the command line and the video and batch runners share: preprocessing
+(with a depth prompt for Prompt Depth Anything), a batched forward pass, optional flip
+test-time augmentation, the NaN check, and post-processing to each image's size (for
+ZoeDepth with its padding removal).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+from PIL import Image
+
+from .errors import UnsupportedModelError
+from .processing.zoedepth_processor import ZoeDepthImageProcessor
+
+DEPTH = "depth-estimation"
+SEGMENTATION = "image-segmentation"
+
+
+def task_of(model) -> str:
+    """``"depth-estimation"`` or ``"image-segmentation"``, from the model's class."""
+    kind = getattr(type(model), "head_kind", None)
+    name = type(model).__name__
+    if kind == "segmentation" or "SemanticSegmentation" in name:
+        return SEGMENTATION
+    if kind == "depth" or "DepthEstimation" in name:
+        return DEPTH
+    raise UnsupportedModelError(
+        f"{name} has no depth or segmentation head; use a depth-estimation or semantic-segmentation checkpoint"
+    )
+
+
+def check_batch_size(batch_size: Any) -> int:
+    """``batch_size`` if it is an integer >= 1, else ValueError (as the command line rejects it)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def takes_prompt(model) -> bool:
+    """Whether the model accepts a metric depth prompt (Prompt Depth Anything)."""
+    return getattr(model.config, "model_type", None) == "prompt_depth_anything"
+
+
+def predicts_metres(config, prompted: bool = False) -> bool:
+    """Whether a depth model's output is in metres: metric Depth Anything and ZoeDepth always,
+    Prompt Depth Anything when it was given a prompt (its output is scaled to the prompt's range)."""
+    if getattr(config, "model_type", None) == "prompt_depth_anything":
+        return prompted or getattr(config, "depth_estimation_type", None) == "metric"
+    return bool(getattr(config, "predicts_metres", False)) or getattr(config, "depth_estimation_type", None) == "metric"
+
+
+class Predictor:
+    """A task model and its image processor: PIL images in, per-image NumPy maps out.
+
+    ``predict`` returns, per image and at the image's own size, the post-processed float32
+    depth ((H, W); relative inverse depth for DPT: larger is closer; metres for metric models)
+    or the int64 class map. ``flip=True`` also runs every image mirrored left-right and averages
+    the two predictions (test-time augmentation: twice the model time).
+    """
+
+    def __init__(self, model, image_processor, flip: bool = False):
+        self.model = model
+        self.image_processor = image_processor
+        self.task = task_of(model)
+        self.config = model.config
+        self.flip = bool(flip)
+        self.notes: list[str] = []
+        self.source = type(model).__name__
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(getattr(self.config, "id2label", {}) or {})
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @property
+    def takes_prompt(self) -> bool:
+        return takes_prompt(self.model)
+
+    def metric(self, prompted: bool = False) -> bool:
+        return self.task == DEPTH and predicts_metres(self.config, prompted)
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """(3, h, w) float32 pixel values of one image."""
+        return self.image_processor(image, return_tensors=None)["pixel_values"][0]
+
+    def preprocess_with_prompt(self, image: Image.Image, prompt_depth: Any,
+                               prompt_scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(3, h, w) pixel values and the (1, h', w') prompt in metres (``prompt_depth`` times
+        ``prompt_scale``, default the processor's ``prompt_scale_to_meter``)."""
+        if not self.takes_prompt:
+            raise ValueError(f"{self.source} takes no prompt_depth; use a Prompt Depth Anything checkpoint")
+        options = {} if prompt_scale is None else {"prompt_scale_to_meter": prompt_scale}
+        out = self.image_processor(image, prompt_depth=prompt_depth, return_tensors=None, **options)
+        return out["pixel_values"][0], np.asarray(out["prompt_depth"][0], dtype=np.float32)
+
+    def forward(self, pixel_values: np.ndarray, sizes: Sequence[tuple[int, int]],
+                prompt_depth: np.ndarray | None = None) -> list[np.ndarray]:
+        """Run a batch of equal-shape pixel values (and prompts); post-process each result to its
+        (height, width)."""
+        n = len(pixel_values)
+        x, prompt = pixel_values, prompt_depth
+        if self.flip:  # the mirrored batch rides along in the same forward pass
+            x = np.concatenate([x, x[..., ::-1]])
+            prompt = None if prompt is None else np.concatenate([prompt, prompt[..., ::-1]])
+        kwargs = {} if prompt is None else {"prompt_depth": mx.array(np.ascontiguousarray(prompt))}
+        outputs = self.model(mx.array(np.ascontiguousarray(x)), **kwargs)
+        result = outputs.predicted_depth if self.task == DEPTH else outputs.logits
+        self._check_finite(result)
+        flipped = None
+        if self.flip:
+            result, flipped = result[:n], result[n:]
+        if self.task == SEGMENTATION:
+            if flipped is not None:
+                result = (result + flipped[..., ::-1]) / 2
+            return self.image_processor.post_process_semantic_segmentation(
+                SimpleNamespace(logits=result), target_sizes=list(sizes))
+        if isinstance(self.image_processor, ZoeDepthImageProcessor):  # padding removal needs the source sizes
+            done = self.image_processor.post_process_depth_estimation(
+                SimpleNamespace(predicted_depth=result), source_sizes=list(sizes),
+                outputs_flipped=None if flipped is None else SimpleNamespace(predicted_depth=flipped))
+        else:
+            if flipped is not None:
+                result = (result + flipped[..., ::-1]) / 2
+            done = self.image_processor.post_process_depth_estimation(
+                SimpleNamespace(predicted_depth=result), target_sizes=list(sizes))
+        return [d["predicted_depth"] for d in done]
+
+    def _check_finite(self, output: mx.array) -> None:
+        """A ValueError when a model output (batch first) holds NaN or inf: the model is broken, and
+        post-processing would turn it into a plausible-looking map."""
+        bad = mx.logical_not(mx.isfinite(output)).reshape(output.shape[0], -1).any(axis=1)
+        count = int(bad.sum().item())
+        if count:
+            half = " or float16 overflowed (try dtype float32)" if output.dtype == mx.float16 else ""
+            raise ValueError(f"the model's output for {count} of {output.shape[0]} image(s) contains NaN or inf; "
+                             f"the checkpoint's weights may be damaged{half}")
+
+    def predict(self, images: Sequence[Image.Image], batch_size: int = 1,
+                prompts: Sequence[Any] | None = None,
+                prompt_scales: Sequence[float | None] | None = None) -> list[np.ndarray]:
+        """All images, batched by equal preprocessed shape, results in input order. ``prompts``: one
+        depth prompt per image (Prompt Depth Anything), or None; ``prompt_scales``: metres per prompt
+        unit for each (None: the processor's ``prompt_scale_to_meter``)."""
+        check_batch_size(batch_size)
+        if prompts is not None and len(prompts) != len(images):
+            raise ValueError(f"got {len(prompts)} prompt depth map(s) for {len(images)} image(s); give one per image")
+        if prompts is None:
+            inputs = [(self.preprocess(image), None) for image in images]
+        else:
+            scales = list(prompt_scales) if prompt_scales is not None else [None] * len(images)
+            inputs = [self.preprocess_with_prompt(image, p, s) for image, p, s in zip(images, prompts, scales)]
+        groups: dict[tuple, list[int]] = {}
+        for i, (p, q) in enumerate(inputs):
+            groups.setdefault((p.shape, None if q is None else q.shape), []).append(i)
+        results: list[np.ndarray | None] = [None] * len(images)
+        for indices in groups.values():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start:start + batch_size]
+                batch = np.stack([inputs[i][0] for i in chunk])
+                prompt = None if prompts is None else np.stack([inputs[i][1] for i in chunk])
+                sizes = [(images[i].height, images[i].width) for i in chunk]
+                for i, result in zip(chunk, self.forward(batch, sizes, prompt)):
+                    results[i] = result
+        return results  # type: ignore[return-value]
