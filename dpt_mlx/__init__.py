@@ -12,6 +12,8 @@ from .models import (DepthAnythingForDepthEstimation, DPTForDepthEstimation, DPT
 from .outputs import BaseModelOutputWithPooling, DepthEstimatorOutput, SemanticSegmenterOutput
 from .pipelines import pipeline
 from .processing.image_processor import DPTFeatureExtractor, DPTImageProcessor
+from .processing.prompt_depth_processor import PromptDepthAnythingImageProcessor
+from .processing.zoedepth_processor import ZoeDepthImageProcessor
 from .processing.points import depth_to_points
 from .training.losses import scale_shift_invariant_loss, semantic_segmentation_loss, silog_loss
 
@@ -35,8 +37,10 @@ __all__ = [
     "blas_info",
     "depth_to_points",
     "UnsupportedModelError",
+    "ZoeDepthImageProcessor",
     "load_model",
     "pipeline",
+    "PromptDepthAnythingImageProcessor",
     "scale_shift_invariant_loss",
     "semantic_segmentation_loss",
     "silog_loss",

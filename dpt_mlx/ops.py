@@ -16,13 +16,13 @@ import numpy as np
 _CUBIC_A = -0.75
 
 
-def _source_coords(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
-    dst = np.arange(out_size, dtype=np.float64)
+def _source_coords(in_size: int, out_size: int, align_corners: bool, dtype=np.float64) -> np.ndarray:
+    dst = np.arange(out_size, dtype=dtype)
     if align_corners:
-        scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+        scale = dtype((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
         return dst * scale
-    scale = in_size / out_size
-    return (dst + 0.5) * scale - 0.5
+    scale, half = dtype(in_size / out_size), dtype(0.5)
+    return (dst + half) * scale - half
 
 
 def _cubic_weights(t: np.ndarray) -> np.ndarray:
@@ -39,11 +39,17 @@ def _cubic_weights(t: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=256)
-def interpolation_matrix(in_size: int, out_size: int, mode: str, align_corners: bool) -> np.ndarray:
-    """The (out_size, in_size) float32 matrix that resamples one axis like PyTorch."""
+def interpolation_matrix(
+    in_size: int, out_size: int, mode: str, align_corners: bool, float32_positions: bool = False
+) -> np.ndarray:
+    """The (out_size, in_size) float32 matrix that resamples one axis like PyTorch.
+
+    ``float32_positions``: compute the sampling positions in float32, as PyTorch's CPU kernels
+    do for a float32 tensor (else in float64, closer to the exact positions).
+    """
     if in_size < 1 or out_size < 1:
         raise ValueError(f"cannot resize an axis of size {in_size} to {out_size}")
-    src = _source_coords(in_size, out_size, align_corners)
+    src = _source_coords(in_size, out_size, align_corners, np.float32 if float32_positions else np.float64)
     rows = np.arange(out_size)
     weights = np.zeros((out_size, in_size), dtype=np.float64)
     if mode == "bilinear":
@@ -88,11 +94,18 @@ def interpolate(
     return x.astype(dtype)
 
 
-def interpolate_np(x: np.ndarray, size: tuple[int, int], mode: str = "bilinear", align_corners: bool = False) -> np.ndarray:
-    """NumPy twin of :func:`interpolate` for arrays laid out as (..., H, W) (channels-first)."""
+def interpolate_np(
+    x: np.ndarray,
+    size: tuple[int, int],
+    mode: str = "bilinear",
+    align_corners: bool = False,
+    float32_positions: bool = False,
+) -> np.ndarray:
+    """NumPy twin of :func:`interpolate` for arrays laid out as (..., H, W) (channels-first);
+    ``float32_positions`` as :func:`interpolation_matrix`."""
     h, w = x.shape[-2:]
-    wh = interpolation_matrix(h, int(size[0]), mode, align_corners)
-    ww = interpolation_matrix(w, int(size[1]), mode, align_corners)
+    wh = interpolation_matrix(h, int(size[0]), mode, align_corners, float32_positions)
+    ww = interpolation_matrix(w, int(size[1]), mode, align_corners, float32_positions)
     x = np.asarray(x, dtype=np.float32)
     return np.matmul(np.matmul(wh, x), ww.T)
 

@@ -1,9 +1,13 @@
-"""Shared pieces of the parity tests: perturbed reference checkpoints and error measures."""
+"""Shared pieces of the parity tests: perturbed reference checkpoints, error measures, and
+synthesised photo-like images (so the tests need no files and no network)."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFilter
 
 TOL = 1e-4  # max|ours - ref| <= TOL * max|ref| in float32
 
@@ -71,3 +75,78 @@ def rel_err(ours, ref) -> float:
 
 def pixels(batch: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, 3, height, width)).astype(np.float32)
+
+
+def photo(height, width, seed=0):
+    """A (height, width, 3) uint8 image with the statistics of a photograph (a fresh copy)."""
+    return _photo(height, width, seed).copy()
+
+
+@functools.lru_cache(maxsize=None)
+def _photo(height, width, seed):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    y, x = y / height, x / width
+    base = np.stack(
+        [
+            150 + 80 * x - 60 * y,
+            90 + 100 * np.sin(3 * x + 2 * y + seed),
+            60 + 120 * y * (1 - x) + 30 * np.cos(9 * x * y),
+        ],
+        axis=-1,
+    )
+    image = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):
+        x0, y0 = rng.integers(0, width), rng.integers(0, height)
+        x1, y1 = x0 + rng.integers(5, width // 2 + 6), y0 + rng.integers(5, height // 2 + 6)
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            draw.ellipse([x0, y0, x1, y1], fill=colour)
+        else:
+            draw.polygon([(x0, y0), (x1, y0 + 7), ((x0 + x1) // 2, y1)], fill=colour)
+    image = image.filter(ImageFilter.GaussianBlur(1.2))
+    array = np.asarray(image).astype(np.float64) + rng.normal(0, 6, (height, width, 3))
+    return np.clip(np.round(array), 0, 255).astype(np.uint8)
+
+
+def _rgba(height, width):
+    rgb = photo(height, width, seed=3)
+    alpha = np.linspace(0, 255, width, dtype=np.float64)[None, :].repeat(height, 0)
+    alpha[: height // 3] = 255
+    return np.dstack([rgb, alpha.astype(np.uint8)])
+
+
+def _palette_with_transparency():
+    image = Image.fromarray(photo(150, 211, seed=5)).quantize(32)
+    image.info["transparency"] = 0
+    return image
+
+
+# name -> a factory, so every test gets a fresh input.
+INPUTS = {
+    "rgb_pil_333x517": lambda: Image.fromarray(photo(333, 517)),
+    "rgb_pil_portrait": lambda: Image.fromarray(photo(480, 270, seed=1)),
+    "gray_pil": lambda: Image.fromarray(photo(240, 319, seed=2)).convert("L"),
+    "rgba_pil": lambda: Image.fromarray(_rgba(517, 333), mode="RGBA"),
+    "la_pil": lambda: Image.fromarray(_rgba(200, 180)).convert("LA"),
+    "palette_pil": lambda: Image.fromarray(photo(201, 149, seed=4)).quantize(64),
+    "palette_pil_transparent": _palette_with_transparency,
+    "numpy_hwc_uint8": lambda: photo(301, 199, seed=6),
+    "numpy_hw1_uint8": lambda: photo(97, 131, seed=7)[..., :1],
+    "numpy_rgba_uint8": lambda: _rgba(123, 77),
+    "numpy_chw_float": lambda: (photo(257, 383, seed=8).transpose(2, 0, 1) / 255).astype(np.float32),
+    "numpy_hwc_float64": lambda: photo(64, 48, seed=9) / 255.0,
+    # Not multiples of 1/255: the reference truncates x * 255 to uint8 before resizing.
+    "numpy_hwc_float_fractional": lambda: (photo(71, 90, seed=10) + np.random.default_rng(10).random((71, 90, 3)))
+    / 256,
+}
+
+
+def smooth(shape, seed):
+    """A smooth random float32 field of ``shape`` (..., H, W), with a little noise: a depth map or logits."""
+    rng = np.random.default_rng(seed)
+    coarse = torch.from_numpy(rng.normal(size=shape[:-2] + (5, 7)).astype(np.float32))
+    fine = torch.nn.functional.interpolate(coarse.reshape(-1, 1, 5, 7), size=shape[-2:], mode="bicubic")
+    noise = rng.normal(0, 0.05, shape).astype(np.float32)
+    return fine.reshape(shape).numpy() + noise

@@ -1,10 +1,9 @@
 """DPTImageProcessor against transformers' DPTImageProcessorPil (the PIL backend it ports).
 
-Images are synthesised here (smooth gradients, shapes, texture and noise, like a photo), so
-the tests need no files and no network.
+Images are synthesised in helpers.py (smooth gradients, shapes, texture and noise, like a
+photo), so the tests need no files and no network.
 """
 
-import functools
 import json
 import types
 
@@ -12,7 +11,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw, ImageFilter
+from helpers import INPUTS, photo, smooth
+from PIL import Image
 from transformers.models.dpt.image_processing_pil_dpt import DPTImageProcessorPil
 
 from dpt_mlx.errors import CheckpointError
@@ -49,72 +49,6 @@ CONFIGS = {
         "image_mean": IMAGENET_MEAN,
         "image_std": IMAGENET_STD,
     },
-}
-
-
-def photo(height, width, seed=0):
-    """A (height, width, 3) uint8 image with the statistics of a photograph (a fresh copy)."""
-    return _photo(height, width, seed).copy()
-
-
-@functools.lru_cache(maxsize=None)
-def _photo(height, width, seed):
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
-    y, x = y / height, x / width
-    base = np.stack(
-        [
-            150 + 80 * x - 60 * y,
-            90 + 100 * np.sin(3 * x + 2 * y + seed),
-            60 + 120 * y * (1 - x) + 30 * np.cos(9 * x * y),
-        ],
-        axis=-1,
-    )
-    image = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    for _ in range(6):
-        x0, y0 = rng.integers(0, width), rng.integers(0, height)
-        x1, y1 = x0 + rng.integers(5, width // 2 + 6), y0 + rng.integers(5, height // 2 + 6)
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        if rng.random() < 0.5:
-            draw.ellipse([x0, y0, x1, y1], fill=colour)
-        else:
-            draw.polygon([(x0, y0), (x1, y0 + 7), ((x0 + x1) // 2, y1)], fill=colour)
-    image = image.filter(ImageFilter.GaussianBlur(1.2))
-    array = np.asarray(image).astype(np.float64) + rng.normal(0, 6, (height, width, 3))
-    return np.clip(np.round(array), 0, 255).astype(np.uint8)
-
-
-def _rgba(height, width):
-    rgb = photo(height, width, seed=3)
-    alpha = np.linspace(0, 255, width, dtype=np.float64)[None, :].repeat(height, 0)
-    alpha[: height // 3] = 255
-    return np.dstack([rgb, alpha.astype(np.uint8)])
-
-
-def _palette_with_transparency():
-    image = Image.fromarray(photo(150, 211, seed=5)).quantize(32)
-    image.info["transparency"] = 0
-    return image
-
-
-# name -> a factory, so every test gets a fresh input.
-INPUTS = {
-    "rgb_pil_333x517": lambda: Image.fromarray(photo(333, 517)),
-    "rgb_pil_portrait": lambda: Image.fromarray(photo(480, 270, seed=1)),
-    "gray_pil": lambda: Image.fromarray(photo(240, 319, seed=2)).convert("L"),
-    "rgba_pil": lambda: Image.fromarray(_rgba(517, 333), mode="RGBA"),
-    "la_pil": lambda: Image.fromarray(_rgba(200, 180)).convert("LA"),
-    "palette_pil": lambda: Image.fromarray(photo(201, 149, seed=4)).quantize(64),
-    "palette_pil_transparent": _palette_with_transparency,
-    "numpy_hwc_uint8": lambda: photo(301, 199, seed=6),
-    "numpy_hw1_uint8": lambda: photo(97, 131, seed=7)[..., :1],
-    "numpy_rgba_uint8": lambda: _rgba(123, 77),
-    "numpy_chw_float": lambda: (photo(257, 383, seed=8).transpose(2, 0, 1) / 255).astype(np.float32),
-    "numpy_hwc_float64": lambda: photo(64, 48, seed=9) / 255.0,
-    # Not multiples of 1/255: the reference truncates x * 255 to uint8 before resizing.
-    "numpy_hwc_float_fractional": lambda: (photo(71, 90, seed=10) + np.random.default_rng(10).random((71, 90, 3)))
-    / 256,
 }
 
 
@@ -402,14 +336,6 @@ def test_bad_call_arguments():
 # post-processing
 
 
-def _smooth(shape, seed):
-    rng = np.random.default_rng(seed)
-    coarse = torch.from_numpy(rng.normal(size=shape[:-2] + (5, 7)).astype(np.float32))
-    fine = torch.nn.functional.interpolate(coarse.reshape(-1, 1, 5, 7), size=shape[-2:], mode="bicubic")
-    noise = rng.normal(0, 0.05, shape).astype(np.float32)
-    return fine.reshape(shape).numpy() + noise
-
-
 TARGETS = [
     None,
     [(160, 230), (121, 97)],  # larger, non-square, and an odd size
@@ -421,7 +347,7 @@ TARGETS = [
 @pytest.mark.parametrize("targets", TARGETS)
 @pytest.mark.parametrize("as_mlx", [False, True])
 def test_post_process_depth(targets, as_mlx):
-    depth = np.abs(_smooth((2, 37, 53), seed=0)) * 10
+    depth = np.abs(smooth((2, 37, 53), seed=0)) * 10
     theirs = DPTImageProcessorPil().post_process_depth_estimation(
         types.SimpleNamespace(predicted_depth=torch.from_numpy(depth)), target_sizes=targets
     )
@@ -439,7 +365,7 @@ def test_post_process_depth(targets, as_mlx):
 @pytest.mark.parametrize("targets", TARGETS)
 @pytest.mark.parametrize("as_mlx", [False, True])
 def test_post_process_semantic_segmentation(targets, as_mlx):
-    logits = _smooth((2, 6, 37, 53), seed=1) * 3
+    logits = smooth((2, 6, 37, 53), seed=1) * 3
     outputs_ref = types.SimpleNamespace(logits=torch.from_numpy(logits))
     outputs = types.SimpleNamespace(logits=mx.array(logits) if as_mlx else logits)
     theirs = DPTImageProcessorPil().post_process_semantic_segmentation(outputs_ref, target_sizes=targets)

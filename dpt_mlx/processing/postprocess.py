@@ -47,19 +47,22 @@ def _is_side(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)) and value >= 1
 
 
-def check_target_sizes(target_sizes: Any, batch: int, what: str) -> list[tuple[int, int] | None]:
-    """One (height, width) or ``None`` per item of a batch of ``batch`` ``what``; ``None`` -> all ``None``."""
+def check_target_sizes(
+    target_sizes: Any, batch: int, what: str, kind: str = "target"
+) -> list[tuple[int, int] | None]:
+    """One (height, width) or ``None`` per item of a batch of ``batch`` ``what``; ``None`` -> all ``None``.
+    ``kind`` names the sizes in errors (``"source"`` for ``source_sizes``)."""
     if target_sizes is None:
         return [None] * batch
     if isinstance(target_sizes, (np.ndarray, mx.array)) or hasattr(target_sizes, "__array__"):
         target_sizes = as_numpy(target_sizes).tolist()
     if not isinstance(target_sizes, Sequence) or isinstance(target_sizes, str):
-        raise ValueError(f"target_sizes must be a list of (height, width) pairs, got {type(target_sizes).__name__}")
+        raise ValueError(f"{kind}_sizes must be a list of (height, width) pairs, got {type(target_sizes).__name__}")
     target_sizes = list(target_sizes)
     if len(target_sizes) != batch:
         hint = " in a list, [(height, width)]" if len(target_sizes) == 2 and all(map(_is_side, target_sizes)) else ""
         raise ValueError(
-            f"got {len(target_sizes)} target sizes for a batch of {batch} {what}; pass one (height, width) per "
+            f"got {len(target_sizes)} {kind} sizes for a batch of {batch} {what}; pass one (height, width) per "
             f"image{hint}"
         )
     sizes: list[tuple[int, int] | None] = []
@@ -70,19 +73,26 @@ def check_target_sizes(target_sizes: Any, batch: int, what: str) -> list[tuple[i
         if hasattr(size, "__array__"):  # a NumPy, MLX or torch array
             size = as_numpy(size).tolist()
         if not (isinstance(size, Sequence) and len(size) == 2 and all(_is_side(side) for side in size)):
-            raise ValueError(f"target size {size!r} is invalid; use (height, width) with positive integers")
+            raise ValueError(f"{kind} size {size!r} is invalid; use (height, width) with positive integers")
         sizes.append((int(size[0]), int(size[1])))
     return sizes
+
+
+def predicted_depth(outputs: Any, name: str = "outputs") -> np.ndarray:
+    """``outputs.predicted_depth`` ((B, H, W) or (B, 1, H, W), mx or NumPy) as a (B, H, W) float32
+    array; ``name`` says which outputs in errors."""
+    depth = _float_numpy(_output_field(outputs, "predicted_depth"), f"{name}.predicted_depth")
+    if depth.ndim == 4 and depth.shape[1] == 1:
+        depth = depth[:, 0]
+    if depth.ndim != 3:
+        raise ValueError(f"{name}.predicted_depth must have shape (batch, height, width), got {depth.shape}")
+    return depth
 
 
 def depth_maps(outputs: Any, target_sizes: Any = None) -> list[np.ndarray]:
     """``outputs.predicted_depth`` ((B, H, W) or (B, 1, H, W), mx or NumPy) -> B float32 (h, w) maps,
     each bicubically resized to its ``target_sizes`` entry (``None`` keeps the model's size)."""
-    depth = _float_numpy(_output_field(outputs, "predicted_depth"), "predicted_depth")
-    if depth.ndim == 4 and depth.shape[1] == 1:
-        depth = depth[:, 0]
-    if depth.ndim != 3:
-        raise ValueError(f"predicted_depth must have shape (batch, height, width), got {depth.shape}")
+    depth = predicted_depth(outputs)
     results = []
     for one, size in zip(depth, check_target_sizes(target_sizes, len(depth), "depth maps")):
         if size is not None:
@@ -141,4 +151,4 @@ def segment(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-__all__ = ["check_target_sizes", "class_maps", "class_scores", "depth_maps", "segment"]
+__all__ = ["check_target_sizes", "class_maps", "class_scores", "depth_maps", "predicted_depth", "segment"]

@@ -276,7 +276,8 @@ def resize_output_size(
     return int(new_height), int(new_width)
 
 
-def _rescale(array: np.ndarray, scale: float) -> np.ndarray:
+def rescale(array: np.ndarray, scale: float) -> np.ndarray:
+    """``array * scale`` computed in float64 and stored as float32, as transformers' ``rescale``."""
     return (array.astype(np.float64) * scale).astype(np.float32)
 
 
@@ -307,14 +308,16 @@ def _pil_resize(chw: np.ndarray, height: int, width: int, resample: int) -> np.n
         hwc = hwc[..., 0]
     scaled = _needs_255_scaling(hwc)
     if scaled:
-        hwc = _rescale(hwc, 255)
+        hwc = rescale(hwc, 255)
     pil = Image.fromarray(np.ascontiguousarray(hwc.astype(np.uint8)))
     out = np.array(pil.resize((width, height), resample=resample))
     out = np.moveaxis(out[..., None] if out.ndim == 2 else out, -1, 0)
-    return _rescale(out, 1 / 255) if scaled else out
+    return rescale(out, 1 / 255) if scaled else out
 
 
-def _normalize(chw: np.ndarray, mean: float | list[float], std: float | list[float]) -> np.ndarray:
+def normalize(chw: np.ndarray, mean: float | list[float], std: float | list[float]) -> np.ndarray:
+    """``(chw - mean) / std`` per channel of a (C, H, W) array, in its float dtype (float32 for
+    integers), as transformers' ``normalize``; a list needs one value per channel."""
     if not np.issubdtype(chw.dtype, np.floating):
         chw = chw.astype(np.float32)
     channels = chw.shape[0]
@@ -363,9 +366,9 @@ def process(chw: np.ndarray, opts: Mapping[str, Any], is_label: bool) -> np.ndar
         chw = _pil_resize(chw, height, width, opts["resample"])
     if not is_label:
         if opts["do_rescale"]:
-            chw = _rescale(chw, opts["rescale_factor"])
+            chw = rescale(chw, opts["rescale_factor"])
         if opts["do_normalize"]:
-            chw = _normalize(chw, opts["image_mean"], opts["image_std"])
+            chw = normalize(chw, opts["image_mean"], opts["image_std"])
     if opts["do_pad"] and opts["size_divisor"] is not None:
         chw = center_pad(chw, opts["size_divisor"])
     return chw
@@ -384,8 +387,10 @@ __all__ = [
     "flatten_inputs",
     "image_to_chw",
     "map_to_chw",
+    "normalize",
     "process",
     "reduce_labels",
+    "rescale",
     "resize_output_size",
     "validate_options",
 ]
