@@ -70,8 +70,8 @@ def default_processor(config) -> tuple[Any, str]:
         backbone = backbone or getattr(backbone_config, "model_type", None)
         inner_size = getattr(backbone_config, "image_size", None)
     if model_type == "zoedepth":
-        processor = ZoeDepthImageProcessor()
-        what = "ZoeDepth's: 384x512 aspect ratio kept, reflect padding, bilinear, mean/std 0.5"
+        processor = ZoeDepthImageProcessor(ensure_multiple_of=32)  # the value the hub checkpoints set
+        what = "384x512, aspect ratio kept, multiple of 32, reflect padding, bilinear, mean/std 0.5"
     elif "depth_anything" in model_type or backbone == "dinov2":
         cls = PromptDepthAnythingImageProcessor if model_type == "prompt_depth_anything" else DPTImageProcessor
         processor = cls(
