@@ -4,11 +4,11 @@ Importing dpt_mlx has no side effects: MLX keeps its settings and its BLAS until
 loaded on the CPU (see dpt_mlx.cpu).
 """
 
-from .config import DepthAnythingConfig, DPTConfig
+from .config import DepthAnythingConfig, DPTConfig, PromptDepthAnythingConfig
 from .cpu.blas import blas_info
 from .errors import CheckpointError, DPTError, ImageError, UnsupportedModelError
 from .models import (DepthAnythingForDepthEstimation, DPTForDepthEstimation, DPTForSemanticSegmentation, DPTModel,
-                     load_model)
+                     PromptDepthAnythingForDepthEstimation, load_model)
 from .outputs import BaseModelOutputWithPooling, DepthEstimatorOutput, SemanticSegmenterOutput
 from .pipelines import pipeline
 from .processing.image_processor import DPTFeatureExtractor, DPTImageProcessor
@@ -32,6 +32,8 @@ __all__ = [
     "DPTForDepthEstimation",
     "DPTForSemanticSegmentation",
     "DPTModel",
+    "PromptDepthAnythingConfig",
+    "PromptDepthAnythingForDepthEstimation",
     "SemanticSegmenterOutput",
     "ImageError",
     "blas_info",

@@ -254,7 +254,30 @@ class DepthAnythingConfig(BaseConfig):
     use_bias_in_residual = property(lambda self: True)
 
 
-CONFIG_CLASSES: dict[str, type[BaseConfig]] = {"dpt": DPTConfig, "depth_anything": DepthAnythingConfig}
+@dataclass
+class PromptDepthAnythingConfig(DepthAnythingConfig):
+    """``transformers.PromptDepthAnythingConfig``: Depth Anything's fields and defaults.
+
+    The hub checkpoints (depth-anything/prompt-depth-anything-vits-hf, -vits-transparent-hf,
+    -vitl-hf) are "metric" (a sigmoid head) with "max_depth": null; the model never scales by
+    ``max_depth``. Given a prompt depth map, the model predicts depth in the prompt's unit (metres).
+    """
+
+    model_type: str = "prompt_depth_anything"
+
+    def __post_init__(self):
+        if not self.architectures:  # the one model class of this model_type
+            self.architectures = ["PromptDepthAnythingForDepthEstimation"]
+        super().__post_init__()
+
+    @property
+    def predicts_metres(self) -> bool:
+        """True: with a prompt (in metres, e.g. LiDAR) the predicted depth is in metres."""
+        return True
+
+
+CONFIG_CLASSES: dict[str, type[BaseConfig]] = {"dpt": DPTConfig, "depth_anything": DepthAnythingConfig,
+                                               "prompt_depth_anything": PromptDepthAnythingConfig}
 
 
 def config_from_dict(data: dict[str, Any]) -> BaseConfig:

@@ -110,6 +110,13 @@ HALF_KINDS = {
                                                   reshape_hidden_states=False),
         patch_size=14, reassemble_hidden_size=64, neck_hidden_sizes=[16, 32, 64, 64], fusion_hidden_size=32,
         head_hidden_size=16), (42, 56)),
+    "prompt-depth-anything": (transformers.PromptDepthAnythingForDepthEstimation,
+                              lambda: transformers.PromptDepthAnythingConfig(
+        backbone_config=transformers.Dinov2Config(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                                                  image_size=42, patch_size=14, out_indices=[1, 2, 3, 4],
+                                                  reshape_hidden_states=False),
+        patch_size=14, reassemble_hidden_size=64, neck_hidden_sizes=[16, 32, 64, 64], fusion_hidden_size=32,
+        head_hidden_size=16, depth_estimation_type="metric", max_depth=None), (42, 56)),
 }
 
 
@@ -159,6 +166,22 @@ def test_half_conversion_loads_as_dtype_on_the_source(half_sources, tmp_path, ca
     a, b = first_output(converted, x), first_output(direct, x)
     assert np.isfinite(a).all() and np.count_nonzero(a) > a.size // 2
     assert np.array_equal(a, b)
+
+
+@pytest.mark.parity
+def test_prompt_depth_anything_converts_with_its_prompt_layers(half_sources, tmp_path, capsys):
+    """The converter's check runs without a prompt; the prompt path of the converted checkpoint matches too."""
+    source, x = half_sources["prompt-depth-anything"]
+    assert convert_main(["--hf-path", str(source), "--mlx-path", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    converted = dpt_mlx.load_model(tmp_path / "out")
+    assert type(converted) is dpt_mlx.PromptDepthAnythingForDepthEstimation
+    prompt = np.random.default_rng(0).uniform(0.5, 6.0, (2, 1, 48, 64)).astype(np.float32)
+    ref = transformers.PromptDepthAnythingForDepthEstimation.from_pretrained(source).eval()
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x), prompt_depth=torch.from_numpy(prompt)).predicted_depth.numpy()
+    got = np.array(converted(x, prompt_depth=prompt).predicted_depth)
+    assert np.ptp(expected) > 1e-3 * np.abs(expected).max()  # not constant
+    assert np.abs(got - expected).max() <= 1e-4 * np.ptp(expected)
 
 
 def test_overflowing_half_model_is_refused_with_a_reason(half_sources, tmp_path, monkeypatch):

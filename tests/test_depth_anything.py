@@ -10,7 +10,7 @@ import transformers
 
 import dpt_mlx
 from dpt_mlx.config import DepthAnythingConfig, config_from_dict
-from helpers import TOL, perturb, pixels, rel_err
+from helpers import TOL, open_final_relu, perturb, pixels, rel_err
 
 # The hub checkpoints at reduced width: same layer count, out_indices and flags as the -small-hf
 # configs (Dinov2 12 layers, image_size 518 -> 42 here, apply_layernorm default True,
@@ -137,3 +137,55 @@ def test_model_rejects_inconsistent_backbone():
         dpt_mlx.DepthAnythingForDepthEstimation(DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32))
     with pytest.raises(dpt_mlx.UnsupportedModelError, match="'beit2'"):
         dpt_mlx.DepthAnythingForDepthEstimation(DepthAnythingConfig(backbone_config={"model_type": "beit2"}))
+
+
+# Distill-Any-Depth (xingyang1/Distill-Any-Depth-{Small,Base,Large}-hf) are Depth Anything checkpoints
+# (model_type depth_anything, relative, head_hidden_size 32, reassemble_factors [4, 2, 1, 0.5]). Their
+# shapes, from the authors' code (Westlake-AGI-Lab/Distill-Any-Depth, tools/testers/infer.py model_kwargs and
+# the intermediate_layer_idx of depth_anything_v2/dpt.py and modeling/archs/dam/dam.py; out_indices = idx + 1):
+#   Small: DINOv2 ViT-S/14 (384 wide, 12 layers, 6 heads), out_indices [3, 6, 9, 12], neck [48, 96, 192, 384],
+#          fusion 64 -- built here at full size
+#   Base:  DINOv2 ViT-B/14 (768, 12 layers, 12 heads), out_indices [3, 6, 9, 12], neck [96, 192, 384, 768],
+#          fusion 128 -- here 48 wide, neck [6, 12, 24, 48], fusion 16
+#   Large: DINOv2 ViT-L/14 (1024, 24 layers, 16 heads), out_indices [5, 12, 18, 24], neck [256, 512, 1024, 1024],
+#          fusion 256 -- here 32 wide, neck [8, 16, 32, 32], fusion 16
+# Every one keeps its layer count, out_indices, the neck's last width equal to the backbone's, and image_size 518.
+DISTILL_ANY_DEPTH = {
+    "small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, out_indices=[3, 6, 9, 12],
+                  neck_hidden_sizes=[48, 96, 192, 384], fusion_hidden_size=64),
+    "base": dict(hidden_size=48, num_hidden_layers=12, num_attention_heads=4, out_indices=[3, 6, 9, 12],
+                 neck_hidden_sizes=[6, 12, 24, 48], fusion_hidden_size=16),
+    "large": dict(hidden_size=32, num_hidden_layers=24, num_attention_heads=2, out_indices=[5, 12, 18, 24],
+                  neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16),
+}
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("size", list(DISTILL_ANY_DEPTH))
+def test_distill_any_depth_shapes_load_and_match(tmp_path, size):
+    shape = dict(DISTILL_ANY_DEPTH[size])
+    neck, fusion = shape.pop("neck_hidden_sizes"), shape.pop("fusion_hidden_size")
+    backbone = transformers.Dinov2Config(**shape, intermediate_size=4 * shape["hidden_size"], image_size=518,
+                                         patch_size=14, reshape_hidden_states=False)
+    config = transformers.DepthAnythingConfig(
+        backbone_config=backbone, patch_size=14, reassemble_hidden_size=shape["hidden_size"], neck_hidden_sizes=neck,
+        fusion_hidden_size=fusion, head_hidden_size=32, depth_estimation_type="relative",
+    )
+    torch.manual_seed(0)
+    ref = transformers.DepthAnythingForDepthEstimation(config)
+    ref.set_attn_implementation("eager")
+    ref = perturb(ref, scale=0.02 if size == "small" else 0.1)  # at full width 0.1 would swamp the init
+    ref = open_final_relu(ref, pixels(2, 42, 56))
+    ref.save_pretrained(tmp_path)
+    ours = dpt_mlx.load_model(tmp_path)
+    assert type(ours) is dpt_mlx.DepthAnythingForDepthEstimation
+    for h, w in [(42, 42), (42, 56)]:
+        x = pixels(2, h, w, seed=w)
+        with torch.no_grad():
+            expected = ref(torch.from_numpy(x), output_hidden_states=True)
+        got = ours(x, output_hidden_states=True)
+        depth = expected.predicted_depth
+        assert float((depth > 0).float().mean()) > 0.5 and float(depth.std()) > 1e-3 * float(depth.abs().max())
+        assert rel_err(got.predicted_depth, depth) <= TOL
+        assert len(got.hidden_states) == len(expected.hidden_states) == shape["num_hidden_layers"] + 1
+        assert rel_err(got.hidden_states[-1], expected.hidden_states[-1]) <= TOL

@@ -1,9 +1,11 @@
-"""The task models: DPT (ViT, hybrid, DINOv2, BEiT, Swinv2 backbones) and Depth Anything."""
+"""The task models: DPT (ViT, hybrid, DINOv2, BEiT, Swinv2 backbones), Depth Anything, Prompt Depth Anything."""
 
 from .base import PreTrainedModel
 from .depth_anything import DepthAnythingForDepthEstimation
 from .dpt import DPTForDepthEstimation, DPTForSemanticSegmentation, DPTModel
+from .prompt_depth_anything import PromptDepthAnythingForDepthEstimation
 from .registry import MODEL_CLASSES, load_model, model_class_for
 
 __all__ = ["MODEL_CLASSES", "DPTForDepthEstimation", "DPTForSemanticSegmentation", "DPTModel",
-           "DepthAnythingForDepthEstimation", "PreTrainedModel", "load_model", "model_class_for"]
+           "DepthAnythingForDepthEstimation", "PreTrainedModel", "PromptDepthAnythingForDepthEstimation", "load_model",
+           "model_class_for"]

@@ -24,15 +24,16 @@ class DepthAnythingDepthEstimationHead(nn.Module):
     """conv3x3 (C -> C/2), resize to the patch grid times the patch size (bilinear, align_corners=True),
     conv3x3 (-> head_hidden_size), ReLU, conv1x1 (-> 1), then ReLU (relative) or sigmoid (metric),
     times ``max_depth`` (also for relative depth, where it is 1 on every released checkpoint).
+    ``max_depth`` given here replaces the config's (Prompt Depth Anything's head does not scale: 1).
     """
 
-    def __init__(self, config: DepthAnythingConfig):
+    def __init__(self, config: DepthAnythingConfig, max_depth: float | None = None):
         super().__init__()
         features = config.fusion_hidden_size
         self.head_in_index = config.head_in_index
         self.patch_size = config.patch_size
         self.metric = config.depth_estimation_type == "metric"
-        self.max_depth = float(config.max_depth)
+        self.max_depth = float(config.max_depth if max_depth is None else max_depth)
         self.conv1 = nn.Conv2d(features, features // 2, kernel_size=3, padding=1)
         self.conv2 = nn.Conv2d(features // 2, config.head_hidden_size, kernel_size=3, padding=1)
         self.conv3 = nn.Conv2d(config.head_hidden_size, 1, kernel_size=1)

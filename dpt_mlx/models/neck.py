@@ -104,10 +104,28 @@ class PreActResidualLayer(nn.Module):
         return h + x
 
 
-class FeatureFusionLayer(nn.Module):
-    """Add the (resized) skip features, refine, upsample 2x (bilinear, align_corners=True), project."""
+class PromptDepthLayer(nn.Module):
+    """conv3x3 (1 -> C), ReLU, conv3x3, ReLU, conv3x3: a depth map's features, added in a fusion layer."""
 
-    def __init__(self, config, align_corners: bool = True):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.convolution1 = nn.Conv2d(1, channels, kernel_size=3, padding=1)
+        self.convolution2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.convolution3 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+
+    def __call__(self, depth: mx.array) -> mx.array:
+        return self.convolution3(nn.relu(self.convolution2(nn.relu(self.convolution1(depth)))))
+
+
+class FeatureFusionLayer(nn.Module):
+    """Add the (resized) skip features, refine, upsample 2x (bilinear, align_corners=True), project.
+
+    With ``prompt_depth`` (Prompt Depth Anything) it also has a ``prompt_depth_layer``: a (B, h, w, 1)
+    depth map given to the call is resized to the refined map's size (bilinear, align_corners=False)
+    and its features are added before the upsampling.
+    """
+
+    def __init__(self, config, align_corners: bool = True, prompt_depth: bool = False):
         super().__init__()
         channels = config.fusion_hidden_size
         bn, bias = bool(config.use_batch_norm_in_fusion_residual), config.use_bias_in_residual
@@ -115,13 +133,18 @@ class FeatureFusionLayer(nn.Module):
         self.projection = nn.Conv2d(channels, channels, kernel_size=1)
         self.residual_layer1 = PreActResidualLayer(channels, bn, bias)
         self.residual_layer2 = PreActResidualLayer(channels, bn, bias)
+        if prompt_depth:
+            self.prompt_depth_layer = PromptDepthLayer(channels)
 
-    def __call__(self, x: mx.array, residual: mx.array | None = None, size: tuple[int, int] | None = None):
+    def __call__(self, x: mx.array, residual: mx.array | None = None, size: tuple[int, int] | None = None,
+                 prompt_depth: mx.array | None = None):
         if residual is not None:
             if residual.shape != x.shape:
                 residual = interpolate(residual, x.shape[1:3], "bilinear", align_corners=False)
             x = x + self.residual_layer1(residual)
         x = self.residual_layer2(x)
+        if prompt_depth is not None:
+            x = x + self.prompt_depth_layer(interpolate(prompt_depth, x.shape[1:3], "bilinear", align_corners=False))
         if size is None:
             x = upsample2x(x, self.align_corners)
         else:
@@ -133,29 +156,35 @@ class FeatureFusionStage(nn.Module):
     """Fuse from the coarsest map to the finest.
 
     Each layer upsamples its output 2x (DPT); with ``upsample_to_next`` (Depth Anything) it resizes
-    it to the next (finer) map's size instead, and only the last layer upsamples 2x.
+    it to the next (finer) map's size instead, and only the last layer upsamples 2x. With
+    ``prompt_depth`` every layer takes the same prompt depth map (see FeatureFusionLayer).
     """
 
-    def __init__(self, config, upsample_to_next: bool = False):
+    def __init__(self, config, upsample_to_next: bool = False, prompt_depth: bool = False):
         super().__init__()
         self.upsample_to_next = upsample_to_next
-        self.layers = [FeatureFusionLayer(config) for _ in config.neck_hidden_sizes]
+        self.layers = [FeatureFusionLayer(config, prompt_depth=prompt_depth) for _ in config.neck_hidden_sizes]
 
-    def __call__(self, features: list[mx.array]) -> list[mx.array]:
+    def __call__(self, features: list[mx.array], prompt_depth: mx.array | None = None) -> list[mx.array]:
         """Returns the fused maps, coarsest first."""
         features = features[::-1]
         fused, out = None, []
         for i, (x, layer) in enumerate(zip(features, self.layers)):
             size = features[i + 1].shape[1:3] if self.upsample_to_next and i + 1 < len(features) else None
-            fused = layer(x, size=size) if fused is None else layer(fused, x, size=size)
+            if fused is None:
+                fused = layer(x, size=size, prompt_depth=prompt_depth)
+            else:
+                fused = layer(fused, x, size=size, prompt_depth=prompt_depth)
             out.append(fused)
         return out
 
 
 class DPTNeck(nn.Module):
-    """Reassemble (unless the backbone is hierarchical), 3x3 convs to fusion width, fuse."""
+    """Reassemble (unless the backbone is hierarchical), 3x3 convs to fusion width, fuse (with a prompt
+    depth map in every fusion layer when built with ``prompt_depth``)."""
 
-    def __init__(self, config, hidden_size: int, reassemble: bool = True, upsample_to_next: bool = False):
+    def __init__(self, config, hidden_size: int, reassemble: bool = True, upsample_to_next: bool = False,
+                 prompt_depth: bool = False):
         super().__init__()
         self.num_stages = len(config.neck_hidden_sizes)
         self.reassemble_stage = ReassembleStage(config, hidden_size) if reassemble else None
@@ -163,12 +192,13 @@ class DPTNeck(nn.Module):
             nn.Conv2d(c, config.fusion_hidden_size, kernel_size=3, padding=1, bias=False)
             for c in config.neck_hidden_sizes
         ]
-        self.fusion_stage = FeatureFusionStage(config, upsample_to_next)
+        self.fusion_stage = FeatureFusionStage(config, upsample_to_next, prompt_depth)
 
-    def __call__(self, hidden_states: list[mx.array], grid: tuple[int, int] | None = None) -> list[mx.array]:
+    def __call__(self, hidden_states: list[mx.array], grid: tuple[int, int] | None = None,
+                 prompt_depth: mx.array | None = None) -> list[mx.array]:
         if len(hidden_states) != self.num_stages:
             raise ValueError(f"the neck expects {self.num_stages} feature maps, got {len(hidden_states)}")
         if self.reassemble_stage is not None:
             hidden_states = self.reassemble_stage(hidden_states, grid)
         features = [conv(x) for conv, x in zip(self.convs, hidden_states)]
-        return self.fusion_stage(features)
+        return self.fusion_stage(features, prompt_depth)
