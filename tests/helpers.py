@@ -4,6 +4,7 @@ synthesised photo-like images (so the tests need no files and no network)."""
 from __future__ import annotations
 
 import functools
+import types
 
 import numpy as np
 import torch
@@ -150,3 +151,19 @@ def smooth(shape, seed):
     fine = torch.nn.functional.interpolate(coarse.reshape(-1, 1, 5, 7), size=shape[-2:], mode="bicubic")
     noise = rng.normal(0, 0.05, shape).astype(np.float32)
     return fine.reshape(shape).numpy() + noise
+
+
+class TorchvisionResize:
+    """``torchvision.transforms.v2.functional`` as the reference's post-processing uses it, for
+    float tensors (torchvision 0.2x ``resize_image``): the tensor itself at its own size, else
+    ``interpolate(align_corners=False, antialias=False)``. Used only where torchvision is absent."""
+
+    InterpolationMode = types.SimpleNamespace(BICUBIC="bicubic")
+
+    @staticmethod
+    def resize(image, size, interpolation, antialias):
+        if list(image.shape[-2:]) == list(size):
+            return image
+        return torch.nn.functional.interpolate(
+            image[None], size=list(size), mode=interpolation, align_corners=False, antialias=antialias
+        )[0]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import transformers.models.zoedepth.image_processing_pil_zoedepth as reference_module
-from helpers import INPUTS, photo, smooth
+from helpers import INPUTS, TorchvisionResize, photo, smooth
 from PIL import Image
 from transformers.models.zoedepth.image_processing_pil_zoedepth import ZoeDepthImageProcessorPil
 
@@ -123,26 +123,10 @@ def test_padding_rule():
 # post-processing
 
 
-class _TorchvisionResize:
-    """``torchvision.transforms.v2.functional`` as the reference's post-processing uses it, for
-    float tensors (torchvision 0.2x ``resize_image``): the tensor itself at its own size, else
-    ``interpolate(align_corners=False, antialias=False)``. Used only where torchvision is absent."""
-
-    InterpolationMode = types.SimpleNamespace(BICUBIC="bicubic")
-
-    @staticmethod
-    def resize(image, size, interpolation, antialias):
-        if list(image.shape[-2:]) == list(size):
-            return image
-        return torch.nn.functional.interpolate(
-            image[None], size=list(size), mode=interpolation, align_corners=False, antialias=antialias
-        )[0]
-
-
 @pytest.fixture
 def zoe_reference(monkeypatch):
     if not hasattr(reference_module, "tvF"):
-        monkeypatch.setattr(reference_module, "tvF", _TorchvisionResize, raising=False)
+        monkeypatch.setattr(reference_module, "tvF", TorchvisionResize, raising=False)
     return ZoeDepthImageProcessorPil
 
 
