@@ -5,11 +5,14 @@ loaded on the CPU (see dpt_mlx.cpu).
 """
 
 from .config import DepthAnythingConfig, DPTConfig
+from .config_zoedepth import ZoeDepthConfig
 from .cpu.blas import blas_info
 from .errors import CheckpointError, DPTError, ImageError, UnsupportedModelError
 from .models import (DepthAnythingForDepthEstimation, DPTForDepthEstimation, DPTForSemanticSegmentation, DPTModel,
                      load_model)
+from .models.zoedepth import ZoeDepthForDepthEstimation
 from .outputs import BaseModelOutputWithPooling, DepthEstimatorOutput, SemanticSegmenterOutput
+from .outputs import ZoeDepthDepthEstimatorOutput
 from .pipelines import pipeline
 from .processing.image_processor import DPTFeatureExtractor, DPTImageProcessor
 from .processing.points import depth_to_points
@@ -40,4 +43,7 @@ __all__ = [
     "scale_shift_invariant_loss",
     "semantic_segmentation_loss",
     "silog_loss",
+    "ZoeDepthConfig",
+    "ZoeDepthDepthEstimatorOutput",
+    "ZoeDepthForDepthEstimation",
 ]

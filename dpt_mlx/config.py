@@ -15,6 +15,7 @@ from typing import Any
 from .backbones.bit import HYBRID_BIT_DEFAULTS, BitConfig
 from .config_checks import check_backbone, check_neck, in_backbone_config, json_type
 from .config_utils import BaseConfig, check_act, pair
+from .config_zoedepth import ZoeDepthConfig
 from .errors import CheckpointError, UnsupportedModelError
 
 READOUT_TYPES = ("ignore", "add", "project")
@@ -254,7 +255,8 @@ class DepthAnythingConfig(BaseConfig):
     use_bias_in_residual = property(lambda self: True)
 
 
-CONFIG_CLASSES: dict[str, type[BaseConfig]] = {"dpt": DPTConfig, "depth_anything": DepthAnythingConfig}
+CONFIG_CLASSES: dict[str, type[BaseConfig]] = {"dpt": DPTConfig, "depth_anything": DepthAnythingConfig,
+                                               "zoedepth": ZoeDepthConfig}
 
 
 def config_from_dict(data: dict[str, Any]) -> BaseConfig:

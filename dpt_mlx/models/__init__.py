@@ -4,6 +4,8 @@ from .base import PreTrainedModel
 from .depth_anything import DepthAnythingForDepthEstimation
 from .dpt import DPTForDepthEstimation, DPTForSemanticSegmentation, DPTModel
 from .registry import MODEL_CLASSES, load_model, model_class_for
+from .zoedepth import ZoeDepthForDepthEstimation
 
 __all__ = ["MODEL_CLASSES", "DPTForDepthEstimation", "DPTForSemanticSegmentation", "DPTModel",
-           "DepthAnythingForDepthEstimation", "PreTrainedModel", "load_model", "model_class_for"]
+           "DepthAnythingForDepthEstimation", "PreTrainedModel", "load_model", "model_class_for",
+           "ZoeDepthForDepthEstimation"]

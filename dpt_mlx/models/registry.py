@@ -7,6 +7,7 @@ from ..errors import UnsupportedModelError
 from .base import PreTrainedModel
 from .depth_anything import DepthAnythingForDepthEstimation
 from .dpt import DPTForDepthEstimation, DPTForSemanticSegmentation, DPTModel
+from .zoedepth import ZoeDepthForDepthEstimation
 
 # config.json "architectures" names -> class
 MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
@@ -14,6 +15,7 @@ MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
     "DPTForDepthEstimation": DPTForDepthEstimation,
     "DPTForSemanticSegmentation": DPTForSemanticSegmentation,
     "DepthAnythingForDepthEstimation": DepthAnythingForDepthEstimation,
+    "ZoeDepthForDepthEstimation": ZoeDepthForDepthEstimation,
 }
 
 _SEGMENTATION_KEYS = ("auxiliary_head.", "head.head.1.", "head.batch_norm.")
