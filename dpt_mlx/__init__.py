@@ -1,15 +1,17 @@
-"""dpt_mlx: DPT and Depth Anything dense prediction models in MLX, with transformers' API.
+"""dpt_mlx: DPT, Depth Anything, ZoeDepth and Prompt Depth Anything in MLX, with transformers' API.
 
 Importing dpt_mlx has no side effects: MLX keeps its settings and its BLAS until a model is
 loaded on the CPU (see dpt_mlx.cpu).
 """
 
 from .config import DepthAnythingConfig, DPTConfig, PromptDepthAnythingConfig
+from .config_zoedepth import ZoeDepthConfig
 from .cpu.blas import blas_info
 from .errors import CheckpointError, DPTError, ImageError, UnsupportedModelError
 from .models import (DepthAnythingForDepthEstimation, DPTForDepthEstimation, DPTForSemanticSegmentation, DPTModel,
-                     PromptDepthAnythingForDepthEstimation, load_model)
-from .outputs import BaseModelOutputWithPooling, DepthEstimatorOutput, SemanticSegmenterOutput
+                     PromptDepthAnythingForDepthEstimation, ZoeDepthForDepthEstimation, load_model)
+from .outputs import (BaseModelOutputWithPooling, DepthEstimatorOutput, SemanticSegmenterOutput,
+                      ZoeDepthDepthEstimatorOutput)
 from .pipelines import pipeline
 from .processing.image_processor import DPTFeatureExtractor, DPTImageProcessor
 from .processing.prompt_depth_processor import PromptDepthAnythingImageProcessor
@@ -46,4 +48,7 @@ __all__ = [
     "scale_shift_invariant_loss",
     "semantic_segmentation_loss",
     "silog_loss",
+    "ZoeDepthConfig",
+    "ZoeDepthDepthEstimatorOutput",
+    "ZoeDepthForDepthEstimation",
 ]

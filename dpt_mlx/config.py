@@ -15,6 +15,7 @@ from typing import Any
 from .backbones.bit import HYBRID_BIT_DEFAULTS, BitConfig
 from .config_checks import check_backbone, check_neck, in_backbone_config, json_type
 from .config_utils import BaseConfig, check_act, pair
+from .config_zoedepth import ZoeDepthConfig
 from .errors import CheckpointError, UnsupportedModelError
 
 READOUT_TYPES = ("ignore", "add", "project")
@@ -277,7 +278,7 @@ class PromptDepthAnythingConfig(DepthAnythingConfig):
 
 
 CONFIG_CLASSES: dict[str, type[BaseConfig]] = {"dpt": DPTConfig, "depth_anything": DepthAnythingConfig,
-                                               "prompt_depth_anything": PromptDepthAnythingConfig}
+                                               "prompt_depth_anything": PromptDepthAnythingConfig, "zoedepth": ZoeDepthConfig}
 
 
 def config_from_dict(data: dict[str, Any]) -> BaseConfig:

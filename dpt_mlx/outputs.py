@@ -44,6 +44,17 @@ class DepthEstimatorOutput(ModelOutput):
 
 
 @dataclass
+class ZoeDepthDepthEstimatorOutput(ModelOutput):
+    """``DepthEstimatorOutput`` with ``domain_logits`` (B, 2): the multi-domain ZoeDepth's classifier (else None)."""
+
+    loss: mx.array | None = None
+    predicted_depth: mx.array | None = None
+    domain_logits: mx.array | None = None
+    hidden_states: tuple[mx.array, ...] | None = None
+    attentions: tuple[mx.array, ...] | None = None
+
+
+@dataclass
 class SemanticSegmenterOutput(ModelOutput):
     loss: mx.array | None = None
     logits: mx.array | None = None

@@ -22,6 +22,7 @@ DROP = (
     re.compile(r"(^|\.)relative_coords_table$"),  # Swinv2 continuous position table: recomputed
     re.compile(r"embeddings\.backbone\.bit\.norm\."),  # DPT-Hybrid pre-activation BiT's final norm: feeds no feature map
     re.compile(r"^backbone\.beit\.layernorm\."),  # BEiT final norm (use_mean_pooling=False): feeds no DPT feature
+    re.compile(r"\.log_binomial_transform\.(k_idx|k_minus_1|K_minus_1)$"),  # ZoeDepth bin indices: constants, recomputed
 )
 
 # (pattern, replacement) renames, applied in order to every key.
@@ -33,6 +34,9 @@ RENAMES = [
     # Swinv2 continuous position bias: Sequential(Linear, ReLU, Linear) -> ContinuousPositionBiasMLP.fc1/fc2
     (re.compile(r"\.continuous_position_bias_mlp\.0\."), ".continuous_position_bias_mlp.fc1."),
     (re.compile(r"\.continuous_position_bias_mlp\.2\."), ".continuous_position_bias_mlp.fc2."),
+    # ZoeDepth conditional log-binomial (one, or one per domain): Sequential(conv, GELU, conv, Softplus) -> conv1/conv2
+    (re.compile(r"(\.conditional_log_binomial\.(?:[^.]+\.)?mlp)\.0\."), r"\1.conv1."),
+    (re.compile(r"(\.conditional_log_binomial\.(?:[^.]+\.)?mlp)\.2\."), r"\1.conv2."),
 ]
 
 # Renames of the head Sequentials, which differ between the depth and segmentation models.

@@ -5,7 +5,8 @@ from .depth_anything import DepthAnythingForDepthEstimation
 from .dpt import DPTForDepthEstimation, DPTForSemanticSegmentation, DPTModel
 from .prompt_depth_anything import PromptDepthAnythingForDepthEstimation
 from .registry import MODEL_CLASSES, load_model, model_class_for
+from .zoedepth import ZoeDepthForDepthEstimation
 
 __all__ = ["MODEL_CLASSES", "DPTForDepthEstimation", "DPTForSemanticSegmentation", "DPTModel",
-           "DepthAnythingForDepthEstimation", "PreTrainedModel", "PromptDepthAnythingForDepthEstimation", "load_model",
-           "model_class_for"]
+           "DepthAnythingForDepthEstimation", "PreTrainedModel", "PromptDepthAnythingForDepthEstimation",
+           "ZoeDepthForDepthEstimation", "load_model", "model_class_for"]

@@ -8,6 +8,7 @@ from .base import PreTrainedModel
 from .depth_anything import DepthAnythingForDepthEstimation
 from .dpt import DPTForDepthEstimation, DPTForSemanticSegmentation, DPTModel
 from .prompt_depth_anything import PromptDepthAnythingForDepthEstimation
+from .zoedepth import ZoeDepthForDepthEstimation
 
 # config.json "architectures" names -> class
 MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
@@ -16,6 +17,7 @@ MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
     "DPTForSemanticSegmentation": DPTForSemanticSegmentation,
     "DepthAnythingForDepthEstimation": DepthAnythingForDepthEstimation,
     "PromptDepthAnythingForDepthEstimation": PromptDepthAnythingForDepthEstimation,
+    "ZoeDepthForDepthEstimation": ZoeDepthForDepthEstimation,
 }
 
 _SEGMENTATION_KEYS = ("auxiliary_head.", "head.head.1.", "head.batch_norm.")
