@@ -277,8 +277,12 @@ class PromptDepthAnythingConfig(DepthAnythingConfig):
         return True
 
 
-CONFIG_CLASSES: dict[str, type[BaseConfig]] = {"dpt": DPTConfig, "depth_anything": DepthAnythingConfig,
-                                               "prompt_depth_anything": PromptDepthAnythingConfig, "zoedepth": ZoeDepthConfig}
+CONFIG_CLASSES: dict[str, type[BaseConfig]] = {
+    "dpt": DPTConfig,
+    "depth_anything": DepthAnythingConfig,
+    "prompt_depth_anything": PromptDepthAnythingConfig,
+    "zoedepth": ZoeDepthConfig,
+}
 
 
 def config_from_dict(data: dict[str, Any]) -> BaseConfig:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from helpers import perturb, photo
+from helpers import TorchvisionResize, perturb, photo
 from PIL import Image
 from test_prompt_depth_anything import VARIANTS, pda_config, spread_head
 
@@ -161,3 +161,72 @@ def test_flip_tta_averages_the_mirrored_prediction(pda):
     # The mean is taken at the model's resolution, before the bicubic resize: equal up to that resize.
     print("FLIPERR", np.abs(tta - (a + b) / 2).max() / np.abs(a).max(), np.abs(tta - a).max() / np.abs(a).max())
     assert close(tta, (a + b) / 2, tol=2e-2) and not close(tta, a, tol=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------
+# ZoeDepth
+
+# Intel/zoedepth-nyu-kitti's preprocessor_config.json at the tests' size (patch 8 instead of 16).
+ZOE_PROCESSOR = dict(do_pad=True, size={"height": 32, "width": 40}, keep_aspect_ratio=True, ensure_multiple_of=8,
+                     resample=2, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+
+
+@pytest.fixture(scope="module")
+def zoe(tmp_path_factory):
+    import transformers.models.zoedepth.image_processing_pil_zoedepth as reference_module
+    from test_zoedepth import VARIANTS as ZOE_VARIANTS
+    from test_zoedepth import make, zoe_config
+
+    root = tmp_path_factory.mktemp("zoe")
+    ref = make(root, zoe_config(**ZOE_VARIANTS["nyu-kitti"]), seed=2)
+    processor = transformers.ZoeDepthImageProcessorPil(**ZOE_PROCESSOR)
+    processor.save_pretrained(root)
+    patch = pytest.MonkeyPatch()
+    if not hasattr(reference_module, "tvF"):  # no torchvision here: its float resize, as the reference calls it
+        patch.setattr(reference_module, "tvF", TorchvisionResize, raising=False)
+    yield root, ref, processor
+    patch.undo()
+
+
+def zoe_reference(zoe, image, flip=False):
+    _, ref, processor = zoe
+    inputs = processor(images=image, return_tensors="pt")
+    with torch.no_grad():
+        out = ref(**inputs)
+        flipped = ref(pixel_values=torch.flip(inputs["pixel_values"], dims=[-1])) if flip else None
+    done = processor.post_process_depth_estimation(out, source_sizes=[(image.height, image.width)],
+                                                   outputs_flipped=flipped)
+    return done[0]["predicted_depth"].numpy()
+
+
+@pytest.mark.parity
+def test_zoedepth_cli_equals_transformers_pipeline(zoe, tmp_path, capsys):
+    root = zoe[0]
+    for i, (h, w) in enumerate([(75, 101), (120, 90)]):
+        path = tmp_path / f"photo{i}.png"
+        Image.fromarray(photo(h, w, seed=20 + i)).save(path)
+        theirs = transformers.pipeline("depth-estimation", model=str(root))(str(path))["predicted_depth"].numpy()
+        assert theirs.shape == (h, w) and close(theirs, zoe_reference(zoe, Image.open(path)))
+        assert main(["--model", str(root), "--image", str(path), "--format", "npy",
+                     "--output", str(tmp_path / f"d{i}.npy")]) == 0
+        assert close(np.load(tmp_path / f"d{i}.npy"), theirs)
+        assert main(["--model", str(root), "--image", str(path), "--format", "npy", "--flip-tta",
+                     "--output", str(tmp_path / f"f{i}.npy")]) == 0
+        flipped = np.load(tmp_path / f"f{i}.npy")
+        assert close(flipped, zoe_reference(zoe, Image.open(path), flip=True)) and not close(flipped, theirs, 1e-3)
+    text = capsys.readouterr().out
+    assert "metres" in text and "flip-averaged" in text
+
+
+@pytest.mark.parity
+def test_zoedepth_pipeline_batches_and_point_clouds(zoe, tmp_path):
+    root = zoe[0]
+    images = [Image.fromarray(photo(60, 80, seed=s)) for s in (30, 31)]
+    pipe = pipeline("depth-estimation", model=str(root), batch_size=2, flip_tta=True)
+    for image, out in zip(images, pipe(images)):
+        assert close(out["predicted_depth"], zoe_reference(zoe, image, flip=True))
+    images[0].save(tmp_path / "room.png")
+    # Metric: a point cloud without --depth-kind.
+    assert main(["--model", str(root), "--image", str(tmp_path / "room.png"), "--format", "ply",
+                 "--fov", "60", "--output-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "room_points.ply").stat().st_size > 60 * 80 * 15
