@@ -110,12 +110,10 @@ class Predictor:
         (height, width)."""
         n = len(pixel_values)
         x, prompt = pixel_values, prompt_depth
-        if self.flip:  # the mirrored batch rides along in the same forward pass
+        if self.flip:  # the mirrored batch rides along in the same forward pass (see _run)
             x = np.concatenate([x, x[..., ::-1]])
             prompt = None if prompt is None else np.concatenate([prompt, prompt[..., ::-1]])
-        kwargs = {} if prompt is None else {"prompt_depth": mx.array(np.ascontiguousarray(prompt))}
-        outputs = self.model(mx.array(np.ascontiguousarray(x)), **kwargs)
-        result = outputs.predicted_depth if self.task == DEPTH else outputs.logits
+        result = self._run(x, prompt)
         self._check_finite(result)
         flipped = None
         if self.flip:
@@ -135,6 +133,17 @@ class Predictor:
             done = self.image_processor.post_process_depth_estimation(
                 SimpleNamespace(predicted_depth=result), target_sizes=list(sizes))
         return [d["predicted_depth"] for d in done]
+
+    def _run(self, x: np.ndarray, prompt: np.ndarray | None) -> mx.array:
+        """The model's depth or logits for a batch. A multi-domain ZoeDepth picks one head for a
+        whole batch (from its domain classifier's vote over the batch, as the reference does), so
+        its images run one at a time: an image's depth never depends on the images beside it."""
+        if getattr(self.config, "multi_domain", False) and len(x) > 1:
+            return mx.concatenate([self._run(x[i:i + 1], None if prompt is None else prompt[i:i + 1])
+                                   for i in range(len(x))])
+        kwargs = {} if prompt is None else {"prompt_depth": mx.array(np.ascontiguousarray(prompt))}
+        outputs = self.model(mx.array(np.ascontiguousarray(x)), **kwargs)
+        return outputs.predicted_depth if self.task == DEPTH else outputs.logits
 
     def _check_finite(self, output: mx.array) -> None:
         """A ValueError when a model output (batch first) holds NaN or inf: the model is broken, and
