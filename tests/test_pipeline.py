@@ -88,6 +88,24 @@ def test_segmentation_pipeline_matches_transformers(ckpt, images):
     assert (total == 1).all()  # the masks partition the image
 
 
+@pytest.mark.parity
+def test_flip_tta_on_segmentation_averages_mirrored_logits(ckpt, images):
+    """flip_tta for segmentation: the class map of the mean of the logits and the mirrored logits of the
+    mirrored image, as one would write it with transformers."""
+    ref = transformers.DPTForSemanticSegmentation.from_pretrained(str(ckpt["seg"])).eval()
+    processor = transformers.DPTImageProcessorPil.from_pretrained(str(ckpt["seg"]))
+    image = Image.open(images["rgb"]).convert("RGB")
+    x = processor(images=image, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        logits = (ref(x).logits + torch.flip(ref(torch.flip(x, dims=[-1])).logits, dims=[-1])) / 2
+    expected = segment(logits[0].numpy(), (image.height, image.width))
+    ours = pipeline("image-segmentation", model=str(ckpt["seg"]), flip_tta=True)
+    plain = pipeline("image-segmentation", model=str(ckpt["seg"]))
+    got = ours.predictor.predict([image])[0]
+    assert (got != expected).mean() < 1e-3
+    assert (got != plain.predictor.predict([image])[0]).mean() > 1e-3  # the mirrored pass changed something
+
+
 def test_inputs_paths_pil_arrays_and_lists(ckpt, images):
     depth = pipeline("depth", model=ckpt["depth"])  # "depth" is an alias; a Path works too
     photo = Image.open(images["gray"])

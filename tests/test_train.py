@@ -493,3 +493,19 @@ def test_train_ends_quietly_on_a_closed_stdout(tmp_path):
     finally:
         os.close(write)
     assert proc.returncode == 141 and "Traceback" not in proc.stderr and "Broken pipe" not in proc.stderr, proc.stderr
+
+
+def test_metric_models_without_a_training_path_are_refused(tmp_path, capsys):
+    """ZoeDepth (no loss anywhere) and Prompt Depth Anything (needs prompts) are refused in one line."""
+    import transformers
+    from test_prompt_depth_anything import VARIANTS as PDA, pda_config
+    from test_zoedepth import zoe_config
+
+    data = make_depth_data(tmp_path / "data", 2)
+    transformers.ZoeDepthForDepthEstimation(zoe_config()).save_pretrained(tmp_path / "zoe")
+    transformers.PromptDepthAnythingForDepthEstimation(pda_config(**PDA["vits"])).save_pretrained(tmp_path / "pda")
+    capsys.readouterr()  # transformers' progress bars
+    for name, match in (("zoe", "ZoeDepth has no training loss"), ("pda", "depth prompts")):
+        one_line_error(capsys, ["--model", str(tmp_path / name), "--data", str(data),
+                                "--output", str(tmp_path / f"run-{name}")], match)
+        assert not (tmp_path / f"run-{name}").exists()

@@ -201,6 +201,11 @@ def prepare(spec: RunSpec) -> Setup:
     opts = spec.options
     source = spec.resume.checkpoint if spec.resume is not None else resolve(spec.model)
     model = load_model(source, dtype="float32")
+    untrainable = {"zoedepth": "ZoeDepth has no training loss (neither in transformers)",
+                   "prompt_depth_anything": "Prompt Depth Anything trains on depth prompts, which the trainer "
+                                            "does not read"}.get(getattr(model.config, "model_type", None))
+    if untrainable:
+        raise UsageError(f"{untrainable}; fine-tune a DPT or Depth Anything checkpoint instead")
     task = DEPTH if task_of(model) == DEPTH_TASK else SEGMENTATION
     processor, note = load_processor(source, model.config)
     config = model.config
