@@ -14,9 +14,13 @@ import torch
 from helpers import INPUTS, photo, smooth
 from PIL import Image
 from transformers.models.dpt.image_processing_pil_dpt import DPTImageProcessorPil
+from transformers.models.prompt_depth_anything.image_processing_pil_prompt_depth_anything import (
+    PromptDepthAnythingImageProcessorPil,
+)
 
 from dpt_mlx.errors import CheckpointError
 from dpt_mlx.processing.image_processor import BatchFeature, DPTFeatureExtractor, DPTImageProcessor
+from dpt_mlx.processing.prompt_depth_processor import PromptDepthAnythingImageProcessor
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -346,12 +350,16 @@ TARGETS = [
 @pytest.mark.parity
 @pytest.mark.parametrize("targets", TARGETS)
 @pytest.mark.parametrize("as_mlx", [False, True])
-def test_post_process_depth(targets, as_mlx):
+@pytest.mark.parametrize("processors", [(DPTImageProcessor, DPTImageProcessorPil),
+                                        (PromptDepthAnythingImageProcessor, PromptDepthAnythingImageProcessorPil)],
+                         ids=["dpt", "prompt-depth-anything"])
+def test_post_process_depth(targets, as_mlx, processors):
+    ours_cls, theirs_cls = processors
     depth = np.abs(smooth((2, 37, 53), seed=0)) * 10
-    theirs = DPTImageProcessorPil().post_process_depth_estimation(
+    theirs = theirs_cls().post_process_depth_estimation(
         types.SimpleNamespace(predicted_depth=torch.from_numpy(depth)), target_sizes=targets
     )
-    ours = DPTImageProcessor().post_process_depth_estimation(
+    ours = ours_cls().post_process_depth_estimation(
         types.SimpleNamespace(predicted_depth=mx.array(depth) if as_mlx else depth), target_sizes=targets
     )
     assert len(ours) == 2

@@ -12,7 +12,7 @@ import transformers
 import dpt_mlx
 from dpt_mlx.config import DepthAnythingConfig, PromptDepthAnythingConfig, config_from_dict
 from dpt_mlx.io.quantize import quantize_model
-from helpers import TOL, perturb, pixels, rel_err
+from helpers import TOL, open_final_relu, perturb, pixels, rel_err
 
 # The hub checkpoints at reduced width, with their layer count, out_indices and flags (transformers'
 # convert_prompt_depth_anything_to_hf.py: Dinov2Config of facebook/dinov2-small / -large, apply_layernorm,
@@ -68,17 +68,6 @@ def spread_head(ref, x, prompt, spread=1.5):
     return ref
 
 
-def relative_bias(ref, x, share=0.85):
-    """ReLU head: shift so ``share`` of the pixels pass (rel_err needs a mostly non-zero reference)."""
-    conv, seen = ref.head.conv3, []
-    hook = conv.register_forward_hook(lambda mod, inp, out: seen.append(out))
-    with torch.no_grad():
-        ref(torch.from_numpy(x))
-        hook.remove()
-        conv.bias.sub_(torch.quantile(seen[0].flatten(), 1 - share))
-    return ref
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """variant -> (reference model, checkpoint directory)."""
@@ -90,7 +79,7 @@ def checkpoints(tmp_path_factory):
         ref = perturb(ref, seed=seed)
         spread_head(ref, pixels(2, 42, 56, seed=seed), prompts(2, 192, 256, seed=seed))
         if shape.get("depth_estimation_type") == "relative":
-            relative_bias(ref, pixels(2, 42, 56, seed=seed))
+            open_final_relu(ref, pixels(2, 42, 56, seed=seed), share=0.85)
         ref.save_pretrained(root / name)
         out[name] = ref, root / name
     return out
