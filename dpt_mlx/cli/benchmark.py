@@ -3,6 +3,7 @@
     python -m dpt_mlx.benchmark                                   # every model, batch 1
     python -m dpt_mlx.benchmark --models dpt-large --batch-sizes 1,4,8 --runs 5
     python -m dpt_mlx.benchmark --no-precision --threads 1 --json out.json
+    python -m dpt_mlx.benchmark --models depth-anything-small --profile --no-precision --no-memory
 
 Each model is built with transformers from a config shaped like a released checkpoint, given
 random weights scaled like trained ones (std 1/sqrt(fan_in), so activations keep their size
@@ -184,6 +185,9 @@ def build_parser() -> ArgumentParser:
                    help="time dpt_mlx only (the checkpoints are still built with torch and transformers)")
     p.add_argument("--no-precision", action="store_true", help="skip the float16/bfloat16/8-bit/4-bit table")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    p.add_argument("--profile", action="store_true",
+                   help="also time each stage of one batch-1 forward pass (patch embedding, attention, MLP, "
+                        "norms, convolutions, resizes, head) in both libraries, printed as a table")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     return p
 
@@ -204,7 +208,7 @@ def _options(args) -> BenchOptions:
     except ValueError:
         raise UsageError("--batch-sizes must be positive integers and --runs at least 1") from None
     return BenchOptions(batch_sizes, args.runs, args.dtype, precision=not args.no_precision,
-                        torch_too=not args.no_torch, memory=not args.no_memory)
+                        torch_too=not args.no_torch, memory=not args.no_memory, profile=args.profile)
 
 
 def _require_torch() -> None:

@@ -258,6 +258,7 @@ class ModelResult:
     dtype: str
     speed: list[SpeedRow] = field(default_factory=list)
     precision: list[PrecisionRow] = field(default_factory=list)
+    profile: dict | None = None  # --profile: seconds per stage, {"mlx": {...}, "torch": {...}}
 
     def to_json(self) -> dict:
         out = dict(vars(self))
@@ -276,6 +277,7 @@ class BenchOptions:
     precision: bool
     torch_too: bool
     memory: bool
+    profile: bool = False
 
 
 # ------------------------------------------------------------------------------------- measuring
@@ -393,6 +395,11 @@ def bench_model(spec: ModelSpec, options: BenchOptions, log) -> ModelResult:
                     row.torch_memory = forward_memory("torch", directory, bs, spec.input_size, dtype)
             result.speed.append(row)
             log("  " + row.line())
+        if options.profile and options.torch_too:
+            from .benchmark_profile import profile_model
+
+            result.profile = profile_model(ours, ref, spec.name, bench_inputs(ours.config.model_type, 1,
+                                                                              spec.input_size), tdtype, log)
         ref = None  # free the reference before the precision models load
         gc.collect()
         if options.precision:
