@@ -188,6 +188,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--profile", action="store_true",
                    help="also time each stage of one batch-1 forward pass (patch embedding, attention, MLP, "
                         "norms, convolutions, resizes, head) in both libraries, printed as a table")
+    p.add_argument("--folder-run", type=int, default=0, metavar="N",
+                   help="also time a folder of N photo-like 640x480 JPEGs end to end: dpt-mlx --input-dir "
+                        "(at the largest --batch-sizes) against transformers' pipeline, each a fresh process")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     return p
 
@@ -208,7 +211,8 @@ def _options(args) -> BenchOptions:
     except ValueError:
         raise UsageError("--batch-sizes must be positive integers and --runs at least 1") from None
     return BenchOptions(batch_sizes, args.runs, args.dtype, precision=not args.no_precision,
-                        torch_too=not args.no_torch, memory=not args.no_memory, profile=args.profile)
+                        torch_too=not args.no_torch, memory=not args.no_memory, profile=args.profile,
+                        folder_images=max(0, args.folder_run))
 
 
 def _require_torch() -> None:
