@@ -344,7 +344,24 @@ def test_errors_are_one_line_with_exit_status_2(case, ckpt, tmp_path, capsys, mo
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_python_m_dpt_mlx_batch_and_import_without_ray(tmp_path):
+def test_python_m_dpt_mlx_batch_joins_a_running_cluster(ckpt, tmp_path):
+    """--address: the command's driver joins this module's Ray, and leaves it running."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(photo(40, 56, seed=i)).save(folder / f"p{i}.png")
+    _wait_for_idle_cpus()
+    args = ["--input", folder, "--output", tmp_path / "out", "--model", ckpt["depth"], "--format", "npy",
+            "--address", ray.get_runtime_context().gcs_address, "--workers", 2]
+    run = subprocess.run([sys.executable, "-m", "dpt_mlx.batch", *map(str, args)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "2 images written" in run.stdout and "2 workers, 1 CPU each" in run.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p0_depth.npy", "p1_depth.npy"]
+    assert ray.is_initialized() and ray.cluster_resources().get("CPU") == 2
+
+
+def test_python_m_dpt_mlx_batch_errors_and_import_without_ray(tmp_path):
     run = subprocess.run([sys.executable, "-m", "dpt_mlx.batch", "--input", str(tmp_path / "nowhere"), "--output",
                           str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and run.stderr == f"error: --input {tmp_path / 'nowhere'}: no such folder or file\n"
