@@ -84,7 +84,7 @@ def signals_interrupt():
         yield
     finally:
         for signum, old in previous.items():
-            signal.signal(signum, old)
+            signal.signal(signum, signal.SIG_DFL if old is None else old)  # None: a handler set outside Python
 
 
 def _quiet_stdout() -> None:

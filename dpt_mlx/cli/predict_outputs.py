@@ -21,6 +21,7 @@ from ..errors import UsageError
 from ..processing.images import is_url, url_name
 from .console import Console
 
+CLASH = "{} appeared while this run was writing it (another run?); use --overwrite to replace it"
 MIN_SHARE = 0.005  # segmentation: classes under this share of the pixels are summed up in one line
 
 # (task, output kind) -> file name suffix; "overlay" is the --overlay picture.
@@ -78,7 +79,7 @@ def _image_file(name: str) -> Path | str:
     return path
 
 
-def _directory_images(name: str, console: Console, recursive: bool = False) -> list[Path]:
+def directory_images(name: str, console: Console, recursive: bool = False) -> list[Path]:
     from ..pipelines import IMAGE_EXTENSIONS, list_images
 
     directory = Path(os.path.expanduser(name))
@@ -122,7 +123,7 @@ def collect_inputs(args, console: Console) -> list[Path | str]:
     """The --image files and URLs, the images in each --input-dir and each --image-list, each once."""
     paths = [_image_file(name) for name in args.image]
     for name in args.input_dir:
-        paths.extend(_directory_images(name, console, getattr(args, "recursive", False)))
+        paths.extend(directory_images(name, console, getattr(args, "recursive", False)))
     for name in getattr(args, "image_list", []):
         paths.extend(_list_file(name))
     urls = [p for p in paths if is_url(p)]
@@ -323,9 +324,29 @@ def write_segmentation(job: Job, classes: np.ndarray, args, predictor) -> list[s
             text = {"Software": "dpt_mlx", "model": predictor.source}
             V.save_png(V.class_map_image(classes, num_labels), target, text, overwrite=replace)
         elif kind == "npy":
-            dtype = np.uint8 if num_labels <= 256 else np.int32
-            V.save_npy(classes.astype(dtype), target, overwrite=replace)
+            V.save_npy(classes.astype(V.class_id_dtype(num_labels)), target, overwrite=replace)
         elif kind == "overlay":
             colors = V.color_classes(classes, num_labels)
             V.save_png(V.overlay(job.image, colors, args.alpha), target, overwrite=replace)
     return _class_lines(classes, predictor.id2label, args.verbose)
+
+
+def write_outputs(job: Job, result: np.ndarray, args, predictor) -> tuple[list[str] | None, str | None]:
+    """Write every output of ``job`` (depth or class map ``result``), creating mirrored subfolders.
+
+    Returns the lines that describe them and None, or None and the one-line reason nothing more was
+    written. An output that did not exist when the run was planned is published only if its name is
+    still free (another run may have written it since): the image then fails with a clash, and the
+    file is left as the other run wrote it.
+    """
+    write = write_depth if predictor.task == "depth-estimation" else write_segmentation
+    try:
+        for _, target in job.outputs:
+            target.parent.mkdir(parents=True, exist_ok=True)  # --recursive: a mirrored subfolder
+            if target.exists() and not may_replace(args, job, target):
+                raise FileExistsError(CLASH.format(target))  # cheap early check; the writer decides
+        return write(job, result, args, predictor), None
+    except FileExistsError as e:
+        return None, CLASH.format(e.filename) if e.filename else str(e)
+    except (ValueError, OSError) as e:
+        return None, f"{job.path}: cannot write output: {getattr(e, 'strerror', None) or e}"

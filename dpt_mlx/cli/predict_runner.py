@@ -9,9 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .console import Console
-from .predict_outputs import Job, may_replace, write_depth, write_segmentation
-
-CLASH = "{} appeared while this run was writing it (another run?); use --overwrite to replace it"
+from .predict_outputs import Job, write_outputs
 
 
 class Runner:
@@ -73,26 +71,14 @@ class Runner:
                 self._report(job, details, seconds / len(batch), len(batch))
 
     def _write(self, job: Job, result: np.ndarray) -> list[str] | None:
-        """Write the outputs of one image; None (reported) when that fails.
-
-        An output that did not exist when the run was planned is published only if its name is still
-        free (another run may have written it since): the image then fails with a clash, and the file
-        is left as the other run wrote it.
-        """
-        write = write_depth if self.predictor.task == "depth-estimation" else write_segmentation
+        """Write the outputs of one image; None (reported) when that fails."""
         try:
-            for _, target in job.outputs:
-                target.parent.mkdir(parents=True, exist_ok=True)  # --recursive: a mirrored subfolder
-                if target.exists() and not may_replace(self.args, job, target):
-                    raise FileExistsError(CLASH.format(target))  # cheap early check; the writer decides
-            return write(job, result, self.args, self.predictor)
-        except FileExistsError as e:
-            self.fail(None, CLASH.format(e.filename) if e.filename else str(e))
-        except (ValueError, OSError) as e:
-            self.fail(job.path, f"cannot write output: {getattr(e, 'strerror', None) or e}")
+            details, error = write_outputs(job, result, self.args, self.predictor)
         finally:
             job.image = None
-        return None
+        if error is not None:
+            self.fail(None, error)
+        return details
 
     def _report(self, job: Job, details: list[str], seconds: float, batch_size: int) -> None:
         self.written += 1

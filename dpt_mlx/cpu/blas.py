@@ -34,9 +34,10 @@ import threading
 import warnings
 
 from .elf import dladdr, find_libmlx, read_pointer, slots as gemm_slots, symbol_address, write_pointer
-from .providers import (ENV_VAR, PROBE_SYMBOL, candidates, is_reference, open_provider, set_threads)
+from .providers import (ENV_VAR, PROBE_SYMBOL, THREADS_ENV_VAR, candidates, is_reference, open_provider,
+                        set_threads as _apply_threads)
 
-__all__ = ["blas_info", "setup"]
+__all__ = ["blas_info", "set_threads", "setup"]
 
 
 # The gemm entry points libmlx imports; only these are rebound (LAPACK is not on
@@ -113,7 +114,7 @@ def _setup_linux(mode, info):
     global_preload = prefix == "" and not mlx_before
     if global_preload:
         info["method"] = "RTLD_GLOBAL preload"  # upgraded below once the slots are rebound
-    info["threads"] = set_threads(handle, prefix, notes)
+    info["threads"] = _apply_threads(handle, prefix, notes)
 
     importlib.import_module("mlx.core")  # loads libmlx.so, binding its slots (RTLD_NOW)
 
@@ -208,6 +209,20 @@ def setup() -> dict:
                 info.update(provider=None, library=None, method=None)
         _state = info
         return dict(info)
+
+
+def set_threads(n: int) -> int | None:
+    """Use ``n`` threads in the BLAS that MLX calls: sets ``DPT_MLX_BLAS_THREADS``, which :func:`setup`
+    applies on the first model load, and applies it now if dpt_mlx's BLAS is loaded already.
+
+    Returns the BLAS's thread count now, or None before :func:`setup` (or for a BLAS dpt_mlx did not load).
+    """
+    os.environ[THREADS_ENV_VAR] = str(int(n))
+    with _lock:
+        if _state is None or not _keepalive or _state.get("symbol_prefix") is None:
+            return None
+        _state["threads"] = _apply_threads(_keepalive[-1], _state["symbol_prefix"], _state["notes"])
+        return _state["threads"]
 
 
 def blas_info() -> dict:

@@ -1,4 +1,4 @@
-"""Reading images for inference and training: files, URLs, PIL images or arrays -> upright 8-bit RGB.
+"""Reading images for inference and training: files, URLs, encoded bytes, PIL images or arrays -> upright 8-bit RGB.
 
 :func:`load_image` follows transformers' ``load_image`` (http(s) URLs fetched, EXIF orientation
 applied, then ``convert("RGB")``) and turns problems with a file into a one-line :class:`ImageError`;
@@ -98,13 +98,48 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8))
 
 
+def _decode(file: Any, source: Any) -> Image.Image:
+    """Open and decode ``file`` (a path or a binary file object), EXIF orientation applied, 8-bit;
+    a one-line ImageError naming ``source`` when it cannot be read."""
+    try:
+        with Image.open(file) as opened:
+            opened.load()  # decode now: a truncated file fails here, not later
+            image = ImageOps.exif_transpose(opened)
+    except PermissionError:
+        raise ImageError(f"cannot read {source}: permission denied") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{source} is too large to open safely ({e})") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{source} is not an image Pillow can read (corrupt file or unsupported format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        reason = first_line(e)
+        raise ImageError(f"cannot decode {source}: {reason}; the file is corrupt or incomplete") from None
+    try:
+        return _to_8bit(image)
+    except ValueError as e:
+        raise ImageError(f"{source}: {e}") from None
+
+
+def decode_image(data: bytes | bytearray | memoryview, name: Any = "image bytes") -> Image.Image:
+    """An encoded image file's bytes (JPEG, PNG, ...; HEIC with pillow-heif) -> an upright RGB PIL image,
+    as :func:`load_image` reads the file; ``name`` (the file's path or URI) names it in errors."""
+    _heif_opener(name, required=False)
+    image = _decode(io.BytesIO(bytes(data)), name)
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"the image is empty ({image.width}x{image.height} pixels)")
+    return image.convert("RGB")
+
+
 def load_image(source: Any) -> Image.Image:
-    """A path, http(s) URL, PIL image or array (HWC / HW; uint8, or float in [0, 1]) -> an upright RGB PIL image.
+    """A path, http(s) URL, encoded bytes, PIL image or array (HWC / HW; uint8, or float in [0, 1]) -> an
+    upright RGB PIL image.
 
     Like transformers' ``load_image``: a URL is fetched, the EXIF orientation is applied and the
     image is converted with ``convert("RGB")`` (grayscale is repeated, an alpha channel is dropped).
-    Problems with a file or URL raise :class:`ImageError` with a one-line message.
+    Problems with a file, URL or bytes raise :class:`ImageError` with a one-line message.
     """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return decode_image(source)
     if isinstance(source, (str, os.PathLike)):
         if is_url(source):
             _heif_opener(source, required=False)
@@ -114,29 +149,13 @@ def load_image(source: Any) -> Image.Image:
             _check_path(path, source)
             if path.suffix.lower() in HEIF_EXTENSIONS:
                 _heif_opener(source, required=True)
-        try:
-            with Image.open(path) as opened:
-                opened.load()  # decode now: a truncated file fails here, not later
-                image = ImageOps.exif_transpose(opened)
-        except PermissionError:
-            raise ImageError(f"cannot read {source}: permission denied") from None
-        except Image.DecompressionBombError as e:
-            raise ImageError(f"{source} is too large to open safely ({e})") from None
-        except Image.UnidentifiedImageError:
-            raise ImageError(f"{source} is not an image Pillow can read (corrupt file or unsupported format)") from None
-        except (OSError, SyntaxError, ValueError) as e:
-            reason = first_line(e)
-            raise ImageError(f"cannot decode {source}: {reason}; the file is corrupt or incomplete") from None
-        try:
-            image = _to_8bit(image)
-        except ValueError as e:
-            raise ImageError(f"{source}: {e}") from None
+        image = _decode(path, source)
     elif isinstance(source, Image.Image):
         image = _to_8bit(ImageOps.exif_transpose(source))
     elif isinstance(source, (np.ndarray, mx.array)) or hasattr(source, "__array__"):
         image = Image.fromarray(_array_to_uint8(as_numpy(source)))
     else:
-        raise TypeError(f"expected an image path, a PIL image or an array, got {type(source).__name__}")
+        raise TypeError(f"expected an image path, encoded bytes, a PIL image or an array, got {type(source).__name__}")
     if image.width == 0 or image.height == 0:
         raise ValueError(f"the image is empty ({image.width}x{image.height} pixels)")
     return image.convert("RGB")
@@ -201,4 +220,5 @@ def list_images(directory: str | os.PathLike, recursive: bool = False) -> list[P
     return found
 
 
-__all__ = ["HEIF_EXTENSIONS", "IMAGE_EXTENSIONS", "is_url", "list_images", "load_image", "url_name"]
+__all__ = ["HEIF_EXTENSIONS", "IMAGE_EXTENSIONS", "decode_image", "is_url", "list_images", "load_image",
+           "url_name"]

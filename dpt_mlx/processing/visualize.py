@@ -166,6 +166,11 @@ def uint16_to_depth(values: np.ndarray, low: float, high: float) -> np.ndarray:
 # Segmentation
 
 
+def class_id_dtype(num_labels: int) -> type:
+    """The integer type that class maps are stored in: uint8 for up to 256 labels, else int32."""
+    return np.uint8 if num_labels <= 256 else np.int32
+
+
 def class_map_image(classes: np.ndarray, num_labels: int) -> Image.Image:
     """(H, W) class ids -> a palette ("P") image whose pixel values are the ids.
 

@@ -1,0 +1,255 @@
+"""Depth or segmentation maps for a Ray Data dataset: a callable class for ``map_batches``.
+
+    >>> import ray
+    >>> from dpt_mlx.ray import DepthPredictor
+    >>> ds = ray.data.read_images("s3://bucket/photos", include_paths=True, mode="RGB")
+    >>> ds = ds.map_batches(DepthPredictor, fn_constructor_kwargs={"model": "Intel/dpt-hybrid-midas"},
+    ...                     compute=ray.data.ActorPoolStrategy(size=4), num_cpus=4, batch_size=16)
+    >>> ds.write_parquet("s3://bucket/depth")        # columns: image, path, predicted_depth
+
+Each Ray worker loads the model once (in the constructor) and then runs :class:`dpt_mlx.Predictor`
+on its batches: the preprocessing, forward pass and post-processing of ``dpt_mlx.pipeline()``, so
+the maps equal the pipeline's. A batch's image column may hold decoded images (``read_images``:
+HxWx3 uint8 arrays, an object array when their sizes differ), encoded files (``read_binary_files``:
+a ``bytes`` column) or paths (local files, http(s) URLs, or URIs that ``pyarrow.fs`` opens, such as
+``s3://`` and ``gs://``). A ``predicted_depth`` column (float32, each map at its image's size) or,
+for a segmentation checkpoint, a ``segmentation`` column (class ids; uint8 for up to 256 labels)
+is added; the other columns pass through. Maps of different sizes form an object array of
+per-image arrays, as Ray expects for variable-shaped tensors. (``read_images`` decodes without
+the EXIF orientation that ``pipeline()`` applies to a file; paths and bytes are read as it reads them.)
+
+Threads: Ray runs several workers on one machine, so each worker's BLAS and attention threads are
+set from the CPUs Ray assigned it (``num_cpus=`` in ``map_batches``; at least one), or to
+``threads=``. Ask for as many CPUs per worker as it should use; the workers on a node then never
+ask for more threads than it has. Leave CPUs for the read tasks (``read_images`` runs as tasks
+that need a CPU each): workers that hold every CPU of a small cluster starve them and the dataset
+never starts.
+
+Importing this module does not import ray; only the workers' Ray context is read, when present.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import ImageError, first_line
+from .processing.images import decode_image, is_url, load_image
+
+DEPTH_COLUMN = "predicted_depth"
+SEGMENTATION_COLUMN = "segmentation"
+ERRORS = ("raise", "record")
+
+__all__ = ["DEPTH_COLUMN", "SEGMENTATION_COLUMN", "DepthPredictor", "is_uri", "read_image", "worker_threads"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Threads
+
+
+def _ray_cpus() -> float | None:
+    """The CPUs Ray assigned to this worker process, or None outside a Ray task or actor."""
+    ray = sys.modules.get("ray")
+    if ray is None or not getattr(ray, "is_initialized", lambda: False)():
+        return None
+    try:
+        context = ray.get_runtime_context()
+        if getattr(context, "worker", None) is not None and context.worker.mode != ray.WORKER_MODE:
+            return None  # the driver: nothing is assigned to it
+        return float(context.get_assigned_resources().get("CPU", 0.0))
+    except Exception:  # noqa: BLE001  (an older or newer Ray without these: use the defaults)
+        return None
+
+
+def worker_threads(threads: int | None = None) -> int | None:
+    """The threads one worker should compute with: ``threads`` if given; in a Ray worker the whole CPUs
+    Ray assigned it (at least one, at most the CPUs this process may use); outside Ray None (the
+    defaults of dpt_mlx.cpu: every usable CPU)."""
+    from .cpu.providers import cpu_count
+
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        return threads
+    assigned = _ray_cpus()
+    if assigned is None:
+        return None
+    return max(1, min(int(assigned), cpu_count()))
+
+
+def _use_threads(n: int) -> None:
+    """Give MLX's BLAS and the CPU attention kernels ``n`` threads (before the model's first use)."""
+    from .cpu import blas, kernels
+
+    blas.set_threads(n)  # read by dpt_mlx.cpu.blas.setup on the first model load, or applied now
+    kernels.set_threads(n)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+
+
+def is_uri(text: Any) -> bool:
+    """Whether ``text`` is a ``scheme://`` URI for ``pyarrow.fs`` (s3, gs, hdfs, file, ...), not http(s)."""
+    if not isinstance(text, str) or is_url(text):
+        return False
+    scheme, sep, _ = text.partition("://")
+    return bool(sep) and scheme.isidentifier() and len(scheme) > 1  # not a Windows drive letter
+
+
+def _read_bytes(filesystem, path: str, name: str) -> bytes:
+    try:
+        with filesystem.open_input_file(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ImageError(f"no such image file: {name}") from None
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise ImageError(f"cannot read {name}: {first_line(e)}") from None
+
+
+def read_image(item: Any, name: Any = None, filesystem=None) -> Any:
+    """One image column entry -> an RGB PIL image, as :func:`dpt_mlx.pipelines.load_image` reads it.
+
+    ``item``: a decoded array, encoded bytes, or a path string (read with ``filesystem``, a
+    ``pyarrow.fs.FileSystem``, when given; a ``scheme://`` URI through ``pyarrow.fs``; else a local
+    file or http(s) URL). ``name`` names it in errors. Raises a one-line ImageError (or ValueError
+    for an empty image) when it cannot be read.
+    """
+    if isinstance(item, np.ndarray) and item.ndim == 0:
+        item = item.item()
+    name = item if name is None and isinstance(item, str) else name or "image"
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return decode_image(item, name)
+    if isinstance(item, os.PathLike):
+        item = os.fspath(item)
+    if isinstance(item, str):
+        if filesystem is not None:
+            return decode_image(_read_bytes(filesystem, item, name), name)
+        if is_uri(item):
+            from pyarrow import fs
+
+            try:
+                filesystem, path = fs.FileSystem.from_uri(item)
+            except (OSError, ValueError) as e:
+                raise ImageError(f"cannot open {item}: {first_line(e)}") from None
+            return decode_image(_read_bytes(filesystem, path, name), name)
+        return load_image(item)
+    try:
+        return load_image(item)
+    except TypeError as e:
+        raise ImageError(f"{name}: {e}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# The map_batches class
+
+
+def _stacked(maps: Sequence[np.ndarray]) -> np.ndarray:
+    """One array when every map has one shape, else an object array of the maps (Ray's ragged tensors)."""
+    if maps and all(m.shape == maps[0].shape for m in maps):
+        return np.stack(maps)
+    column = np.empty(len(maps), dtype=object)
+    for i, m in enumerate(maps):
+        column[i] = m
+    return column
+
+
+class DepthPredictor:
+    """A Ray Data ``map_batches`` class: loads the model once per worker, then maps every batch.
+
+    ``model``: a Hugging Face Hub repo id or a checkpoint directory every worker can read (as
+    ``dpt_mlx.pipeline``). ``dtype``: "float32", "float16" or "bfloat16" (default the checkpoint's).
+    ``batch_size``: images per forward pass (images batch together when their preprocessed sizes
+    match). ``flip_tta``: also predict each image mirrored and average (twice the model time).
+    ``threads``: compute threads of this worker (default: the CPUs Ray assigned it).
+    ``image_column``: the images, as arrays, bytes or paths; when the batch has no such column, a
+    ``bytes`` column (``read_binary_files``) or else ``path_column`` is read. ``path_column`` names
+    the images in errors. ``output_column``: default ``predicted_depth`` (depth checkpoints) or
+    ``segmentation``. ``filesystem``: a ``pyarrow.fs.FileSystem`` to open path strings with.
+    ``errors``: "raise" (default) fails the batch on an unreadable image with a one-line ImageError;
+    "record" gives that row an empty (0, 0) map and its message in ``error_column`` ("" for the others).
+    """
+
+    def __init__(self, model: Any, dtype: str | None = None, batch_size: int = 1, flip_tta: bool = False,
+                 threads: int | None = None, image_column: str = "image", path_column: str = "path",
+                 output_column: str | None = None, filesystem=None, errors: str = "raise",
+                 error_column: str = "error"):
+        from .pipelines import load_predictor
+        from .predictor import DEPTH, check_batch_size
+        from .processing.visualize import class_id_dtype
+
+        if errors not in ERRORS:
+            raise ValueError(f"errors must be one of {', '.join(ERRORS)}, got {errors!r}")
+        self.batch_size = check_batch_size(batch_size)
+        self.threads = worker_threads(threads)
+        if self.threads is not None:
+            _use_threads(self.threads)  # before the model load sets up the BLAS
+        self.predictor = load_predictor(model, dtype=dtype, flip=flip_tta)
+        self.task = self.predictor.task
+        default = DEPTH_COLUMN if self.task == DEPTH else SEGMENTATION_COLUMN
+        self.image_column, self.path_column = image_column, path_column
+        self.output_column = output_column or default
+        self.filesystem, self.errors, self.error_column = filesystem, errors, error_column
+        self.dtype = np.float32 if self.task == DEPTH else class_id_dtype(self.predictor.num_labels)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.predictor.source!r}, threads={self.threads})"
+
+    # -- pieces a subclass reuses
+
+    def source_column(self, batch: Mapping[str, Any]) -> str:
+        """The column the images are read from."""
+        for column in (self.image_column, "bytes", self.path_column):
+            if column in batch:
+                return column
+        raise KeyError(f"the batch has no {self.image_column!r} column (columns: {', '.join(map(str, batch))}); "
+                       "pass image_column= naming the column of images, bytes or paths")
+
+    def names(self, batch: Mapping[str, Any], count: int) -> list[str]:
+        """What each row is called in errors: its path, or its row number in the batch."""
+        if self.path_column in batch:
+            return [str(p) for p in batch[self.path_column]]
+        return [f"row {i} of the batch" for i in range(count)]
+
+    def read(self, items: Sequence[Any], names: Sequence[str]) -> tuple[list[Any], list[str]]:
+        """The PIL images (None where unreadable) and the error of each row ("" where read);
+        with ``errors="raise"`` the first unreadable image raises its one-line ImageError."""
+        images, errors = [], []
+        for item, name in zip(items, names):
+            try:
+                images.append(read_image(item, name, self.filesystem))
+                errors.append("")
+            except (ImageError, ValueError) as e:
+                message = str(e) if name in str(e) else f"{name}: {e}"  # the message names the image
+                if self.errors == "raise":
+                    raise ImageError(message) from None
+                images.append(None)
+                errors.append(message)
+        return images, errors
+
+    def predict(self, images: Sequence[Any]) -> list[np.ndarray]:
+        """Per-image maps at each image's size: float32 depth, or class ids as uint8 / int32."""
+        maps = self.predictor.predict(list(images), self.batch_size) if images else []
+        return [np.asarray(m, dtype=self.dtype) for m in maps]
+
+    # -- the batch
+
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        if not isinstance(batch, Mapping):
+            raise TypeError(f"{type(self).__name__} takes NumPy batches (a dict of columns), got "
+                            f"{type(batch).__name__}; use map_batches(..., batch_format='numpy')")
+        items = batch[self.source_column(batch)]
+        names = self.names(batch, len(items))
+        images, errors = self.read(items, names)
+        maps = iter(self.predict([im for im in images if im is not None]))
+        empty = np.zeros((0, 0), dtype=self.dtype)
+        out = dict(batch)
+        out[self.output_column] = _stacked([next(maps) if im is not None else empty for im in images])
+        if self.errors == "record":
+            out[self.error_column] = np.array(errors, dtype=object)
+        return out
+
