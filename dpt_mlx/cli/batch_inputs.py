@@ -33,11 +33,13 @@ class Inputs:
 
 
 def _is_image_name(relative: PurePosixPath) -> bool:
+    """Whether a file (by its path below the input's base) is an input: an image, not hidden, not an output."""
     return (relative.suffix.lower() in IMAGE_EXTENSIONS and not relative.name.endswith(OUTPUT_SUFFIXES)
             and not any(part.startswith(".") for part in relative.parts))
 
 
 def _uri_inputs(uri: str, recursive: bool) -> Inputs:
+    """The images a ``pyarrow.fs`` URI names (a file, or a folder's files), listed once on the driver."""
     try:
         from pyarrow import fs
 
@@ -67,7 +69,7 @@ def _uri_inputs(uri: str, recursive: bool) -> Inputs:
 def _glob_base(pattern: str) -> str:
     """The folder of a glob pattern above its first wildcard."""
     parts = Path(pattern).parts
-    static = [p for p in parts[:next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))]]
+    static = parts[:next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))]
     return str(Path(*static)) if static else "."
 
 
