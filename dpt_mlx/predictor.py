@@ -17,6 +17,7 @@ import mlx.core as mx
 import numpy as np
 from PIL import Image
 
+from .cpu import images_per_pass
 from .errors import UnsupportedModelError
 from .processing.zoedepth_processor import ZoeDepthImageProcessor
 
@@ -135,15 +136,23 @@ class Predictor:
         return [d["predicted_depth"] for d in done]
 
     def _run(self, x: np.ndarray, prompt: np.ndarray | None) -> mx.array:
-        """The model's depth or logits for a batch. A multi-domain ZoeDepth picks one head for a
-        whole batch (from its domain classifier's vote over the batch, as the reference does), so
-        its images run one at a time: an image's depth never depends on the images beside it."""
-        if getattr(self.config, "multi_domain", False) and len(x) > 1:
-            return mx.concatenate([self._run(x[i:i + 1], None if prompt is None else prompt[i:i + 1])
-                                   for i in range(len(x))])
+        """The model's depth or logits for a batch, evaluated. A multi-domain ZoeDepth picks one head
+        for a whole batch (from its domain classifier's vote over the batch, as the reference does),
+        so its images run one at a time: an image's depth never depends on the images beside it.
+        Elsewhere the batch runs in passes of :func:`dpt_mlx.cpu.images_per_pass` images, each
+        evaluated before the next starts (on the CPU, so that memory does not grow with the batch)."""
+        step = 1 if getattr(self.config, "multi_domain", False) else images_per_pass(len(x), *x.shape[2:4])
+        if step < len(x):
+            parts = []
+            for i in range(0, len(x), step):
+                part = self._run(x[i:i + step], None if prompt is None else prompt[i:i + step])
+                parts.append(part)
+            return mx.concatenate(parts)
         kwargs = {} if prompt is None else {"prompt_depth": mx.array(np.ascontiguousarray(prompt))}
         outputs = self.model(mx.array(np.ascontiguousarray(x)), **kwargs)
-        return outputs.predicted_depth if self.task == DEPTH else outputs.logits
+        result = outputs.predicted_depth if self.task == DEPTH else outputs.logits
+        mx.eval(result)
+        return result
 
     def _check_finite(self, output: mx.array) -> None:
         """A ValueError when a model output (batch first) holds NaN or inf: the model is broken, and

@@ -247,17 +247,6 @@ def test_cpu_layers_use_mlx_off_the_cpu_device(monkeypatch):
     assert rel(conv(x), nn.Conv2d.__call__(conv, x)) == 0.0
 
 
-def test_cache_limit_leaves_a_users_setting_alone():
-    previous = mx.set_cache_limit(123 << 20)
-    try:
-        cpu.raise_cpu_cache_limit()
-        assert mx.set_cache_limit(32 << 20) == 123 << 20
-        cpu.raise_cpu_cache_limit()
-        assert mx.set_cache_limit(32 << 20) == cpu.cpu_cache_limit() >= 1 << 30
-    finally:
-        mx.set_cache_limit(previous)
-
-
 @pytest.mark.parametrize("threads", [1, 3])
 def test_threaded_attention_any_thread_count(monkeypatch, threads):
     monkeypatch.setattr(K, "THREADED_MIN_SCORES", 0)

@@ -123,17 +123,20 @@ def set_threads(n: int) -> None:
 
 def _speed_lines(results: list[ModelResult]) -> list[str]:
     lines = [(f"{'model':<22}{'input':>9}{'batch':>6}{'mlx s/img':>11}{'torch s/img':>12}{'ratio':>7}"
-              f"{'mlx img/s':>10}{'torch img/s':>12}{'mlx +MiB':>9}{'torch +MiB':>11}")]
+              f"{'mlx img/s':>10}{'torch img/s':>12}{'mlx +MiB':>9}{'torch +MiB':>11}{'2nd pass':>15}")]
     for r in results:
         for row in r.speed:
             bs, torch_s = row.batch, row.torch_s
             mlx_added = row.mlx_memory.rss_added_mib if row.mlx_memory else None
             torch_added = row.torch_memory.rss_added_mib if row.torch_memory else None
+            mlx_second = row.mlx_memory.rss_added_second_mib if row.mlx_memory else None
+            torch_second = row.torch_memory.rss_added_second_mib if row.torch_memory else None
             lines.append(
                 f"{r.model:<22}{'x'.join(map(str, r.input)):>9}{bs:>6}{row.mlx_s / bs:>11.3f}"
                 + (f"{torch_s / bs:>12.3f}{row.ratio:>7.2f}" if torch_s is not None else f"{'-':>12}{'-':>7}")
                 + f"{bs / row.mlx_s:>10.2f}" + (f"{bs / torch_s:>12.2f}" if torch_s is not None else f"{'-':>12}")
                 + f"{format_mib(mlx_added):>9}{format_mib(torch_added):>11}"
+                + f"{format_mib(mlx_second) + ' / ' + format_mib(torch_second):>15}"
             )
     return lines
 
@@ -160,7 +163,8 @@ def summary(machine: Machine, results: list[ModelResult]) -> str:
     if any(r.precision for r in results):
         lines += ["", *_precision_lines(results)]
     lines.append("")
-    lines.append("+MiB: peak resident memory a forward pass adds to the loaded model (VmHWM - VmRSS before it).")
+    lines.append("+MiB: peak resident memory a forward pass adds to the loaded model (VmHWM - VmRSS before it);")
+    lines.append("2nd pass: the same peak through a second pass, mlx / torch (caches filled).")
     return "\n".join(lines)
 
 

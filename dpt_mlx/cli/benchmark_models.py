@@ -122,9 +122,11 @@ class SpeedRow:
                      f" | ratio {self.ratio:.2f} | rel err vs torch {self.rel_err_vs_torch:.1e}")
         if self.mlx_memory is not None:
             m = self.mlx_memory
-            text += f" | mlx +{format_mib(m.rss_added_mib)} MiB RSS (allocator peak {format_mib(m.mlx_peak_mib)} MiB)"
+            text += (f" | mlx +{format_mib(m.rss_added_mib)} MiB RSS, +{format_mib(m.rss_added_second_mib)} through"
+                     f" a 2nd pass (allocator peak {format_mib(m.mlx_peak_mib)} MiB)")
         if self.torch_memory is not None:
-            text += f" | torch +{format_mib(self.torch_memory.rss_added_mib)} MiB RSS"
+            t = self.torch_memory
+            text += f" | torch +{format_mib(t.rss_added_mib)} MiB RSS, +{format_mib(t.rss_added_second_mib)} through a 2nd pass"
         return text
 
 

@@ -10,8 +10,9 @@ on the CPU, and nothing elsewhere:
 2. swaps layers for CPU layers with the same arrays (:mod:`dpt_mlx.cpu.layers`: GELU,
    attention, stride-1 and patch-transposed convolutions, half-precision and quantised linear
    layers), so parameter paths, checkpoints and gradients are unchanged;
-3. lets MLX's CPU allocator keep a buffer cache of a quarter of its memory limit instead of
-   32 MiB, so large activations reuse memory instead of being page-faulted in anew.
+3. bounds MLX's CPU buffer cache to what one more forward pass needs (:mod:`dpt_mlx.cpu.cache`:
+   MLX's 32 MiB for the first pass, then half the largest working set of a pass), so later passes
+   reuse most of their buffers instead of page-faulting fresh memory in, and little more is kept.
 
 ``DPT_MLX_FAST_KERNELS=0`` switches 2 and 3 off: the model then runs exactly the code that Metal
 and CUDA users run. ``import dpt_mlx`` changes nothing in MLX.
@@ -21,18 +22,18 @@ from __future__ import annotations
 
 import os
 
-import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map
 
+from . import cache
 from .blas import blas_info
 from .layers import FAST_LAYERS, fast_layer, on_cpu
 
-__all__ = ["FAST_LAYERS", "accelerate", "blas_info", "cpu_cache_limit", "enabled", "is_accelerated", "on_cpu",
-           "raise_cpu_cache_limit"]
+__all__ = ["FAST_LAYERS", "PASS_PIXELS", "accelerate", "blas_info", "enabled", "images_per_pass", "is_accelerated",
+           "on_cpu"]
 
 FAST_KERNELS_ENV_VAR = "DPT_MLX_FAST_KERNELS"
-_MLX_CPU_CACHE_DEFAULT = 32 << 20  # mlx's CPU allocator keeps at most this much freed memory
+PASS_PIXELS = 518 * 518  # on the CPU a forward pass takes this many input pixels, or one image
 
 
 def enabled() -> bool:
@@ -40,18 +41,17 @@ def enabled() -> bool:
     return os.environ.get(FAST_KERNELS_ENV_VAR, "1").strip().lower() not in ("0", "false", "off", "no")
 
 
-def cpu_cache_limit() -> int:
-    """A quarter of MLX's memory limit (which is 80% of RAM): 4.7 GiB on a 23 GiB machine."""
-    return max(mx.get_memory_limit() // 4, 1 << 30)
+def images_per_pass(batch: int, height: int, width: int) -> int:
+    """How many of ``batch`` images of ``height`` x ``width`` one forward pass should take.
 
-
-def raise_cpu_cache_limit(limit: int | None = None) -> None:
-    """Let MLX's CPU allocator keep up to ``limit`` bytes (default :func:`cpu_cache_limit`) of freed
-    buffers, as its Metal allocator does by default. A limit set by the user (anything but MLX's
-    default) is left alone; ``mx.clear_cache()`` returns the memory."""
-    previous = mx.set_cache_limit(cpu_cache_limit() if limit is None else limit)
-    if previous != _MLX_CPU_CACHE_DEFAULT:
-        mx.set_cache_limit(previous)
+    With the CPU layer on, as many as fit in :data:`PASS_PIXELS` (at least one): MLX's CPU backend
+    gets no more images per second from larger batches (their matrices are already large enough
+    for BLAS), and a pass's memory grows with its batch. Elsewhere (Metal, CUDA, or
+    ``DPT_MLX_FAST_KERNELS=0``), the whole batch.
+    """
+    if not (on_cpu() and enabled()):
+        return batch
+    return max(1, min(batch, PASS_PIXELS // max(height * width, 1)))
 
 
 def is_accelerated(model: nn.Module) -> bool:
@@ -73,5 +73,5 @@ def accelerate(model: nn.Module) -> nn.Module:
     if not enabled():
         return model
     model.update_modules(tree_map(fast_layer, model.leaf_modules(), is_leaf=nn.Module.is_module))
-    raise_cpu_cache_limit()
+    cache.watch(model)
     return model

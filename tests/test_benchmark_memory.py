@@ -1,0 +1,26 @@
+"""The benchmark's memory measurement: a fresh process per library, the first and the second pass."""
+
+import torch
+import transformers
+from helpers import perturb
+
+from dpt_mlx.cli.benchmark_memory import forward_memory
+
+TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37, image_size=32,
+            patch_size=8, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 24, 32], fusion_hidden_size=16)
+
+
+def test_both_libraries_report_both_passes(tmp_path):
+    torch.manual_seed(0)
+    perturb(transformers.DPTForDepthEstimation(transformers.DPTConfig(**TINY))).save_pretrained(str(tmp_path))
+    for framework in ("mlx", "torch"):
+        m = forward_memory(framework, str(tmp_path), 2, (256, 256), "float32")
+        assert m.error is None, m.error
+        assert m.weights_mib > 0 and m.rss_after_load_mib > 0
+        assert 0 <= m.rss_added_mib <= m.rss_added_second_mib  # the peak only grows
+        assert (m.mlx_peak_mib is not None) == (framework == "mlx")
+
+
+def test_a_failing_child_reports_its_error(tmp_path):
+    m = forward_memory("mlx", str(tmp_path / "missing"), 1, (32, 32), "float32")
+    assert m.error and m.rss_added_mib is None
