@@ -12,8 +12,8 @@ through the network and half precision meets realistic magnitudes), saved with
 downloads (dpt_mlx.cli.benchmark_models). After a warm-up run each, the two forward passes
 alternate (ours, theirs, theirs, ours, ...) so that load from other processes hits both alike;
 the report gives the median time per image, their ratio, images per second, and the memory a
-forward pass adds on top of the loaded model, each measured in a fresh process
-(dpt_mlx.cli.benchmark_memory).
+forward pass adds on top of the loaded model, for the first pass and through a second one, each
+measured in a fresh process (dpt_mlx.cli.benchmark_memory).
 
 The precision table compares float16, bfloat16, 8-bit and 4-bit weights (see dpt_mlx.io.quantize)
 against our float32 output on the same input: max and mean absolute difference of the depth
