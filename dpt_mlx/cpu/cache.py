@@ -31,7 +31,7 @@ import mlx.nn as nn
 MLX_DEFAULT = 32 << 20  # mlx's CPU allocator keeps at most this much freed memory
 WORKING_SET_SHARE = 0.5  # of a pass's working set, the most the cache keeps
 _state = {"limit": MLX_DEFAULT}  # the limit this policy set last
-_watched: dict[type, type] = {}  # model class -> its subclass that applies the policy on every call
+_watched: dict[type, object] = {}  # model class -> its own __call__, before the policy's wrapper
 
 
 def max_cache_limit() -> int:
@@ -58,26 +58,34 @@ def before_forward() -> None:
         set_policy_limit(limit)
 
 
-def _watching(cls: type) -> type:
-    if cls in _watched.values():
-        return cls
-    if cls not in _watched:
-        def __call__(self, *args, **kwargs):
-            before_forward()
-            return cls.__call__(self, *args, **kwargs)
+_FLAG = "_dpt_mlx_cache_policy"  # set on each model instance the policy applies to
 
-        # The same name, so that checkpoints record the model's own architecture.
-        _watched[cls] = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
-                                                   "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
-    return _watched[cls]
+
+def _watch_class(cls: type) -> None:
+    """Make ``cls``'s call run :func:`before_forward` first for instances flagged with ``_FLAG``
+    (once per class; other instances, and the portable path, call straight through)."""
+    if cls in _watched:
+        return
+    original = cls.__call__
+
+    def __call__(self, *args, **kwargs):
+        if self.__dict__.get(_FLAG):
+            before_forward()
+        return original(self, *args, **kwargs)
+
+    __call__.__doc__ = original.__doc__
+    __call__.__wrapped__ = original
+    _watched[cls] = original
+    cls.__call__ = __call__
 
 
 def watch(model: nn.Module) -> None:
-    """Apply the policy to ``model`` (in place): its class becomes a subclass whose call first
-    updates the cache limit; parameters, outputs and ``isinstance`` checks are unchanged."""
-    model.__class__ = _watching(type(model))
+    """Apply the policy to ``model``: its calls first update the cache limit. The model's class,
+    parameters and outputs are unchanged (``type(model)`` is still the model's own class)."""
+    _watch_class(type(model))
+    object.__setattr__(model, _FLAG, True)
     mx.reset_peak_memory()
 
 
 def is_watched(model: nn.Module) -> bool:
-    return type(model) in _watched.values()
+    return bool(model.__dict__.get(_FLAG))
