@@ -143,11 +143,8 @@ class Predictor:
         evaluated before the next starts (on the CPU, so that memory does not grow with the batch)."""
         step = 1 if getattr(self.config, "multi_domain", False) else images_per_pass(len(x), *x.shape[2:4])
         if step < len(x):
-            parts = []
-            for i in range(0, len(x), step):
-                part = self._run(x[i:i + step], None if prompt is None else prompt[i:i + step])
-                parts.append(part)
-            return mx.concatenate(parts)
+            return mx.concatenate([self._run(x[i:i + step], None if prompt is None else prompt[i:i + step])
+                                   for i in range(0, len(x), step)])
         kwargs = {} if prompt is None else {"prompt_depth": mx.array(np.ascontiguousarray(prompt))}
         outputs = self.model(mx.array(np.ascontiguousarray(x)), **kwargs)
         result = outputs.predicted_depth if self.task == DEPTH else outputs.logits

@@ -31,7 +31,7 @@ import mlx.nn as nn
 MLX_DEFAULT = 32 << 20  # mlx's CPU allocator keeps at most this much freed memory
 WORKING_SET_SHARE = 0.5  # of a pass's working set, the most the cache keeps
 _state = {"limit": MLX_DEFAULT}  # the limit this policy set last
-_watched: dict[type, object] = {}  # model class -> its own __call__, before the policy's wrapper
+_watched: set[type] = set()  # model classes whose call applies the policy (the original is __wrapped__)
 
 
 def max_cache_limit() -> int:
@@ -75,7 +75,7 @@ def _watch_class(cls: type) -> None:
 
     __call__.__doc__ = original.__doc__
     __call__.__wrapped__ = original
-    _watched[cls] = original
+    _watched.add(cls)
     cls.__call__ = __call__
 
 
