@@ -22,8 +22,14 @@ Threads: Ray runs several workers on one machine, so each worker's BLAS and atte
 set from the CPUs Ray assigned it (``num_cpus=`` in ``map_batches``; at least one), or to
 ``threads=``. Ask for as many CPUs per worker as it should use; the workers on a node then never
 ask for more threads than it has. Leave CPUs for the read tasks (``read_images`` runs as tasks
-that need a CPU each): workers that hold every CPU of a small cluster starve them and the dataset
-never starts.
+that need a CPU each): workers that hold every CPU of a small cluster starve them.
+
+Placement: Ray waits without end for a worker that no node can hold (``num_cpus=`` above every
+node's CPUs) and for workers whose CPUs other jobs keep busy. :func:`map_depth` adds the stage with
+both checked: a request no node can hold is a one-line ValueError at once, and workers that have
+not started (model loaded) within ``start_timeout`` seconds fail the dataset with Ray's
+``GetTimeoutError``. With ``map_batches`` directly, :func:`check_cpus` makes the first check and
+``ds.context.wait_for_min_actors_s`` the second.
 
 Importing this module does not import ray; only the workers' Ray context is read, when present.
 """
@@ -44,7 +50,10 @@ DEPTH_COLUMN = "predicted_depth"
 SEGMENTATION_COLUMN = "segmentation"
 ERRORS = ("raise", "record")
 
-__all__ = ["DEPTH_COLUMN", "SEGMENTATION_COLUMN", "DepthPredictor", "is_uri", "read_image", "worker_threads"]
+START_TIMEOUT = 300.0  # seconds map_depth waits for its workers to start (model loaded) by default
+
+__all__ = ["DEPTH_COLUMN", "SEGMENTATION_COLUMN", "START_TIMEOUT", "DepthPredictor", "check_cpus", "cluster_cpus",
+           "is_uri", "map_depth", "read_image", "worker_threads"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,3 +262,62 @@ class DepthPredictor:
             out[self.error_column] = np.array(errors, dtype=object)
         return out
 
+
+
+# ----------------------------------------------------------------------------------------------
+# Placement
+
+
+def cluster_cpus() -> list[float]:
+    """The CPUs of each live node of the Ray cluster (connecting to, or starting, one as Ray Data would)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    cpus = [float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive", True)]
+    return [c for c in cpus if c > 0]
+
+
+def _cpus(n: float) -> str:
+    return f"{n:g} CPU{'' if n == 1 else 's'}"
+
+
+def check_cpus(num_cpus: float, workers: int = 1, node_cpus: Sequence[float] | None = None) -> None:
+    """A one-line ValueError when ``workers`` workers of ``num_cpus`` CPUs each cannot all be placed
+    at once on the cluster's nodes (Ray would wait for them without end). ``node_cpus``: each node's
+    CPUs (default: :func:`cluster_cpus`)."""
+    if isinstance(num_cpus, bool) or not isinstance(num_cpus, (int, float)) or not num_cpus > 0:
+        raise ValueError(f"num_cpus must be a positive number, got {num_cpus!r}")
+    nodes = list(cluster_cpus() if node_cpus is None else node_cpus)
+    if not nodes:
+        raise ValueError("the Ray cluster has no node with CPUs for the workers")
+    if num_cpus > max(nodes):
+        raise ValueError(f"each worker asks for {_cpus(num_cpus)}, but the largest Ray node has {_cpus(max(nodes))}; "
+                         f"ask for at most {max(nodes):g} per worker")
+    fit = sum(int(c / num_cpus + 1e-9) for c in nodes)
+    if fit < workers:
+        raise ValueError(f"{workers} workers of {_cpus(num_cpus)} each do not fit on the Ray cluster's "
+                         f"{_cpus(sum(nodes))} ({fit} do); ask for fewer workers or fewer CPUs each")
+
+
+def map_depth(dataset, model: Any, *, workers: int = 1, num_cpus: float = 1.0, batch_size: int = 1,
+              start_timeout: float = START_TIMEOUT, **options):
+    """``dataset`` with a :class:`DepthPredictor` stage of ``workers`` workers of ``num_cpus`` CPUs each.
+
+    ``batch_size`` images go to a worker at a time (and through the model together); ``options`` are
+    DepthPredictor's other arguments. Raises a one-line ValueError at once when no node can hold a
+    worker; the returned dataset fails with ``GetTimeoutError`` when its workers have not all started
+    within ``start_timeout`` seconds (CPUs held by other work, a model that loads too slowly).
+    """
+    import ray
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if not start_timeout > 0:
+        raise ValueError(f"start_timeout must be a positive number of seconds, got {start_timeout!r}")
+    check_cpus(num_cpus, workers)
+    out = dataset.map_batches(DepthPredictor, fn_constructor_kwargs={"model": model, "batch_size": batch_size, **options},
+                              compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=num_cpus,
+                              batch_size=batch_size, batch_format="numpy")
+    out.context.wait_for_min_actors_s = max(1, int(round(start_timeout)))
+    return out

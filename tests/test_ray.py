@@ -5,7 +5,6 @@ what is missing, and bad inputs are one-line errors."""
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
+import ray.data  # noqa: F401  (here: its logging binds to the real stderr, not one test's capsys)
 import torch
 import transformers
 from helpers import perturb, photo
@@ -26,7 +26,7 @@ import dpt_mlx
 from dpt_mlx.cli import batch, batch_inputs
 from dpt_mlx.cli.console import Console
 from dpt_mlx.pipelines import load_image
-from dpt_mlx.ray import DepthPredictor, read_image
+from dpt_mlx.ray import DepthPredictor, map_depth, read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "examples" / "images" / "coffee.jpg"
@@ -37,8 +37,10 @@ SIZES = [(48, 64), (61, 97), (40, 40), (75, 52)]  # (H, W): every one a differen
 ONE_THREAD = dict(os.environ, DPT_MLX_BLAS_THREADS="1", OMP_NUM_THREADS="1")  # as a worker with one CPU computes
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture
 def local_ray():
+    """A fresh two-CPU Ray for each test that uses one: the workers of an earlier test's datasets
+    (Ray releases them in its own time) can never hold the CPUs a later test asks for."""
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
@@ -92,14 +94,6 @@ def _check_depth(rows, reference, column="predicted_depth"):
         np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max(), err_msg=row["path"])
 
 
-def _wait_for_idle_cpus(timeout: float = 60.0) -> None:
-    """Until the workers of a failed dataset are gone (their actor pool goes with the garbage)."""
-    gc.collect()
-    deadline = time.time() + timeout
-    while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
-        time.sleep(0.1)
-
-
 def _pool(**kwargs):
     return dict(compute=ray.data.ActorPoolStrategy(size=2), num_cpus=0.5, **kwargs)  # CPUs left for the reads
 
@@ -108,7 +102,7 @@ def _pool(**kwargs):
 # DepthPredictor
 
 
-def test_read_images_matches_the_pipeline(ckpt, photos):
+def test_read_images_matches_the_pipeline(local_ray, ckpt, photos):
     ds = ray.data.read_images(str(photos[0].parent), include_paths=True, mode="RGB")
     rows = ds.map_batches(DepthPredictor, fn_constructor_kwargs={"model": ckpt["depth"], "batch_size": 2},
                           batch_size=3, **_pool()).take_all()
@@ -117,7 +111,7 @@ def test_read_images_matches_the_pipeline(ckpt, photos):
         assert row["image"].dtype == np.uint8 and row["image"].shape[:2] == row["predicted_depth"].shape
 
 
-def test_paths_and_bytes_columns_and_recorded_errors(ckpt, photos, tmp_path):
+def test_paths_and_bytes_columns_and_recorded_errors(local_ray, ckpt, photos, tmp_path):
     reference = _reference(ckpt["depth"], photos)
     rows = (ray.data.from_items([{"path": str(p), "id": i} for i, p in enumerate(photos)])
             .map_batches(DepthPredictor, fn_constructor_kwargs={"model": ckpt["depth"]}, batch_size=2, **_pool())
@@ -146,14 +140,11 @@ def test_paths_and_bytes_columns_and_recorded_errors(ckpt, photos, tmp_path):
         (ray.data.read_binary_files(str(folder), include_paths=True)
          .map_batches(DepthPredictor, fn_constructor_kwargs={"model": ckpt["depth"]}, batch_size=6, **_pool())
          .take_all())
-    _wait_for_idle_cpus()
 
 
-def test_segmentation_column(ckpt, photos):
-    rows = (ray.data.from_items([{"path": str(p)} for p in photos])
-            .map_batches(DepthPredictor, fn_constructor_kwargs={"model": ckpt["seg"], "batch_size": 4},
-                         batch_size=5, **_pool())
-            .take_all())
+def test_segmentation_column(local_ray, ckpt, photos):
+    rows = map_depth(ray.data.from_items([{"path": str(p)} for p in photos]), ckpt["seg"], workers=2, num_cpus=0.5,
+                     batch_size=4).take_all()
     pipe = dpt_mlx.pipeline("image-segmentation", model=ckpt["seg"])
     ids = {name: i for i, name in LABELS.items()}
     assert sorted(r["path"] for r in rows) == sorted(map(str, photos))
@@ -176,7 +167,7 @@ def test_read_image_accepts_what_a_column_holds(photos):
         read_image(photos[1].parent.resolve().as_uri() + "/missing.jpg")
 
 
-def test_threads_follow_the_cpus_ray_assigns(ckpt):
+def test_threads_follow_the_cpus_ray_assigns(local_ray, ckpt):
     class Threads(DepthPredictor):  # defined here, so that Ray sends it to the workers by value
         def __call__(self, batch):
             return {"threads": np.array([self.threads]), "blas": np.array([dpt_mlx.blas_info()["threads"]])}
@@ -191,6 +182,53 @@ def test_threads_follow_the_cpus_ray_assigns(ckpt):
     assert threads(2) == (2, 2) and threads(0.5) == (1, 1)
     with pytest.raises(ValueError, match="threads must be a positive integer"):
         DepthPredictor(ckpt["depth"], threads=0)
+
+
+def _batch_args(tmp_path, ckpt, *extra) -> list:
+    _folder(tmp_path / "in")
+    return ["--input", tmp_path / "in", "--output", tmp_path / "out", "--model", ckpt["depth"], "--format", "npy",
+            *extra]
+
+
+def test_workers_no_node_can_hold_are_refused_at_once(local_ray, ckpt, tmp_path, capsys):
+    ds = ray.data.from_items([{"path": "unused"}])
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=r"^each worker asks for 3 CPUs, but the largest Ray node has 2 CPUs; "
+                                         r"ask for at most 2 per worker$"):
+        map_depth(ds, ckpt["depth"], num_cpus=3)
+    with pytest.raises(ValueError, match=r"^3 workers of 1 CPU each do not fit on the Ray cluster's 2 CPUs \(2 do\); "):
+        map_depth(ds, ckpt["depth"], workers=3, num_cpus=1)
+    for extra, expected in (
+        (["--cpus-per-worker", 3], "error: --cpus-per-worker: each worker asks for 3 CPUs, but the largest Ray node "
+                                   "has 2 CPUs; ask for at most 2 per worker"),
+        (["--workers", 5, "--cpus-per-worker", 0.5], "error: --cpus-per-worker: 5 workers of 0.5 CPUs each do not "
+                                                     "fit on the Ray cluster's 2 CPUs (4 do); ask for fewer workers "
+                                                     "or fewer CPUs each"),
+    ):
+        code, out, errors = _run(_batch_args(tmp_path, ckpt, *extra), capsys)
+        assert (code, errors) == (2, [expected])
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert time.monotonic() - start < 60
+
+
+def test_workers_that_cannot_start_fail_within_the_start_timeout(local_ray, ckpt, tmp_path, capsys):
+    @ray.remote(num_cpus=2)
+    class Hog:  # another job that holds every CPU of the cluster
+        def ping(self):
+            return True
+
+    hog = Hog.remote()
+    assert ray.get(hog.ping.remote(), timeout=60)
+    start = time.monotonic()
+    with pytest.raises(ray.exceptions.GetTimeoutError):
+        map_depth(ray.data.from_items([{"path": str(PHOTO)}]), ckpt["depth"], start_timeout=2).take_all()
+    code, out, errors = _run(_batch_args(tmp_path, ckpt, "--start-timeout", 2), capsys)
+    assert code == 2 and len(errors) == 1
+    assert errors[0].startswith("error: the Ray workers did not start within 2 s (1 worker, 2 CPUs each; the "
+                                "cluster has 0 of 2 CPUs free now): other work holds the CPUs"), errors
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert time.monotonic() - start < 90
+    ray.kill(hog)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,7 +252,7 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-def test_batch_writes_what_dpt_mlx_writes_and_reports_a_corrupt_image(ckpt, tmp_path, capsys):
+def test_batch_writes_what_dpt_mlx_writes_and_reports_a_corrupt_image(local_ray, ckpt, tmp_path, capsys):
     photos = _folder(tmp_path / "in")
     (tmp_path / "in" / "broken.png").write_bytes(b"not an image at all")
     (tmp_path / "in" / "notes.txt").write_text("not an image")
@@ -235,7 +273,7 @@ def test_batch_writes_what_dpt_mlx_writes_and_reports_a_corrupt_image(ckpt, tmp_
     np.testing.assert_allclose(depth, _reference(ckpt["depth"], [photos[0]])[str(photos[0])], rtol=1e-5, atol=1e-6)
 
 
-def test_a_rerun_does_only_what_an_interrupted_run_left(ckpt, tmp_path, capsys):
+def test_a_rerun_does_only_what_an_interrupted_run_left(local_ray, ckpt, tmp_path, capsys):
     _folder(tmp_path / "in")
     args = ["--input", tmp_path / "in", "--output", tmp_path / "out", "--model", ckpt["depth"], "--format", "png,npy",
             "--workers", 2]
@@ -293,7 +331,7 @@ def test_sigterm_keeps_whole_files_and_the_rerun_does_the_rest(ckpt, tmp_path, c
     assert len(list(out.glob("*_depth.png"))) == len(list(out.glob("*_depth.npy"))) == 100
 
 
-def test_segmentation_from_a_uri_writes_what_dpt_mlx_writes(ckpt, tmp_path, capsys):
+def test_segmentation_from_a_uri_writes_what_dpt_mlx_writes(local_ray, ckpt, tmp_path, capsys):
     _folder(tmp_path / "in" / "sub")
     code, out, errors = _run(["--input", (tmp_path / "in").as_uri(), "--recursive", "--output", tmp_path / "ray",
                               "--model", ckpt["seg"], "--format", "png,npy", "--verbose"], capsys)
@@ -344,13 +382,12 @@ def test_errors_are_one_line_with_exit_status_2(case, ckpt, tmp_path, capsys, mo
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_python_m_dpt_mlx_batch_joins_a_running_cluster(ckpt, tmp_path):
+def test_python_m_dpt_mlx_batch_joins_a_running_cluster(local_ray, ckpt, tmp_path):
     """--address: the command's driver joins this module's Ray, and leaves it running."""
     folder = tmp_path / "in"
     folder.mkdir()
     for i in range(2):
         Image.fromarray(photo(40, 56, seed=i)).save(folder / f"p{i}.png")
-    _wait_for_idle_cpus()
     args = ["--input", folder, "--output", tmp_path / "out", "--model", ckpt["depth"], "--format", "npy",
             "--address", ray.get_runtime_context().gcs_address, "--workers", 2]
     run = subprocess.run([sys.executable, "-m", "dpt_mlx.batch", *map(str, args)], cwd=ROOT, capture_output=True,

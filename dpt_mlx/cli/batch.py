@@ -11,7 +11,8 @@ files (cli/batch_worker.py), so with ``--address`` the output folder must be sha
 
 Exit status: 0 everything written or skipped; 1 some images failed (each reported, the others
 written); 2 nothing done (a usage error, ray not installed, no images, a model that does not
-load, every image failed); 130 / 143 interrupted (finished outputs are kept, a rerun goes on).
+load, workers that no node can hold or that do not start within ``--start-timeout``, every image
+failed); 130 / 143 interrupted (finished outputs are kept, a rerun goes on).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..errors import DPTError, UsageError, first_line
 from ..io.checkpoint import DTYPES
 from ..io.files import remove_stale_temps
 from ..processing.visualize import COLORMAPS
+from ..ray import START_TIMEOUT, check_cpus
 from .batch_inputs import Inputs, collect
 from .console import (EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, ArgumentParser, Console, command, interrupt_name,
                       interrupt_status, positive_int, signals_interrupt)
@@ -53,10 +55,12 @@ ray: without --address a local Ray is started on this machine's CPUs; --address 
   shared folder on every node, and on the machine this runs on: it lists the inputs, skips the
   finished images and checks the files (on a cluster, run it on a node: ray job submit --
   python -m dpt_mlx.batch --address auto ...). Each worker gets --cpus-per-worker CPUs and
-  computes with that many threads.
+  computes with that many threads. Workers that no node can hold are refused at once; workers
+  that have not started within --start-timeout (other jobs hold the CPUs) end the run.
 
 exit status: 0 all written (or skipped); 1 some images failed (reported, the rest written);
-  2 nothing done (usage error, ray missing, no images, unusable model, every image failed);
+  2 nothing done (usage error, ray missing, no images, unusable model, workers that cannot be
+  placed or do not start, every image failed);
   130 Ctrl-C; 143 SIGTERM."""
 
 
@@ -98,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model workers (default: one per node with CPUs)")
     p.add_argument("--cpus-per-worker", type=_positive_number, metavar="N",
                    help="CPUs (and threads) of each worker (default: the most that lets every worker be placed)")
+    p.add_argument("--start-timeout", type=_positive_number, default=START_TIMEOUT, metavar="SECONDS",
+                   help=f"fail when the workers have not started (model loaded) within this time, e.g. because "
+                        f"other jobs hold the cluster's CPUs (default {START_TIMEOUT:g})")
     p.add_argument("--batch-size", "-b", type=positive_int, default=1, metavar="N",
                    help="images per forward pass (default 1)")
     p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="compute dtype (default: the checkpoint's)")
@@ -165,6 +172,13 @@ def _node_cpus(ray) -> list[float]:
     return cpus
 
 
+def _free_cpus(ray) -> str:
+    try:
+        return f"{ray.available_resources().get('CPU', 0.0):g} of {ray.cluster_resources().get('CPU', 0.0):g}"
+    except Exception:  # noqa: BLE001  (the cluster went away)
+        return "an unknown number"
+
+
 def _root_cause(e: BaseException) -> str:
     """The first line of the error that started a chain of Ray's wrapping errors."""
     seen = set()
@@ -214,7 +228,13 @@ def _run(ray, args, inputs: Inputs, jobs: list, console: Console, tally: Tally) 
     """Every job on Ray Data workers; each image's result counted (and reported) as it comes back."""
     from .batch_worker import OutputWriter, job_row
 
-    tally.workers, tally.cpus = placement(_node_cpus(ray), args.workers, args.cpus_per_worker)
+    nodes = _node_cpus(ray)
+    tally.workers, tally.cpus = placement(nodes, args.workers, args.cpus_per_worker)
+    try:
+        check_cpus(tally.cpus, tally.workers, nodes)
+    except ValueError as e:
+        flag = "--cpus-per-worker" if args.cpus_per_worker else "--workers"
+        raise UsageError(f"{flag}: {e}") from None
     console.detail(f"{tally.workers} worker(s) with {tally.cpus:g} CPU(s) each, for {len(jobs)} image(s)")
     where = {p: i for i, p in enumerate(inputs.paths)}
     by_name = {}
@@ -232,6 +252,7 @@ def _run(ray, args, inputs: Inputs, jobs: list, console: Console, tally: Tally) 
     dataset = ray.data.from_items(rows).map_batches(
         OutputWriter, fn_constructor_kwargs=options, num_cpus=tally.cpus, batch_size=args.batch_size,
         batch_format="numpy", **_actor_pool(ray, tally.workers))
+    dataset.context.wait_for_min_actors_s = max(1, int(round(args.start_timeout)))
     start = time.perf_counter()
     try:
         for row in dataset.iter_rows():
@@ -252,11 +273,15 @@ def _missing_outputs(tally: Tally) -> list[Path]:
     return [t for job in tally.written_jobs for _, t in job.outputs if not t.exists()]
 
 
+def _workers(tally: Tally) -> str:
+    return (f"{tally.workers} worker{'s' if tally.workers != 1 else ''}, "
+            f"{tally.cpus:g} CPU{'s' if tally.cpus != 1 else ''} each")
+
+
 def _summary(tally: Tally, skipped: int) -> str:
     rate = tally.written / tally.seconds if tally.seconds > 0 else 0.0
     text = (f"{tally.written} image{'s' if tally.written != 1 else ''} written in {tally.seconds:.1f} s "
-            f"({rate:.2f} images/s; {tally.workers} worker{'s' if tally.workers != 1 else ''}, "
-            f"{tally.cpus:g} CPU{'s' if tally.cpus != 1 else ''} each)")
+            f"({rate:.2f} images/s; {_workers(tally)})")
     if skipped:
         text += f"; {skipped} skipped (all outputs exist)"
     return text
@@ -304,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt as e:
             return _interrupted(e, console, tally.written)
         except Exception as e:  # noqa: BLE001  (a worker's failure, as Ray wraps it)
+            if type(e).__name__ == "GetTimeoutError" and not tally.written:
+                console.error(f"the Ray workers did not start within {args.start_timeout:g} s ({_workers(tally)}; "
+                              f"the cluster has {_free_cpus(ray)} CPUs free now): other work holds the CPUs, or "
+                              "the model loads slowly (--start-timeout)")
+                return EXIT_ERROR
             console.error(f"the Ray job failed after {tally.written} image(s): {_root_cause(e)}")
             return EXIT_SOME_FAILED if tally.written else EXIT_ERROR
         finally:
