@@ -213,6 +213,60 @@ def test_replacing_the_folder_that_holds_the_source_is_refused(sources, tmp_path
     assert digest(outer / "hf") == before and [p.name for p in outer.iterdir()] == ["hf"]
 
 
+@pytest.mark.parametrize("native", ["flags", "none", "unsupported"])
+def test_publish_directory_without_flagged_renames(tmp_path, monkeypatch, native):
+    """The same guarantees where renameat2 / renamex_np are missing (an old libc, another system) or the
+    file system refuses their flags (EINVAL): the portable path under the lock."""
+    if native == "none":
+        monkeypatch.setattr(conv, "_flagged_rename", lambda: None)
+    elif native == "unsupported":
+        monkeypatch.setattr(conv, "_flagged_rename", lambda: ((lambda src, dst, flag: -1), {"noreplace": 1,
+                                                                                           "exchange": 2}))
+        monkeypatch.setattr(conv.ctypes, "get_errno", lambda: errno.EINVAL)
+
+    def work(name, text):
+        d = tmp_path / f".out.tmp-{name}"
+        d.mkdir()
+        (d / "f").write_text(text)
+        return d
+
+    target = tmp_path / "out"
+    assert conv.publish_directory(work("1", "one"), target, overwrite=False) is None
+    with pytest.raises(FileExistsError):
+        conv.publish_directory(work("2", "two"), target, overwrite=False)
+    assert (target / "f").read_text() == "one"
+    old = conv.publish_directory(tmp_path / ".out.tmp-2", target, overwrite=True)
+    assert (target / "f").read_text() == "two" and (old / "f").read_text() == "one"
+    conv.remove_tree(old)
+    if native != "flags":  # the portable overwrite renames the old one aside first: a failure puts it back
+        real = os.rename
+
+        def second_rename_fails(src, dst):
+            if Path(src).name == ".out.tmp-3":
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            real(src, dst)
+
+        monkeypatch.setattr(conv.os, "rename", second_rename_fails)
+        with pytest.raises(OSError):
+            conv.publish_directory(work("3", "three"), target, overwrite=True)
+        monkeypatch.setattr(conv.os, "rename", real)
+        assert (target / "f").read_text() == "two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.tmp-3", "out"][native == "flags":]
+
+
+def test_lock_is_removed_on_release_and_a_dead_holders_file_does_not_block(tmp_path):
+    target = tmp_path / "out"
+    (tmp_path / ".out.lock").touch()  # left by a holder killed with SIGKILL (the kernel dropped its lock)
+    with conv.output_lock(target, "busy") as locked:
+        assert locked
+        with pytest.raises(dpt_mlx.DPTError, match="^busy$"):
+            with conv.output_lock(target, "busy"):
+                pass
+    assert list(tmp_path.iterdir()) == []
+    with conv.output_lock(target, "busy"):  # and again
+        assert [p.name for p in tmp_path.iterdir()] == [".out.lock"]
+
+
 # ----------------------------------------------------------------------------------------------
 # Signals and SIGKILL
 
@@ -244,7 +298,7 @@ def test_sigkilled_conversion_is_cleaned_up_by_the_next(sources, tmp_path, hooks
     proc.kill()
     finish(proc)
     left = hidden(tmp_path)
-    assert any(name.startswith(".mlx.tmp-") for name in left) and not target.exists()
+    assert ".mlx.lock" in left and any(name.startswith(".mlx.tmp-") for name in left) and not target.exists()
     code, out, err = finish(start(sources[1], target))
     assert code == 0, err
     assert hidden(tmp_path) == []
