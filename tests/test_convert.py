@@ -35,7 +35,7 @@ def digest(directory: Path) -> dict:
 
 def run(*args):
     return subprocess.run([sys.executable, str(ROOT / "convert.py"), *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT)
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
 
 
 def test_cli_converts_and_refuses_to_overwrite(source, tmp_path):
@@ -201,19 +201,17 @@ def test_overflowing_half_model_is_refused_with_a_reason(half_sources, tmp_path,
 
 
 def test_sigterm_leaves_nothing_and_stale_work_dirs_go(source, tmp_path, monkeypatch, capsys):
+    """SIGTERM mid-conversion: 143, nothing left. Work directories of the target found on the way are a
+    dead conversion's (a live one would hold the lock), however new, and are removed."""
     import os
     import signal
-    import time
-
-    from dpt_mlx.io import files
 
     stale = tmp_path / ".mlx.tmp-killed1"  # what a SIGKILL'd conversion leaves
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"partial")
-    old = time.time() - 10 * files.STALE_SECONDS
-    os.utime(stale, (old, old))
-    fresh = tmp_path / ".mlx.tmp-running"  # a conversion still running keeps its own
-    fresh.mkdir()
+    (tmp_path / ".mlx.lock").touch()  # and its lock file (the lock itself died with it)
+    other = tmp_path / ".other.tmp-running"  # another target's: not ours to remove
+    other.mkdir()
 
     def terminated(a, b):
         os.kill(os.getpid(), signal.SIGTERM)  # arrives while the work directory is full
@@ -223,5 +221,5 @@ def test_sigterm_leaves_nothing_and_stale_work_dirs_go(source, tmp_path, monkeyp
     handler = signal.getsignal(signal.SIGTERM)
     assert convert_main(["--hf-path", str(source), "--mlx-path", str(tmp_path / "mlx")]) == 143
     assert "terminated by SIGTERM" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".mlx.tmp-running", "hf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-running", "hf"]
     assert signal.getsignal(signal.SIGTERM) is handler  # the policy holds only while the command runs

@@ -30,7 +30,7 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-@command  # SIGTERM / SIGHUP as Ctrl-C: the work directory is removed, the target left as it was
+@command  # SIGTERM / SIGHUP as Ctrl-C: the work directory is removed, the target left as it was (io/convert.py)
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
@@ -42,7 +42,10 @@ def main(argv=None) -> int:
         print_error(e, args.verbose)
         return EXIT_ERROR
     except KeyboardInterrupt as e:
-        print_error(f"{interrupt_name(e)}; nothing was written to {args.mlx_path}")
+        if report.get("published"):  # it came as the converted model was being put in place
+            print_error(f"{interrupt_name(e)} after {args.mlx_path} was written (the conversion is complete)")
+        else:
+            print_error(f"{interrupt_name(e)}; nothing was written to {args.mlx_path}")
         return interrupt_status(e)
     note = ""
     if args.quantize:

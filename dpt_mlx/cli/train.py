@@ -26,13 +26,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shutil
 import sys
 from dataclasses import fields
 from pathlib import Path
 
 from ..errors import DPTError, UsageError
-from ..training.checkpoints import find_checkpoint, holds_run, list_checkpoints, read_state, run_dir_of
+from ..training.checkpoints import find_checkpoint, holds_run, read_state, run_dir_of
 from ..training.loop import Resume, RunResult, RunSpec, TrainingOptions, run
 from ..training.losses import SILOG, SSI
 from .console import (EXIT_ERROR, EXIT_OK, ArgumentParser, ProgressBar, command, interrupt_name, interrupt_status,
@@ -145,7 +144,8 @@ def _run_dir(args: argparse.Namespace, resume: Resume | None) -> Path:
 
 
 def spec_from_args(args: argparse.Namespace) -> RunSpec:
-    """The run the command line asks for (with --overwrite, the old checkpoints are removed here).
+    """The run the command line asks for (with --overwrite, the old checkpoints are removed once the run
+    has loaded its model and data and holds its directory's lock: training/loop.py).
 
     A bad combination of options is a UsageError.
     """
@@ -161,11 +161,8 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
     if not options.data:
         raise UsageError("give --data DIR (DIR/images with DIR/depth or DIR/masks)")
     run_dir = _run_dir(args, resume)
-    if resume is None and args.overwrite:
-        for old in list_checkpoints(run_dir):
-            shutil.rmtree(old)
     options.data = os.path.abspath(options.data)
-    return RunSpec(options, run_dir, model=args.model, resume=resume, quiet=args.quiet)
+    return RunSpec(options, run_dir, model=args.model, resume=resume, quiet=args.quiet, overwrite=args.overwrite)
 
 
 def train(args: argparse.Namespace) -> RunResult:

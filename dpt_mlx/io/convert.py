@@ -1,17 +1,43 @@
 """Convert a transformers DPT checkpoint into a dpt_mlx checkpoint, and verify the result.
 
 The output directory holds ``config.json``, ``model.safetensors`` (MLX layout, tagged
-``format: mlx``) and ``preprocessor_config.json`` when the source has one. It is written
-into a temporary directory beside the target and renamed at the end, so an interrupted
-conversion leaves nothing half-written; the source is only read.
+``format: mlx``) and ``preprocessor_config.json`` when the source has one; the source is only read.
+
+How the output is published, whole or not at all:
+
+- The checkpoint is written and verified in a work directory beside the target
+  (``.<name>.tmp-<random>``), then renamed to the target in one step, so a reader never sees a
+  half-written directory and an interrupted conversion leaves the target as it was.
+- One conversion at a time per target: the conversion holds an exclusive ``flock`` on
+  ``.<name>.lock`` beside the target from its last check of the target to the rename. A second
+  one into the same target fails at once ("another conversion is writing ..."). The kernel drops
+  the lock when its process dies, even by SIGKILL, so a killed conversion never blocks the next;
+  the lock file is removed on release (a locker checks it still holds the file under that name).
+  Holding the lock, a conversion knows every work directory of its target is a dead one's and
+  removes them.
+- The rename never replaces a directory that ``--overwrite`` did not ask to replace: it is
+  ``renameat2(RENAME_NOREPLACE)`` on Linux, ``renamex_np(RENAME_EXCL)`` on macOS, so a target that
+  something else created meanwhile makes the conversion fail ("... appeared while this
+  conversion was writing it"). With ``--overwrite`` the new directory is swapped with the old one
+  in one step (``RENAME_EXCHANGE`` / ``RENAME_SWAP``) and the old one removed. Where the system or
+  the file system lacks these, a plain rename under the lock (after a last check) stands in, and
+  an overwrite renames the old directory aside first; SIGINT, SIGTERM and SIGHUP wait while the
+  names change, so the pair is never split.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import os
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlx.core as mx
@@ -19,12 +45,15 @@ import numpy as np
 
 from ..errors import CheckpointError, DPTError
 from ..models import load_model
+from ..pipelines import load_processor
+from ..processing.image_processor import CONFIG_NAME as PROCESSOR_CONFIG
 from .checkpoint import load_pretrained, parse_dtype, save_pretrained
 from .files import STALE_SECONDS, umask_mode
 from .hub import resolve
 from .quantize import VERIFY_TOLERANCE, Quantization, quantize_model
 
-SIDE_FILES = ("preprocessor_config.json",)
+SIDE_FILES = (PROCESSOR_CONFIG,)
+WORK_MARK = ".tmp-"  # .<name>.tmp-<random>: a conversion's work directory
 
 
 def probe_size(config) -> tuple[int, int]:
@@ -68,35 +97,70 @@ def convert(hf_path, mlx_path, dtype=None, overwrite: bool = False, verify_tol: 
     groups of ``q_group_size`` (see dpt_mlx.quantize). The written checkpoint must then reproduce
     the quantised model exactly (``verify_tol``) and stay within the measured quantisation error
     of the unquantised model (``quantize.VERIFY_TOLERANCE``); that error is stored in ``report``
-    (a dict, if given) as ``"quantization_error"``.
+    (a dict, if given) as ``"quantization_error"``, and ``"published": True`` once the output is
+    in place (an interruption after that point finds the conversion complete).
     """
     target = Path(mlx_path).expanduser()
+    report = {} if report is None else report
     dtype = parse_dtype(dtype)
     spec = None
     if quantize:
         spec = Quantization(bits=q_bits, group_size=q_group_size)  # ValueError names a bad value
-    if target.exists() and not overwrite:
-        raise DPTError(f"{target} already exists; pass --overwrite to replace it")
-    if target.exists() and not target.is_dir():
-        raise DPTError(f"{target} is a file; choose a directory for the converted model")
+    _check_target(target, overwrite)
     source = resolve(hf_path)
-    if target.exists() and target.resolve() == source.resolve():
-        raise DPTError("the output directory is the source checkpoint; choose another --mlx-path")
+    if _inside(source, target):
+        what = "is" if source.resolve() == target.resolve() else "contains"
+        raise DPTError(f"the output directory {what} the source checkpoint; choose another --mlx-path")
 
     model = load_model(source, dtype=dtype)
+    if (source / PROCESSOR_CONFIG).is_file():
+        load_processor(source, model.config)  # one that does not load is not copied: a CheckpointError
     reference = None
     if spec is not None:
         reference = load_model(source, dtype=dtype)
         quantize_model(model, bits=spec.bits, group_size=spec.group_size)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_work_dirs(target)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    make_parent(target)
+    with output_lock(target, f"another conversion is writing {target}") as locked:
+        if os.path.lexists(target) and not overwrite:
+            raise DPTError(f"{target} appeared while this conversion was running; use --overwrite to replace it")
+        _check_target(target, overwrite)
+        remove_work_dirs(target, older_than=0.0 if locked else STALE_SECONDS)
+        _write(model, reference, spec, source, target, overwrite, verify_tol, report)
+    return target
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    if os.path.lexists(target) and not overwrite:
+        raise DPTError(f"{target} already exists; pass --overwrite to replace it")
+    if os.path.lexists(target) and not target.is_dir():
+        raise DPTError(f"{target} is a file; choose a directory for the converted model")
+
+
+def _inside(source: Path, target: Path) -> bool:
+    """Whether ``source`` is ``target`` or lies inside it (replacing the target would delete it)."""
     try:
-        os.chmod(tmp, umask_mode(0o777))
-        save_pretrained(model, tmp)
-        for name in SIDE_FILES:
-            if (source / name).is_file():
-                shutil.copyfile(source / name, tmp / name)
+        return source.resolve().is_relative_to(target.resolve())
+    except OSError:
+        return False
+
+
+def _write(model, reference, spec, source: Path, target: Path, overwrite: bool, verify_tol: float,
+           report: dict) -> None:
+    """Write, load back and verify the checkpoint in a work directory, then publish it as ``target``."""
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}{WORK_MARK}"))
+    except OSError as e:
+        raise DPTError(f"cannot write to {target.parent}: {why(e)}") from None
+    old = None
+    try:
+        try:
+            os.chmod(tmp, umask_mode(0o777))
+            save_pretrained(model, tmp)
+            for name in SIDE_FILES:
+                if (source / name).is_file():
+                    shutil.copyfile(source / name, tmp / name)
+        except OSError as e:  # a full disk, a quota, an I/O error
+            raise DPTError(f"cannot write {target}: {why(e)}") from None
         converted = load_pretrained(tmp, type(model))
         err = verify(model, converted)
         if not err <= verify_tol:
@@ -109,29 +173,214 @@ def convert(hf_path, mlx_path, dtype=None, overwrite: bool = False, verify_tol: 
                     f"than the {VERIFY_TOLERANCE[spec.bits]:g} measured on DPT/Depth Anything models; "
                     "try --q-bits 8 or a smaller --q-group-size"
                 )
-            if report is not None:
-                report["quantization_error"] = err
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{tmp.name[-8:]}")
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _remove_stale_work_dirs(target: Path) -> None:
-    """Remove the work directories (``.<name>.tmp-*``, ``.<name>.old-*``) that a killed conversion
-    into ``target`` left behind; only those untouched for a while, so a running one keeps its own."""
-    now = time.time()
-    for pattern in (f".{target.name}.tmp-*", f".{target.name}.old-*"):
-        for path in target.parent.glob(pattern):
+            report["quantization_error"] = err
+        with signals_deferred():
             try:
-                if path.is_dir() and not path.is_symlink() and now - path.stat().st_mtime > STALE_SECONDS:
-                    shutil.rmtree(path, ignore_errors=True)
-            except OSError:
-                pass
+                old = publish_directory(tmp, target, overwrite)
+            except FileExistsError:
+                raise DPTError(f"{target} appeared while this conversion was writing it; use --overwrite to "
+                               "replace it") from None
+            except OSError as e:
+                raise DPTError(f"cannot publish {target}: {why(e)}") from None
+            report["published"] = True
+    finally:
+        for path in (tmp, old):
+            if path is not None and os.path.lexists(path):
+                remove_tree(path)
+
+
+def why(e: OSError) -> str:
+    """What went wrong, in the OS's words: "no space left on device"."""
+    return (e.strerror or str(e) or type(e).__name__).lower()
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a directory tree, or a file or link put where one was."""
+    if path.is_symlink() or not path.is_dir():
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_work_dirs(target: Path, older_than: float = STALE_SECONDS) -> None:
+    """Remove the work directories (``.<name>.tmp-*``) that killed conversions into ``target`` left.
+
+    Holding the target's lock, every one is a dead conversion's (``older_than=0``); without a lock
+    only those untouched for ``older_than`` seconds are, as a running conversion keeps its own.
+    """
+    now = time.time()
+    for path in target.parent.glob(f".{target.name}{WORK_MARK}*"):
+        try:
+            if path.is_dir() and not path.is_symlink() and now - path.stat().st_mtime >= older_than:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
+
+
+# ----------------------------------------------------------------------------------------------
+# Publishing a directory whole: the parent, the lock, the rename (shared with the trainer's checkpoints)
+
+
+def make_parent(target: Path) -> None:
+    """Create the directories above ``target``; a DPTError that says why they cannot be."""
+    for ancestor in (target.parent, *target.parent.parents):
+        if os.path.lexists(ancestor):
+            if not ancestor.is_dir():
+                raise DPTError(f"cannot create {target}: {ancestor} is a file, not a directory")
+            break
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DPTError(f"cannot create {target.parent}: {why(e)}") from None
+
+
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+
+
+def lock_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.lock")
+
+
+@contextmanager
+def output_lock(target: Path, busy: str):
+    """Hold the exclusive lock of ``target`` (``flock`` on ``.<name>.lock`` beside it) while inside.
+
+    Another process holding it: DPTError(``busy``). Yields True, or False where there are no
+    locks (no ``fcntl``, or a file system that refuses them): the caller then relies on the rename.
+    The lock file is removed on release.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield False
+        return
+    path = lock_path(target)
+    fd = None
+    while fd is None:
+        try:
+            fd = os.open(path, _LOCK_FLAGS, 0o666)
+        except OSError as e:
+            raise DPTError(f"cannot write to {target.parent}: {why(e)}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DPTError(busy) from None
+        except OSError:  # ENOLCK and the like: a file system without locks
+            os.close(fd)
+            _unlink(path)
+            fd = None
+            break
+        try:  # a holder that released meanwhile removed the file: lock the new one instead
+            if not os.path.samestat(os.fstat(fd), os.stat(path)):
+                os.close(fd)
+                fd = None
+        except FileNotFoundError:
+            os.close(fd)
+            fd = None
+    if fd is None:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        _unlink(path)  # before the lock is dropped, so that no one locks a name about to vanish
+        os.close(fd)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+_NOREPLACE, _EXCHANGE = "noreplace", "exchange"
+# errors that mean "this system or file system cannot rename with that flag", not "the name exists"
+_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
+@functools.lru_cache(maxsize=1)
+def _flagged_rename():
+    """libc's rename with flags, as ``(call(src, dst, flag) -> int, {kind: flag})``, or None."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):  # glibc >= 2.28, Linux >= 3.15
+        fn, at_fdcwd = libc.renameat2, -100
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        return (lambda src, dst, flag: fn(at_fdcwd, src, at_fdcwd, dst, flag)), {_NOREPLACE: 1, _EXCHANGE: 2}
+    if sys.platform == "darwin" and hasattr(libc, "renamex_np"):  # macOS >= 10.12
+        fn = libc.renamex_np
+        fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint]
+        return (lambda src, dst, flag: fn(src, dst, flag)), {_NOREPLACE: 0x4, _EXCHANGE: 0x2}
+    return None
+
+
+def _rename(src: Path, dst: Path, kind: str) -> bool:
+    """Rename with RENAME_NOREPLACE or RENAME_EXCHANGE semantics; False where those are not available."""
+    native = _flagged_rename()
+    if native is None:
+        return False
+    call, flags = native
+    if call(os.fsencode(src), os.fsencode(dst), flags[kind]) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _UNSUPPORTED:
+        return False
+    raise OSError(code, os.strerror(code), str(dst))  # EEXIST: FileExistsError
+
+
+def publish_directory(tmp: Path, target: Path, overwrite: bool) -> Path | None:
+    """Give the finished directory ``tmp`` the name ``target`` in one step; call it holding the target's lock.
+
+    Without ``overwrite`` an existing target is never replaced: FileExistsError. With it an
+    existing target is swapped out: returns where the old one now is, for the caller to remove
+    (None when there was none).
+    """
+    if overwrite and os.path.lexists(target):
+        if _rename(tmp, target, _EXCHANGE):
+            return tmp
+        old = tmp.with_name(f"{tmp.name}.old")
+        os.rename(target, old)
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            os.rename(old, target)
+            raise
+        return old
+    if not _rename(tmp, target, _NOREPLACE):
+        if os.path.lexists(target):  # (the lock keeps other conversions out between this check and the rename)
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
+        os.rename(tmp, target)
+    return None
+
+
+_DEFERRED = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+@contextmanager
+def signals_deferred():
+    """SIGINT, SIGTERM and SIGHUP that arrive inside are handled when the block ends (main thread only:
+    elsewhere Python raises nothing for them anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught, previous = [], {}
+
+    def note(signum, frame):
+        caught.append(signum)
+
+    try:
+        for signum in _DEFERRED:
+            previous[signum] = signal.signal(signum, note)
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        if caught:
+            signal.raise_signal(caught[0])

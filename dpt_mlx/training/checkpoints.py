@@ -5,9 +5,16 @@
     RUN/                     config.json, model.safetensors, preprocessor_config.json (the final model)
 
 A checkpoint directory is written under a hidden temporary name (``.checkpoint-<step>.tmp-<pid>``)
-and renamed into place, so one that exists is complete. A write that fails or is interrupted removes
-its temporary directory; one that a killed run (SIGKILL, a power cut) left is incomplete by
-construction, and :func:`remove_stale_checkpoints` removes it when a run starts or resumes.
+and renamed into place in one step, so one that exists is complete; one that exists already (a run
+resumed from an earlier checkpoint) is swapped for the new one in that same step, never removed
+first (dpt_mlx.io.convert.publish_directory). A write that fails or is interrupted removes its
+temporary directory.
+
+One run at a time writes a run directory: :func:`run_lock` holds an exclusive ``flock`` on
+``.<run>.lock`` beside it for the whole run, so a second trainer into the same directory stops
+before it writes anything. The kernel drops the lock when its holder dies, even by SIGKILL, and a
+run holding it knows that every temporary checkpoint directory there is a dead run's:
+:func:`remove_stale_checkpoints` removes them when a run starts or resumes.
 """
 
 from __future__ import annotations
@@ -15,13 +22,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_map_with_path
 
-from ..errors import UsageError, first_line
+from ..errors import DPTError, UsageError, first_line
 from ..io.checkpoint import save_pretrained
+from ..io.convert import make_parent, output_lock, publish_directory, remove_tree, signals_deferred, why
 from ..io.files import atomic_write, atomic_write_text
 from ..processing.image_processor import CONFIG_NAME
 
@@ -33,27 +42,33 @@ STATE_FORMAT = "dpt_mlx-trainer"
 def save_checkpoint(run_dir: Path, model, processor, optimizer, state: dict, keep: int) -> Path:
     """run_dir/checkpoint-<step>: weights, preprocessor config, optimizer state, trainer state.
 
-    Written into a hidden temporary directory that is renamed into place, so a checkpoint
-    directory is always complete. Older checkpoints beyond ``keep`` are removed afterwards.
+    Written into a hidden temporary directory that is renamed into place (replacing one of that
+    step in the same rename), so a checkpoint directory is always complete. Older checkpoints
+    beyond ``keep`` are removed afterwards.
     """
     target = run_dir / f"{CHECKPOINT_PREFIX}{state['step']}"
     tmp = run_dir / f"{_TEMP_PREFIX}{target.name}{_TEMP_MARK}{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    if os.path.lexists(tmp):
+        remove_tree(tmp)
+    old = None
     try:
-        save_pretrained(model, tmp)
-        processor.save_pretrained(tmp)
-        flat = dict(tree_flatten(optimizer.state))
-        atomic_write(tmp / OPTIMIZER_NAME, lambda f: mx.save_safetensors(f, flat, metadata={"format": "mlx-optimizer"}))
-        atomic_write_text(tmp / STATE_NAME, json.dumps(state, indent=2, sort_keys=True) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:  # an error, Ctrl-C or SIGTERM: no half-written checkpoint stays behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            save_pretrained(model, tmp)
+            processor.save_pretrained(tmp)
+            flat = dict(tree_flatten(optimizer.state))
+            atomic_write(tmp / OPTIMIZER_NAME,
+                         lambda f: mx.save_safetensors(f, flat, metadata={"format": "mlx-optimizer"}))
+            atomic_write_text(tmp / STATE_NAME, json.dumps(state, indent=2, sort_keys=True) + "\n")
+            with signals_deferred():  # Ctrl-C or SIGTERM: once the checkpoint is in place
+                old = publish_directory(tmp, target, overwrite=True)
+        except OSError as e:  # a full disk, a quota, an I/O error
+            raise DPTError(f"cannot write {target}: {why(e)}") from None
+    finally:  # an error, Ctrl-C or SIGTERM: no half-written checkpoint stays behind
+        for path in (tmp, old):
+            if path is not None and os.path.lexists(path):
+                remove_tree(path)
+    for stale in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(stale, ignore_errors=True)
     return target
 
 
@@ -72,12 +87,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_checkpoints(run_dir: Path) -> list[Path]:
+def remove_stale_checkpoints(run_dir: Path, every: bool = False) -> list[Path]:
     """Remove the temporary checkpoint directories that interrupted runs left in ``run_dir``.
 
-    They are incomplete by construction (a complete one is renamed). One whose writing process
-    (the pid in its name) is still alive is left alone: a run writing into the same directory.
-    Returns the directories removed.
+    They are incomplete by construction (a complete one is renamed). With ``every`` (the caller
+    holds the run's lock, so no other run writes there) all of them go; otherwise one whose
+    writing process (the pid in its name) is still alive is left alone. Returns those removed.
     """
     removed = []
     if not run_dir.is_dir():
@@ -87,11 +102,24 @@ def remove_stale_checkpoints(run_dir: Path) -> list[Path]:
         if not (name.startswith(_TEMP_PREFIX + CHECKPOINT_PREFIX) and _TEMP_MARK in name) or not p.is_dir():
             continue
         pid = name.rsplit(_TEMP_MARK, 1)[1]
-        if pid.isdigit() and _pid_alive(int(pid)):
+        if not every and pid.isdigit() and _pid_alive(int(pid)):
             continue
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p)
     return removed
+
+
+@contextmanager
+def run_lock(run_dir: Path):
+    """Hold the run directory's lock while inside (created with its parents): DPTError when another run
+    holds it. Yields whether a lock is held (False on a file system without locks)."""
+    make_parent(run_dir)
+    with output_lock(run_dir, f"another training run is writing {run_dir}") as locked:
+        try:
+            run_dir.mkdir(exist_ok=True)
+        except OSError as e:
+            raise DPTError(f"cannot create {run_dir}: {why(e)}") from None
+        yield locked
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -154,6 +182,13 @@ def restore_optimizer(optimizer, model, checkpoint: Path) -> None:
 
 
 def export_final(run_dir: Path, model, processor) -> None:
-    """The trained model at the top of the run directory: what from_pretrained and the CLI load."""
-    save_pretrained(model, run_dir)
-    atomic_write_text(run_dir / CONFIG_NAME, json.dumps(processor.to_dict(), indent=2, sort_keys=True) + "\n")
+    """The trained model at the top of the run directory: what from_pretrained and the CLI load.
+
+    Each file is written whole (io/files.atomic_write); the weights go last, so a run killed
+    meanwhile leaves the previous export's weights beside configs that describe them too.
+    """
+    try:
+        atomic_write_text(run_dir / CONFIG_NAME, json.dumps(processor.to_dict(), indent=2, sort_keys=True) + "\n")
+        save_pretrained(model, run_dir)
+    except OSError as e:
+        raise DPTError(f"cannot write the trained model to {run_dir}: {why(e)}") from None

@@ -9,6 +9,7 @@ top of the run directory (see :mod:`dpt_mlx.training.checkpoints` for the files)
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,7 +27,8 @@ from ..models import load_model
 from ..pipelines import DEPTH as DEPTH_TASK
 from ..pipelines import load_processor, task_of
 from ..processing.image_processor import DPTImageProcessor
-from .checkpoints import STATE_FORMAT, export_final, remove_stale_checkpoints, restore_optimizer, save_checkpoint
+from .checkpoints import (STATE_FORMAT, export_final, holds_run, list_checkpoints, remove_stale_checkpoints,
+                          restore_optimizer, run_lock, save_checkpoint)
 from .data import DEPTH, SEGMENTATION, Batches, TargetReader, find_samples, split_samples
 from .losses import SSI, default_depth_loss
 from .metrics import evaluate, format_metrics
@@ -71,6 +73,7 @@ class RunSpec:
     model: str | None = None  # Hub repo id or checkpoint directory to fine-tune (a new run)
     resume: Resume | None = None  # the checkpoint a resumed run continues from
     quiet: bool = False  # print the final line only
+    overwrite: bool = False  # a new run may replace the run already in run_dir (its checkpoints are removed)
 
 
 @dataclass
@@ -294,7 +297,6 @@ def _train(spec: RunSpec, s: Setup, state: dict, progress: ProgressFactory) -> N
     """The remaining epochs, each validated and saved as a checkpoint."""
     opts = spec.options
     loss_and_grad = nn.value_and_grad(s.model, lambda m, x, y: m(x, labels=y, **s.loss_kwargs).loss)
-    spec.run_dir.mkdir(parents=True, exist_ok=True)
     for epoch in range(state["epoch"] + 1, opts.epochs + 1):
         start = time.perf_counter()
         bar = progress(len(s.train), f"epoch {epoch}/{opts.epochs}")
@@ -309,7 +311,11 @@ def _train(spec: RunSpec, s: Setup, state: dict, progress: ProgressFactory) -> N
 
 
 def run(spec: RunSpec, progress: ProgressFactory | None = None) -> RunResult:
-    """Train as ``spec`` says; ``progress(total, label)`` makes the progress bar of each epoch (default none)."""
+    """Train as ``spec`` says; ``progress(total, label)`` makes the progress bar of each epoch (default none).
+
+    The run directory is locked from the first write to the last (checkpoints.run_lock): a second
+    run into it fails with a DPTError before it writes anything.
+    """
     s = prepare(spec)
     opts, quiet, model = spec.options, spec.quiet, s.model
     if s.note:
@@ -320,21 +326,36 @@ def run(spec: RunSpec, progress: ProgressFactory | None = None) -> RunResult:
         enable_gradient_checkpointing(model)
     state = _start_state(spec, s)
     _log(quiet, _summary(s))
-    for stale in remove_stale_checkpoints(spec.run_dir):
-        _log(quiet, f"removed {stale.name}, an incomplete checkpoint an interrupted run left")
-    if state["epoch"] >= opts.epochs:
-        _log(quiet, f"the checkpoint is at epoch {state['epoch']} of {opts.epochs}; nothing to train "
-                    "(pass a larger --epochs)")
-        return _finish(spec, s, state)
-    if state["epoch"] == 0 and not state["history"]:
-        before = _validate(s)
-        if before:
-            state["history"].append({"epoch": 0, **before})
-            _log(quiet, f"epoch 0 (before training)  {format_metrics(before)}")
-    _train(spec, s, state, progress or (lambda total, label: _NoProgress()))
-    result = _finish(spec, s, state)
+    with run_lock(spec.run_dir) as locked:
+        _claim(spec)
+        for stale in remove_stale_checkpoints(spec.run_dir, every=locked):
+            _log(quiet, f"removed {stale.name}, an incomplete checkpoint an interrupted run left")
+        if state["epoch"] >= opts.epochs:
+            _log(quiet, f"the checkpoint is at epoch {state['epoch']} of {opts.epochs}; nothing to train "
+                        "(pass a larger --epochs)")
+            return _finish(spec, s, state)
+        if state["epoch"] == 0 and not state["history"]:
+            before = _validate(s)
+            if before:
+                state["history"].append({"epoch": 0, **before})
+                _log(quiet, f"epoch 0 (before training)  {format_metrics(before)}")
+        _train(spec, s, state, progress or (lambda total, label: _NoProgress()))
+        result = _finish(spec, s, state)
     print(f"trained {opts.epochs} epochs ({state['step']} steps); model written to {spec.run_dir}", flush=True)
     return result
+
+
+def _claim(spec: RunSpec) -> None:
+    """A new run's directory, checked again under its lock: another run's may have appeared there since
+    the command line was read; with ``overwrite`` the old checkpoints go (only now that the data and
+    the model have loaded, so a run that cannot start leaves the old one as it was)."""
+    if spec.resume is not None or not holds_run(spec.run_dir):
+        return
+    if not spec.overwrite:
+        raise UsageError(f"{spec.run_dir} already holds a training run; use --resume {spec.run_dir}, another "
+                         "--output, or --overwrite")
+    for old in list_checkpoints(spec.run_dir):
+        shutil.rmtree(old)
 
 
 def _finish(spec: RunSpec, s: Setup, state: dict) -> RunResult:
