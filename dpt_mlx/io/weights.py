@@ -80,10 +80,14 @@ def to_mlx_kernel(w: mx.array, layout: str) -> mx.array:
 
     conv:           (O, I, kH, kW) -> (O, kH, kW, I)
     conv_transpose: (I, O, kH, kW) -> (O, kH, kW, I)
+
+    A row-contiguous copy, not a transposed view: the layers' products then see the same memory
+    layout as after a save and reload, so a converted checkpoint computes bit for bit as the model
+    it was converted from (BLAS may round a product differently when an operand is a view).
     """
     if layout == "conv":
-        return mx.moveaxis(w, 1, -1)
-    return w.transpose(1, *range(2, w.ndim), 0)
+        return mx.contiguous(mx.moveaxis(w, 1, -1))
+    return mx.contiguous(w.transpose(1, *range(2, w.ndim), 0))
 
 
 def sanitize(model: nn.Module, weights: dict[str, mx.array], head: str | None = None) -> dict[str, mx.array]:
