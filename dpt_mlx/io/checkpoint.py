@@ -97,7 +97,7 @@ def weight_files(directory: Path) -> list[Path]:
 
 
 def _damaged(path: Path, why: str) -> CheckpointError:
-    return CheckpointError(f"{path} is damaged: {why}; download or convert it again")
+    return CheckpointError(f"cannot read {path}: the file is damaged ({why}); download or convert it again")
 
 
 def check_safetensors(path: Path) -> None:
