@@ -61,6 +61,8 @@ def align_out_features(stage_names, out_features, out_indices) -> tuple[list[str
 
 
 INT_LIMIT = 2**31  # MLX shapes are int32
+MAX_LAYERS = 1024  # real models stop below 100 layers; a config asking for more is damaged (and would take hours to build)
+LAYER_COUNTS = frozenset({"num_hidden_layers", "depths", "num_patch_transformer_layers"})
 
 
 def _describe(hint, sign: str | None) -> str:
@@ -155,6 +157,9 @@ class BaseConfig:
                        for v in (value if isinstance(value, (list, tuple)) else [value])):
                     expected += " (below 2**31)"
                 raise ValueError(f"{f.name}={value!r} is invalid: expected {expected}")
+            counts = value if isinstance(value, (list, tuple)) else [value]
+            if f.name in LAYER_COUNTS and any(isinstance(v, int) and v > MAX_LAYERS for v in counts):
+                raise ValueError(f"{f.name}={value!r} is invalid: more than {MAX_LAYERS} layers")
 
     def _sign(self, name: str) -> str | None:
         return "positive" if name in self.POSITIVE else "non-negative" if name in self.NON_NEGATIVE else None

@@ -46,6 +46,7 @@ from .processing.images import (  # noqa: F401  (this module was their home)
 )
 
 DEFAULT_MODELS = {DEPTH: "Intel/dpt-large", SEGMENTATION: "Intel/dpt-large-ade"}
+MAX_SIDE = 8192  # pixels: a model input side (or multiple, or divisor) beyond this is a damaged preprocessor config
 TASK_ALIASES = {"depth": DEPTH, "segmentation": SEGMENTATION, "semantic-segmentation": SEGMENTATION}
 
 # ----------------------------------------------------------------------------------------------
@@ -95,16 +96,30 @@ def load_processor(directory: str | os.PathLike | None, config) -> tuple[DPTImag
     Returns the processor and, when defaults were used, a line saying so.
     """
     path = Path(directory) / CONFIG_NAME if directory is not None else None
-    if path is not None and path.is_file():
+    if path is not None and (path.exists() or path.is_symlink()):
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"cannot read {path}: {e}") from None
+            raise CheckpointError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
         cls = processor_class_for(saved if isinstance(saved, dict) else None, getattr(config, "model_type", None))
-        return cls.from_pretrained(directory), None
+        processor = cls.from_pretrained(directory)
+        _check_sizes(processor, path)
+        return processor, None
     processor, what = default_processor(config)
     where = f"{directory}" if directory is not None else "the model"
     return processor, f"no {CONFIG_NAME} in {where}; using {what}"
+
+
+def _check_sizes(processor, path: Path) -> None:
+    """A CheckpointError when a saved preprocessor config asks for inputs no model is run at (a
+    100000-pixel side would exhaust memory while resizing the first image)."""
+    size = processor.size if isinstance(processor.size, dict) else {"size": processor.size}
+    values = {f"size[{k!r}]": v for k, v in size.items()}
+    for name in ("ensure_multiple_of", "size_divisor"):
+        values[name] = getattr(processor, name, None)
+    for name, value in values.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > MAX_SIDE:
+            raise CheckpointError(f"{path}: {name}={value!r} is invalid: more than {MAX_SIDE} pixels")
 
 
 def load_predictor(model: Any = None, dtype=None, image_processor: Any = None, task: str | None = None,

@@ -24,7 +24,7 @@ from ..processing.visualize import COLORMAPS
 from ..io.files import remove_stale_temps
 from .console import (EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, Console, command, interrupt_name, interrupt_status,
                       positive_int)
-from .predict_outputs import Plan, collect_inputs, depth_kind, plan
+from .predict_outputs import Plan, collect_inputs, depth_kind, plan, remove_unchanged, temp_files
 from .predict_points import add_point_options, check_points
 from .predict_prompt import add_prompt_options, assign_prompts
 from .predict_runner import Runner
@@ -252,9 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         check_points(args, predictor)
         work = plan(args, paths, task)
         work.rejected += assign_prompts(args, work.jobs, predictor)
-        stale = remove_stale_temps(t for job in work.jobs for _, t in job.outputs)
+        stale = remove_stale_temps(work.targets())
         if stale:
             console.detail(f"removed {stale} temporary file(s) left by an earlier, killed run")
+        leftovers = temp_files(work.targets())  # younger ones: removed at the end if nobody writes them
     except DPTError as e:  # UsageError included
         console.error(str(e))
         return EXIT_ERROR
@@ -276,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
                       "(finished outputs kept, no partial files left; --skip-existing continues)")
         return interrupt_status(e)
     seconds = time.perf_counter() - start
+    stale = remove_unchanged(leftovers)
+    if stale:
+        console.detail(f"removed {stale} temporary file(s) left by an earlier, killed run")
 
     if runner.written:
         console.info(_summary(runner, work, predictor, seconds, load_seconds))

@@ -11,13 +11,16 @@ appeared in the meantime (another run) is reported for that image, never clobber
 from __future__ import annotations
 
 import os
+import re
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UsageError
+from ..io.files import is_temp_of
 from ..processing.images import is_url, url_name
 from .console import Console
 
@@ -36,6 +39,14 @@ SUFFIXES = {
     ("segmentation", "overlay"): "_seg_overlay.png",
 }
 OUTPUT_SUFFIXES = tuple(sorted({s for s in SUFFIXES.values() if s.endswith(".png")}))
+UNCHANGED_SECONDS = 5.0  # a temporary file untouched this long, and all through a run, has no live writer
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def shown(path) -> str:
+    """``path`` for a line of output: control characters (a newline in a file name) escaped, so that
+    each image keeps one line."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(path))
 
 
 @dataclass
@@ -49,6 +60,7 @@ class Job:
     size: tuple[int, int] = (0, 0)  # (H, W) of the photo: the outputs' size
     pixels: np.ndarray | None = None  # the preprocessed (3, H', W') model input
     note: str = ""  # said on the image's line (the point cloud's camera)
+    published: list[Path] = field(default_factory=list)  # outputs written so far (while writing)
     prompt: Path | None = None  # --prompt-depth: the image's depth prompt file
     prompt_pixels: np.ndarray | None = None  # the (1, h, w) prompt in metres, while in flight
 
@@ -60,6 +72,11 @@ class Plan:
     jobs: list[Job]
     rejected: list[str]
     skipped: list[Path] = field(default_factory=list)  # --skip-existing: images whose outputs all exist
+    kept: list[Path] = field(default_factory=list)  # the outputs of the skipped images
+
+    def targets(self) -> list[Path]:
+        """Every output file this run writes or keeps."""
+        return [t for job in self.jobs for _, t in job.outputs] + self.kept
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,6 +192,8 @@ def _output_dir(args) -> Path | None:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UsageError(f"cannot create --output-dir {args.output_dir}: {e.strerror or e}") from None
+        if not os.access(out_dir, os.W_OK | os.X_OK):
+            raise UsageError(f"cannot write in --output-dir {args.output_dir}: permission denied")
     if args.output:
         parent = Path(os.path.expanduser(args.output)).parent
         if not parent.is_dir():
@@ -245,6 +264,7 @@ def plan(args, paths: list[Path | str], task: str) -> Plan:
             job.replace = {t for _, t in job.outputs if t.is_file()}
             if len(job.replace) == len(job.outputs):
                 result.skipped.append(path)
+                result.kept += [t for _, t in job.outputs]
                 continue
         for _, target in job.outputs:
             claimed[os.path.realpath(target)] = path
@@ -296,6 +316,7 @@ def write_depth(job: Job, depth: np.ndarray, args, predictor) -> list[str]:
             from .predict_points import write_points
 
             job.note = write_points(job, depth, target, args, predictor, overwrite=replace)
+        job.published.append(target)
     return [f"    depth range {low:.6g} .. {high:.6g}"]
 
 
@@ -328,6 +349,7 @@ def write_segmentation(job: Job, classes: np.ndarray, args, predictor) -> list[s
         elif kind == "overlay":
             colors = V.color_classes(classes, num_labels)
             V.save_png(V.overlay(job.image, colors, args.alpha), target, overwrite=replace)
+        job.published.append(target)
     return _class_lines(classes, predictor.id2label, args.verbose)
 
 
@@ -337,16 +359,77 @@ def write_outputs(job: Job, result: np.ndarray, args, predictor) -> tuple[list[s
     Returns the lines that describe them and None, or None and the one-line reason nothing more was
     written. An output that did not exist when the run was planned is published only if its name is
     still free (another run may have written it since): the image then fails with a clash, and the
-    file is left as the other run wrote it.
+    file is left as the other run wrote it. Any other failure (a full disk, an interruption) removes
+    the outputs this image had already created, so that an image is either written or not.
     """
     write = write_depth if predictor.task == "depth-estimation" else write_segmentation
+    existed: set[Path] = set()
+    job.published = []
     try:
         for _, target in job.outputs:
             target.parent.mkdir(parents=True, exist_ok=True)  # --recursive: a mirrored subfolder
-            if target.exists() and not may_replace(args, job, target):
-                raise FileExistsError(CLASH.format(target))  # cheap early check; the writer decides
+            if target.exists():
+                if not may_replace(args, job, target):
+                    raise FileExistsError(CLASH.format(target))  # cheap early check; the writer decides
+                existed.add(target)
         return write(job, result, args, predictor), None
     except FileExistsError as e:
-        return None, CLASH.format(e.filename) if e.filename else str(e)
+        return None, CLASH.format(shown(e.filename)) if e.filename else str(e)
     except (ValueError, OSError) as e:
-        return None, f"{job.path}: cannot write output: {getattr(e, 'strerror', None) or e}"
+        _remove_created(job, existed)
+        what = shown(e.filename) if getattr(e, "filename", None) else "output"
+        return None, f"{shown(job.path)}: cannot write {what}: {getattr(e, 'strerror', None) or e}"
+    except BaseException:  # Ctrl-C, SIGTERM
+        _remove_created(job, existed)
+        raise
+
+
+def _remove_created(job: Job, existed: set[Path]) -> None:
+    """Remove the outputs of ``job`` that this run created (a replaced file cannot be restored: kept)."""
+    for target in job.published:
+        if target not in existed:
+            try:
+                target.unlink()
+            except OSError:
+                pass
+    job.published = []
+
+
+# ----------------------------------------------------------------------------------------------
+# Temporary files of killed runs
+
+
+def temp_files(targets) -> dict[str, tuple[int, int, int]]:
+    """The temporary files (io/files.atomic_write's) beside ``targets``: path -> (inode, size, mtime_ns)."""
+    by_dir: dict[Path, set[str]] = {}
+    for target in targets:
+        by_dir.setdefault(Path(target).parent, set()).add(Path(target).name)
+    found = {}
+    for directory, names in by_dir.items():
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith(".") and any(is_temp_of(entry.name, n) for n in names):
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                found[entry.path] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return found
+
+
+def remove_unchanged(before: dict[str, tuple[int, int, int]]) -> int:
+    """Remove the temporary files of ``before`` that nobody touched since (a writer killed before this
+    run started: a live one keeps writing) and not for UNCHANGED_SECONDS; returns how many."""
+    removed, now = 0, time.time_ns()
+    for path, signature in before.items():
+        try:
+            st = os.stat(path, follow_symlinks=False)
+            if (st.st_ino, st.st_size, st.st_mtime_ns) == signature and now - st.st_mtime_ns > UNCHANGED_SECONDS * 1e9:
+                os.unlink(path)
+                removed += 1
+        except OSError:
+            pass
+    return removed

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .console import Console
-from .predict_outputs import Job, write_outputs
+from .predict_outputs import Job, shown, write_outputs
 
 
 class Runner:
@@ -23,7 +23,7 @@ class Runner:
     def fail(self, path: Path | None, message: str) -> None:
         """Report one image that could not be done; ``path`` prefixes the message when given."""
         self.failed += 1
-        self.console.error(f"{path}: {message}" if path is not None else message)
+        self.console.error(f"{shown(path)}: {message}" if path is not None else message)
         self.console.advance()
 
     def prepare(self, job: Job) -> bool:
@@ -57,7 +57,9 @@ class Runner:
         start = time.perf_counter()
         try:
             prompts = None if batch[0].prompt_pixels is None else np.stack([j.prompt_pixels for j in batch])
-            results = self.predictor.forward(np.stack([j.pixels for j in batch]), [j.size for j in batch], prompts)
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, once per image
+                results = self.predictor.forward(np.stack([j.pixels for j in batch]), [j.size for j in batch],
+                                                 prompts)
         except (ValueError, OSError) as e:
             for job in batch:
                 self.fail(job.path, f"inference failed: {e}")
@@ -66,6 +68,11 @@ class Runner:
         self.model_seconds += seconds
         for job, result in zip(batch, results):
             job.pixels = job.prompt_pixels = None
+            if not np.isfinite(result).all():
+                job.image = None
+                self.fail(job.path, "inference failed: the model's output overflowed float32 when resized to the "
+                                    "image's size (NaN or inf); the checkpoint's weights may be damaged")
+                continue
             details = self._write(job, result)
             if details is not None:
                 self._report(job, details, seconds / len(batch), len(batch))
@@ -82,8 +89,8 @@ class Runner:
 
     def _report(self, job: Job, details: list[str], seconds: float, batch_size: int) -> None:
         self.written += 1
-        names = ", ".join(str(t) for _, t in job.outputs)
-        self.console.info(f"{job.path} -> {names}" + (f" ({job.note})" if job.note else ""))
+        names = ", ".join(shown(t) for _, t in job.outputs)
+        self.console.info(f"{shown(job.path)} -> {names}" + (f" ({job.note})" if job.note else ""))
         show = self.console.info if self.predictor.task == "image-segmentation" else self.console.detail
         for line in details:
             show(line)

@@ -16,6 +16,7 @@ import stat
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -102,9 +103,11 @@ def _decode(file: Any, source: Any) -> Image.Image:
     """Open and decode ``file`` (a path or a binary file object), EXIF orientation applied, 8-bit;
     a one-line ImageError naming ``source`` when it cannot be read."""
     try:
-        with Image.open(file) as opened:
-            opened.load()  # decode now: a truncated file fails here, not later
-            image = ImageOps.exif_transpose(opened)
+        with warnings.catch_warnings():  # a large image below Pillow's bomb limit is read (a warning is not one line)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(file) as opened:
+                opened.load()  # decode now: a truncated file fails here, not later
+                image = ImageOps.exif_transpose(opened)
     except PermissionError:
         raise ImageError(f"cannot read {source}: permission denied") from None
     except Image.DecompressionBombError as e:
@@ -175,6 +178,8 @@ def _check_path(path: Path, source: Any) -> None:
         raise ImageError(f"cannot read {source}: {(e.strerror or first_line(e)).lower()}") from None
     if stat.S_ISDIR(mode):
         raise ImageError(f"{source} is a directory, not an image (use --input-dir for a folder)")
+    if stat.S_ISREG(mode) and path.stat().st_size == 0:
+        raise ImageError(f"{source} is empty (0 bytes), not an image")
 
 
 def _array_to_uint8(array: np.ndarray) -> np.ndarray:
