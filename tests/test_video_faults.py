@@ -351,6 +351,26 @@ def test_broken_video_is_one_line_and_nothing_written(ckpt, tmp_path, capsys, ki
     assert sorted(os.listdir(source)) == [path.name]
 
 
+@pytest.mark.parametrize("name, first", [("late.mkv", 24), ("late.mp4", 24), ("whole.mkv", 0)])
+def test_whole_videos_that_start_late_are_not_taken_for_truncated(ckpt, tmp_path, name, first):
+    """A stream whose first frame is at 2 s: its stated end (Matroska's DURATION tag is where the track
+    ends, mp4's duration is counted from the first frame) is met."""
+    container = av.open(str(tmp_path / name), "w")
+    stream = container.add_stream("libx264", rate=12)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    for i, frame in enumerate(moving(12)):
+        picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+        picture.pts, picture.time_base = first + i, Fraction(1, 12)
+        for packet in stream.encode(picture):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    assert run("--video", tmp_path / name, "-m", ckpt["depth"], "-d", tmp_path / "out", "-f", "npz") == 0
+    times = np.load(tmp_path / "out" / f"{Path(name).stem}_depth.npz")["times"]
+    np.testing.assert_allclose(times, (first + np.arange(12)) / 12, atol=1e-3)
+
+
 def test_resolution_change_of_one_shape_is_scaled_to_the_first(ckpt, tmp_path, capsys):
     path = encode_sizes(tmp_path / "stream.ts", [(64, 48), (32, 24)])
     assert [(f.shape[1], f.shape[0]) for f in decode(path)[0]] == [(64, 48)] * 6 + [(32, 24)] * 6

@@ -6,18 +6,23 @@ Every output is written under a hidden temporary name beside its target and publ
 whole video is done (publish-or-fail without ``--overwrite``, as io/files.atomic_write); an interrupted
 or failed run removes them, leaving nothing.
 
-- mp4: H.264 yuv420p of the colour-mapped depth, the input's frame count, rate and size (odd sides
-  padded to even, see processing/video.py); per-frame min-max normalised, or with ``--stabilize``
-  aligned to a running reference and normalised with one range for the video.
-- npz: ``depth`` float32 (T, H, W) upright and ``times`` float64 (T,) seconds. Frames are appended to a
-  temporary raw file as they come and copied into the archive at the end (a few MB of RAM at most).
+- mp4: H.264 yuv420p of the colour-mapped depth: the input's frames, each at its source frame's time
+  (a variable frame rate stays variable), upright at the displayed size (a clip with a display
+  rotation, as phones record portrait, is turned as a player shows it, and the mp4 holds the turned
+  frames, with no rotation of its own; odd sides padded to even, see processing/video.py); per-frame
+  min-max normalised, or with ``--stabilize`` aligned to a running reference and normalised with one
+  range for the video. The input's first audio stream is copied in as it is (its packets, not
+  re-encoded) unless ``--no-audio``; audio that mp4 cannot hold is left out, with a note.
+- npz: ``depth`` float32 (T, H, W), upright, and ``times`` float64 (T,) seconds. Frames are appended to
+  a temporary raw file as they come and copied into the archive at the end (a few MB of RAM at most).
 - png16: a folder of 16-bit frames ``frame_000000.png`` with depth_min / depth_max text chunks, as
   the image path's png16, written into a hidden temporary folder that is renamed at the end.
 
 A video that does not decode whole (unreadable, no frames, a corrupt or truncated stream, a decoder
 error part-way) is an error (exit 2) and publishes nothing, not the frames that did decode: an output
-is the whole video or nothing. Two runs into one output: the first to finish publishes, the other
-exits 2 naming the file, without replacing it (unless ``--overwrite``).
+is the whole video or nothing. The outputs are published together or not at all: Ctrl-C / SIGTERM wait
+during the few renames, and when one name was taken meanwhile (two runs into one output: the first to
+finish publishes) the ones already published are taken back and the run exits 2 naming the file.
 """
 
 from __future__ import annotations

@@ -203,10 +203,9 @@ class VideoReader:
             return None
         stream = self.stream
         start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-        if stream.duration:
+        if stream.duration:  # mp4 / mov: the track's length, from its first frame
             return start + float(stream.duration * stream.time_base)
-        tagged = _duration_tag(stream.metadata.get("DURATION"))
-        return None if tagged is None else start + tagged
+        return _duration_tag(stream.metadata.get("DURATION"))  # Matroska: where the track ends
 
     def __iter__(self) -> Iterator[tuple[object, float]]:
         if self._first is not None:
