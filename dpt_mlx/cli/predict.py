@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     outputs.add_argument("--stabilize", action="store_true",
                          help="--video mp4: align each frame's depth to the previous ones and use one "
                               "normalisation range for the video (less flicker)")
+    outputs.add_argument("--no-audio", action="store_true",
+                         help="--video mp4: leave out the input's audio (by default its first audio track is "
+                              "copied as it is)")
     existing = outputs.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true", help="replace existing output files")
     existing.add_argument("--skip-existing", action="store_true",
@@ -238,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_video(args)
     if not args.image and not args.input_dir and not args.image_list:
         parser.error("give at least one --image, an --input-dir, an --image-list or a --video")
-    if args.stabilize or any(f in VIDEO_FORMATS for group in args.format or [] for f in group):
-        parser.error("--stabilize and --format mp4 / npz are for --video")
+    if args.stabilize or args.no_audio or any(f in VIDEO_FORMATS for group in args.format or [] for f in group):
+        parser.error("--stabilize, --no-audio and --format mp4 / npz are for --video")
     console = Console(args.quiet, args.verbose)
     try:
         paths = collect_inputs(args, console)

@@ -6,23 +6,37 @@ Every output is written under a hidden temporary name beside its target and publ
 whole video is done (publish-or-fail without ``--overwrite``, as io/files.atomic_write); an interrupted
 or failed run removes them, leaving nothing.
 
-- mp4: H.264 yuv420p of the colour-mapped depth, the input's frame count, rate and size (odd sides
-  padded to even, see processing/video.py); per-frame min-max normalised, or with ``--stabilize``
-  aligned to a running reference and normalised with one range for the video.
-- npz: ``depth`` float32 (T, H, W) and ``times`` float64 (T,) seconds. Frames are appended to a
-  temporary raw file as they come and copied into the archive at the end (a few MB of RAM at most).
+- mp4: H.264 yuv420p of the colour-mapped depth: the input's frames, each at its source frame's time
+  (a variable frame rate stays variable), upright at the displayed size (a clip with a display
+  rotation, as phones record portrait, is turned as a player shows it, and the mp4 holds the turned
+  frames, with no rotation of its own; odd sides padded to even, see processing/video.py); per-frame
+  min-max normalised, or with ``--stabilize`` aligned to a running reference and normalised with one
+  range for the video. The input's first audio stream is copied in as it is (its packets, not
+  re-encoded) unless ``--no-audio``; audio that mp4 cannot hold is left out, with a note.
+- npz: ``depth`` float32 (T, H, W), upright, and ``times`` float64 (T,) seconds. Frames are appended to
+  a temporary raw file as they come and copied into the archive at the end (a few MB of RAM at most).
 - png16: a folder of 16-bit frames ``frame_000000.png`` with depth_min / depth_max text chunks, as
   the image path's png16, written into a hidden temporary folder that is renamed at the end.
+
+A video that does not decode whole (unreadable, no frames, a corrupt or truncated stream, a decoder
+error part-way) is an error (exit 2) and publishes nothing, not the frames that did decode: an output
+is the whole video or nothing. The outputs are published together or not at all: Ctrl-C / SIGTERM wait
+during the few renames, and when one name was taken meanwhile (two runs into one output: the first to
+finish publishes) the ones already published are taken back and the run exits 2 naming the file.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -63,44 +77,75 @@ class Mp4Output:
         from ..processing.video import Stabilizer, VideoWriter
 
         self.target, self.colormap = target, args.colormap
-        self.tmp = _temp_name(target)
-        self.writer = VideoWriter(self.tmp, reader.size, reader.rate)
+        self.source = reader.path if reader.audio and not getattr(args, "no_audio", False) else None
+        self.notes: list[str] = []
+        self.tmp, self.muxed, self.writer = _temp_name(target), None, None
+        try:
+            self.writer = VideoWriter(self.tmp, reader.size, reader.rate)
+        except BaseException:
+            _unlink(self.tmp)
+            raise
         self.stabilizer = Stabilizer() if args.stabilize else None
+        self.pending: list[float] = []  # times of the frames the stabiliser holds back
 
     def _encode(self, units) -> None:
         from ..processing.video import colorize
 
         for unit in units:
-            self.writer.write(colorize(unit, self.colormap))
+            self.writer.write(colorize(unit, self.colormap), self.pending.pop(0))
 
     def write(self, depth: np.ndarray, seconds: float) -> None:
         from ..processing.visualize import normalize_depth
 
+        self.pending.append(seconds)
         self._encode(self.stabilizer.push(depth) if self.stabilizer else [normalize_depth(depth)[0]])
 
-    def finish(self, overwrite: bool) -> None:
+    def complete(self) -> None:
+        from ..processing.video import mux_audio
+
         if self.stabilizer:
             self._encode(self.stabilizer.flush())
         self.writer.close()
+        if self.source:
+            self.muxed = _temp_name(self.target)
+            note = mux_audio(self.tmp, self.source, self.muxed)
+            if note:
+                self.notes.append(f"{self.target.name} written without audio: {note}")
+                _unlink(self.muxed)
+                self.muxed = None
+            else:
+                _unlink(self.tmp)
+                self.tmp, self.muxed = self.muxed, None
+
+    def publish(self, overwrite: bool) -> None:
         _publish(self.tmp, self.target, overwrite)
 
+    def unpublish(self) -> None:
+        _unlink(self.target)
+
     def discard(self) -> None:
-        self.writer.abort()
+        if self.writer:
+            self.writer.abort()
         _unlink(self.tmp)
+        _unlink(self.muxed)
 
 
 class NpzOutput:
     def __init__(self, target: Path, reader, args):
         self.target, self.size = target, reader.size
         self.raw_path, self.tmp = _temp_name(target), None
-        self.raw = open(self.raw_path, "wb")
+        try:
+            self.raw = open(self.raw_path, "wb")
+        except BaseException:
+            _unlink(self.raw_path)
+            raise
         self.times: list[float] = []
 
     def write(self, depth: np.ndarray, seconds: float) -> None:
         self.raw.write(np.ascontiguousarray(depth, dtype=np.float32).tobytes())
         self.times.append(seconds)
 
-    def finish(self, overwrite: bool) -> None:
+    def complete(self) -> None:
         self.raw.close()
         self.tmp = _temp_name(self.target)
         shape = (len(self.times), *self.size)
@@ -112,7 +157,12 @@ class NpzOutput:
             with archive.open("times.npy", "w") as f:
                 np.save(f, np.asarray(self.times, dtype=np.float64))
         _unlink(self.raw_path)
+
+    def publish(self, overwrite: bool) -> None:
         _publish(self.tmp, self.target, overwrite)
+
+    def unpublish(self) -> None:
+        _unlink(self.target)
 
     def discard(self) -> None:
         self.raw.close()
@@ -137,17 +187,27 @@ class Png16Output:
         V.save_png(image, Path(self.tmp) / f"frame_{self.count:06d}.png", text)
         self.count += 1
 
-    def finish(self, overwrite: bool) -> None:
+    def complete(self) -> None:
         os.chmod(self.tmp, umask_mode(0o777))
+
+    def publish(self, overwrite: bool) -> None:
         old = None
         if self.target.exists():
             if not overwrite:
                 raise FileExistsError(17, "appeared while this run was writing it", str(self.target))
             old = tempfile.mkdtemp(dir=self.target.parent, prefix=f".{self.target.name}.", suffix=TEMP_SUFFIX)
             os.replace(self.target, old)  # renames the old folder onto the (empty) reservation
-        os.rename(self.tmp, self.target)  # fails if a non-empty folder of that name appeared meanwhile
+        try:
+            os.rename(self.tmp, self.target)  # fails if a non-empty folder of that name appeared meanwhile
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise
+            raise FileExistsError(errno.EEXIST, "appeared while this run was writing it", str(self.target)) from None
         if old:
             shutil.rmtree(old, ignore_errors=True)
+
+    def unpublish(self) -> None:
+        shutil.rmtree(self.target, ignore_errors=True)
 
     def discard(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -171,13 +231,19 @@ def _check(args) -> tuple[Path, list[str]]:
     if bad:
         raise UsageError(f"--format {','.join(bad)} is not a video format; use {', '.join(VIDEO_FORMATS)}")
     path = Path(os.path.expanduser(args.video))
+    if path.is_dir():
+        raise UsageError(f"{args.video} is a folder, not a video file")
     if not path.is_file():
         raise UsageError(f"no such video file: {args.video}")
     return path, formats
 
 
-def _targets(args, path: Path, formats: list[str]) -> dict[str, Path]:
+def _targets(args, path: Path, formats: list[str], made: list[Path]) -> dict[str, Path]:
+    """The output paths; the folders this creates for them are added to ``made`` (deepest first)."""
     directory = Path(os.path.expanduser(args.output_dir)) if args.output_dir else path.parent
+    made += [d for d in (directory, *directory.parents) if not os.path.lexists(d)]
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"--output-dir {directory} is a file, not a folder")
     directory.mkdir(parents=True, exist_ok=True)
     targets = {f: directory / f"{path.stem}{SUFFIXES[f]}" for f in formats}
     for target in targets.values():
@@ -235,44 +301,104 @@ def run_video(args) -> int:
 
     console = Console(args.quiet, args.verbose)
     outputs: list = []
+    reader, made = None, []
     try:
         path, formats = _check(args)
         require_av()
-        targets = _targets(args, path, formats)
-        remove_stale_temps(targets.values())
+        reader = VideoReader(path)  # decodes the first frame: an unreadable video fails before anything else
+        targets = _targets(args, path, formats, made)
+        stale = remove_stale_temps(targets.values())
+        if stale:
+            console.detail(f"removed {stale} temporary file(s) or folder(s) left by an earlier, killed run")
         predictor, load_seconds = _predictor(args, console)
-        with VideoReader(path) as reader:
-            console = Console(args.quiet, args.verbose, total=reader.frames, unit="frame")
-            for f in formats:
-                outputs.append(OUTPUTS[f](targets[f], reader, args))
-            start = time.perf_counter()
-            frames = stream(reader, predictor, outputs, args.batch_size, console)
-            if not frames:
-                raise UsageError(f"{path} has no frames")
-            for output in outputs:
-                output.finish(args.overwrite)
-            seconds = time.perf_counter() - start
+        console = Console(args.quiet, args.verbose, total=reader.frames, unit="frame")
+        for f in formats:
+            outputs.append(OUTPUTS[f](targets[f], reader, args))
+        start = time.perf_counter()
+        frames = stream(reader, predictor, outputs, args.batch_size, console)
+        for output in outputs:
+            output.complete()
+        publish(outputs, args.overwrite)
+        seconds = time.perf_counter() - start
     except KeyboardInterrupt as e:
         console.bar.close()
-        for output in outputs:
-            output.discard()
+        _discard(outputs, made)
         console.error(f"{interrupt_name(e)}; no output written")
         return interrupt_status(e)
     except (DPTError, FileExistsError, OSError, ValueError) as e:
-        for output in outputs:
-            output.discard()
+        _discard(outputs, made)
         if isinstance(e, FileExistsError) and e.filename:
             e = f"{e.filename} appeared while this run was writing it (another run?); use --overwrite to replace it"
-        console.error(str(e))
+        elif isinstance(e, OSError) and e.filename and e.strerror:
+            name = Path(e.filename)  # a hidden temporary name means no file could be made in its folder
+            e = (f"cannot write in {name.parent}: {e.strerror}" if name.name.startswith(".")
+                 and name.name.endswith(TEMP_SUFFIX) else f"{name}: {e.strerror}")
+        console.error(str(e) + ("; no output written" if outputs else ""))
         return EXIT_ERROR
     except BaseException:
-        for output in outputs:
-            output.discard()
+        _discard(outputs, made)
         raise
+    finally:
+        if reader is not None:
+            reader.close()
     height, width = reader.size
     console.info(f"{path} -> {', '.join(str(t) for t in targets.values())}")
+    for output in outputs:
+        for note in getattr(output, "notes", ()):
+            console.info(note)
+    if reader.rotation:
+        console.info(f"frames turned {reader.rotation} degrees clockwise (the video's display rotation)")
+    if reader.resized:
+        console.info(f"{reader.resized} frames scaled to {width}x{height} (the video changes resolution)")
     console.info(f"{frames} frames {width}x{height} at {float(reader.rate):.6g} fps in {seconds + load_seconds:.2f} s "
                  f"(model load {load_seconds:.2f} s, {seconds / frames:.3f} s/frame)"
                  + ("; mp4 stabilised" if args.stabilize and "mp4" in formats else ""))
     sys.stdout.flush()
     return EXIT_OK
+
+
+@contextmanager
+def _signals_held():
+    """Ctrl-C, SIGTERM and SIGHUP wait (blocked) inside, and are delivered on leaving it."""
+    held = {getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a held signal's handler runs here
+
+
+def publish(outputs: list, overwrite: bool) -> None:
+    """Publish every finished output, or none: signals wait until all are out, and when one cannot be
+    published (its name appeared meanwhile: another run) or a signal came, those already published are
+    taken back before the error goes on."""
+    published = []
+    try:
+        with _signals_held():
+            for output in outputs:
+                output.publish(overwrite)
+                published.append(output)
+    except BaseException:
+        for output in published:
+            output.unpublish()
+        raise
+
+
+def _discard(outputs: list, made: list[Path]) -> None:
+    """Remove every output's temporary files and the (still empty) folders made for them; a second
+    interruption while doing so does not stop it."""
+    for output in outputs:
+        while True:
+            try:
+                output.discard()
+                break
+            except KeyboardInterrupt:
+                continue
+    for directory in made:
+        try:
+            directory.rmdir()
+        except OSError:  # not empty (something else was put there), or gone
+            break

@@ -11,7 +11,8 @@ network file systems) the name is first reserved with ``O_CREAT | O_EXCL`` and t
 renamed over that reservation: still never a clobber, though for that instant a reader may see
 an empty file.
 
-A killed process (SIGKILL, a power cut) can leave its temporary ``.<name>.<random>.tmp`` behind;
+A killed process (SIGKILL, a power cut) can leave its temporary ``.<name>.<random>.tmp`` behind (a
+file, or a folder for outputs that are folders, as a video's png16 frames);
 :func:`remove_stale_temps` removes those a later run finds beside the files it writes.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -109,11 +111,12 @@ def is_temp_of(name: str, target: str) -> bool:
 
 
 def remove_stale_temps(targets: Iterable[str | os.PathLike], older_than: float = STALE_SECONDS) -> int:
-    """Remove the temporary files that killed writers left for ``targets``; returns how many.
+    """Remove the temporary files and folders that killed writers left for ``targets``; returns how many.
 
-    Only ``.<name>.<random>.tmp`` files of the given targets are touched, and only those not modified
-    for ``older_than`` seconds (a younger one may belong to a writer still running). Each directory
-    is listed once.
+    Only ``.<name>.<random>.tmp`` entries of the given targets are touched, and only those not modified
+    for ``older_than`` seconds (a younger one may belong to a writer still running; a folder's time is
+    that of its last added or removed entry). A folder is removed with what is in it; links are never
+    followed. Each directory is listed once.
     """
     by_dir: dict[Path, set[str]] = {}
     for target in targets:
@@ -132,9 +135,15 @@ def remove_stale_temps(targets: Iterable[str | os.PathLike], older_than: float =
             if target not in names or not is_temp_of(entry.name, target):
                 continue
             try:
-                if entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime > older_than:
+                if now - entry.stat(follow_symlinks=False).st_mtime <= older_than:
+                    continue
+                if entry.is_file(follow_symlinks=False):
                     os.unlink(entry.path)
-                    removed += 1
+                elif entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    continue
+                removed += 1
             except OSError:
                 pass
     return removed
