@@ -350,7 +350,7 @@ def test_segmentation_from_a_uri_writes_what_dpt_mlx_writes(local_ray, ckpt, tmp
 # Errors and planning (no Ray work)
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "glob", "model", "ray", "png16"])
+@pytest.mark.parametrize("case", ["missing", "empty", "glob", "model", "ray", "png16", "output"])
 def test_errors_are_one_line_with_exit_status_2(case, ckpt, tmp_path, capsys, monkeypatch):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no images here")
@@ -363,6 +363,7 @@ def test_errors_are_one_line_with_exit_status_2(case, ckpt, tmp_path, capsys, mo
         "model": "config.json",
         "ray": 'ray is not installed; pip install "dpt_mlx[ray]"',
         "png16": "--format png16 is for depth models",
+        "output": f"error: cannot create --output {tmp_path / 'file' / 'out'}: Not a directory",
     }[case]
     if case == "missing":
         source = tmp_path / "nowhere"
@@ -376,7 +377,11 @@ def test_errors_are_one_line_with_exit_status_2(case, ckpt, tmp_path, capsys, mo
         monkeypatch.setitem(sys.modules, "ray", None)
     elif case == "png16":
         model = ckpt["seg"]
-    code, out, errors = _run(["--input", source, "--output", tmp_path / "out", "--model", model, "--format",
+    output = tmp_path / "out"
+    if case == "output":  # a folder under a regular file
+        (tmp_path / "file").write_text("not a folder")
+        output = tmp_path / "file" / "out"
+    code, out, errors = _run(["--input", source, "--output", output, "--model", model, "--format",
                               "png16" if case == "png16" else "png"], capsys)
     assert code == 2 and len(errors) == 1 and expected in errors[0], errors
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

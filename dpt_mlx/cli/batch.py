@@ -303,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         ray = _import_ray()
         inputs = collect(args, console)
         task = _check_model(args, console)
-        work = plan(argparse.Namespace(format=[args.format], output=None, output_dir=args.output, overlay=False,
+        work = plan(argparse.Namespace(format=[args.format], output=None, output_dir=args.output,
+                                       output_dir_flag="--output", overlay=False,
                                        overwrite=args.overwrite, skip_existing=not args.overwrite,
                                        recursive=inputs.mirror, input_dir=[inputs.base]), inputs.paths, task)
         stale = remove_stale_temps(t for job in work.jobs for _, t in job.outputs)

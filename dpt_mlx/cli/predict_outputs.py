@@ -185,15 +185,16 @@ def _check_output_file(args, paths: list[Path], kinds: list[str]) -> None:
 def _output_dir(args) -> Path | None:
     """The --output-dir, created; checks that the directory of --output exists."""
     out_dir = Path(os.path.expanduser(args.output_dir)) if args.output_dir else None
+    flag = getattr(args, "output_dir_flag", "--output-dir")  # the batch command calls it --output
     if out_dir is not None:
         if out_dir.exists() and not out_dir.is_dir():
-            raise UsageError(f"--output-dir {args.output_dir} exists and is not a directory")
+            raise UsageError(f"{flag} {args.output_dir} exists and is not a directory")
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise UsageError(f"cannot create --output-dir {args.output_dir}: {e.strerror or e}") from None
+            raise UsageError(f"cannot create {flag} {args.output_dir}: {e.strerror or e}") from None
         if not os.access(out_dir, os.W_OK | os.X_OK):
-            raise UsageError(f"cannot write in --output-dir {args.output_dir}: permission denied")
+            raise UsageError(f"cannot write in {flag} {args.output_dir}: permission denied")
     if args.output:
         parent = Path(os.path.expanduser(args.output)).parent
         if not parent.is_dir():
