@@ -26,12 +26,17 @@ TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermed
             patch_size=8, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 24, 32], fusion_hidden_size=16)
 
 
-def encode(path, frames, fps=12):
-    """Frames ((H, W, 3) uint8) -> an H.264 mp4 at ``fps``; nearly lossless (crf 1)."""
-    container = av.open(str(path), "w")
+def encode(path, frames, fps=12, options=None, rotation=None):
+    """Frames ((H, W, 3) uint8) -> an H.264 video at ``fps``, nearly lossless (crf 1), in the container
+    the suffix names; ``options`` for the muxer (``movflags``), ``rotation`` (degrees, hflip, vflip)
+    the display matrix a player applies."""
+    container = av.open(str(path), "w", options=options or {})
     stream = container.add_stream("libx264", rate=fps)
     stream.height, stream.width = frames[0].shape[:2]
     stream.pix_fmt, stream.options = "yuv420p", {"crf": "1"}
+    if rotation:
+        degrees, hflip, vflip = rotation
+        stream.set_display_rotation(degrees, hflip=hflip, vflip=vflip)
     for frame in frames:
         for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
             container.mux(packet)

@@ -51,18 +51,7 @@ def stored_for_display(upright, degrees=0, hflip=False, vflip=False):
 def encode_rotated(path, frames, degrees=0, hflip=False, vflip=False, fps=12):
     """Upright ``frames`` stored turned, with a display matrix that turns them back (crf 1)."""
     stored = [stored_for_display(f, degrees, hflip, vflip) for f in frames]
-    container = av.open(str(path), "w")
-    stream = container.add_stream("libx264", rate=fps)
-    stream.height, stream.width = stored[0].shape[:2]
-    stream.pix_fmt, stream.options = "yuv420p", {"crf": "1"}
-    stream.set_display_rotation(degrees, hflip=hflip, vflip=vflip)
-    for frame in stored:
-        for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    return path
+    return encode(path, stored, fps, rotation=(degrees, hflip, vflip))
 
 
 def encode_vfr(path, gaps_ms=(33, 100), n=12, audio="aac", fmt=None):
@@ -104,17 +93,7 @@ def noisy(n=24, height=48, width=64):
 
 
 def encode_with(path, frames, fps=12, **options):
-    container = av.open(str(path), "w", options=options)
-    stream = container.add_stream("libx264", rate=fps)
-    stream.height, stream.width = frames[0].shape[:2]
-    stream.pix_fmt, stream.options = "yuv420p", {"crf": "1"}
-    for frame in frames:
-        for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    return path
+    return encode(path, frames, fps, options)
 
 
 def encode_sizes(path, sizes, per_size=6):

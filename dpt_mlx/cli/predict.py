@@ -20,11 +20,11 @@ import warnings
 
 from ..errors import DPTError, UsageError
 from ..io.checkpoint import DTYPES
+from ..io.files import remove_stale_temps, remove_unchanged, temp_files
 from ..processing.visualize import COLORMAPS
-from ..io.files import remove_stale_temps
 from .console import (EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, Console, command, interrupt_name, interrupt_status,
                       positive_int)
-from .predict_outputs import Plan, collect_inputs, depth_kind, plan, remove_unchanged, temp_files
+from .predict_outputs import Plan, collect_inputs, depth_kind, plan
 from .predict_points import add_point_options, check_points
 from .predict_prompt import add_prompt_options, assign_prompts
 from .predict_runner import Runner

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
-from ..io.files import is_temp_of
 from ..processing.images import is_url, url_name
 from .console import Console
 
@@ -39,7 +38,6 @@ SUFFIXES = {
     ("segmentation", "overlay"): "_seg_overlay.png",
 }
 OUTPUT_SUFFIXES = tuple(sorted({s for s in SUFFIXES.values() if s.endswith(".png")}))
-UNCHANGED_SECONDS = 5.0  # a temporary file untouched this long, and all through a run, has no live writer
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -394,43 +392,3 @@ def _remove_created(job: Job, existed: set[Path]) -> None:
             except OSError:
                 pass
     job.published = []
-
-
-# ----------------------------------------------------------------------------------------------
-# Temporary files of killed runs
-
-
-def temp_files(targets) -> dict[str, tuple[int, int, int]]:
-    """The temporary files (io/files.atomic_write's) beside ``targets``: path -> (inode, size, mtime_ns)."""
-    by_dir: dict[Path, set[str]] = {}
-    for target in targets:
-        by_dir.setdefault(Path(target).parent, set()).add(Path(target).name)
-    found = {}
-    for directory, names in by_dir.items():
-        try:
-            entries = list(os.scandir(directory))
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.name.startswith(".") and any(is_temp_of(entry.name, n) for n in names):
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                found[entry.path] = (st.st_ino, st.st_size, st.st_mtime_ns)
-    return found
-
-
-def remove_unchanged(before: dict[str, tuple[int, int, int]]) -> int:
-    """Remove the temporary files of ``before`` that nobody touched since (a writer killed before this
-    run started: a live one keeps writing) and not for UNCHANGED_SECONDS; returns how many."""
-    removed, now = 0, time.time_ns()
-    for path, signature in before.items():
-        try:
-            st = os.stat(path, follow_symlinks=False)
-            if (st.st_ino, st.st_size, st.st_mtime_ns) == signature and now - st.st_mtime_ns > UNCHANGED_SECONDS * 1e9:
-                os.unlink(path)
-                removed += 1
-        except OSError:
-            pass
-    return removed

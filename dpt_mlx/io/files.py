@@ -13,7 +13,9 @@ an empty file.
 
 A killed process (SIGKILL, a power cut) can leave its temporary ``.<name>.<random>.tmp`` behind (a
 file, or a folder for outputs that are folders, as a video's png16 frames);
-:func:`remove_stale_temps` removes those a later run finds beside the files it writes.
+:func:`remove_stale_temps` removes those a later run finds beside the files it writes, once they
+are old; :func:`temp_files` and :func:`remove_unchanged` let a run remove younger ones that nobody
+touched while it ran.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 TEMP_SUFFIX = ".tmp"
 STALE_SECONDS = 60.0  # a temporary file this old belongs to no live writer
+UNCHANGED_SECONDS = 5.0  # a temporary file untouched this long, and all through a run, has no live writer
 # errors of os.link that mean "this file system has no hard links", not "the name exists"
 _NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EXDEV}
 
@@ -110,19 +113,13 @@ def is_temp_of(name: str, target: str) -> bool:
     return name.startswith(f".{target}.") and name.endswith(TEMP_SUFFIX) and len(name) > len(target) + 2
 
 
-def remove_stale_temps(targets: Iterable[str | os.PathLike], older_than: float = STALE_SECONDS) -> int:
-    """Remove the temporary files and folders that killed writers left for ``targets``; returns how many.
-
-    Only ``.<name>.<random>.tmp`` entries of the given targets are touched, and only those not modified
-    for ``older_than`` seconds (a younger one may belong to a writer still running; a folder's time is
-    that of its last added or removed entry). A folder is removed with what is in it; links are never
-    followed. Each directory is listed once.
-    """
+def temp_entries(targets: Iterable[str | os.PathLike]) -> Iterator[os.DirEntry]:
+    """The temporary files and folders (``.<name>.<random>.tmp``) beside ``targets``; each directory
+    is listed once, and one that cannot be listed is passed over."""
     by_dir: dict[Path, set[str]] = {}
     for target in targets:
         target = Path(target)
         by_dir.setdefault(target.parent, set()).add(target.name)
-    removed, now = 0, time.time()
     for directory, names in by_dir.items():
         try:
             entries = list(os.scandir(directory))
@@ -132,18 +129,57 @@ def remove_stale_temps(targets: Iterable[str | os.PathLike], older_than: float =
             if not entry.name.startswith(".") or not entry.name.endswith(TEMP_SUFFIX):
                 continue
             target = entry.name[1:-len(TEMP_SUFFIX)].rsplit(".", 1)[0]
-            if target not in names or not is_temp_of(entry.name, target):
+            if target in names and is_temp_of(entry.name, target):
+                yield entry
+
+
+def remove_stale_temps(targets: Iterable[str | os.PathLike], older_than: float = STALE_SECONDS) -> int:
+    """Remove the temporary files and folders that killed writers left for ``targets``; returns how many.
+
+    Only ``.<name>.<random>.tmp`` entries of the given targets are touched, and only those not modified
+    for ``older_than`` seconds (a younger one may belong to a writer still running; a folder's time is
+    that of its last added or removed entry). A folder is removed with what is in it; links are never
+    followed.
+    """
+    removed, now = 0, time.time()
+    for entry in temp_entries(targets):
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime <= older_than:
                 continue
-            try:
-                if now - entry.stat(follow_symlinks=False).st_mtime <= older_than:
-                    continue
-                if entry.is_file(follow_symlinks=False):
-                    os.unlink(entry.path)
-                elif entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)
-                else:
-                    continue
+            if entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+            elif entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                continue
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def temp_files(targets) -> dict[str, tuple[int, int, int]]:
+    """The temporary files (io/files.atomic_write's) beside ``targets``: path -> (inode, size, mtime_ns)."""
+    found = {}
+    for entry in temp_entries(targets):
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        found[entry.path] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return found
+
+
+def remove_unchanged(before: dict[str, tuple[int, int, int]]) -> int:
+    """Remove the temporary files of ``before`` that nobody touched since (a writer killed before this
+    run started: a live one keeps writing) and not for UNCHANGED_SECONDS; returns how many."""
+    removed, now = 0, time.time_ns()
+    for path, signature in before.items():
+        try:
+            st = os.stat(path, follow_symlinks=False)
+            if (st.st_ino, st.st_size, st.st_mtime_ns) == signature and now - st.st_mtime_ns > UNCHANGED_SECONDS * 1e9:
+                os.unlink(path)
                 removed += 1
-            except OSError:
-                pass
+        except OSError:
+            pass
     return removed
