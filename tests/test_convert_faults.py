@@ -28,6 +28,7 @@ import transformers
 import dpt_mlx
 from dpt_mlx.cli.convert import main as convert_main
 from dpt_mlx.io import convert as conv
+from dpt_mlx.io import files
 from test_modeling import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,7 +164,7 @@ def test_a_running_conversion_turns_another_away(sources, tmp_path, overwrite):
     if overwrite:
         assert convert_main(["--hf-path", str(sources[0]), "--mlx-path", str(target)]) == 0
         before = digest(target)
-    with conv.output_lock(target, "held by the test"):
+    with files.output_lock(target, "held by the test"):
         code, out, err = finish(start(sources[1], target, None, *(["--overwrite"] if overwrite else [])))
         assert code == 2 and out == ""
         assert f"another conversion is writing {target}" in one_error_line(err)
@@ -218,11 +219,11 @@ def test_publish_directory_without_flagged_renames(tmp_path, monkeypatch, native
     """The same guarantees where renameat2 / renamex_np are missing (an old libc, another system) or the
     file system refuses their flags (EINVAL): the portable path under the lock."""
     if native == "none":
-        monkeypatch.setattr(conv, "_flagged_rename", lambda: None)
+        monkeypatch.setattr(files, "_flagged_rename", lambda: None)
     elif native == "unsupported":
-        monkeypatch.setattr(conv, "_flagged_rename", lambda: ((lambda src, dst, flag: -1), {"noreplace": 1,
+        monkeypatch.setattr(files, "_flagged_rename", lambda: ((lambda src, dst, flag: -1), {"noreplace": 1,
                                                                                            "exchange": 2}))
-        monkeypatch.setattr(conv.ctypes, "get_errno", lambda: errno.EINVAL)
+        monkeypatch.setattr(files.ctypes, "get_errno", lambda: errno.EINVAL)
 
     def work(name, text):
         d = tmp_path / f".out.tmp-{name}"
@@ -231,13 +232,13 @@ def test_publish_directory_without_flagged_renames(tmp_path, monkeypatch, native
         return d
 
     target = tmp_path / "out"
-    assert conv.publish_directory(work("1", "one"), target, overwrite=False) is None
+    assert files.publish_directory(work("1", "one"), target, overwrite=False) is None
     with pytest.raises(FileExistsError):
-        conv.publish_directory(work("2", "two"), target, overwrite=False)
+        files.publish_directory(work("2", "two"), target, overwrite=False)
     assert (target / "f").read_text() == "one"
-    old = conv.publish_directory(tmp_path / ".out.tmp-2", target, overwrite=True)
+    old = files.publish_directory(tmp_path / ".out.tmp-2", target, overwrite=True)
     assert (target / "f").read_text() == "two" and (old / "f").read_text() == "one"
-    conv.remove_tree(old)
+    files.remove_tree(old)
     if native != "flags":  # the portable overwrite renames the old one aside first: a failure puts it back
         real = os.rename
 
@@ -246,10 +247,10 @@ def test_publish_directory_without_flagged_renames(tmp_path, monkeypatch, native
                 raise OSError(errno.EIO, os.strerror(errno.EIO))
             real(src, dst)
 
-        monkeypatch.setattr(conv.os, "rename", second_rename_fails)
+        monkeypatch.setattr(files.os, "rename", second_rename_fails)
         with pytest.raises(OSError):
-            conv.publish_directory(work("3", "three"), target, overwrite=True)
-        monkeypatch.setattr(conv.os, "rename", real)
+            files.publish_directory(work("3", "three"), target, overwrite=True)
+        monkeypatch.setattr(files.os, "rename", real)
         assert (target / "f").read_text() == "two"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.tmp-3", "out"][native == "flags":]
 
@@ -257,13 +258,13 @@ def test_publish_directory_without_flagged_renames(tmp_path, monkeypatch, native
 def test_lock_is_removed_on_release_and_a_dead_holders_file_does_not_block(tmp_path):
     target = tmp_path / "out"
     (tmp_path / ".out.lock").touch()  # left by a holder killed with SIGKILL (the kernel dropped its lock)
-    with conv.output_lock(target, "busy") as locked:
+    with files.output_lock(target, "busy") as locked:
         assert locked
         with pytest.raises(dpt_mlx.DPTError, match="^busy$"):
-            with conv.output_lock(target, "busy"):
+            with files.output_lock(target, "busy"):
                 pass
     assert list(tmp_path.iterdir()) == []
-    with conv.output_lock(target, "busy"):  # and again
+    with files.output_lock(target, "busy"):  # and again
         assert [p.name for p in tmp_path.iterdir()] == [".out.lock"]
 
 
@@ -379,7 +380,7 @@ def _typed(key, value):
 
 
 BAD_SOURCES = {
-    "truncated weights": (_truncated, "exceeding the size of the file"),
+    "truncated weights": (_truncated, "the file is damaged"),
     "other architecture's weights": (_other_weights, "has shape"),
     "mixed config": (_segmentation_config, "missing tensor"),
     "config.json cut short": (_edit("config.json", lambda t: t[: len(t) // 2]), "config.json"),

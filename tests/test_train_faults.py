@@ -14,7 +14,7 @@ from PIL import Image
 
 import dpt_mlx
 from dpt_mlx.cli import train as cli
-from dpt_mlx.io import convert as conv
+from dpt_mlx.io import files
 from dpt_mlx.training import checkpoints, loop
 from dpt_mlx.training import data as training_data
 from test_train import make_depth_data, save_model
@@ -51,7 +51,7 @@ def test_a_second_trainer_into_a_run_directory_is_turned_away(setup, tmp_path, c
     model, data, run_dir = setup
     before = files_of(run_dir)
     fresh = tmp_path / "fresh"
-    with conv.output_lock(run_dir, "held by the test"), conv.output_lock(fresh, "held by the test"):
+    with files.output_lock(run_dir, "held by the test"), files.output_lock(fresh, "held by the test"):
         for argv in (["--model", str(model), "--data", str(data), "--output", str(run_dir), "--overwrite", *COMMON],
                      ["--resume", str(run_dir), "--epochs", "2", "--quiet"],
                      ["--model", str(model), "--data", str(data), "--output", str(fresh), *COMMON]):
@@ -159,7 +159,7 @@ def _truncate(path: Path) -> None:
 
 
 @pytest.mark.parametrize("name, match", [
-    ("model.safetensors", "exceeding the size of the file"),
+    ("model.safetensors", "the file is damaged"),
     ("optimizer.safetensors", "optimizer.safetensors"),
     ("trainer_state.json", "trainer_state.json"),
     ("config.json", "config.json"),

@@ -30,19 +30,16 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 import time
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DPTError, UsageError
-from ..io.files import TEMP_SUFFIX, _publish_exclusive, remove_stale_temps, umask_mode
+from ..io.files import TEMP_SUFFIX, _publish_exclusive, remove_stale_temps, signals_deferred, umask_mode
 from .console import EXIT_ERROR, EXIT_OK, Console, interrupt_name, interrupt_status
 
 VIDEO_FORMATS = ("mp4", "npz", "png16")
@@ -357,27 +354,13 @@ def run_video(args) -> int:
     return EXIT_OK
 
 
-@contextmanager
-def _signals_held():
-    """Ctrl-C, SIGTERM and SIGHUP wait (blocked) inside, and are delivered on leaving it."""
-    held = {getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)}
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a held signal's handler runs here
-
-
 def publish(outputs: list, overwrite: bool) -> None:
     """Publish every finished output, or none: signals wait until all are out, and when one cannot be
     published (its name appeared meanwhile: another run) or a signal came, those already published are
     taken back before the error goes on."""
     published = []
     try:
-        with _signals_held():
+        with signals_deferred():
             for output in outputs:
                 output.publish(overwrite)
                 published.append(output)

@@ -11,6 +11,13 @@ network file systems) the name is first reserved with ``O_CREAT | O_EXCL`` and t
 renamed over that reservation: still never a clobber, though for that instant a reader may see
 an empty file.
 
+A folder that must be published whole (a converted checkpoint, a training checkpoint) is written
+beside its target and renamed in one step that never replaces what ``overwrite`` did not ask to
+replace (:func:`publish_directory`: ``renameat2`` / ``renamex_np`` with their no-replace and
+exchange flags, a plain rename where those are missing), under an ``flock`` on ``.<name>.lock``
+(:func:`output_lock`) so that one writer at a time works on a target; :func:`signals_deferred`
+keeps Ctrl-C and SIGTERM from splitting a pair of renames.
+
 A killed process (SIGKILL, a power cut) can leave its temporary ``.<name>.<random>.tmp`` behind (a
 file, or a folder for outputs that are folders, as a video's png16 frames);
 :func:`remove_stale_temps` removes those a later run finds beside the files it writes, once they
@@ -20,13 +27,21 @@ touched while it ran.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import os
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from ..errors import DPTError
 
 TEMP_SUFFIX = ".tmp"
 STALE_SECONDS = 60.0  # a temporary file this old belongs to no live writer
@@ -183,3 +198,189 @@ def remove_unchanged(before: dict[str, tuple[int, int, int]]) -> int:
         except OSError:
             pass
     return removed
+
+
+# ----------------------------------------------------------------------------------------------
+# Removing and reporting
+
+
+def why(e: OSError) -> str:
+    """What went wrong, in the OS's words: "no space left on device"."""
+    return (e.strerror or str(e) or type(e).__name__).lower()
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a directory tree, or a file or link put where one was."""
+    if path.is_symlink() or not path.is_dir():
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Publishing a directory whole: the parent, the lock, the rename (a converted checkpoint, the trainer's)
+
+
+def make_parent(target: Path) -> None:
+    """Create the directories above ``target``; a DPTError that says why they cannot be."""
+    for ancestor in (target.parent, *target.parent.parents):
+        if os.path.lexists(ancestor):
+            if not ancestor.is_dir():
+                raise DPTError(f"cannot create {target}: {ancestor} is a file, not a directory")
+            break
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DPTError(f"cannot create {target.parent}: {why(e)}") from None
+
+
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+
+
+def lock_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.lock")
+
+
+@contextmanager
+def output_lock(target: Path, busy: str):
+    """Hold the exclusive lock of ``target`` (``flock`` on ``.<name>.lock`` beside it) while inside.
+
+    Another process holding it: DPTError(``busy``). Yields True, or False where there are no
+    locks (no ``fcntl``, or a file system that refuses them): the caller then relies on the rename.
+    The lock file is removed on release.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield False
+        return
+    path = lock_path(target)
+    fd = None
+    while fd is None:
+        try:
+            fd = os.open(path, _LOCK_FLAGS, 0o666)
+        except OSError as e:
+            raise DPTError(f"cannot write to {target.parent}: {why(e)}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DPTError(busy) from None
+        except OSError:  # ENOLCK and the like: a file system without locks
+            os.close(fd)
+            _unlink(path)
+            fd = None
+            break
+        try:  # a holder that released meanwhile removed the file: lock the new one instead
+            if not os.path.samestat(os.fstat(fd), os.stat(path)):
+                os.close(fd)
+                fd = None
+        except FileNotFoundError:
+            os.close(fd)
+            fd = None
+    if fd is None:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        _unlink(path)  # before the lock is dropped, so that no one locks a name about to vanish
+        os.close(fd)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+_NOREPLACE, _EXCHANGE = "noreplace", "exchange"
+# errors that mean "this system or file system cannot rename with that flag", not "the name exists"
+_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
+@functools.lru_cache(maxsize=1)
+def _flagged_rename():
+    """libc's rename with flags, as ``(call(src, dst, flag) -> int, {kind: flag})``, or None."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):  # glibc >= 2.28, Linux >= 3.15
+        fn, at_fdcwd = libc.renameat2, -100
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        return (lambda src, dst, flag: fn(at_fdcwd, src, at_fdcwd, dst, flag)), {_NOREPLACE: 1, _EXCHANGE: 2}
+    if sys.platform == "darwin" and hasattr(libc, "renamex_np"):  # macOS >= 10.12
+        fn = libc.renamex_np
+        fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint]
+        return (lambda src, dst, flag: fn(src, dst, flag)), {_NOREPLACE: 0x4, _EXCHANGE: 0x2}
+    return None
+
+
+def _rename(src: Path, dst: Path, kind: str) -> bool:
+    """Rename with RENAME_NOREPLACE or RENAME_EXCHANGE semantics; False where those are not available."""
+    native = _flagged_rename()
+    if native is None:
+        return False
+    call, flags = native
+    if call(os.fsencode(src), os.fsencode(dst), flags[kind]) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _UNSUPPORTED:
+        return False
+    raise OSError(code, os.strerror(code), str(dst))  # EEXIST: FileExistsError
+
+
+def publish_directory(tmp: Path, target: Path, overwrite: bool) -> Path | None:
+    """Give the finished directory ``tmp`` the name ``target`` in one step; call it holding the target's lock.
+
+    Without ``overwrite`` an existing target is never replaced: FileExistsError. With it an
+    existing target is swapped out: returns where the old one now is, for the caller to remove
+    (None when there was none).
+    """
+    if overwrite and os.path.lexists(target):
+        if _rename(tmp, target, _EXCHANGE):
+            return tmp
+        old = tmp.with_name(f"{tmp.name}.old")
+        os.rename(target, old)
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            os.rename(old, target)
+            raise
+        return old
+    if not _rename(tmp, target, _NOREPLACE):
+        if os.path.lexists(target):  # (the lock keeps other conversions out between this check and the rename)
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
+        os.rename(tmp, target)
+    return None
+
+
+_DEFERRED = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+@contextmanager
+def signals_deferred():
+    """SIGINT, SIGTERM and SIGHUP that arrive inside are handled when the block ends (main thread only:
+    elsewhere Python raises nothing for them anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught, previous = [], {}
+
+    def note(signum, frame):
+        caught.append(signum)
+
+    try:
+        for signum in _DEFERRED:
+            previous[signum] = signal.signal(signum, note)
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        if caught:
+            signal.raise_signal(caught[0])

@@ -30,7 +30,7 @@ from mlx.utils import tree_flatten, tree_map_with_path
 
 from ..errors import DPTError, UsageError, first_line
 from ..io.checkpoint import save_pretrained
-from ..io.convert import make_parent, output_lock, publish_directory, remove_tree, signals_deferred, why
+from ..io.files import make_parent, output_lock, publish_directory, remove_tree, signals_deferred, why
 from ..io.files import atomic_write, atomic_write_text
 from ..processing.image_processor import CONFIG_NAME
 
