@@ -183,6 +183,24 @@ def test_sizes_no_array_can_have_are_one_line(checkpoint, photo, capsys):
     assert code == 2 and "cannot be built" in _one_error(err)
 
 
+def test_integer_tensor_where_the_model_has_a_float_parameter_is_refused(checkpoint, photo, tmp_path, capsys):
+    """A float parameter stored as int32 would load, run and even convert as "verified"."""
+    from safetensors.numpy import load_file, save_file
+
+    from dpt_mlx.cli.convert import main as convert_main
+
+    weights = load_file(checkpoint / "model.safetensors")
+    key = next(k for k in weights if k.endswith("cls_token"))
+    weights[key] = weights[key].astype(np.int32)
+    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"cls_token is int32 but the model has a floating-point parameter"):
+        dpt_mlx.load_model(checkpoint)
+    code, _, err = _run(["--model", checkpoint, "--image", photo, "--output-dir", tmp_path / "out"], capsys)
+    assert code == 2 and "is int32 but the model has a floating-point parameter" in _one_error(err)
+    assert convert_main(["--hf-path", str(checkpoint), "--mlx-path", str(tmp_path / "mlx")]) == 2
+    assert not (tmp_path / "mlx").exists()
+
+
 def test_preprocessor_size_that_would_exhaust_memory_is_refused(checkpoint):
     from dpt_mlx.pipelines import load_processor
 

@@ -216,7 +216,16 @@ def load_strict(model: nn.Module, weights: dict[str, mx.array]) -> None:
             raise CheckpointError(
                 f"tensor {key} has shape {tuple(value.shape)} but the config implies {tuple(expected[key].shape)}"
             )
+        floating = mx.issubdtype(expected[key].dtype, mx.floating)
+        if mx.issubdtype(value.dtype, mx.floating) != floating:  # half vs full precision is a cast, not an error
+            kind = "a floating-point" if floating else f"an integer ({_dtype_name(expected[key].dtype)})"
+            raise CheckpointError(f"tensor {key} is {_dtype_name(value.dtype)} but the model has {kind} parameter "
+                                  "there; the checkpoint is damaged or from another model")
     model.update(tree_unflatten(list(weights.items())))
+
+
+def _dtype_name(dtype: mx.Dtype) -> str:
+    return str(dtype).removeprefix("mlx.core.")
 
 
 def cast_model(model: nn.Module, dtype: mx.Dtype | None) -> None:
