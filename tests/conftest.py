@@ -2,6 +2,7 @@
 by platform (``linux``, ``x86_64`` markers), never skipped."""
 
 import platform
+import signal
 import sys
 
 import pytest
@@ -10,6 +11,14 @@ _PLATFORM_MARKERS = {
     "linux": sys.platform.startswith("linux"),
     "x86_64": platform.machine() in ("x86_64", "AMD64"),
 }
+
+
+def pytest_configure(config):
+    # A suite started in the background by a shell without job control inherits SIGINT ignored, and
+    # so would every command a test starts. The interruption tests send SIGINT: give this process its
+    # usual Ctrl-C back (a Python handler becomes the default disposition in the children it execs).
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):

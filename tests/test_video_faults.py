@@ -443,7 +443,7 @@ def test_signal_mid_run_leaves_nothing(ckpt, long_clip, tmp_path, signum, status
         _, err = process.communicate(timeout=60)
     finally:
         process.kill()
-    assert process.returncode == status
+    assert process.returncode == status, err
     assert err.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in err
     assert not out.exists()
     assert sorted(os.listdir(long_clip.parent)) == ["walk.mp4"]
