@@ -29,7 +29,7 @@ from ..errors import DPTError, UsageError, first_line
 from ..io.checkpoint import DTYPES
 from ..io.files import remove_stale_temps
 from ..processing.visualize import COLORMAPS
-from ..ray import START_TIMEOUT, check_cpus
+from ..ray import START_TIMEOUT, check_cpus, cluster_cpus
 from .batch_inputs import Inputs, collect
 from .console import (EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, ArgumentParser, Console, command, interrupt_name,
                       interrupt_status, positive_int, signals_interrupt)
@@ -164,9 +164,8 @@ def _actor_pool(ray, size: int) -> dict:
     return {"compute": ray.data.ActorPoolStrategy(size=size)} if version >= (2, 51) else {"concurrency": size}
 
 
-def _node_cpus(ray) -> list[float]:
-    cpus = [float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive", True)]
-    cpus = [c for c in cpus if c > 0]
+def _node_cpus() -> list[float]:
+    cpus = cluster_cpus()
     if not cpus:
         raise UsageError("the Ray cluster has no CPUs for the workers")
     return cpus
@@ -228,7 +227,7 @@ def _run(ray, args, inputs: Inputs, jobs: list, console: Console, tally: Tally) 
     """Every job on Ray Data workers; each image's result counted (and reported) as it comes back."""
     from .batch_worker import OutputWriter, job_row
 
-    nodes = _node_cpus(ray)
+    nodes = _node_cpus()
     tally.workers, tally.cpus = placement(nodes, args.workers, args.cpus_per_worker)
     try:
         check_cpus(tally.cpus, tally.workers, nodes)
