@@ -6,7 +6,7 @@ loaded on the CPU (see dpt_mlx.cpu).
 
 from .config import DepthAnythingConfig, DPTConfig, PromptDepthAnythingConfig
 from .config_zoedepth import ZoeDepthConfig
-from .cpu.blas import blas_info
+from .cpu import blas_info, cpu_info
 from .errors import CheckpointError, DPTError, ImageError, UnsupportedModelError
 from .models import (DepthAnythingForDepthEstimation, DPTForDepthEstimation, DPTForSemanticSegmentation, DPTModel,
                      PromptDepthAnythingForDepthEstimation, ZoeDepthForDepthEstimation, load_model)
@@ -39,6 +39,7 @@ __all__ = [
     "SemanticSegmenterOutput",
     "ImageError",
     "blas_info",
+    "cpu_info",
     "depth_to_points",
     "UnsupportedModelError",
     "ZoeDepthImageProcessor",

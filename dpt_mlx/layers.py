@@ -1,7 +1,8 @@
-"""Small layers every model and backbone shares, in plain MLX: activations, attention, BatchNorm.
+"""Small layers every model and backbone shares, in plain MLX: activations, attention, resizing,
+BatchNorm.
 
-Activations and attention are modules (without parameters) rather than functions so that a
-backend-specific layer can stand in for them without changing any parameter path
+Activations, attention and resizing are modules (without parameters) rather than functions so
+that a backend-specific layer can stand in for them without changing any parameter path
 (see dpt_mlx.cpu).
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
+
+from .ops import interpolate
 
 _HALF = (mx.float16, mx.bfloat16)
 
@@ -20,15 +23,28 @@ class QuickGELU(nn.Module):
         return x * mx.sigmoid(1.702 * x)
 
 
+class GELU(nn.Module):
+    """GELU with the exact erf (``approximate="none"``, PyTorch's default) or the tanh formula."""
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return nn.gelu(x) if self.approximate == "none" else nn.gelu_approx(x)
+
+
 # transformers' ACT2FN names -> the MLX module computing the same function
 _ACTIVATIONS = {
-    "gelu": lambda: nn.GELU(),  # exact erf GELU, PyTorch's default
+    "gelu": GELU,  # exact erf GELU, PyTorch's default
     "relu": nn.ReLU,
     "silu": nn.SiLU,
     "swish": nn.SiLU,
-    "gelu_new": lambda: nn.GELU(approx="precise"),  # the tanh approximation
-    "gelu_fast": lambda: nn.GELU(approx="precise"),
-    "gelu_pytorch_tanh": lambda: nn.GELU(approx="precise"),
+    "gelu_new": lambda: GELU("tanh"),
+    "gelu_fast": lambda: GELU("tanh"),
+    "gelu_pytorch_tanh": lambda: GELU("tanh"),
     "quick_gelu": QuickGELU,
     "tanh": nn.Tanh,
 }
@@ -46,6 +62,14 @@ class ScaledDotProductAttention(nn.Module):
 
     def __call__(self, q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None = None):
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+
+
+class Resize(nn.Module):
+    """:func:`dpt_mlx.ops.interpolate` (NHWC, PyTorch's sampling) as a module without parameters."""
+
+    def __call__(self, x: mx.array, size: tuple[int, int], mode: str = "bilinear",
+                 align_corners: bool = False) -> mx.array:
+        return interpolate(x, size, mode, align_corners)
 
 
 class BatchNorm(nn.BatchNorm):

@@ -78,7 +78,7 @@ def worker_threads(threads: int | None = None) -> int | None:
     """The threads one worker should compute with: ``threads`` if given; in a Ray worker the whole CPUs
     Ray assigned it (at least one, at most the CPUs this process may use); outside Ray None (the
     defaults of dpt_mlx.cpu: every usable CPU)."""
-    from .cpu.providers import cpu_count
+    from .cpu.native import cpu_count
 
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
@@ -91,11 +91,10 @@ def worker_threads(threads: int | None = None) -> int | None:
 
 
 def _use_threads(n: int) -> None:
-    """Give MLX's BLAS and the CPU attention kernels ``n`` threads (before the model's first use)."""
-    from .cpu import blas, kernels
+    """Give the CPU kernels ``n`` threads."""
+    from .cpu import set_threads
 
-    blas.set_threads(n)  # read by dpt_mlx.cpu.blas.setup on the first model load, or applied now
-    kernels.set_threads(n)
+    set_threads(n)
 
 
 # ----------------------------------------------------------------------------------------------

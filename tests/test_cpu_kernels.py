@@ -1,12 +1,17 @@
-"""dpt_mlx.cpu: every fast CPU path against the MLX op it replaces (no timing here).
+"""dpt_mlx.cpu: the compiled kernels against the plain MLX ops they stand in for, and the layer swap
+(no timing here).
 
 The CPU layers act only when MLX computes on the CPU, so these tests make the CPU the default
-device (they run on any platform).
+device. The kernels exist on Linux only (tests marked ``linux``); the swap and its fallbacks are
+tested everywhere.
 """
 
 from __future__ import annotations
 
-import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -16,8 +21,9 @@ from mlx import utils as mlx_utils
 
 from dpt_mlx import cpu
 from dpt_mlx import layers as dpt_layers
-from dpt_mlx.cpu import kernels as K
 from dpt_mlx.cpu import layers as L
+from dpt_mlx.cpu import native
+from dpt_mlx.ops import interpolate
 
 
 @pytest.fixture(autouse=True)
@@ -28,179 +34,300 @@ def on_the_cpu():
     mx.set_default_device(device)
 
 
+@pytest.fixture
+def K():
+    module = native.kernels()
+    assert module is not None, native.unavailable()
+    return module
+
+
 def rel(a, b) -> float:
     a, b = np.array(a.astype(mx.float32), dtype=np.float64), np.array(b.astype(mx.float32), dtype=np.float64)
     assert a.shape == b.shape
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
-def test_exp_nonpositive_matches_exp():
-    x = np.concatenate([np.linspace(-87, 0, 200_001), [-1e-30, -0.0]]).astype(np.float32)
-    got = np.array(K.exp_nonpositive(mx.array(x)), dtype=np.float64)
-    want = np.exp(x.astype(np.float64))
-    assert np.abs(got / want - 1).max() < 2e-7  # measured 7.7e-8
-    # far below the float range (masked scores): tiny and finite, never NaN
-    tail = np.array(K.exp_nonpositive(mx.array([-100.0, -1e30, -np.inf], dtype=mx.float32)))
-    assert np.all(np.isfinite(tail)) and np.all(tail < 1e-37)
+def normal(*shape, seed=0, dtype=mx.float32):
+    return mx.random.normal(shape, key=mx.random.key(seed)).astype(dtype)
 
 
-def test_exp_gradient_is_exp():
-    x = mx.array(np.linspace(-20, 0, 1001).astype(np.float32))
-    g = mx.grad(lambda a: K.exp_nonpositive(a).sum())(x)
-    assert rel(g, mx.exp(x)) < 1e-5  # measured 1e-6
+def reference_act(y, act):
+    return {"none": lambda t: t, "gelu": nn.gelu, "relu": nn.relu, "gelu_tanh": nn.gelu_approx}[act](y)
 
 
-def test_erf_and_gelu():
-    xs = np.linspace(-8, 8, 40_001).astype(np.float32)
-    erf = np.array([math.erf(v) for v in xs.astype(np.float64)])
-    assert np.abs(np.array(K.erf(mx.array(xs))) - erf).max() < 1e-6  # measured 3.8e-7
-    x = mx.array(xs)
-    assert float(mx.abs(K.gelu(x) - nn.gelu(x)).max()) < 5e-6  # |x| <= 8; measured 9.5e-7
-    grad = mx.grad(lambda a: K.gelu(a).sum())(x)
-    assert float(mx.abs(grad - mx.grad(lambda a: nn.gelu(a).sum())(x)).max()) < 5e-5  # measured 6.8e-6
-    assert K.gelu(x.astype(mx.bfloat16)).dtype == mx.bfloat16
+# ------------------------------------------------------------------------------ linear, norms
 
 
-@pytest.mark.parametrize("mask", [None, "full", "per_head_broadcast", "2d"])
-@pytest.mark.parametrize("n", [7, 50])
-def test_attention_matches_sdpa(monkeypatch, mask, n):
-    monkeypatch.setattr(K, "_BLOCK", 160)  # several row blocks per head at n=50
-    rng = np.random.default_rng(0)
-    q, k, v = (mx.array(rng.standard_normal((2, 3, n, 8)).astype(np.float32) * 2) for _ in range(3))
-    m = None
-    if mask is not None:
-        full = mx.array(rng.standard_normal((2, 3, n, n)).astype(np.float32))
-        m = {"full": full, "per_head_broadcast": full[:1, :1], "2d": full[0, 0]}[mask]
-    want = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=m)
-    assert rel(K.attention(q, k, v, 0.3, m), want) < 1e-5  # measured 1e-7 .. 5e-7
+@pytest.mark.linux
+@pytest.mark.parametrize("act", ["none", "gelu", "relu", "gelu_tanh"])
+@pytest.mark.parametrize("m,k,n", [(1, 3, 1), (37, 130, 53), (300, 64, 1000)])
+def test_linear_and_epilogue(K, act, m, k, n):
+    x, w, b, s, r = normal(2, m, k), normal(n, k, seed=1), normal(n, seed=2), normal(n, seed=3), normal(2, m, n, seed=4)
+    assert rel(K.linear(x, w, b, s, r, act), r + s * reference_act(x @ w.T + b, act)) < 1e-5
+    assert rel(K.linear(x, w, act=act), reference_act(x @ w.T, act)) < 1e-5
 
 
-def test_attention_half_inputs_and_masked_keys():
-    rng = np.random.default_rng(1)
-    q, k, v = (mx.array(rng.standard_normal((1, 2, 30, 16)).astype(np.float32) * 8) for _ in range(3))
-    m = mx.where(mx.arange(30) < 20, 0.0, -mx.inf)[None, None, None, :]  # keys 20.. masked out
-    q, k, v = (t.astype(mx.float16) for t in (q, k, v))  # scores up to ~250: float32 inside
-    want = mx.fast.scaled_dot_product_attention(*(t.astype(mx.float32) for t in (q, k, v)), scale=0.25, mask=m)
-    got = K.attention(q, k, v, 0.25, m)
-    assert got.dtype == mx.float16
-    assert rel(got, want) < 2e-3  # the float16 rounding of the output; measured 2.4e-4
+@pytest.mark.linux
+def test_linear_strided_half_and_gradients(K):
+    x = normal(20, 3, 48).transpose(1, 0, 2)  # a view: rows 48 apart
+    w, b = normal(40, 48, seed=1), normal(40, seed=2)
+    assert rel(K.linear(x, w, b), x @ w.T + b) < 1e-5
+    xh, wh = x.astype(mx.float16), w.astype(mx.float16)
+    got = K.linear(xh, wh, b.astype(mx.float16))
+    assert got.dtype == mx.float16 and rel(got, xh.astype(mx.float32) @ wh.astype(mx.float32).T + b) < 2e-3
+    r = normal(3, 20, 40, seed=5)
+
+    def loss(fn):
+        return lambda x, w, b, r: (fn(x, w, b, r) ** 2).sum()
+
+    ours = mx.grad(loss(lambda x, w, b, r: K.linear(x, w, b, None, r, "gelu")), argnums=(0, 1, 2, 3))(x, w, b, r)
+    want = mx.grad(loss(lambda x, w, b, r: r + nn.gelu(x @ w.T + b)), argnums=(0, 1, 2, 3))(x, w, b, r)
+    assert all(rel(g, h) < 1e-4 for g, h in zip(ours, want))
 
 
-def test_attention_gradients():
-    q, k, v = (mx.random.normal((1, 2, 30, 8), key=mx.random.key(i)) for i in range(3))
-    ours = mx.grad(lambda *a: (K.attention(*a, 0.3) ** 2).sum(), argnums=(0, 1, 2))(q, k, v)
-    ref = mx.grad(lambda *a: (mx.fast.scaled_dot_product_attention(*a, scale=0.3) ** 2).sum(), argnums=(0, 1, 2))(q, k, v)
-    for a, b in zip(ours, ref):
-        assert rel(a, b) < 1e-5  # measured 1e-7 .. 5e-7
+@pytest.mark.linux
+@pytest.mark.parametrize("c", [1, 7, 384, 1031])
+def test_layer_norm(K, c):
+    x = normal(3, 5, c) * 3 + 1
+    ln = nn.LayerNorm(c, eps=1e-6)
+    ln.update({"weight": normal(c, seed=1), "bias": normal(c, seed=2)})
+    assert rel(K.layer_norm(x, ln.weight, ln.bias, 1e-6), ln(x)) < 1e-5
+    plain = nn.LayerNorm(c, eps=1e-5, affine=False)
+    assert rel(K.layer_norm(x, None, None, 1e-5), plain(x)) < 1e-5
+    grads = mx.grad(lambda x: (K.layer_norm(x, ln.weight, ln.bias, 1e-6) ** 3).sum())(x)
+    assert rel(grads, mx.grad(lambda x: (ln(x) ** 3).sum())(x)) < 1e-4
 
 
-@pytest.mark.parametrize("mask", [None, "full", "per_head", "2d", "keys"])
-def test_threaded_attention_matches_sdpa(monkeypatch, mask):
-    monkeypatch.setattr(K, "THREADED_MIN_SCORES", 0)
-    monkeypatch.setattr(K, "_CHUNK", 2 * 40 * 40)  # two heads per chunk: several chunks per image
-    monkeypatch.setattr(K, "_ROW_BLOCK", 7 * 40)  # several NumPy blocks per worker
-    rng = np.random.default_rng(2)
-    q, k, v = (mx.array(rng.standard_normal((2, 5, 40, 8)).astype(np.float32) * 2) for _ in range(3))
-    full = mx.array(rng.standard_normal((2, 5, 40, 40)).astype(np.float32))
-    m = {None: None, "full": full, "per_head": full[:1], "2d": full[0, 0],
-         "keys": mx.where(mx.arange(40) < 30, 0.0, -mx.inf)[None, None, None, :]}[mask]
-    calls = []
-    real = K._softmax_product
-    monkeypatch.setattr(K, "_softmax_product", lambda *a: calls.append(1) or real(*a))
-    got = K.attention(q, k, v, 0.3, m)
-    assert len(calls) == 2 * 3  # the threaded path ran: 2 images x 3 head groups
-    want = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=m)
-    assert rel(got, want) < 1e-5  # measured 2e-7 .. 4e-7
-    assert K.attention(q.astype(mx.bfloat16), k, v, 0.3, m).dtype == mx.bfloat16
+@pytest.mark.linux
+def test_activations_keep_nan_and_inf(K):
+    x = mx.array([float("nan"), float("inf"), -float("inf"), -20.0, -1.0, 0.0, 0.5, 3.0, 50.0] * 3)
+    for act, fn in (("gelu", nn.gelu), ("relu", nn.relu), ("gelu_tanh", nn.gelu_approx)):
+        got, want = np.array(K.activation(x, act)), np.array(fn(x))
+        assert np.isnan(got[0]) and np.allclose(got[1:], want[1:], rtol=1e-5, atol=1e-6, equal_nan=True), act
 
 
-def test_threaded_attention_gradients_and_transforms(monkeypatch):
-    monkeypatch.setattr(K, "THREADED_MIN_SCORES", 0)
-    q, k, v = (mx.random.normal((2, 3, 30, 8), key=mx.random.key(i)) for i in range(3))
-    bias = mx.random.normal((1, 3, 30, 30), key=mx.random.key(9))
-    for m in (None, bias):
-        def loss(*a, m=m):
-            return (K.attention(*a, 0.3, m) ** 2).sum()
-
-        def ref_loss(*a, m=m):
-            return (mx.fast.scaled_dot_product_attention(*a, scale=0.3, mask=m) ** 2).sum()
-
-        ours = mx.grad(loss, argnums=(0, 1, 2))(q, k, v)
-        ref = mx.grad(ref_loss, argnums=(0, 1, 2))(q, k, v)
-        for a, b in zip(ours, ref):
-            assert rel(a, b) < 1e-5  # measured 1e-7 .. 4e-7
-    want = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3)
-    # mx.compile and mx.vmap cannot evaluate inside: the MLX path runs instead, same numbers
-    assert rel(mx.compile(lambda *a: K.attention(*a, 0.3))(q, k, v), want) < 1e-5
-    got = mx.vmap(lambda a, b, c: K.attention(a, b, c, 0.3))(q[:, None], k[:, None], v[:, None])
-    assert rel(got[:, 0], want) < 1e-5
+# ------------------------------------------------------------------------------ attention
 
 
-def test_threaded_attention_leaves_inputs_alone(monkeypatch):
-    monkeypatch.setattr(K, "THREADED_MIN_SCORES", 0)
-    q, k, v = (mx.random.normal((1, 2, 20, 4), key=mx.random.key(i)) for i in range(3))
-    before = [np.array(t) for t in (q, k, v)]
-    scores = q @ k.swapaxes(-1, -2)
-    mx.eval(scores)
-    kept = np.array(scores)
-    K.attention(q, k, v, 1.0, scores)  # a mask array the caller still holds
-    for t, b in zip((q, k, v, scores), before + [kept]):
-        assert np.array_equal(np.array(t), b)
+def sdpa(q, k, v, scale, bias=None):
+    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=bias)
 
 
-@pytest.mark.parametrize("batch", [1, 3])
-@pytest.mark.parametrize("kernel,padding,size", [
-    (3, 1, (33, 40)), (1, 0, (33, 40)), (3, 0, (34, 35)), (5, 2, (37, 30)), ((3, 1), (1, 0), (36, 33)), (2, 0, (35, 33)),
-])
-def test_conv2d_matches_mlx(batch, kernel, padding, size):
-    x = mx.random.normal((batch, *size, 6), key=mx.random.key(batch))
-    for bias in (True, False):
-        conv = L.Conv2d(6, 5, kernel, padding=padding, bias=bias)
-        assert size[0] * size[1] >= conv.MIN_PIXELS  # the fast path runs
-        want = nn.Conv2d.__call__(conv, x)
-        got = conv(x)
-        assert got.shape == want.shape and rel(got, want) < 1e-5  # measured < 1e-6
-        half = conv(x.astype(mx.bfloat16))
-        assert half.dtype == mx.bfloat16 and rel(half, want) < 2e-2  # bfloat16 rounding; measured 4e-3
+@pytest.mark.linux
+@pytest.mark.parametrize("nq,nk", [(1, 1), (33, 33), (300, 77), (577, 577), (260, 2100)])
+@pytest.mark.parametrize("bias_shape", [None, "heads", "batch", "rows"])
+def test_attention_matches_sdpa(K, nq, nk, bias_shape):
+    b, h, d = 2, 3, 40
+    q = normal(b, nq, h, d).transpose(0, 2, 1, 3)  # the models' (B, N, H, D) views
+    k, v = normal(b, nk, h, d, seed=1).transpose(0, 2, 1, 3), normal(b, h, nk, d, seed=2)
+    bias = {None: None, "heads": normal(1, h, nq, nk, seed=3), "batch": normal(b, 1, nq, nk, seed=3),
+            "rows": normal(nq, 1, seed=3)}[bias_shape]
+    if bias_shape == "rows":  # one value per query row, broadcast over the keys
+        bias = mx.broadcast_to(bias, (nq, nk))
+    got = K.attention(q, k, v, 0.3, bias)
+    assert rel(got, sdpa(q, k, v, 0.3, bias)) < 1e-5
+    tokens = got.transpose(0, 2, 1, 3)  # back to (B, N, H, D): the kernel's memory layout already
+    assert rel(tokens.reshape(b, nq, h * d), sdpa(q, k, v, 0.3, bias).transpose(0, 2, 1, 3).reshape(b, nq, -1)) < 1e-5
 
 
-def test_conv2d_strided_and_small_maps_use_mlx():
-    # stride 2 is not a fast path: exactly MLX's result
-    conv = L.Conv2d(4, 4, 3, stride=2, padding=1)
-    x = mx.random.normal((1, 40, 40, 4))
+@pytest.mark.linux
+def test_attention_masks_half_and_odd_layouts(K):
+    q, k, v = normal(1, 2, 50, 16), normal(1, 2, 70, 16, seed=1), normal(1, 2, 70, 16, seed=2)
+    mask = mx.where(mx.arange(70)[None] % 3 == 0, -float("inf"), 0.0)  # a third of the keys masked
+    assert rel(K.attention(q, k, v, 0.25, mask), sdpa(q, k, v, 0.25, mask)) < 1e-5
+    half = [t.astype(mx.bfloat16) for t in (q, k, v)]
+    got = K.attention(*half, 0.25)
+    assert got.dtype == mx.bfloat16 and rel(got, sdpa(q, k, v, 0.25)) < 2e-2
+    kt = normal(1, 2, 16, 70, seed=1).swapaxes(-1, -2)  # head dimension not contiguous: gathered first
+    assert rel(K.attention(q, kt, v, 0.25), sdpa(q, kt, v, 0.25)) < 1e-5
+
+
+@pytest.mark.linux
+def test_attention_gradients_and_transforms(K):
+    q, k, v = normal(1, 2, 30, 8), normal(1, 2, 45, 8, seed=1), normal(1, 2, 45, 8, seed=2)
+    bias = normal(1, 2, 30, 45, seed=3)
+
+    def loss(fn):
+        return lambda q, k, v, bias: (fn(q, k, v, 0.5, bias) ** 2).sum()
+
+    ours = mx.grad(loss(K.attention), argnums=(0, 1, 2, 3))(q, k, v, bias)
+    want = mx.grad(loss(sdpa), argnums=(0, 1, 2, 3))(q, k, v, bias)
+    assert all(rel(g, h) < 1e-4 for g, h in zip(ours, want))
+    compiled = mx.compile(lambda q, k, v: K.attention(q, k, v, 0.5))
+    assert rel(compiled(q, k, v), sdpa(q, k, v, 0.5)) < 1e-5
+    batched = mx.vmap(lambda q: K.attention(q, k, v, 0.5))(mx.stack([q, q * 2]))
+    assert rel(batched[1], sdpa(q * 2, k, v, 0.5)) < 1e-5
+
+
+@pytest.mark.linux
+@pytest.mark.parametrize("threads", [1, 3])
+def test_any_thread_count_gives_the_same_numbers(K, threads):
+    q, k, v = normal(1, 4, 300, 32), normal(1, 4, 300, 32, seed=1), normal(1, 4, 300, 32, seed=2)
+    x, w = normal(500, 96), normal(200, 96, seed=1)
+    before = K.attention(q, k, v, 0.2), K.linear(x, w, act="gelu")
+    mx.eval(before)
+    try:
+        assert cpu.set_threads(threads) == threads and K.threads() == threads
+        after = K.attention(q, k, v, 0.2), K.linear(x, w, act="gelu")
+        assert all(rel(a, b) < 1e-6 for a, b in zip(after, before))
+    finally:
+        cpu.set_threads()
+    assert K.threads() == native.default_threads()
+
+
+# ------------------------------------------------------------------------------ convolutions, resizes
+
+
+@pytest.mark.linux
+@pytest.mark.parametrize("kernel,stride,padding,dilation", [(3, 1, 1, 1), (1, 1, 0, 1), (3, 2, 1, 1), (7, 2, 3, 1),
+                                                            (3, 1, 2, 2), (4, 4, 0, 1)])
+def test_conv2d_matches_mlx(K, kernel, stride, padding, dilation):
+    x, w, b = normal(2, 23, 31, 12), normal(10, kernel, kernel, 12, seed=1), normal(10, seed=2)
+    want = mx.conv2d(x, w, stride=stride, padding=padding, dilation=dilation) + b
+    got = K.conv2d(x, w, b, (stride, stride), (padding, padding), (dilation, dilation))
+    assert rel(got, want) < 1e-5
+    r = normal(*want.shape, seed=3)
+    fused = K.conv2d(x, w, b, (stride, stride), (padding, padding), (dilation, dilation), True, "relu", r)
+    want = nn.relu(mx.conv2d(nn.relu(x), w, stride=stride, padding=padding, dilation=dilation) + b) + r
+    assert rel(fused, want) < 1e-5
+
+
+@pytest.mark.linux
+def test_conv2d_half_strided_input_and_gradients(K):
+    x = normal(1, 12, 40, 9).transpose(0, 2, 1, 3)  # a transposed view
+    w, b = normal(5, 3, 3, 9, seed=1), normal(5, seed=2)
+    assert rel(K.conv2d(x, w, b, (1, 1), (1, 1), (1, 1)), mx.conv2d(x, w, padding=1) + b) < 1e-5
+    got = K.conv2d(x.astype(mx.float16), w.astype(mx.float16), b, (1, 1), (1, 1), (1, 1))
+    assert got.dtype == mx.float16 and rel(got, mx.conv2d(x, w, padding=1) + b) < 5e-3
+    ours = mx.grad(lambda x, w: (K.conv2d(x, w, b, (1, 1), (1, 1), (1, 1), True) ** 2).sum(), argnums=(0, 1))(x, w)
+    want = mx.grad(lambda x, w: ((mx.conv2d(nn.relu(x), w, padding=1) + b) ** 2).sum(), argnums=(0, 1))(x, w)
+    assert all(rel(g, h) < 1e-4 for g, h in zip(ours, want))
+
+
+@pytest.mark.linux
+@pytest.mark.parametrize("k", [2, 4])
+def test_patch_conv_transpose(K, k):
+    x, w, b = normal(2, 7, 5, 12), normal(6, k, k, 12, seed=1), normal(6, seed=2)
+    assert rel(K.conv_transpose_patch(x, w, b), mx.conv_transpose2d(x, w, stride=k) + b) < 1e-5
+    assert rel(K.conv_transpose_patch(x, w), mx.conv_transpose2d(x, w, stride=k)) < 1e-5
+
+
+@pytest.mark.linux
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("size", [(70, 29), (1, 1), (23, 31), (46, 62)])
+def test_resize_matches_interpolate(mode, align_corners, size):
+    x = normal(2, 23, 31, 5)
+    layer = L.Resize()
+    got = layer(x, size, mode, align_corners)
+    assert rel(got, interpolate(x, size, mode, align_corners)) < 1e-5
+    assert got.dtype == x.dtype and layer(x.astype(mx.float16), size, mode, align_corners).dtype == mx.float16
+    grad = mx.grad(lambda x: (layer(x, size, mode, align_corners) ** 2).sum())(x)
+    assert rel(grad, mx.grad(lambda x: (interpolate(x, size, mode, align_corners) ** 2).sum())(x)) < 1e-4
+
+
+# ------------------------------------------------------------------------------ the swap
+
+
+def test_accelerate_swaps_layers_and_keeps_arrays(monkeypatch):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(2, 2, 3)
+            self.b = [dpt_layers.GELU(), nn.Linear(4, 4), nn.LayerNorm(4)]
+            self.c = dpt_layers.ScaledDotProductAttention()
+            self.d = {"resize": dpt_layers.Resize(), "grouped": nn.Conv2d(4, 4, 3, groups=2)}
+
+    net = Net()
+    before = dict(mlx_utils.tree_flatten(net.parameters()))
+    cpu.accelerate(net)
+    if native.kernels() is None:  # no kernels on this platform: the model is left as it is
+        assert not cpu.is_accelerated(net)
+        return
+    assert type(net.a) is L.Conv2d and [type(m) for m in net.b] == [L.GELU, L.Linear, L.LayerNorm]
+    assert type(net.c) is L.Attention and type(net.d["resize"]) is L.Resize and cpu.is_accelerated(net)
+    x = normal(1, 9, 9, 4)
+    assert rel(net.d["grouped"](x), nn.Conv2d.__call__(net.d["grouped"], x)) == 0.0  # MLX's own for groups
+    after = dict(mlx_utils.tree_flatten(net.parameters()))
+    assert before.keys() == after.keys() and all(before[k] is after[k] for k in before)
+    monkeypatch.setenv("DPT_MLX_FAST_KERNELS", "0")
+    plain = Net()
+    cpu.accelerate(plain)
+    assert not cpu.is_accelerated(plain) and type(plain.a) is nn.Conv2d
+
+
+def test_cpu_layers_use_mlx_off_the_cpu_device(monkeypatch):
+    x = mx.random.normal((1, 40, 40, 3))
+    conv = L.Conv2d(3, 2, 3, padding=1)
+    monkeypatch.setattr(L, "on_cpu", lambda: False)
     assert rel(conv(x), nn.Conv2d.__call__(conv, x)) == 0.0
-    small = L.Conv2d(4, 4, 3, padding=1)
-    x = mx.random.normal((1, 8, 8, 4))  # fewer pixels than MIN_PIXELS: MLX's own conv
-    assert rel(small(x), nn.Conv2d.__call__(small, x)) == 0.0
 
 
-def test_fast_layers_keep_arrays_and_names():
-    lin = nn.Linear(8, 4)
-    assert cpu.layers.fast_layer(lin) is lin  # float32: nothing to do
-    lin.set_dtype(mx.float16)
-    fast = cpu.layers.fast_layer(lin)
-    assert type(fast) is L.Linear and fast.weight is lin.weight and fast.bias is lin.bias
-    x = mx.random.normal((3, 8)).astype(mx.float16)
-    assert fast(x).dtype == mx.float16
-    assert rel(fast(x), nn.Linear.__call__(fast, x)) < 5e-3  # measured 8e-4
-    conv = nn.Conv2d(3, 4, 3, padding=1)
-    fast = cpu.layers.fast_layer(conv)
-    assert type(fast) is L.Conv2d and fast.weight is conv.weight and sorted(fast.keys()) == sorted(conv.keys())
-    assert fast.padding == conv.padding and fast.stride == conv.stride
-    up = nn.ConvTranspose2d(4, 4, 2, stride=2)
-    assert type(cpu.layers.fast_layer(up)) is L.PatchConvTranspose2d
-    assert cpu.layers.fast_layer(nn.ConvTranspose2d(4, 4, 3, stride=2)) is not None
-    assert type(cpu.layers.fast_layer(nn.ConvTranspose2d(4, 4, 3, stride=2))) is nn.ConvTranspose2d
-    assert type(cpu.layers.fast_layer(nn.GELU())) is L.GELU
-    assert type(cpu.layers.fast_layer(nn.GELU(approx="precise"))) is nn.GELU
-    assert type(cpu.layers.fast_layer(dpt_layers.ScaledDotProductAttention())) is L.Attention
+def test_without_the_kernels_models_run_mlx_and_say_why_once(monkeypatch, capsys):
+    monkeypatch.setattr(native, "_state", {"module": None, "why": "the CPU kernels were not built (test)"})
+    monkeypatch.setattr(cpu, "_noted", set())
+    for _ in range(2):
+        net = nn.Sequential(nn.Linear(3, 3))
+        assert cpu.accelerate(net) is net and not cpu.is_accelerated(net)
+    assert capsys.readouterr().err.count("the CPU kernels were not built (test)") == 1
+    info = cpu.cpu_info()
+    assert info["kernels"] is False and info["note"].startswith("the CPU kernels were not built")
+    assert cpu.images_per_pass(8, 64, 64) == 8
 
 
-def test_patch_conv_transpose_matches_mlx():
-    up = nn.ConvTranspose2d(5, 3, 4, stride=4)
-    x = mx.random.normal((2, 6, 7, 5))
-    fast = cpu.layers.fast_layer(up)
-    assert rel(fast(x), up(x)) < 1e-5
+@pytest.mark.linux
+def test_a_kernel_build_for_another_mlx_is_not_used(monkeypatch):
+    class Built:
+        built_with_mlx = "0.0.1"
+
+    monkeypatch.setattr(native.importlib, "import_module", lambda name: Built())
+    state = native._load()
+    assert state["module"] is None and "built for mlx 0.0.1 but mlx" in state["why"]
+
+
+@pytest.mark.linux
+def test_kernels_load_on_linux_and_leave_mlx_alone(tmp_path):
+    """The kernels are there after the README's install, and loading and running a model changes
+    nothing of MLX for other code: no unprefixed BLAS symbol enters the process's global scope (it
+    would answer libmlx's own calls), and MLX's matmul gives what it gave before."""
+    script = textwrap.dedent("""
+        import ctypes, mlx.core as mx, mlx.nn as nn, numpy as np
+        import dpt_mlx
+        from dpt_mlx import cpu
+        a, b = mx.random.normal((64, 80)), mx.random.normal((80, 48))
+        before = np.array(a @ b)
+        net = cpu.accelerate(nn.Sequential(nn.Linear(80, 48), nn.LayerNorm(48)))
+        mx.eval(net(a))
+        info = cpu.cpu_info()
+        assert info["kernels"] and info["note"] is None and info["threads"] >= 1 and info["blas"], info
+        assert cpu.is_accelerated(net)
+        for name in ("cblas_sgemm", "sgemm_", "cblas_sgemv"):  # the names libmlx calls
+            assert not hasattr(ctypes.CDLL(None), name), name
+        assert (np.array(a @ b) == before).all()
+        print("ok", info["blas"].split()[0])
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.startswith("ok"), run.stderr[-2000:]
+
+
+@pytest.mark.x86_64
+@pytest.mark.linux
+def test_openblas_kernels_follow_the_cpu_not_openblas_coretype():
+    """A machine may set OPENBLAS_CORETYPE for its other OpenBLAS copies; the kernels' copy picks
+    its kernels from the CPU (or from DPT_MLX_OPENBLAS_CORETYPE), and the setting stays as it was."""
+    script = ("import os; from dpt_mlx import cpu; info = cpu.cpu_info(); "
+              "print(info['blas']); print(os.environ.get('OPENBLAS_CORETYPE'))")
+
+    def run(**env):
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, **env})
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.splitlines()
+
+    blas, coretype = run(OPENBLAS_CORETYPE="Prescott")  # OpenBLAS names that core Katmai
+    assert "Katmai" not in blas and coretype == "Prescott"
+    blas, _ = run(OPENBLAS_CORETYPE="Haswell", DPT_MLX_OPENBLAS_CORETYPE="Prescott")
+    assert "Katmai" in blas
 
 
 def test_half_batch_norm_keeps_float32_statistics():
@@ -219,42 +346,3 @@ def test_half_batch_norm_keeps_float32_statistics():
     assert rel(plain(x.astype(mx.float16)), bn(x)) > 0.5  # those channels come out as zeros
 
 
-def test_accelerate_swaps_exact_types_only(monkeypatch):
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = nn.Conv2d(2, 2, 3)
-            self.b = [nn.GELU(), nn.Linear(4, 4)]
-            self.c = dpt_layers.ScaledDotProductAttention()
-
-    net = Net()
-    before = dict(mlx_utils.tree_flatten(net.parameters()))
-    cpu.accelerate(net)
-    assert type(net.a) is L.Conv2d and type(net.b[0]) is L.GELU and type(net.b[1]) is nn.Linear
-    assert type(net.c) is L.Attention and cpu.is_accelerated(net)
-    after = dict(mlx_utils.tree_flatten(net.parameters()))
-    assert before.keys() == after.keys() and all(before[k] is after[k] for k in before)
-    monkeypatch.setenv("DPT_MLX_FAST_KERNELS", "0")
-    plain = Net()
-    cpu.accelerate(plain)
-    assert not cpu.is_accelerated(plain) and type(plain.a) is nn.Conv2d
-
-
-def test_cpu_layers_use_mlx_off_the_cpu_device(monkeypatch):
-    x = mx.random.normal((1, 40, 40, 3))
-    conv = L.Conv2d(3, 2, 3, padding=1)
-    monkeypatch.setattr(L, "on_cpu", lambda: False)
-    assert rel(conv(x), nn.Conv2d.__call__(conv, x)) == 0.0
-
-
-@pytest.mark.parametrize("threads", [1, 3])
-def test_threaded_attention_any_thread_count(monkeypatch, threads):
-    monkeypatch.setattr(K, "THREADED_MIN_SCORES", 0)
-    q, k, v = (mx.random.normal((1, 4, 33, 8), key=mx.random.key(i)) for i in range(3))
-    K.set_threads(threads)
-    try:
-        assert K._threads == threads and bool(K._workers()) == (threads > 1)
-        got = K.attention(q, k, v, 0.5)
-    finally:
-        K.set_threads()
-    assert rel(got, mx.fast.scaled_dot_product_attention(q, k, v, scale=0.5)) < 1e-5

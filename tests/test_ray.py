@@ -34,7 +34,7 @@ TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermed
             patch_size=8, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 24, 32], fusion_hidden_size=16)
 LABELS = {0: "wall", 1: "floor", 2: "table", 3: "cup", 4: "plate"}
 SIZES = [(48, 64), (61, 97), (40, 40), (75, 52)]  # (H, W): every one a different model input with keep_aspect_ratio
-ONE_THREAD = dict(os.environ, DPT_MLX_BLAS_THREADS="1", OMP_NUM_THREADS="1")  # as a worker with one CPU computes
+ONE_THREAD = dict(os.environ, DPT_MLX_THREADS="1", OMP_NUM_THREADS="1")  # as a worker with one CPU computes
 
 
 @pytest.fixture

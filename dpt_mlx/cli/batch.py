@@ -137,7 +137,7 @@ def _start(ray, args) -> bool:
         if args.address:
             ray.init(address=args.address, logging_level=level)
         else:
-            from ..cpu.providers import cpu_count
+            from ..cpu.native import cpu_count
 
             ray.init(address="local", num_cpus=cpu_count(), logging_level=level)  # a new one, never another's
     except (ConnectionError, RuntimeError, ValueError, OSError) as e:

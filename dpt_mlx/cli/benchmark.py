@@ -15,11 +15,17 @@ the report gives the median time per image, their ratio, images per second, and 
 forward pass adds on top of the loaded model, for the first pass and through a second one, each
 measured in a fresh process (dpt_mlx.cli.benchmark_memory).
 
+Each time is also set against the machine's limit: the model's FLOPs for one batch-1 forward pass,
+counted once with torch's FlopCounterMode on the reference model and the input the timing uses
+(2 per multiply-add of the matmuls, convolutions and attention; scaled by the batch size), and
+the best float32 rate of a 2048^3 matmul in PyTorch at the benchmark's thread count, measured at
+the start of the run (the sgemm peak). ``%peak`` is FLOPs / time / that peak, for each library.
+
 The precision table compares float16, bfloat16, 8-bit and 4-bit weights (see dpt_mlx.io.quantize)
 against our float32 output on the same input: max and mean absolute difference of the depth
 map relative to the float32 map's range (max - min), and the weights' size.
 
-The BLAS that MLX uses is reported as dpt_mlx.cpu.blas.blas_info() gives it after the models
+The BLAS of the CPU path is reported as dpt_mlx.cpu.blas_info() gives it after the models
 are loaded (dpt_mlx chooses it on the first model load on the CPU). torch and transformers are
 needed, also with --no-torch: the checkpoints are built with transformers.
 """
@@ -35,12 +41,12 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 from .. import cpu
-from ..cpu import kernels
-from ..cpu.blas import blas_info
+from ..cpu import blas_info
+from ..cpu import set_threads as set_kernel_threads
 from ..errors import UsageError
 from ..io.checkpoint import DTYPES
 from ..io.files import atomic_write_text
-from .benchmark_models import MODELS, BenchOptions, ModelResult, bench_model, blas_name, format_mib
+from .benchmark_models import MODELS, BenchOptions, ModelResult, bench_model, blas_name, format_mib, sgemm_peak_gflops
 from .console import EXIT_ERROR, EXIT_OK, ArgumentParser, positive_int, print_error
 
 INSTALL_HINT = 'pip install torch==2.13.0 && pip install -e ".[test]"'
@@ -67,6 +73,7 @@ class Machine:
     blas_threads: int | None
     fast_cpu_kernels: bool
     load_average: tuple[float, float, float]  # at the start
+    sgemm_peak_gflops: float | None = None  # PyTorch's best float32 2048^3 matmul rate, at torch_threads
 
 
 def _cpu_model() -> str:
@@ -106,25 +113,28 @@ def with_blas(machine: Machine) -> Machine:
 
 
 def set_threads(n: int) -> None:
-    """Use ``n`` threads in PyTorch, in the BLAS that MLX calls and in our attention softmax.
-
-    The BLAS takes its thread count from ``DPT_MLX_BLAS_THREADS`` when dpt_mlx loads it, on the
-    first model load (here and in the memory measurement's processes).
-    """
+    """Use ``n`` threads in PyTorch and in dpt_mlx's CPU kernels (here and, through the
+    environment, in the memory measurement's processes)."""
     import torch
 
-    os.environ["DPT_MLX_BLAS_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(n)
+    os.environ["DPT_MLX_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(n)
     torch.set_num_threads(n)
-    kernels.set_threads(n)
+    set_kernel_threads(n)
 
 
 # ------------------------------------------------------------------------------------- report
 
 
+def _format_percent(share: float | None, width: int) -> str:
+    return f"{'-':>{width}}" if share is None else f"{100 * share:>{width}.1f}"
+
+
 def _speed_lines(results: list[ModelResult]) -> list[str]:
-    lines = [(f"{'model':<22}{'input':>9}{'batch':>6}{'mlx s/img':>11}{'torch s/img':>12}{'ratio':>7}"
-              f"{'mlx img/s':>10}{'torch img/s':>12}{'mlx +MiB':>9}{'torch +MiB':>11}{'2nd pass':>15}")]
+    lines = [(f"{'model':<22}{'input':>9}{'batch':>6}{'GFLOP':>8}{'mlx s/img':>11}{'torch s/img':>12}{'ratio':>7}"
+              f"{'mlx img/s':>10}{'torch img/s':>12}{'mlx %peak':>10}{'torch %peak':>12}"
+              f"{'mlx +MiB':>9}{'torch +MiB':>11}{'2nd pass':>15}")]
     for r in results:
+        gflop = f"{r.flops / 1e9:>8.1f}" if r.flops else f"{'-':>8}"
         for row in r.speed:
             bs, torch_s = row.batch, row.torch_s
             mlx_added = row.mlx_memory.rss_added_mib if row.mlx_memory else None
@@ -132,9 +142,10 @@ def _speed_lines(results: list[ModelResult]) -> list[str]:
             mlx_second = row.mlx_memory.rss_added_second_mib if row.mlx_memory else None
             torch_second = row.torch_memory.rss_added_second_mib if row.torch_memory else None
             lines.append(
-                f"{r.model:<22}{'x'.join(map(str, r.input)):>9}{bs:>6}{row.mlx_s / bs:>11.3f}"
+                f"{r.model:<22}{'x'.join(map(str, r.input)):>9}{bs:>6}{gflop}{row.mlx_s / bs:>11.3f}"
                 + (f"{torch_s / bs:>12.3f}{row.ratio:>7.2f}" if torch_s is not None else f"{'-':>12}{'-':>7}")
                 + f"{bs / row.mlx_s:>10.2f}" + (f"{bs / torch_s:>12.2f}" if torch_s is not None else f"{'-':>12}")
+                + _format_percent(row.mlx_peak_share, 10) + _format_percent(row.torch_peak_share, 12)
                 + f"{format_mib(mlx_added):>9}{format_mib(torch_added):>11}"
                 + f"{format_mib(mlx_second) + ' / ' + format_mib(torch_second):>15}"
             )
@@ -150,10 +161,16 @@ def _precision_lines(results: list[ModelResult]) -> list[str]:
     return lines
 
 
+def _peak_text(machine: Machine) -> str:
+    if machine.sgemm_peak_gflops is None:
+        return ""
+    return f"; sgemm peak {machine.sgemm_peak_gflops:.0f} GFLOP/s (torch float32 2048^3, x{machine.torch_threads})"
+
+
 def summary(machine: Machine, results: list[ModelResult]) -> str:
     lines = [
         "",
-        f"machine: {machine.cpu}, {machine.usable_cores} usable cores, {machine.os}",
+        f"machine: {machine.cpu}, {machine.usable_cores} usable cores, {machine.os}{_peak_text(machine)}",
         (f"mlx {machine.mlx} ({machine.mlx_device}), BLAS {machine.blas} x{machine.blas_threads}; "
          f"torch {machine.torch} x{machine.torch_threads}, transformers {machine.transformers}; "
          f"load average at start {machine.load_average[0]:.2f}, at end {os.getloadavg()[0]:.2f}"),
@@ -163,6 +180,8 @@ def summary(machine: Machine, results: list[ModelResult]) -> str:
     if any(r.precision for r in results):
         lines += ["", *_precision_lines(results)]
     lines.append("")
+    lines.append("GFLOP: one image's forward pass (torch's FlopCounterMode: matmuls, convolutions, attention);")
+    lines.append("%peak: GFLOP / (s/img) as a percentage of the sgemm peak above (float32, whatever --dtype).")
     lines.append("+MiB: peak resident memory a forward pass adds to the loaded model (VmHWM - VmRSS before it);")
     lines.append("2nd pass: the same peak through a second pass, mlx / torch (caches filled).")
     return "\n".join(lines)
@@ -243,14 +262,14 @@ def main(argv=None) -> int:
         return EXIT_ERROR
     if args.threads is not None:
         set_threads(args.threads)  # before any model loads: the BLAS reads its thread count then
-    machine = machine_info()
+    machine = dataclasses.replace(machine_info(), sgemm_peak_gflops=sgemm_peak_gflops())
     log(f"{machine.cpu} ({machine.usable_cores} cores), mlx {machine.mlx}, torch {machine.torch} "
-        f"x{machine.torch_threads}, load {machine.load_average[0]:.2f}")
+        f"x{machine.torch_threads}, load {machine.load_average[0]:.2f}{_peak_text(machine)}")
     results = []
     for name in names:
         spec = MODELS[name]
         log(f"{name} ({spec.checkpoint}-shaped, {'x'.join(map(str, spec.input_size))}):")
-        results.append(bench_model(spec, options, log))
+        results.append(bench_model(spec, options, log, machine.sgemm_peak_gflops))
     machine = with_blas(machine)
     print(summary(machine, results))
     if args.json:

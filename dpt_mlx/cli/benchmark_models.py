@@ -1,5 +1,6 @@
 """The benchmark's models and measurements: checkpoints shaped like released ones with random weights at a
-trained network's scale, the side-by-side timing against transformers, and the precision table.
+trained network's scale, the side-by-side timing against transformers, how far each time is from the
+machine's limit (the model's FLOPs against PyTorch's float32 matmul rate), and the precision table.
 
 Every checkpoint is built with transformers (torch is needed even with ``--no-torch``), saved with
 ``save_pretrained`` into a temporary directory and loaded from there by both libraries.
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 import numpy as np
 
-from ..cpu.blas import blas_info
+from ..cpu import blas_info
 from ..io.quantize import quantize_model
 from ..models import load_model
 from .benchmark_memory import ForwardMemory, bench_inputs, forward_memory, weights_mib
@@ -93,6 +94,18 @@ def format_mib(v) -> str:
     return "n/a" if v is None else f"{v:,.0f}"
 
 
+def format_share(share: float | None) -> str:
+    """``share`` of the sgemm peak as the log line shows it: ", 12.3% of peak", or nothing."""
+    return "" if share is None else f", {100 * share:.1f}% of peak"
+
+
+def peak_share(flops: float | None, seconds: float | None, peak_gflops: float | None) -> float | None:
+    """The fraction of the sgemm peak that ``flops`` done in ``seconds`` reach; None where a figure is missing."""
+    if not (flops and seconds and peak_gflops):
+        return None
+    return flops / seconds / (peak_gflops * 1e9)
+
+
 @dataclass
 class SpeedRow:
     """One batch size: median seconds per call of each library (torch fields None with --no-torch)."""
@@ -106,6 +119,14 @@ class SpeedRow:
     rel_err_vs_torch: float | None = None  # max |ours - theirs| / max |theirs|
     mlx_memory: ForwardMemory | None = None
     torch_memory: ForwardMemory | None = None
+    mlx_peak_share: float | None = None  # FLOPs / mlx_s / sgemm peak
+    torch_peak_share: float | None = None  # FLOPs / torch_s / sgemm peak
+
+    def set_peak_shares(self, flops_per_image: int | None, peak_gflops: float | None) -> None:
+        """Each library's share of the sgemm peak on this batch (None where a figure is missing)."""
+        flops = flops_per_image * self.batch if flops_per_image else None
+        self.mlx_peak_share = peak_share(flops, self.mlx_s, peak_gflops)
+        self.torch_peak_share = peak_share(flops, self.torch_s, peak_gflops)
 
     def to_json(self) -> dict:
         out = {k: v for k, v in vars(self).items() if v is not None}
@@ -114,11 +135,15 @@ class SpeedRow:
                 out[key] = out[key].to_json()
         return out
 
-    def line(self) -> str:
+    def line(self, flops_per_image: int | None = None) -> str:
         bs = self.batch
-        text = f"batch {bs}: mlx {self.mlx_s / bs:.3f} s/img ({bs / self.mlx_s:.2f} img/s)"
+        text = f"batch {bs}"
+        if flops_per_image:
+            text += f" ({flops_per_image / 1e9:.1f} GFLOP/img)"
+        text += f": mlx {self.mlx_s / bs:.3f} s/img ({bs / self.mlx_s:.2f} img/s{format_share(self.mlx_peak_share)})"
         if self.torch_s is not None:
-            text += (f" | torch {self.torch_s / bs:.3f} s/img ({bs / self.torch_s:.2f} img/s)"
+            text += (f" | torch {self.torch_s / bs:.3f} s/img ({bs / self.torch_s:.2f} img/s"
+                     f"{format_share(self.torch_peak_share)})"
                      f" | ratio {self.ratio:.2f} | rel err vs torch {self.rel_err_vs_torch:.1e}")
         if self.mlx_memory is not None:
             m = self.mlx_memory
@@ -156,6 +181,7 @@ class ModelResult:
     precision: list[PrecisionRow] = field(default_factory=list)
     profile: dict | None = None  # --profile: seconds per stage, {"mlx": {...}, "torch": {...}}
     folder: dict | None = None  # --folder-run: seconds and images per second of both folder runs
+    flops: int | None = None  # one batch-1 forward pass of the reference (FlopCounterMode: see count_flops)
 
     def to_json(self) -> dict:
         out = dict(vars(self))
@@ -176,6 +202,52 @@ class BenchOptions:
     memory: bool
     profile: bool = False
     folder_images: int = 0  # --folder-run: photos in the folder run (0: none)
+
+
+# ------------------------------------------------------------------------------------- the machine's limit
+
+
+def sgemm_peak_gflops(n: int = 2048, runs: int = 8) -> float:
+    """The best rate of an n x n x n float32 matmul in PyTorch at its current thread count, in GFLOP/s:
+    the limit the timings are set against (best of ``runs`` after a warm-up)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    a, b, out = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen), torch.empty(n, n)
+    torch.mm(a, b, out=out)
+    best = math.inf
+    for _ in range(runs):
+        t = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of an attention kernel: Q K^T and P V, 4*B*H*Nq*Nk*D (torch's formula for its GPU kernels)."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def count_flops(ref, x: np.ndarray, prompt: np.ndarray | None, tdtype) -> int:
+    """FLOPs of one forward pass of the reference on ``x`` (and the depth ``prompt``), counted by torch's
+    FlopCounterMode: 2 per multiply-add of every matmul, linear layer, convolution and attention product;
+    norms, softmax, activations and resizes are not counted.
+
+    FlopCounterMode (torch 2.13) has no formula for the CPU's fused attention,
+    ``aten._scaled_dot_product_flash_attention_for_cpu``, and would count it as 0: where the registry
+    lacks it, it is registered here with the formula of the GPU attention kernels (:func:`_sdpa_flops`).
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, flop_registry
+
+    cpu_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    extra = {} if cpu_attention in flop_registry else {cpu_attention: _sdpa_flops}
+    kw = {} if prompt is None else {"prompt_depth": torch.from_numpy(prompt).to(tdtype)}
+    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=extra) as counter:
+        ref(torch.from_numpy(x).to(tdtype), **kw)
+    return counter.get_total_flops()
 
 
 # ------------------------------------------------------------------------------------- measuring
@@ -263,14 +335,16 @@ def precision_table(f32_model, directory: str, spec: ModelSpec, log) -> list[Pre
 
 
 def blas_name(info: dict) -> str:
-    """The BLAS in ``dpt_mlx.cpu.blas.blas_info()``, as the report names it."""
-    return info.get("version") or info.get("provider") or "reference (none found)"
+    """The BLAS in ``dpt_mlx.cpu.blas_info()``, as the report names it."""
+    return info.get("blas") or "MLX's own (" + (info.get("note") or "portable path") + ")"
 
 
-def bench_model(spec: ModelSpec, options: BenchOptions, log) -> ModelResult:
-    """Build ``spec``'s checkpoint, time both libraries at every batch size, then the precision table.
+def bench_model(spec: ModelSpec, options: BenchOptions, log, peak_gflops: float | None = None) -> ModelResult:
+    """Build ``spec``'s checkpoint, count its FLOPs, time both libraries at every batch size (with their
+    share of the sgemm peak ``peak_gflops``, where given), then the precision table.
 
     The BLAS is logged once our model is loaded: dpt_mlx picks it on the first model load on the CPU.
+    The FLOPs are counted once, on the batch-1 input that the timing uses (seed 1), and scale with the batch.
     """
     import torch
 
@@ -283,16 +357,18 @@ def bench_model(spec: ModelSpec, options: BenchOptions, log) -> ModelResult:
         ours = load_model(directory, dtype=None if dtype == "float32" else dtype)
         blas = blas_info()
         log(f"  built {spec.name} in {time.perf_counter() - t0:.1f}s: {weights_mib(ours):.0f} MiB of weights "
-            f"({dtype}); MLX's BLAS {blas_name(blas)} x{blas.get('threads')}")
+            f"({dtype}); BLAS {blas_name(blas)} x{blas.get('threads')}")
+        result.flops = count_flops(ref, *bench_inputs(ours.config.model_type, 1, spec.input_size, seed=1), tdtype)
         for bs in options.batch_sizes:
             x, prompt = bench_inputs(ours.config.model_type, bs, spec.input_size, seed=bs)
             row = time_batch(ours, ref if options.torch_too else None, x, tdtype, options.runs, prompt)
+            row.set_peak_shares(result.flops, peak_gflops)
             if options.memory:
                 row.mlx_memory = forward_memory("mlx", directory, bs, spec.input_size, dtype)
                 if options.torch_too:
                     row.torch_memory = forward_memory("torch", directory, bs, spec.input_size, dtype)
             result.speed.append(row)
-            log("  " + row.line())
+            log("  " + row.line(result.flops))
         if options.profile and options.torch_too:
             from .benchmark_profile import profile_model
 

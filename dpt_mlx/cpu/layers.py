@@ -1,19 +1,26 @@
-"""Drop-in layers for MLX's CPU backend: the same parameters as the MLX layer each one replaces,
-a faster CPU computation, and the MLX layer's own computation on any other device.
+"""Drop-in layers for MLX's CPU backend: each has the parameters of the layer it replaces, computes
+through the compiled kernels (:mod:`dpt_mlx.cpu.native`) on the CPU, and runs the replaced layer's
+own code on any other device.
 
-:func:`fast_layer` says which layer replaces a given one; dpt_mlx.cpu.accelerate applies it to a
-whole model without changing any parameter path.
+:func:`fast_layer` says which layer stands in for a given one; :func:`dpt_mlx.cpu.accelerate`
+applies it to a whole model without changing any parameter path. Where a model chains a product
+and cheap operations (a linear layer and its activation, a convolution and its ReLUs and
+residual), the standing-in layer fuses them into the product's epilogue.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from .. import layers
-from . import kernels
-
-_HALF = (mx.float16, mx.bfloat16)
+from ..backbones import dinov2, swinv2, transformer
+from ..models import neck
+from ..ops import interpolation_matrix
+from .native import kernels
 
 
 def on_cpu() -> bool:
@@ -24,86 +31,26 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-class GELU(nn.GELU):
-    """Exact GELU through :func:`kernels.gelu` (a rational erf, several times faster on the CPU)."""
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return kernels.gelu(x) if on_cpu() else super().__call__(x)
-
-
-class Attention(layers.ScaledDotProductAttention):
-    """Attention with BLAS scores and a softmax on every core (:func:`kernels.attention`)."""
-
-    def __call__(self, q, k, v, scale, mask=None):
-        return kernels.attention(q, k, v, scale, mask) if on_cpu() else super().__call__(q, k, v, scale, mask)
+def _act_name(module: nn.Module) -> str | None:
+    """The kernels' name of an activation module, or None when they have none for it."""
+    if isinstance(module, layers.GELU):
+        return "gelu" if module.approximate == "none" else "gelu_tanh"
+    if isinstance(module, nn.ReLU):
+        return "relu"
+    return None
 
 
-class Conv2d(nn.Conv2d):
-    """Stride-1 convolutions on large maps as per-tap matrix products (:func:`kernels.conv2d_stride1`)."""
-
-    MIN_PIXELS = 1024  # below this MLX's own conv is as fast
-
-    def __call__(self, x: mx.array) -> mx.array:
-        if not (on_cpu() and self.groups == 1 and _pair(self.stride) == (1, 1) and _pair(self.dilation) == (1, 1)
-                and x.shape[1] * x.shape[2] >= self.MIN_PIXELS):
-            return super().__call__(x)
-        f32 = mx.float32
-        y = kernels.conv2d_stride1(x.astype(f32), self.weight.astype(f32), self.get("bias"), _pair(self.padding))
-        return y.astype(x.dtype)
+def _weight(layer: nn.Module) -> mx.array:
+    """A linear layer's (out, in) weight; a quantised layer's is dequantised for this call only."""
+    if isinstance(layer, nn.QuantizedLinear):
+        return mx.dequantize(layer["weight"], layer["scales"], layer.get("biases"), group_size=layer.group_size,
+                             bits=layer.bits, mode=layer.mode)
+    return layer["weight"]
 
 
-class PatchConvTranspose2d(nn.ConvTranspose2d):
-    """A transposed convolution whose stride equals its kernel (and no padding), as one matmul.
-
-    Each input pixel then writes its own k x k output block, so the layer is
-    ``(B*H*W, I) @ (I, O*k*k)`` and a reshape; MLX's CPU conv_transpose2d is a naive loop.
-    """
-
-    @staticmethod
-    def applies(layer: nn.ConvTranspose2d) -> bool:
-        k = tuple(layer.weight.shape[1:3])
-        return (_pair(layer.stride) == k and k[0] == k[1] and _pair(layer.padding) == (0, 0)
-                and _pair(layer.dilation) == (1, 1) and _pair(layer.output_padding) == (0, 0))
-
-    def __call__(self, x: mx.array) -> mx.array:
-        if not on_cpu():
-            return super().__call__(x)
-        b, h, w, _ = x.shape
-        o, k, _, i = self.weight.shape
-        y = kernels.matmul(x.reshape(-1, i), self.weight.reshape(o * k * k, i).T)  # (B*H*W, O*k*k)
-        y = y.reshape(b, h, w, o, k, k).transpose(0, 1, 4, 2, 5, 3).reshape(b, h * k, w * k, o)
-        return y + self.bias if "bias" in self else y
-
-
-class Linear(nn.Linear):
-    """A float16/bfloat16 linear layer multiplied in float32 (MLX's CPU half matmul has no BLAS).
-
-    The weight stays in half precision (that is the memory saving); the product is accumulated
-    in float32 and rounded back, as GPU half-precision GEMMs do.
-    """
-
-    def __call__(self, x: mx.array) -> mx.array:
-        if not (on_cpu() and x.dtype in _HALF):
-            return super().__call__(x)
-        y = x.astype(mx.float32) @ self["weight"].astype(mx.float32).T
-        if "bias" in self:
-            y = y + self["bias"]
-        return y.astype(x.dtype)
-
-
-class QuantizedLinear(nn.QuantizedLinear):
-    """Dequantize one layer's weight at a time and multiply in float32 with BLAS (MLX's CPU
-    ``quantized_matmul`` runs at a few GFLOP/s); the packed weights stay the only resident copy."""
-
-    def __call__(self, x: mx.array) -> mx.array:
-        if not on_cpu():
-            return super().__call__(x)
-        w = mx.dequantize(self["weight"], self["scales"], self.get("biases"), group_size=self.group_size,
-                          bits=self.bits, mode=self.mode)
-        y = x.astype(mx.float32) @ w.astype(mx.float32).T
-        if "bias" in self:
-            y = y + self["bias"]
-        return y.astype(x.dtype)
+def linear(layer: nn.Module, x: mx.array, act: str = "none", residual=None, scale=None) -> mx.array:
+    """``residual + scale * act(layer(x))`` through the kernels (``layer`` plain or quantised)."""
+    return kernels().linear(x, _weight(layer), layer.get("bias"), scale, residual, act)
 
 
 def _moved(layer: nn.Module, cls: type) -> nn.Module:
@@ -114,22 +61,176 @@ def _moved(layer: nn.Module, cls: type) -> nn.Module:
     return fast
 
 
+# ------------------------------------------------------------------------ single layers
+
+
+class Linear(nn.Linear):
+    """A linear layer whose bias is added in the product's epilogue (float32 compute)."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return linear(self, x) if on_cpu() else super().__call__(x)
+
+
+class QuantizedLinear(nn.QuantizedLinear):
+    """A quantised linear layer: its weight is dequantised for the call and multiplied by the
+    kernels' BLAS (MLX's CPU ``quantized_matmul`` runs at a few GFLOP/s); the packed weight stays
+    the only resident copy."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return linear(self, x) if on_cpu() else super().__call__(x)
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm over rows on every thread."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if not on_cpu():
+            return super().__call__(x)
+        return kernels().layer_norm(x, self.get("weight"), self.get("bias"), self.eps)
+
+
+class GELU(layers.GELU):
+    def __call__(self, x: mx.array) -> mx.array:
+        return kernels().activation(x, _act_name(self)) if on_cpu() else super().__call__(x)
+
+
+class Attention(layers.ScaledDotProductAttention):
+    """Fused attention (scores, online softmax and values per block of queries, on every thread);
+    an additive mask is the kernel's bias. The result is laid out (B, N, H, D) in memory, so the
+    caller's transpose back to tokens costs nothing."""
+
+    def __call__(self, q, k, v, scale, mask=None):
+        if not on_cpu() or (mask is not None and mask.dtype == mx.bool_):
+            return super().__call__(q, k, v, scale, mask)
+        return kernels().attention(q, k, v, scale, mask)
+
+
+class Conv2d(nn.Conv2d):
+    """A convolution (groups 1) as blocked im2col products with the bias in the epilogue."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if not on_cpu() or self.groups != 1:
+            return super().__call__(x)
+        return conv(self, x)
+
+
+def conv(layer: nn.Conv2d, x: mx.array, pre_relu: bool = False, act: str = "none", residual=None) -> mx.array:
+    """``residual + act(layer(relu(x) if pre_relu else x))`` through the kernels."""
+    return kernels().conv2d(x, layer["weight"], layer.get("bias"), _pair(layer.stride), _pair(layer.padding),
+                            _pair(layer.dilation), pre_relu, act, residual)
+
+
+class PatchConvTranspose2d(nn.ConvTranspose2d):
+    """A transposed convolution whose stride equals its square kernel (no padding): every input
+    pixel writes its own k x k block, so it is one product and a scatter."""
+
+    @staticmethod
+    def applies(layer: nn.ConvTranspose2d) -> bool:
+        k = tuple(layer.weight.shape[1:3])
+        return (_pair(layer.stride) == k and k[0] == k[1] and _pair(layer.padding) == (0, 0)
+                and _pair(layer.dilation) == (1, 1) and _pair(layer.output_padding) == (0, 0)
+                and getattr(layer, "groups", 1) == 1)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if not on_cpu():
+            return super().__call__(x)
+        return kernels().conv_transpose_patch(x, self["weight"], self.get("bias"))
+
+
+@lru_cache(maxsize=256)
+def _taps(n_in: int, n_out: int, mode: str, align_corners: bool) -> tuple[mx.array, mx.array]:
+    """The (n_out, taps) input positions and weights of one resized axis (PyTorch's sampling, from
+    :func:`dpt_mlx.ops.interpolation_matrix`); unused taps have weight 0."""
+    m = interpolation_matrix(n_in, n_out, mode, align_corners)
+    taps = max(1, int((m != 0).sum(axis=1).max()))
+    index = np.zeros((n_out, taps), np.int32)
+    weight = np.zeros((n_out, taps), np.float32)
+    for row in range(n_out):
+        cols = np.nonzero(m[row])[0]
+        index[row, : len(cols)] = cols
+        weight[row, : len(cols)] = m[row, cols]
+    return mx.array(index), mx.array(weight)
+
+
+class Resize(layers.Resize):
+    """Separable resizes on every thread, a few taps per output pixel instead of a dense product."""
+
+    def __call__(self, x, size, mode="bilinear", align_corners=False):
+        if not on_cpu():
+            return super().__call__(x, size, mode, align_corners)
+        _, h, w, _ = x.shape
+        rows = _taps(h, int(size[0]), mode, bool(align_corners))
+        cols = _taps(w, int(size[1]), mode, bool(align_corners))
+        return kernels().resize(x, *rows, *cols)
+
+
+# ------------------------------------------------------------------------ fused blocks
+
+
+class Intermediate(transformer.Intermediate):
+    """``act(dense(x))`` with the activation in the product's epilogue."""
+
+    def __call__(self, x):
+        act = _act_name(self.act)
+        return linear(self.dense, x, act) if on_cpu() and act else super().__call__(x)
+
+
+class Swinv2Intermediate(swinv2.Swinv2Intermediate):
+    def __call__(self, x):
+        act = _act_name(self.act)
+        return linear(self.dense, x, act) if on_cpu() and act else super().__call__(x)
+
+
+class Dinov2MLP(dinov2.MLP):
+    """``fc2(act(fc1(x)))`` with the activation in fc1's epilogue."""
+
+    def __call__(self, x):
+        act = _act_name(self.act)
+        if not (on_cpu() and act):
+            return super().__call__(x)
+        return linear(self.fc2, linear(self.fc1, x, act))
+
+
+class PreActResidualLayer(neck.PreActResidualLayer):
+    """``x + conv2(relu(conv1(relu(x))))``: both ReLUs applied while the convolutions gather their
+    input and the residual added in the second one's epilogue (without BatchNorm)."""
+
+    def __call__(self, x):
+        if not on_cpu() or self.use_batch_norm:
+            return super().__call__(x)
+        h = conv(self.convolution1, x, pre_relu=True)
+        return conv(self.convolution2, h, pre_relu=True, residual=x)
+
+
+_FUSED = {
+    transformer.Intermediate: Intermediate,
+    swinv2.Swinv2Intermediate: Swinv2Intermediate,
+    dinov2.MLP: Dinov2MLP,
+    neck.PreActResidualLayer: PreActResidualLayer,
+}
+_SINGLE = {
+    nn.Linear: Linear,
+    nn.QuantizedLinear: QuantizedLinear,
+    nn.LayerNorm: LayerNorm,
+    layers.GELU: GELU,
+    layers.ScaledDotProductAttention: Attention,
+    layers.Resize: Resize,
+}
+
+
 def fast_layer(layer: nn.Module) -> nn.Module:
     """The CPU layer that stands in for ``layer`` (the same arrays), or ``layer`` itself."""
     kind = type(layer)
-    if kind is nn.GELU and layer._approx == "none":
-        return _moved(layer, GELU)
-    if kind is layers.ScaledDotProductAttention:
-        return _moved(layer, Attention)
+    if kind in _FUSED:
+        return _moved(layer, _FUSED[kind])
+    if kind in _SINGLE:
+        return _moved(layer, _SINGLE[kind])
     if kind is nn.Conv2d:
         return _moved(layer, Conv2d)
     if kind is nn.ConvTranspose2d and PatchConvTranspose2d.applies(layer):
         return _moved(layer, PatchConvTranspose2d)
-    if kind is nn.Linear and layer.weight.dtype in _HALF:
-        return _moved(layer, Linear)
-    if kind is nn.QuantizedLinear:
-        return _moved(layer, QuantizedLinear)
     return layer
 
 
-FAST_LAYERS = (GELU, Attention, Conv2d, PatchConvTranspose2d, Linear, QuantizedLinear)
+FAST_LAYERS = (Linear, QuantizedLinear, LayerNorm, GELU, Attention, Conv2d, PatchConvTranspose2d, Resize,
+               Intermediate, Swinv2Intermediate, Dinov2MLP, PreActResidualLayer)

@@ -13,7 +13,7 @@ import mlx.nn as nn
 
 from ..backbones import build_backbone
 from ..config import DepthAnythingConfig
-from ..ops import interpolate
+from ..layers import Resize
 from ..outputs import DepthEstimatorOutput
 from ..training.losses import model_depth_loss
 from .base import PreTrainedModel
@@ -37,11 +37,12 @@ class DepthAnythingDepthEstimationHead(nn.Module):
         self.conv1 = nn.Conv2d(features, features // 2, kernel_size=3, padding=1)
         self.conv2 = nn.Conv2d(features // 2, config.head_hidden_size, kernel_size=3, padding=1)
         self.conv3 = nn.Conv2d(config.head_hidden_size, 1, kernel_size=1)
+        self.resample = Resize()
 
     def __call__(self, hidden_states: list[mx.array], grid: tuple[int, int]) -> mx.array:
         """Fused NHWC maps -> (B, gh * patch, gw * patch) depth."""
         x = self.conv1(hidden_states[self.head_in_index])
-        x = interpolate(x, (grid[0] * self.patch_size, grid[1] * self.patch_size), "bilinear", align_corners=True)
+        x = self.resample(x, (grid[0] * self.patch_size, grid[1] * self.patch_size), "bilinear", align_corners=True)
         x = self.conv3(nn.relu(self.conv2(x)))
         x = mx.sigmoid(x) if self.metric else nn.relu(x)
         return (x * self.max_depth)[..., 0]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..layers import BatchNorm
-from ..ops import upsample2x
+from ..layers import BatchNorm, Resize
 
 
 class DepthEstimationHead(nn.Module):
@@ -23,12 +22,14 @@ class DepthEstimationHead(nn.Module):
         self.conv1 = nn.Conv2d(features, features // 2, kernel_size=3, padding=1)
         self.conv2 = nn.Conv2d(features // 2, 32, kernel_size=3, padding=1)
         self.conv3 = nn.Conv2d(32, 1, kernel_size=1)
+        self.resample = Resize()
 
     def __call__(self, hidden_states: list[mx.array]) -> mx.array:
         x = hidden_states[self.head_in_index]
         if self.projection is not None:
             x = nn.relu(self.projection(x))
-        x = upsample2x(self.conv1(x), align_corners=True)
+        x = self.conv1(x)
+        x = self.resample(x, (2 * x.shape[1], 2 * x.shape[2]), "bilinear", align_corners=True)
         x = nn.relu(self.conv3(nn.relu(self.conv2(x))))
         return x[..., 0]
 
@@ -44,8 +45,11 @@ class SemanticSegmentationHead(nn.Module):
         self.batch_norm = BatchNorm(features)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Conv2d(features, config.num_labels, kernel_size=1)
+        self.resample = Resize()
 
     def __call__(self, x: mx.array) -> mx.array:
         """(B, h, w, C) -> (B, h', w', num_labels) logits."""
         x = self.classifier(self.dropout(nn.relu(self.batch_norm(self.conv(x)))))
-        return upsample2x(x, align_corners=True) if self.upsample else x
+        if not self.upsample:
+            return x
+        return self.resample(x, (2 * x.shape[1], 2 * x.shape[2]), "bilinear", align_corners=True)

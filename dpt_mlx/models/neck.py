@@ -8,8 +8,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..layers import BatchNorm, activation
-from ..ops import interpolate, upsample2x
+from ..layers import BatchNorm, Resize, activation
 
 
 class ReadoutProject(nn.Module):
@@ -131,6 +130,7 @@ class FeatureFusionLayer(nn.Module):
         bn, bias = bool(config.use_batch_norm_in_fusion_residual), config.use_bias_in_residual
         self.align_corners = align_corners
         self.projection = nn.Conv2d(channels, channels, kernel_size=1)
+        self.resample = Resize()
         self.residual_layer1 = PreActResidualLayer(channels, bn, bias)
         self.residual_layer2 = PreActResidualLayer(channels, bn, bias)
         if prompt_depth:
@@ -140,15 +140,14 @@ class FeatureFusionLayer(nn.Module):
                  prompt_depth: mx.array | None = None):
         if residual is not None:
             if residual.shape != x.shape:
-                residual = interpolate(residual, x.shape[1:3], "bilinear", align_corners=False)
+                residual = self.resample(residual, x.shape[1:3], "bilinear", align_corners=False)
             x = x + self.residual_layer1(residual)
         x = self.residual_layer2(x)
         if prompt_depth is not None:
-            x = x + self.prompt_depth_layer(interpolate(prompt_depth, x.shape[1:3], "bilinear", align_corners=False))
-        if size is None:
-            x = upsample2x(x, self.align_corners)
-        else:
-            x = interpolate(x, size, "bilinear", self.align_corners)
+            depth = self.resample(prompt_depth, x.shape[1:3], "bilinear", align_corners=False)
+            x = x + self.prompt_depth_layer(depth)
+        size = (2 * x.shape[1], 2 * x.shape[2]) if size is None else size
+        x = self.resample(x, size, "bilinear", self.align_corners)
         return self.projection(x)
 
 

@@ -23,7 +23,7 @@ import mlx.nn as nn
 
 from ..backbones import backbone_spec, build_backbone
 from ..config_zoedepth import PATCH_TRANSFORMER_LAYERS_RUN, ZoeDepthConfig
-from ..ops import upsample2x
+from ..layers import Resize
 from ..outputs import ZoeDepthDepthEstimatorOutput
 from .base import PreTrainedModel
 from .neck import DPTNeck
@@ -58,12 +58,15 @@ class ZoeDepthRelativeDepthEstimationHead(nn.Module):
         self.conv1 = nn.Conv2d(features, features // 2, kernel_size=3, padding=1)
         self.conv2 = nn.Conv2d(features // 2, config.num_relative_features, kernel_size=3, padding=1)
         self.conv3 = nn.Conv2d(config.num_relative_features, 1, kernel_size=1)
+        self.resample = Resize()
 
     def __call__(self, hidden_states: list[mx.array]) -> tuple[mx.array, mx.array]:
         x = hidden_states[self.head_in_index]
         if self.projection is not None:
             x = nn.relu(self.projection(x))
-        features = nn.relu(self.conv2(upsample2x(self.conv1(x), align_corners=True)))
+        x = self.conv1(x)
+        x = self.resample(x, (2 * x.shape[1], 2 * x.shape[2]), "bilinear", align_corners=True)
+        features = nn.relu(self.conv2(x))
         return nn.relu(self.conv3(features))[..., 0], features
 
 

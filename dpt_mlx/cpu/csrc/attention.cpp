@@ -1,0 +1,211 @@
+// Fused multi-head attention: per (batch, head, block of query rows), the scores of a block of
+// keys come from the BLAS, the softmax is taken online (running max and sum, vectorised exp),
+// and the probabilities multiply the values before the next key block, so no (N, N) score
+// matrix is ever stored. Parallel over heads and query blocks.
+#include <cmath>
+#include <limits>
+
+#include "mlx/allocator.h"
+#include "mlx/backend/cpu/encoder.h"
+
+#include "kernels.h"
+#include "vec.h"
+
+namespace dpt {
+
+namespace {
+
+constexpr int64_t kQueryBlock = 256;  // scores of a block stay in L2 (256 x 2048 floats at most)
+constexpr int64_t kKeyBlock = 512;  // keys per block when there are more than kWholeKeys
+constexpr int64_t kWholeKeys = 2048;
+
+struct View {  // a 4-D float array by element strides (0 where broadcast)
+  const float* data;
+  int64_t sb, sh, sn, sd;
+};
+
+View view_of(const mx::array& a) {
+  auto st = a.strides();
+  auto sh = a.shape();
+  auto stride = [&](int i) -> int64_t { return sh[i] == 1 ? 0 : st[i]; };
+  return {a.data<float>(), stride(0), stride(1), stride(2), stride(3)};
+}
+
+// Online-softmax update of one block of scores s (rows x nk, row stride nk): on return s holds
+// exp(s - new max), acc rows are rescaled to the new max, m and l are updated.
+DPT_CLONES void softmax_block(float* s, int64_t rows, int64_t nk, float* m, float* l, float* acc, int64_t d,
+                              bool first) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < rows; ++i) {
+    float* si = s + i * nk;
+    vf vm = splat(neg_inf);
+    int64_t j = 0;
+    for (; j + kLanes <= nk; j += kLanes) vm = vmax(vm, load(si + j));
+    float mx_ = hmax(vm);
+    for (; j < nk; ++j) mx_ = si[j] > mx_ ? si[j] : mx_;
+    float m_old = first ? neg_inf : m[i];
+    float m_new = mx_ > m_old ? mx_ : m_old;
+    float shift = m_new == neg_inf ? 0.f : m_new;  // a row masked so far: exp(-inf) = 0
+    vf sum = splat(0.f);
+    j = 0;
+    for (; j + kLanes <= nk; j += kLanes) {
+      vf e = vexp(load(si + j) - shift);
+      store(si + j, e);
+      sum += e;
+    }
+    float total = hsum(sum);
+    for (; j < nk; ++j) {
+      float e = vexp(splat(si[j] - shift))[0];
+      si[j] = e;
+      total += e;
+    }
+    if (first) {
+      l[i] = total;
+    } else {
+      float corr = vexp(splat(m_old - shift))[0];
+      l[i] = l[i] * corr + total;
+      float* ai = acc + i * d;
+      for (int64_t c = 0; c < d; ++c) ai[c] *= corr;
+    }
+    m[i] = m_new;
+  }
+}
+
+DPT_CLONES void add_bias_block(float* s, int64_t rows, int64_t nk, const float* bias, int64_t row_stride) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float* si = s + i * nk;
+    const float* bi = bias + i * row_stride;
+    int64_t j = 0;
+    for (; j + kLanes <= nk; j += kLanes) store(si + j, load(si + j) + load(bi + j));
+    for (; j < nk; ++j) si[j] += bi[j];
+  }
+}
+
+void attention_task(const View& q, const View& k, const View& v, const View* bias, float* out, int64_t heads,
+                    int64_t nq, int64_t nk, int64_t d, float scale, int64_t b, int64_t h, int64_t r0) {
+  int64_t rows = std::min(kQueryBlock, nq - r0);
+  int64_t kb_size = nk <= kWholeKeys ? nk : kKeyBlock;
+  float* s = scratch(0, size_t(kQueryBlock * kb_size));
+  float* acc = scratch(1, size_t(kQueryBlock * d));
+  float* m = scratch(2, size_t(kQueryBlock));
+  float* l = scratch(3, size_t(kQueryBlock));
+  const float* qp = q.data + b * q.sb + h * q.sh + r0 * q.sn;
+  for (int64_t k0 = 0; k0 < nk; k0 += kb_size) {
+    int64_t n = std::min(kb_size, nk - k0);
+    sgemm(false, true, rows, n, d, scale, qp, q.sn, k.data + b * k.sb + h * k.sh + k0 * k.sn, k.sn, 0.f, s, n);
+    if (bias) {
+      const float* bp = bias->data + b * bias->sb + h * bias->sh + r0 * bias->sn + k0 * bias->sd;
+      add_bias_block(s, rows, n, bp, bias->sn);
+    }
+    softmax_block(s, rows, n, m, l, acc, d, k0 == 0);
+    sgemm(false, false, rows, d, n, 1.f, s, n, v.data + b * v.sb + h * v.sh + k0 * v.sn, v.sn, k0 == 0 ? 0.f : 1.f,
+          acc, d);
+  }
+  for (int64_t i = 0; i < rows; ++i) {  // out is (B, Nq, H, D) in memory
+    float inv = 1.f / l[i];
+    float* o = out + ((b * nq + r0 + i) * heads + h) * d;
+    const float* a = acc + i * d;
+    for (int64_t c = 0; c < d; ++c) o[c] = a[c] * inv;
+  }
+}
+
+class Attention : public Kernel {
+ public:
+  Attention(mx::Stream s, float scale, bool bias) : Kernel(s), scale_(scale), bias_(bias) {}
+  const char* name() const override { return "DptAttention"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto& o = static_cast<const Attention&>(other);
+    return scale_ == o.scale_ && bias_ == o.bias_;
+  }
+
+  std::vector<mx::array> reference(const std::vector<mx::array>& in) override {
+    auto s = stream();
+    auto scores = mx::matmul(mx::multiply(in[0], mx::array(scale_), s), mx::swapaxes(in[1], -1, -2, s), s);
+    if (bias_) scores = mx::add(scores, in[3], s);
+    return {mx::matmul(mx::softmax(scores, std::vector<int>{-1}, true, s), in[2], s)};
+  }
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto s = stream();
+    auto& enc = mx::cpu::get_command_encoder(s);
+    const auto& in = inputs;
+    auto& out = outputs[0];
+    int64_t bsz = out.shape(0), heads = out.shape(1), nq = out.shape(2), d = out.shape(3);
+    int64_t nk = in[1].shape(2);
+    mx::Strides strides{nq * heads * d, d, heads * d, 1};
+    auto flags = out.flags();
+    flags.contiguous = true;
+    flags.row_contiguous = heads == 1 || nq == 1;
+    flags.col_contiguous = out.size() <= 1;
+    out.set_data(mx::allocator::malloc(out.nbytes()), out.size(), strides, flags);
+    for (auto& a : in) enc.set_input_array(a);
+    enc.set_output_array(out);
+    View q = view_of(in[0]), k = view_of(in[1]), v = view_of(in[2]);
+    bool has_bias = bias_;
+    View bias = has_bias ? view_of(in[3]) : View{};
+    float* o = out.data<float>();
+    float scale = scale_;
+    auto shapes = std::vector<mx::Shape>{in[0].shape(), in[1].shape(), in[2].shape()};
+    enc.dispatch([=]() mutable {
+      // An operand whose rows the BLAS cannot read in place (rare: a transposed head dimension, a
+      // broadcast sequence) is gathered first.
+      std::vector<std::vector<float>> gathered;
+      View* views[3] = {&q, &k, &v};
+      for (int i = 0; i < 3; ++i) {
+        View& a = *views[i];
+        bool rows_ok = shapes[i][2] == 1 || a.sn >= shapes[i][3];  // a leading dimension the BLAS takes
+        if ((a.sd == 1 || shapes[i][3] == 1) && rows_ok) {
+          if (shapes[i][2] == 1) a.sn = shapes[i][3];
+          continue;
+        }
+        auto& g = gathered.emplace_back(size_t(shapes[i][0]) * shapes[i][1] * shapes[i][2] * shapes[i][3]);
+        int64_t nh = shapes[i][1], nn = shapes[i][2], nd = shapes[i][3];
+        for (int64_t b = 0; b < shapes[i][0]; ++b)
+          for (int64_t h = 0; h < nh; ++h)
+            for (int64_t r = 0; r < nn; ++r)
+              for (int64_t c = 0; c < nd; ++c)
+                g[((b * nh + h) * nn + r) * nd + c] = a.data[b * a.sb + h * a.sh + r * a.sn + c * a.sd];
+        a = View{g.data(), nh * nn * nd, nn * nd, nd, 1};
+      }
+      int64_t blocks = (nq + kQueryBlock - 1) / kQueryBlock;
+      parallel_for(bsz * heads * blocks, 1, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+          int64_t blk = t % blocks, bh = t / blocks;
+          attention_task(q, k, v, has_bias ? &bias : nullptr, o, heads, nq, nk, d, scale, bh / heads, bh % heads,
+                         blk * kQueryBlock);
+        }
+      });
+    });
+  }
+
+ private:
+  float scale_;
+  bool bias_;
+};
+
+}  // namespace
+
+mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale, const OptArray& bias,
+                    mx::StreamOrDevice sd) {
+  auto s = mx::to_stream(sd);
+  if (q.ndim() != 4 || k.ndim() != 4 || v.ndim() != 4 || k.shape() != v.shape() || q.shape(0) != k.shape(0) ||
+      q.shape(1) != k.shape(1) || q.shape(3) != k.shape(3))
+    throw std::invalid_argument("attention: q (B, H, Nq, D) and k, v (B, H, Nk, D) do not match");
+  auto f32 = mx::float32;
+  std::vector<mx::array> in{mx::astype(q, f32, s), mx::astype(k, f32, s), mx::astype(v, f32, s)};
+  if (bias) {
+    auto b = mx::astype(*bias, f32, s);
+    if (b.ndim() > 4) throw std::invalid_argument("attention: the bias has more than 4 axes");
+    while (b.ndim() < 4) b = mx::expand_dims(b, 0, s);
+    mx::Shape full{q.shape(0), q.shape(1), q.shape(2), k.shape(2)};
+    for (int i = 0; i < 4; ++i)
+      if (b.shape(i) != 1 && b.shape(i) != full[i])
+        throw std::invalid_argument("attention: the bias does not broadcast to (B, H, Nq, Nk)");
+    if (b.shape(3) == 1 && k.shape(2) > 1) b = mx::broadcast_to(b, {b.shape(0), b.shape(1), b.shape(2), k.shape(2)}, s);
+    in.push_back(dense(b, s));  // rows read with unit stride
+  }
+  auto out = mx::array(q.shape(), f32, std::make_shared<Attention>(s, scale, bool(bias)), in);
+  return q.dtype() == f32 ? out : mx::astype(out, q.dtype(), s);
+}
+
+}  // namespace dpt

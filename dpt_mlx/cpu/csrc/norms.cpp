@@ -1,0 +1,157 @@
+// LayerNorm over rows, and standalone activations, on every thread.
+#include "mlx/backend/cpu/encoder.h"
+
+#include "kernels.h"
+#include "vec.h"
+
+namespace dpt {
+
+namespace {
+
+DPT_CLONES void layer_norm_rows(float* y, const float* x, int64_t rows, int64_t c, const float* w, const float* b,
+                                float eps) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * c;
+    float* yr = y + r * c;
+    vf acc = splat(0.f);
+    int64_t j = 0;
+    for (; j + kLanes <= c; j += kLanes) acc += load(xr + j);
+    float sum = hsum(acc);
+    for (; j < c; ++j) sum += xr[j];
+    float mean = sum / float(c);
+    vf acc2 = splat(0.f);
+    j = 0;
+    for (; j + kLanes <= c; j += kLanes) {
+      vf d = load(xr + j) - mean;
+      acc2 += d * d;
+    }
+    float var = hsum(acc2);
+    for (; j < c; ++j) var += (xr[j] - mean) * (xr[j] - mean);
+    float inv = 1.f / std::sqrt(var / float(c) + eps);
+    j = 0;
+    for (; j + kLanes <= c; j += kLanes) {
+      vf v = (load(xr + j) - mean) * inv;
+      if (w) v *= load(w + j);
+      if (b) v += load(b + j);
+      store(yr + j, v);
+    }
+    for (; j < c; ++j) {
+      float v = (xr[j] - mean) * inv;
+      if (w) v *= w[j];
+      if (b) v += b[j];
+      yr[j] = v;
+    }
+  }
+}
+
+class LayerNorm : public Kernel {
+ public:
+  LayerNorm(mx::Stream s, bool weight, bool bias, float eps) : Kernel(s), weight_(weight), bias_(bias), eps_(eps) {}
+  const char* name() const override { return "DptLayerNorm"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto& o = static_cast<const LayerNorm&>(other);
+    return weight_ == o.weight_ && bias_ == o.bias_ && eps_ == o.eps_;
+  }
+
+  std::vector<mx::array> reference(const std::vector<mx::array>& in) override {
+    auto s = stream();
+    auto x = in[0];
+    auto mean = mx::mean(x, -1, true, s);
+    auto d = mx::subtract(x, mean, s);
+    auto var = mx::mean(mx::square(d, s), -1, true, s);
+    auto y = mx::multiply(d, mx::rsqrt(mx::add(var, mx::array(eps_), s), s), s);
+    size_t i = 1;
+    if (weight_) y = mx::multiply(y, in[i++], s);
+    if (bias_) y = mx::add(y, in[i++], s);
+    return {y};
+  }
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto s = stream();
+    auto& enc = mx::cpu::get_command_encoder(s);
+    const auto& in = inputs;
+    auto& out = outputs[0];
+    allocate(out);
+    for (auto& a : in) enc.set_input_array(a);
+    enc.set_output_array(out);
+    int64_t c = in[0].shape(-1), rows = c ? in[0].size() / c : 0;
+    size_t i = 1;
+    const float* x = in[0].data<float>();
+    const float* w = weight_ ? in[i++].data<float>() : nullptr;
+    const float* b = bias_ ? in[i++].data<float>() : nullptr;
+    float* y = out.data<float>();
+    float eps = eps_;
+    enc.dispatch([=]() {
+      parallel_for(rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(c, 1)), [&](int64_t r0, int64_t r1) {
+        layer_norm_rows(y + r0 * c, x + r0 * c, r1 - r0, c, w, b, eps);
+      });
+    });
+  }
+
+ private:
+  bool weight_, bias_;
+  float eps_;
+};
+
+class Activation : public Kernel {
+ public:
+  Activation(mx::Stream s, Act act) : Kernel(s), act_(act) {}
+  const char* name() const override { return "DptActivation"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    return act_ == static_cast<const Activation&>(other).act_;
+  }
+  std::vector<mx::array> reference(const std::vector<mx::array>& in) override;
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto s = stream();
+    auto& enc = mx::cpu::get_command_encoder(s);
+    const auto& x = inputs[0];
+    auto& out = outputs[0];
+    allocate(out);
+    enc.set_input_array(x);
+    enc.set_output_array(out);
+    const float* src = x.data<float>();
+    float* dst = out.data<float>();
+    int64_t n = x.size();
+    Epilogue e{nullptr, act_};
+    enc.dispatch([=]() {
+      parallel_for(n, int64_t(1) << 14, [&](int64_t b, int64_t end) {
+        std::memcpy(dst + b, src + b, size_t(end - b) * sizeof(float));
+        epilogue_tile(dst + b, end - b, 1, end - b, 0, 0, e);
+      });
+    });
+  }
+
+ private:
+  Act act_;
+};
+
+}  // namespace
+
+std::vector<mx::array> Activation::reference(const std::vector<mx::array>& in) {
+  return {act_reference(in[0], act_, stream())};
+}
+
+mx::array layer_norm(const mx::array& x, const OptArray& weight, const OptArray& bias, float eps,
+                     mx::StreamOrDevice sd) {
+  auto s = mx::to_stream(sd);
+  auto f32 = mx::float32;
+  int c = x.ndim() ? x.shape(-1) : 0;
+  std::vector<mx::array> in{dense(x, s)};
+  for (auto* v : {&weight, &bias}) {
+    if (*v) {
+      if (v->value().size() != size_t(c)) throw std::invalid_argument("layer_norm: weight/bias must have C values");
+      in.push_back(dense(mx::reshape(v->value(), {c}, s), s));
+    }
+  }
+  auto out = mx::array(x.shape(), f32, std::make_shared<LayerNorm>(s, bool(weight), bool(bias), eps), in);
+  return x.dtype() == f32 ? out : mx::astype(out, x.dtype(), s);
+}
+
+mx::array activation(const mx::array& x, Act act, mx::StreamOrDevice sd) {
+  auto s = mx::to_stream(sd);
+  auto out = mx::array(x.shape(), mx::float32, std::make_shared<Activation>(s, act), {dense(x, s)});
+  return x.dtype() == mx::float32 ? out : mx::astype(out, x.dtype(), s);
+}
+
+}  // namespace dpt
