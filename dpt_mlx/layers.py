@@ -1,5 +1,5 @@
 """Small layers every model and backbone shares, in plain MLX: activations, attention, resizing,
-BatchNorm.
+BatchNorm, the pre-activation residual unit of the DPT necks.
 
 Activations, attention and resizing are modules (without parameters) rather than functions so
 that a backend-specific layer can stand in for them without changing any parameter path
@@ -90,3 +90,25 @@ class BatchNorm(nn.BatchNorm):
             scale = scale * self.weight.astype(f32)
             shift = shift * self.weight.astype(f32) + self.bias.astype(f32)
         return (x.astype(f32) * scale + shift).astype(x.dtype)
+
+
+class PreActResidualLayer(nn.Module):
+    """x + conv(relu(bn?(conv(relu(x))))): the pre-activation residual unit of the fusion blocks."""
+
+    def __init__(self, channels: int, use_batch_norm: bool, bias: bool):
+        super().__init__()
+        self.use_batch_norm = use_batch_norm
+        self.convolution1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=bias)
+        self.convolution2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=bias)
+        if use_batch_norm:
+            self.batch_norm1 = BatchNorm(channels)
+            self.batch_norm2 = BatchNorm(channels)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        h = self.convolution1(nn.relu(x))
+        if self.use_batch_norm:
+            h = self.batch_norm1(h)
+        h = self.convolution2(nn.relu(h))
+        if self.use_batch_norm:
+            h = self.batch_norm2(h)
+        return h + x

@@ -18,7 +18,6 @@ import numpy as np
 
 from .. import layers
 from ..backbones import dinov2, swinv2, transformer
-from ..models import neck
 from ..ops import interpolation_matrix
 from .native import kernels
 
@@ -191,7 +190,7 @@ class Dinov2MLP(dinov2.MLP):
         return linear(self.fc2, linear(self.fc1, x, act))
 
 
-class PreActResidualLayer(neck.PreActResidualLayer):
+class PreActResidualLayer(layers.PreActResidualLayer):
     """``x + conv2(relu(conv1(relu(x))))``: both ReLUs applied while the convolutions gather their
     input and the residual added in the second one's epilogue (without BatchNorm)."""
 
@@ -206,7 +205,7 @@ _FUSED = {
     transformer.Intermediate: Intermediate,
     swinv2.Swinv2Intermediate: Swinv2Intermediate,
     dinov2.MLP: Dinov2MLP,
-    neck.PreActResidualLayer: PreActResidualLayer,
+    layers.PreActResidualLayer: PreActResidualLayer,
 }
 _SINGLE = {
     nn.Linear: Linear,

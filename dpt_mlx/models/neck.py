@@ -8,7 +8,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..layers import BatchNorm, Resize, activation
+from ..layers import PreActResidualLayer, Resize, activation
 
 
 class ReadoutProject(nn.Module):
@@ -79,28 +79,6 @@ class ReassembleStage(nn.Module):
                 raise ValueError(f"stage {i} has {n} tokens, expected a {gh}x{gw} grid")
             out.append(self.layers[i](tokens.reshape(b, gh, gw, c)))
         return out
-
-
-class PreActResidualLayer(nn.Module):
-    """x + conv(relu(bn?(conv(relu(x))))): the pre-activation residual unit of the fusion blocks."""
-
-    def __init__(self, channels: int, use_batch_norm: bool, bias: bool):
-        super().__init__()
-        self.use_batch_norm = use_batch_norm
-        self.convolution1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=bias)
-        self.convolution2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=bias)
-        if use_batch_norm:
-            self.batch_norm1 = BatchNorm(channels)
-            self.batch_norm2 = BatchNorm(channels)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        h = self.convolution1(nn.relu(x))
-        if self.use_batch_norm:
-            h = self.batch_norm1(h)
-        h = self.convolution2(nn.relu(h))
-        if self.use_batch_norm:
-            h = self.batch_norm2(h)
-        return h + x
 
 
 class PromptDepthLayer(nn.Module):
