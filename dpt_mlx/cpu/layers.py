@@ -17,7 +17,7 @@ import mlx.nn as nn
 import numpy as np
 
 from .. import layers
-from ..backbones import dinov2, swinv2, transformer
+from ..backbones import dinov2, swinv2, transformer, vit
 from ..ops import interpolation_matrix
 from .native import kernels
 
@@ -201,7 +201,119 @@ class PreActResidualLayer(layers.PreActResidualLayer):
         return conv(self.convolution2, h, pre_relu=True, residual=x)
 
 
+class ViTLayer(vit.ViTLayer):
+    """A ViT block with both residual adds in the epilogues of the products before them."""
+
+    def __call__(self, x, output_attentions=False):
+        act = _act_name(self.intermediate.act)
+        if not on_cpu() or self.training or act is None:
+            return super().__call__(x, output_attentions)
+        core, probs = self.attention.attention(self.layernorm_before(x), output_attentions=output_attentions)
+        x = linear(self.attention.output.dense, core, residual=x)
+        h = linear(self.intermediate.dense, self.layernorm_after(x), act)
+        return linear(self.output.dense, h, residual=x), probs
+
+
+class Dinov2Layer(dinov2.Dinov2Layer):
+    """A DINOv2 block with the layer scales and residual adds in the epilogues of the products."""
+
+    def __call__(self, x, output_attentions=False):
+        act = _act_name(self.mlp.act) if isinstance(self.mlp, dinov2.MLP) else None
+        if not on_cpu() or self.training or act is None:
+            return super().__call__(x, output_attentions)
+        core, probs = self.attention.attention(self.norm1(x), output_attentions=output_attentions)
+        x = linear(self.attention.output.dense, core, residual=x, scale=self.layer_scale1.lambda1)
+        h = linear(self.mlp.fc1, self.norm2(x), act)
+        return linear(self.mlp.fc2, h, residual=x, scale=self.layer_scale2.lambda1), probs
+
+
+# ------------------------------------------------------------------------ fused model blocks
+#
+# Mixins for blocks of the models (found by their qualified name, so this module does not import
+# the model package, which imports the loader that imports this one): the block's own computation
+# with the ReLUs in the convolutions' epilogues, its parent's (the model's) code off the CPU.
+
+
+class _DPTDepthHead:
+    """DPT's depth head: projection+ReLU, conv1, 2x resize, conv2+ReLU, conv3+ReLU, fused."""
+
+    def __call__(self, hidden_states):
+        if not on_cpu():
+            return super().__call__(hidden_states)
+        x = hidden_states[self.head_in_index]
+        if self.projection is not None:
+            x = conv(self.projection, x, act="relu")
+        x = conv(self.conv1, x)
+        x = self.resample(x, (2 * x.shape[1], 2 * x.shape[2]), "bilinear", align_corners=True)
+        return conv(self.conv3, conv(self.conv2, x, act="relu"), act="relu")[..., 0]
+
+
+class _DepthAnythingHead:
+    """Depth Anything's head: conv1, resize to the patch grid's pixels, conv2+ReLU, conv3 (+ReLU
+    for relative depth), fused."""
+
+    def __call__(self, hidden_states, grid):
+        if not on_cpu():
+            return super().__call__(hidden_states, grid)
+        x = conv(self.conv1, hidden_states[self.head_in_index])
+        x = self.resample(x, (grid[0] * self.patch_size, grid[1] * self.patch_size), "bilinear", align_corners=True)
+        x = conv(self.conv3, conv(self.conv2, x, act="relu"), act="none" if self.metric else "relu")
+        x = mx.sigmoid(x) if self.metric else x
+        return (x * self.max_depth)[..., 0]
+
+
+class _ZoeDepthRelativeHead:
+    def __call__(self, hidden_states):
+        if not on_cpu():
+            return super().__call__(hidden_states)
+        x = hidden_states[self.head_in_index]
+        if self.projection is not None:
+            x = conv(self.projection, x, act="relu")
+        x = conv(self.conv1, x)
+        x = self.resample(x, (2 * x.shape[1], 2 * x.shape[2]), "bilinear", align_corners=True)
+        features = conv(self.conv2, x, act="relu")
+        return conv(self.conv3, features, act="relu")[..., 0], features
+
+
+class _FeatureFusionLayer:
+    """A DPT fusion layer whose 1x1 projection runs before the resize instead of after: both are
+    linear and a resize's weights sum to one, so the result is the same (to float32 rounding) at a
+    quarter of the projection's cost when the resize doubles the map."""
+
+    def __call__(self, x, residual=None, size=None, prompt_depth=None):
+        if not on_cpu():
+            return super().__call__(x, residual, size, prompt_depth)
+        if residual is not None:
+            if residual.shape != x.shape:
+                residual = self.resample(residual, x.shape[1:3], "bilinear", align_corners=False)
+            x = x + self.residual_layer1(residual)
+        x = self.residual_layer2(x)
+        if prompt_depth is not None:
+            depth = self.resample(prompt_depth, x.shape[1:3], "bilinear", align_corners=False)
+            x = x + self.prompt_depth_layer(depth)
+        size = (2 * x.shape[1], 2 * x.shape[2]) if size is None else size
+        if size[0] * size[1] >= x.shape[1] * x.shape[2]:
+            return self.resample(conv(self.projection, x), size, "bilinear", self.align_corners)
+        return conv(self.projection, self.resample(x, size, "bilinear", self.align_corners))
+
+
+_MIXINS = {
+    "dpt_mlx.models.heads.DepthEstimationHead": _DPTDepthHead,
+    "dpt_mlx.models.depth_anything.DepthAnythingDepthEstimationHead": _DepthAnythingHead,
+    "dpt_mlx.models.zoedepth.ZoeDepthRelativeDepthEstimationHead": _ZoeDepthRelativeHead,
+    "dpt_mlx.models.neck.FeatureFusionLayer": _FeatureFusionLayer,
+}
+
+
+@lru_cache(maxsize=None)
+def _with_mixin(cls: type, mixin: type) -> type:
+    """``cls`` with ``mixin``'s call in front (the CPU layer of a model block)."""
+    return type(cls.__name__, (mixin, cls), {"__module__": __name__, "__doc__": mixin.__doc__})
+
+
 _FUSED = {
+    vit.ViTLayer: ViTLayer,
+    dinov2.Dinov2Layer: Dinov2Layer,
     transformer.Intermediate: Intermediate,
     swinv2.Swinv2Intermediate: Swinv2Intermediate,
     dinov2.MLP: Dinov2MLP,
@@ -220,6 +332,9 @@ _SINGLE = {
 def fast_layer(layer: nn.Module) -> nn.Module:
     """The CPU layer that stands in for ``layer`` (the same arrays), or ``layer`` itself."""
     kind = type(layer)
+    mixin = _MIXINS.get(f"{kind.__module__}.{kind.__qualname__}")
+    if mixin is not None:
+        return _moved(layer, _with_mixin(kind, mixin))
     if kind in _FUSED:
         return _moved(layer, _FUSED[kind])
     if kind in _SINGLE:
@@ -232,4 +347,5 @@ def fast_layer(layer: nn.Module) -> nn.Module:
 
 
 FAST_LAYERS = (Linear, QuantizedLinear, LayerNorm, GELU, Attention, Conv2d, PatchConvTranspose2d, Resize,
-               Intermediate, Swinv2Intermediate, Dinov2MLP, PreActResidualLayer)
+               Intermediate, Swinv2Intermediate, Dinov2MLP, PreActResidualLayer, ViTLayer, Dinov2Layer,
+               *_MIXINS.values())

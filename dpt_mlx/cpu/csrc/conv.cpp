@@ -10,7 +10,9 @@ namespace dpt {
 
 namespace {
 
-constexpr int64_t kChunkFloats = int64_t(4) << 20;  // 16 MiB of im2col rows per product
+constexpr int64_t kChunkFloats = int64_t(4) << 20;  // 16 MiB of im2col rows per product (large weights)
+constexpr int64_t kSmallWeights = int64_t(1) << 19;  // weights up to 2 MiB: each thread's chunks stay in L2
+constexpr int64_t kThreadChunkFloats = int64_t(1) << 18;  // 1 MiB of im2col rows per chunk then
 
 struct Geometry {
   int64_t b, h, w, i, o, kh, kw, oh, ow, sh, sw, ph, pw, dh, dw;
@@ -27,6 +29,23 @@ DPT_CLONES void copy_row(float* dst, const float* src, int64_t n, bool relu) {
     store(dst + j, vmax(x, splat(0.f)) + (x != x ? x : splat(0.f)));
   }
   for (; j < n; ++j) dst[j] = src[j] > 0.f || src[j] != src[j] ? src[j] : 0.f;
+}
+
+// y (rows x n) = x (rows x k) @ w^T (w: n x k) for a handful of outputs (n <= 4), where a BLAS
+// product degenerates to matrix-vector calls.
+DPT_CLONES void narrow_rows(float* y, const float* x, const float* w, int64_t rows, int64_t k, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * k;
+    for (int64_t o = 0; o < n; ++o) {
+      const float* wo = w + o * k;
+      vf acc = splat(0.f);
+      int64_t j = 0;
+      for (; j + kLanes <= k; j += kLanes) acc += load(xr + j) * load(wo + j);
+      float sum = hsum(acc);
+      for (; j < k; ++j) sum += xr[j] * wo[j];
+      y[r * n + o] = sum;
+    }
+  }
 }
 
 // Rows [p0, p1) of the im2col matrix (one row per output pixel, kh * kw * i columns).
@@ -92,8 +111,28 @@ class Conv2d : public Kernel {
     enc.dispatch([=]() {
       int64_t pixels = g.b * g.oh * g.ow, kcols = g.kh * g.kw * g.i;
       bool direct = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 && !pre;
+      if (direct && g.o <= 4) {
+        parallel_for(pixels, 256, [&](int64_t a, int64_t b) {
+          narrow_rows(y + a * g.o, x + a * kcols, w, b - a, kcols, g.o);
+          epilogue_tile(y + a * g.o, g.o, b - a, g.o, a, 0, e);
+        });
+        return;
+      }
       if (direct) {
         gemm(true, pixels, g.o, kcols, x, kcols, w, kcols, y, g.o, e);
+        return;
+      }
+      if (kcols * g.o <= kSmallWeights) {  // each thread: im2col rows, product and epilogue in its L2
+        int64_t rows = std::max<int64_t>(32, kThreadChunkFloats / kcols);
+        parallel_for((pixels + rows - 1) / rows, 1, [&](int64_t c0, int64_t c1) {
+          float* col = scratch(5, size_t(rows * kcols));
+          for (int64_t c = c0; c < c1; ++c) {
+            int64_t p0 = c * rows, p1 = std::min(pixels, p0 + rows);
+            im2col(col, x, g, p0, p1, pre);
+            sgemm(false, true, p1 - p0, g.o, kcols, 1.f, col, kcols, w, kcols, 0.f, y + p0 * g.o, g.o);
+            epilogue_tile(y + p0 * g.o, g.o, p1 - p0, g.o, p0, 0, e);
+          }
+        });
         return;
       }
       int64_t chunk = std::max<int64_t>(64, kChunkFloats / std::max<int64_t>(kcols, 1));

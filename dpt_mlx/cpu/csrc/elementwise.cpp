@@ -1,5 +1,6 @@
 // Activations and the epilogue every product ends with (bias, activation, scale, residual).
 #include <algorithm>
+#include <cmath>
 
 #include "common.h"
 #include "vec.h"
@@ -19,6 +20,30 @@ DPT_INLINE vf act_v(vf x, Act act) {
     default:
       return x;
   }
+}
+
+float act_scalar(float x, Act act) {
+  switch (act) {
+    case Act::gelu:
+      return 0.5f * x * (1.f + std::erf(x * 0.70710678118654752f));
+    case Act::relu:
+      return x > 0.f || x != x ? x : 0.f;
+    case Act::gelu_tanh:
+      return 0.5f * x * (1.f + std::tanh(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    default:
+      return x;
+  }
+}
+
+// Tiles narrower than a vector (a depth head's one output channel): element by element.
+void epilogue_narrow(float* y, int64_t ldy, int64_t rows, int64_t cols, const float* bias, Act act,
+                     const float* scale, const float* res, int64_t ldr) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j) {
+      float x = y[r * ldy + j] + (bias ? bias[j] : 0.f);
+      x = act_scalar(x, act) * (scale ? scale[j] : 1.f);
+      y[r * ldy + j] = x + (res ? res[r * ldr + j] : 0.f);
+    }
 }
 
 DPT_CLONES void epilogue_rows(float* y, int64_t ldy, int64_t rows, int64_t cols, const float* bias, Act act,
@@ -59,7 +84,8 @@ DPT_CLONES void epilogue_rows(float* y, int64_t ldy, int64_t rows, int64_t cols,
 void epilogue_tile(float* y, int64_t ldy, int64_t rows, int64_t cols, int64_t row0, int64_t col0,
                    const Epilogue& e) {
   if (e.empty()) return;
-  epilogue_rows(y, ldy, rows, cols, e.bias ? e.bias + col0 : nullptr, e.act, e.scale ? e.scale + col0 : nullptr,
+  auto rows_fn = cols < kLanes ? epilogue_narrow : epilogue_rows;
+  rows_fn(y, ldy, rows, cols, e.bias ? e.bias + col0 : nullptr, e.act, e.scale ? e.scale + col0 : nullptr,
                 e.res ? e.res + row0 * e.ldr + col0 : nullptr, e.ldr);
 }
 
