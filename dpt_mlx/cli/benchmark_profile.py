@@ -6,8 +6,8 @@ evaluated at its boundary (MLX is lazy, so without that the time would land wher
 happens to be evaluated); for PyTorch a forward pre-hook and hook take the time. Each module's
 own time is its time minus that of the modules it calls, and is added to the stage its place
 in the model names (the module path: ``backbone.encoder.layer.3.attention.attention.query`` is
-attention). Resizes are functions, not modules: ``dpt_mlx.ops.interpolate`` and torch's
-``interpolate`` are timed as calls of their own. Evaluating at every boundary costs MLX some of
+attention). The models resize through ``layers.Resize`` modules named ``resample``; torch's
+``interpolate`` and direct calls of ``dpt_mlx.ops.interpolate`` are timed as calls of their own. Evaluating at every boundary costs MLX some of
 its overlap of small operations, so the profiled total is given beside the plain forward time.
 """
 
@@ -32,6 +32,8 @@ RESIZE = "resizes"
 def stage_of(path: str) -> str:
     """The stage of the module at ``path`` (its dotted name in the model)."""
     p = path.lower()
+    if re.search(r"(^|\.)resample$", p):  # layers.Resize: the resizes the models call as modules
+        return RESIZE
     if re.match(r"(head|relative_head|metric_head|auxiliary_head)(\.|$)", p) or ".head." in f".{p}.":
         return "head"
     if "embeddings" in p and not re.search(r"\.bit\.|backbone\.bit|encoder\.stages", p):

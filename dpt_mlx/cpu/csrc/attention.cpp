@@ -2,6 +2,8 @@
 // keys come from the BLAS, the softmax is taken online (running max and sum, vectorised exp),
 // and the probabilities multiply the values before the next key block, so no (N, N) score
 // matrix is ever stored. Parallel over heads and query blocks.
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 
@@ -9,13 +11,18 @@
 #include "mlx/backend/cpu/encoder.h"
 
 #include "kernels.h"
+#include "tiles.h"
 #include "vec.h"
 
 namespace dpt {
 
 namespace {
 
-constexpr int64_t kQueryBlock = 256;  // scores of a block stay in L2 (256 x 2048 floats at most)
+constexpr int64_t kScoreFloats = int64_t(1) << 15;  // a block's scores (512 KiB) stay in L2 with its keys
+
+// Query rows per block: as many as keep the block's scores within kScoreFloats (a multiple of 8,
+// 32 to 256).
+int64_t query_block(int64_t keys) { return std::clamp<int64_t>(kScoreFloats / std::max<int64_t>(keys, 1) / 8 * 8, 32, 256); }
 constexpr int64_t kKeyBlock = 512;  // keys per block when there are more than kWholeKeys
 constexpr int64_t kWholeKeys = 2048;
 
@@ -82,24 +89,33 @@ DPT_CLONES void add_bias_block(float* s, int64_t rows, int64_t nk, const float* 
 }
 
 void attention_task(const View& q, const View& k, const View& v, const View* bias, float* out, int64_t heads,
-                    int64_t nq, int64_t nk, int64_t d, float scale, int64_t b, int64_t h, int64_t r0) {
-  int64_t rows = std::min(kQueryBlock, nq - r0);
+                    int64_t nq, int64_t nk, int64_t d, float scale, int64_t b, int64_t h, int64_t r0, uint64_t call,
+                    int64_t block) {
+  int64_t rows = std::min(block, nq - r0);
   int64_t kb_size = nk <= kWholeKeys ? nk : kKeyBlock;
-  float* s = scratch(0, size_t(kQueryBlock * kb_size));
-  float* acc = scratch(1, size_t(kQueryBlock * d));
-  float* m = scratch(2, size_t(kQueryBlock));
-  float* l = scratch(3, size_t(kQueryBlock));
+  float* s = scratch(0, size_t(block * kb_size));
+  float* acc = scratch(1, size_t(block * d));
+  float* m = scratch(2, size_t(block));
+  float* l = scratch(3, size_t(block));
   const float* qp = q.data + b * q.sb + h * q.sh + r0 * q.sn;
+  const bool tiles = tiles_apply(d);
   for (int64_t k0 = 0; k0 < nk; k0 += kb_size) {
     int64_t n = std::min(kb_size, nk - k0);
-    sgemm(false, true, rows, n, d, scale, qp, q.sn, k.data + b * k.sb + h * k.sh + k0 * k.sn, k.sn, 0.f, s, n);
+    const float* kp = k.data + b * k.sb + h * k.sh + k0 * k.sn;
+    if (tiles)
+      score_tiles(s, qp, q.sn, kp, k.sn, rows, n, d, scale, TileKey{call, b * heads + h, k0});
+    else
+      sgemm(false, true, rows, n, d, scale, qp, q.sn, kp, k.sn, 0.f, s, n);
     if (bias) {
       const float* bp = bias->data + b * bias->sb + h * bias->sh + r0 * bias->sn + k0 * bias->sd;
       add_bias_block(s, rows, n, bp, bias->sn);
     }
     softmax_block(s, rows, n, m, l, acc, d, k0 == 0);
-    sgemm(false, false, rows, d, n, 1.f, s, n, v.data + b * v.sb + h * v.sh + k0 * v.sn, v.sn, k0 == 0 ? 0.f : 1.f,
-          acc, d);
+    const float* vp = v.data + b * v.sb + h * v.sh + k0 * v.sn;
+    if (tiles)
+      value_tiles(acc, s, vp, v.sn, rows, n, d, k0 > 0, TileKey{call, b * heads + h, k0});
+    else
+      sgemm(false, false, rows, d, n, 1.f, s, n, vp, v.sn, k0 == 0 ? 0.f : 1.f, acc, d);
   }
   for (int64_t i = 0; i < rows; ++i) {  // out is (B, Nq, H, D) in memory
     float inv = 1.f / l[i];
@@ -167,12 +183,15 @@ class Attention : public Kernel {
                 g[((b * nh + h) * nn + r) * nd + c] = a.data[b * a.sb + h * a.sh + r * a.sn + c * a.sd];
         a = View{g.data(), nh * nn * nd, nn * nd, nd, 1};
       }
-      int64_t blocks = (nq + kQueryBlock - 1) / kQueryBlock;
+      static std::atomic<uint64_t> calls{0};
+      uint64_t call = ++calls;
+      int64_t block = query_block(std::min(nk, kWholeKeys < nk ? kKeyBlock : nk));
+      int64_t blocks = (nq + block - 1) / block;
       parallel_for(bsz * heads * blocks, 1, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
           int64_t blk = t % blocks, bh = t / blocks;
           attention_task(q, k, v, has_bias ? &bias : nullptr, o, heads, nq, nk, d, scale, bh / heads, bh % heads,
-                         blk * kQueryBlock);
+                         blk * block, call, block);
         }
       });
     });
