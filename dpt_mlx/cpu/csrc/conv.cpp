@@ -1,9 +1,12 @@
 // Convolutions of the necks and heads: im2col in cache-sized chunks of output pixels (with the
 // input ReLU applied on the way), one BLAS product per chunk, and the epilogue (bias, ReLU,
 // residual). Transposed convolutions whose stride equals the kernel are one product and a scatter.
+#include <vector>
+
 #include "mlx/backend/cpu/encoder.h"
 
 #include "kernels.h"
+#include "tiles.h"
 #include "vec.h"
 
 namespace dpt {
@@ -14,9 +17,7 @@ constexpr int64_t kChunkFloats = int64_t(4) << 20;  // 16 MiB of im2col rows per
 constexpr int64_t kSmallWeights = int64_t(1) << 19;  // weights up to 2 MiB: each thread's chunks stay in L2
 constexpr int64_t kThreadChunkFloats = int64_t(1) << 18;  // 1 MiB of im2col rows per chunk then
 
-struct Geometry {
-  int64_t b, h, w, i, o, kh, kw, oh, ow, sh, sw, ph, pw, dh, dw;
-};
+using Geometry = ConvShape;
 
 DPT_CLONES void copy_row(float* dst, const float* src, int64_t n, bool relu) {
   if (!relu) {
@@ -120,6 +121,19 @@ class Conv2d : public Kernel {
       }
       if (direct) {
         gemm(true, pixels, g.o, kcols, x, kcols, w, kcols, y, g.o, e);
+        return;
+      }
+      if (conv_tiles_apply(g)) {
+        const float* src = x;
+        std::vector<float> relu_x;
+        if (pre) {  // the input's ReLU once, not at every tap
+          relu_x.resize(size_t(g.b * g.h * g.w * g.i));
+          parallel_for(int64_t(relu_x.size()), 1 << 14, [&](int64_t a, int64_t b) {
+            copy_row(relu_x.data() + a, x + a, b - a, true);
+          });
+          src = relu_x.data();
+        }
+        conv_tiles(y, src, w, g, e);
         return;
       }
       if (kcols * g.o <= kSmallWeights) {  // each thread: im2col rows, product and epilogue in its L2

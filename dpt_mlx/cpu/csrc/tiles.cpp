@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <utility>
+#include <vector>
 
 #include "common.h"
 
@@ -102,9 +103,99 @@ constexpr auto value_table(std::integer_sequence<int, R...>) {
   return std::array<ValueRows, sizeof...(R)>{value_rows<R + 1>...};
 }
 
+// One output tile of a convolution: R pixels (their input taps at src[r][t], a zero row where a
+// tap falls in the padding) times 32 output channels of the packed weights.
+template <int R>
+DPT_AVX512 void conv_tile(float* y, int64_t ldy, const float* const* src, int64_t taps, const float* panel,
+                          int64_t channels, int64_t cols) {
+  __m512 a0[R], a1[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < taps; ++t) {
+    const float* wt = panel + t * channels * kCols;
+    const float* p[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) p[r] = src[r * taps + t];
+#pragma GCC unroll 2
+    for (int64_t c = 0; c < channels; ++c) {
+      __m512 b0 = _mm512_loadu_ps(wt + c * kCols), b1 = _mm512_loadu_ps(wt + c * kCols + 16);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        __m512 x = _mm512_set1_ps(p[r][c]);
+        a0[r] = _mm512_fmadd_ps(x, b0, a0[r]);
+        a1[r] = _mm512_fmadd_ps(x, b1, a1[r]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    if (cols == kCols) {
+      _mm512_storeu_ps(y + r * ldy, a0[r]);
+      _mm512_storeu_ps(y + r * ldy + 16, a1[r]);
+    } else {
+      alignas(64) float tmp[kCols];
+      _mm512_store_ps(tmp, a0[r]);
+      _mm512_store_ps(tmp + 16, a1[r]);
+      std::copy(tmp, tmp + cols, y + r * ldy);
+    }
+  }
+}
+
+using ConvTile = void (*)(float*, int64_t, const float* const*, int64_t, const float*, int64_t, int64_t);
+
+template <int... R>
+constexpr auto conv_table(std::integer_sequence<int, R...>) {
+  return std::array<ConvTile, sizeof...(R)>{conv_tile<R + 1>...};
+}
+
 #endif  // __x86_64__
 
 }  // namespace
+
+bool conv_tiles_apply(const ConvShape& g) { return tiles_apply(kCols) && g.i >= 16 && g.o >= 8; }
+
+void conv_tiles(float* y, const float* x, const float* w, const ConvShape& g, const Epilogue& e) {
+#if defined(__x86_64__)
+  int64_t taps = g.kh * g.kw, panels = (g.o + kCols - 1) / kCols;
+  // Weights packed per 32 output channels: panel[t][c][j] = w[p * 32 + j][t][c], zero past the last.
+  std::vector<float> packed(size_t(panels * taps * g.i * kCols));
+  parallel_for(panels, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p)
+      for (int64_t t = 0; t < taps; ++t)
+        for (int64_t c = 0; c < g.i; ++c) {
+          float* dst = packed.data() + ((p * taps + t) * g.i + c) * kCols;
+          for (int64_t j = 0; j < kCols; ++j) {
+            int64_t o = p * kCols + j;
+            dst[j] = o < g.o ? w[(o * taps + t) * g.i + c] : 0.f;
+          }
+        }
+  });
+  std::vector<float> zeros(size_t(g.i), 0.f);
+  static const auto table = conv_table(std::make_integer_sequence<int, kRows>{});
+  int64_t groups = (g.ow + kRows - 1) / kRows;
+  parallel_for(g.b * g.oh * groups, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<const float*> src(size_t(kRows * taps));
+    for (int64_t task = t0; task < t1; ++task) {
+      int64_t grp = task % groups, row = task / groups, oy = row % g.oh, b = row / g.oh;
+      int64_t ox0 = grp * kRows, rows = std::min<int64_t>(kRows, g.ow - ox0);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t ky = 0; ky < g.kh; ++ky)
+          for (int64_t kx = 0; kx < g.kw; ++kx) {
+            int64_t iy = oy * g.sh - g.ph + ky * g.dh, ix = (ox0 + r) * g.sw - g.pw + kx * g.dw;
+            bool inside = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w;
+            src[r * taps + ky * g.kw + kx] = inside ? x + ((b * g.h + iy) * g.w + ix) * g.i : zeros.data();
+          }
+      int64_t pixel = (b * g.oh + oy) * g.ow + ox0;
+      for (int64_t p = 0; p < panels; ++p) {
+        int64_t cols = std::min<int64_t>(kCols, g.o - p * kCols);
+        float* out = y + pixel * g.o + p * kCols;
+        table[rows - 1](out, g.o, src.data(), taps, packed.data() + p * taps * g.i * kCols, g.i, cols);
+        epilogue_tile(out, g.o, rows, cols, pixel, p * kCols, e);
+      }
+    }
+  });
+#endif
+}
 
 bool tiles_apply(int64_t d) {
 #if defined(__x86_64__)

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "common.h"
+
 namespace dpt {
 
 // Whether this CPU runs the tiles (AVX-512F) and they apply to head dimension d.
@@ -26,5 +28,18 @@ void score_tiles(float* s, const float* q, int64_t ldq, const float* k, int64_t 
 // o (rows x d, row stride d) (+)= p (rows x n, row stride n) @ v (n x d, row stride ldv).
 void value_tiles(float* o, const float* p, const float* v, int64_t ldv, int64_t rows, int64_t n, int64_t d,
                  bool accumulate, const TileKey& key);
+
+// A convolution's geometry: NHWC input (b, h, w, i), weights (o, kh, kw, i), output (b, oh, ow, o).
+struct ConvShape {
+  int64_t b, h, w, i, o, kh, kw, oh, ow, sh, sw, ph, pw, dh, dw;
+};
+
+// Whether the direct convolution tiles run this convolution (AVX-512, at least 16 input channels).
+bool conv_tiles_apply(const ConvShape& g);
+
+// y = conv(x, w) followed by the epilogue (row = output pixel, column = output channel), without
+// an im2col copy: each 8-pixel x 32-channel tile of the output accumulates in registers from the
+// input pixels under its taps. Parallel over tiles.
+void conv_tiles(float* y, const float* x, const float* w, const ConvShape& g, const Epilogue& e);
 
 }  // namespace dpt
