@@ -99,6 +99,18 @@ def test_layer_norm(K, c):
 
 
 @pytest.mark.linux
+@pytest.mark.parametrize("groups,c", [(1, 7), (4, 32), (32, 256)])
+@pytest.mark.parametrize("act", ["none", "relu"])
+def test_group_norm(K, groups, c, act):
+    x = normal(2, 9, 11, c) * 2 + 0.5
+    gn = nn.GroupNorm(groups, c, eps=1e-5, pytorch_compatible=True)
+    gn.update({"weight": normal(c, seed=1), "bias": normal(c, seed=2)})
+    assert rel(K.group_norm(x, gn.weight, gn.bias, groups, 1e-5, act), reference_act(gn(x), act)) < 1e-5
+    grad = mx.grad(lambda x: (K.group_norm(x, gn.weight, gn.bias, groups, 1e-5, act) ** 2).sum())(x)
+    assert rel(grad, mx.grad(lambda x: (reference_act(gn(x), act) ** 2).sum())(x)) < 1e-4
+
+
+@pytest.mark.linux
 def test_activations_keep_nan_and_inf(K):
     x = mx.array([float("nan"), float("inf"), -float("inf"), -20.0, -1.0, 0.0, 0.5, 3.0, 50.0] * 3)
     for act, fn in (("gelu", nn.gelu), ("relu", nn.relu), ("gelu_tanh", nn.gelu_approx)):
@@ -256,6 +268,44 @@ def test_accelerate_swaps_layers_and_keeps_arrays(monkeypatch):
     plain = Net()
     cpu.accelerate(plain)
     assert not cpu.is_accelerated(plain) and type(plain.a) is nn.Conv2d
+
+
+@pytest.mark.parametrize("kind", ["dpt", "depth-anything"])
+def test_fused_blocks_match_the_plain_model(kind):
+    """Whole models with every CPU layer and fused block (ViT/DINOv2 blocks, fusion layers, heads)
+    against the same model as written, in inference and in training mode (where they defer)."""
+    import dpt_mlx
+    from dpt_mlx.config import DepthAnythingConfig, DPTConfig
+
+    if kind == "dpt":
+        config = DPTConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, intermediate_size=128,
+                           image_size=64, patch_size=16, backbone_out_indices=[0, 1, 2, 3],
+                           neck_hidden_sizes=[16, 32, 64, 64], fusion_hidden_size=32)
+        cls, shape = dpt_mlx.DPTForDepthEstimation, (2, 3, 64, 96)
+    else:
+        backbone = {"model_type": "dinov2", "hidden_size": 64, "num_attention_heads": 2, "num_hidden_layers": 4,
+                    "out_indices": [1, 2, 3, 4], "reshape_hidden_states": False, "patch_size": 14, "image_size": 56}
+        config = DepthAnythingConfig(backbone_config=backbone, patch_size=14, reassemble_hidden_size=64,
+                                     neck_hidden_sizes=[16, 32, 64, 64], fusion_hidden_size=32, head_hidden_size=32)
+        cls, shape = dpt_mlx.DepthAnythingForDepthEstimation, (2, 3, 56, 70)
+    fast = cls(config)
+    fast.update(mlx_utils.tree_map(lambda p: p + 0.05 * mx.random.normal(p.shape, key=mx.random.key(1)),
+                                   fast.parameters()))  # no zero biases
+    plain = cls(config)
+    plain.update(fast.parameters())
+    fast.eval()
+    plain.eval()
+    cpu.accelerate(fast)
+    if native.kernels() is None:
+        assert not cpu.is_accelerated(fast)
+        return
+    assert cpu.is_accelerated(fast)
+    x = mx.array(np.random.default_rng(0).random(shape, dtype=np.float32))
+    want = plain(x).predicted_depth
+    assert float(mx.abs(want).max()) > 0 and rel(fast(x).predicted_depth, want) < 1e-5
+    fast.train()
+    plain.train()
+    assert rel(fast(x).predicted_depth, plain(x).predicted_depth) < 1e-5
 
 
 def test_cpu_layers_use_mlx_off_the_cpu_device(monkeypatch):

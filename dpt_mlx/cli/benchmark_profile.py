@@ -200,8 +200,10 @@ def profile_pair(ours, ref, x, prompt, tdtype, runs: int = 2) -> tuple[dict, dic
     return results["mlx"], results["torch"], plain["mlx"], plain["torch"]
 
 
-def profile_table(name: str, mlx_s: dict, torch_s: dict, plain_mlx: float, plain_torch: float) -> list[str]:
-    """The printed table: seconds per stage, the ratio, and the stage's share of our time."""
+def profile_table(name: str, mlx_s: dict, torch_s: dict, plain_mlx: float, plain_torch: float,
+                  fused: bool = False) -> list[str]:
+    """The printed table: seconds per stage, the ratio, and the stage's share of our time; ``fused``:
+    dpt_mlx's transformer blocks are the CPU layers' fused ones (a note says where their time goes)."""
     total_m, total_t = sum(mlx_s.values()), sum(torch_s.values())
     lines = [f"profile of {name} (batch 1; seconds of one forward pass, each module's own time):",
              f"  {'stage':<26}{'mlx s':>9}{'torch s':>9}{'ratio':>7}{'mlx share':>11}"]
@@ -213,6 +215,9 @@ def profile_table(name: str, mlx_s: dict, torch_s: dict, plain_mlx: float, plain
         lines.append(f"  {stage:<26}{m:9.3f}{t:9.3f}{ratio:>7}{m / total_m:10.0%}")
     lines.append(f"  {'total (profiled)':<26}{total_m:9.3f}{total_t:9.3f}{total_m / total_t:7.2f}")
     lines.append(f"  {'forward pass, unprofiled':<26}{plain_mlx:9.3f}{plain_torch:9.3f}{plain_mlx / plain_torch:7.2f}")
+    if fused:
+        lines.append("  (dpt_mlx's CPU layers compute a ViT/DINOv2 block's attention output, MLP and residual adds in "
+                     "the block itself: that time is under 'norms, activations, adds')")
     return lines
 
 
@@ -220,6 +225,8 @@ def profile_model(ours, ref, name: str, inputs, tdtype, log) -> dict:
     """Profile one model pair, log its table; returns the figures for the JSON report."""
     x, prompt = inputs
     mlx_s, torch_s, plain_mlx, plain_torch = profile_pair(ours, ref, x, prompt, tdtype)
-    for line in profile_table(name, mlx_s, torch_s, plain_mlx, plain_torch):
+    from ..cpu import is_accelerated
+
+    for line in profile_table(name, mlx_s, torch_s, plain_mlx, plain_torch, fused=is_accelerated(ours)):
         log(line)
     return {"mlx": mlx_s, "torch": torch_s, "plain_mlx_s": plain_mlx, "plain_torch_s": plain_torch}

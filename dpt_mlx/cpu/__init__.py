@@ -26,32 +26,14 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from . import native
+from .memory import before_pass, max_cache_limit
 
-__all__ = ["PASS_PIXELS", "accelerate", "blas_info", "cpu_info", "enabled", "images_per_pass", "is_accelerated",
-           "on_cpu", "set_threads"]
+__all__ = ["PASS_PIXELS", "accelerate", "before_pass", "blas_info", "cpu_info", "enabled", "images_per_pass",
+           "is_accelerated", "max_cache_limit", "on_cpu", "set_threads"]
 
 FAST_KERNELS_ENV_VAR = "DPT_MLX_FAST_KERNELS"
 PASS_PIXELS = 518 * 518  # on the CPU a forward pass takes this many input pixels, or one image
-MLX_CACHE_DEFAULT = 32 << 20  # MLX's CPU allocator keeps this much freed memory unless told otherwise
 _noted: set[str] = set()
-_cache = {"set": False}
-
-
-def cache_limit() -> int:
-    """The buffer cache the CPU path asks of MLX: an eighth of MLX's memory limit, at most 2 GiB."""
-    return max(MLX_CACHE_DEFAULT, min(mx.get_memory_limit() // 8, 2 << 30))
-
-
-def _raise_cache_limit() -> None:
-    """Once per process, let MLX's CPU allocator keep :func:`cache_limit` bytes of freed buffers
-    (MLX keeps 32 MiB): a forward pass then reuses the buffers of the one before instead of
-    faulting fresh pages in (4% of a Depth-Anything-small pass). A limit the user set is kept."""
-    if _cache["set"]:
-        return
-    _cache["set"] = True
-    previous = mx.set_cache_limit(cache_limit())
-    if previous != MLX_CACHE_DEFAULT:
-        mx.set_cache_limit(previous)
 
 
 def on_cpu() -> bool:
@@ -171,5 +153,9 @@ def accelerate(model: nn.Module) -> nn.Module:
             swapped = _swap(child)
             if swapped is not child:
                 model[key] = swapped
-    _raise_cache_limit()
+    from .layers import with_cache_policy
+
+    if isinstance(model.get("neck"), nn.Module):
+        model["neck"] = with_cache_policy(model["neck"])
+        mx.reset_peak_memory()
     return model

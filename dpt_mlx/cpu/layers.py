@@ -17,8 +17,9 @@ import mlx.nn as nn
 import numpy as np
 
 from .. import layers
-from ..backbones import dinov2, swinv2, transformer, vit
+from ..backbones import beit, bit, dinov2, swinv2, transformer, vit
 from ..ops import interpolation_matrix
+from .memory import before_pass
 from .native import kernels
 
 
@@ -119,6 +120,31 @@ def conv(layer: nn.Conv2d, x: mx.array, pre_relu: bool = False, act: str = "none
                             _pair(layer.dilation), pre_relu, act, residual)
 
 
+class WeightStandardizedConv2d(bit.WeightStandardizedConv2d):
+    """BiT's convolution: the kernel standardised per output channel (in MLX ops, on the small
+    weight), then the convolution through the kernels."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if not on_cpu() or self.groups != 1:
+            return super().__call__(x)
+        if self.dynamic:
+            x = bit.pad_same(x, self.kernel, self.stride[0], self.dilation)
+        w = self.weight.astype(mx.float32)  # (O, kH, kW, I): statistics over all but O
+        w = (w - w.mean(axis=(1, 2, 3), keepdims=True)) * mx.rsqrt(w.var(axis=(1, 2, 3), keepdims=True) + self.eps)
+        return kernels().conv2d(x, w.astype(x.dtype), self.get("bias"), _pair(self.stride), _pair(self.padding),
+                                _pair(self.dilation), False, "none", None)
+
+
+class GroupNormActivation(bit.GroupNormActivation):
+    """BiT's GroupNorm (groups of contiguous channels) with its ReLU, in one pass after the statistics."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        act = "none" if self.act is None else _act_name(self.act)
+        if not on_cpu() or act is None or not self.pytorch_compatible:
+            return super().__call__(x)
+        return kernels().group_norm(x, self.get("weight"), self.get("bias"), self.num_groups, self.eps, act)
+
+
 class PatchConvTranspose2d(nn.ConvTranspose2d):
     """A transposed convolution whose stride equals its square kernel (no padding): every input
     pixel writes its own k x k block, so it is one product and a scatter."""
@@ -202,7 +228,8 @@ class PreActResidualLayer(layers.PreActResidualLayer):
 
 
 class ViTLayer(vit.ViTLayer):
-    """A ViT block with both residual adds in the epilogues of the products before them."""
+    """A ViT block with both residual adds in the epilogues of the products before them (and the
+    MLP's activation in its first product)."""
 
     def __call__(self, x, output_attentions=False):
         act = _act_name(self.intermediate.act)
@@ -212,6 +239,21 @@ class ViTLayer(vit.ViTLayer):
         x = linear(self.attention.output.dense, core, residual=x)
         h = linear(self.intermediate.dense, self.layernorm_after(x), act)
         return linear(self.output.dense, h, residual=x), probs
+
+
+class BeitLayer(beit.BeitLayer):
+    """A BEiT block with the layer scales and residual adds in the epilogues of the products."""
+
+    def __call__(self, x, grid, shared_bias=None, output_attentions=False):
+        act = _act_name(self.intermediate.act)
+        if not on_cpu() or self.training or act is None:
+            return super().__call__(x, grid, shared_bias, output_attentions)
+        core, probs = self.attention.attention(self.layernorm_before(x), grid, shared_bias, output_attentions)
+        scale1 = self["lambda_1"] if self.use_layer_scale else None
+        scale2 = self["lambda_2"] if self.use_layer_scale else None
+        x = linear(self.attention.output.dense, core, residual=x, scale=scale1)
+        h = linear(self.intermediate.dense, self.layernorm_after(x), act)
+        return linear(self.output.dense, h, residual=x, scale=scale2), probs
 
 
 class Dinov2Layer(dinov2.Dinov2Layer):
@@ -305,6 +347,22 @@ _MIXINS = {
 }
 
 
+class _CachePolicy:
+    """A model's neck that first sizes MLX's CPU buffer cache (:func:`dpt_mlx.cpu.memory.before_pass`)."""
+
+    def __call__(self, *args, **kwargs):
+        if on_cpu():
+            before_pass()
+        return super().__call__(*args, **kwargs)
+
+
+def with_cache_policy(neck: nn.Module) -> nn.Module:
+    """``neck`` (its arrays, already swapped) in a class that applies the cache policy first."""
+    if isinstance(neck, _CachePolicy):
+        return neck
+    return _moved(neck, _with_mixin(type(neck), _CachePolicy))
+
+
 @lru_cache(maxsize=None)
 def _with_mixin(cls: type, mixin: type) -> type:
     """``cls`` with ``mixin``'s call in front (the CPU layer of a model block)."""
@@ -314,6 +372,7 @@ def _with_mixin(cls: type, mixin: type) -> type:
 _FUSED = {
     vit.ViTLayer: ViTLayer,
     dinov2.Dinov2Layer: Dinov2Layer,
+    beit.BeitLayer: BeitLayer,
     transformer.Intermediate: Intermediate,
     swinv2.Swinv2Intermediate: Swinv2Intermediate,
     dinov2.MLP: Dinov2MLP,
@@ -326,6 +385,8 @@ _SINGLE = {
     layers.GELU: GELU,
     layers.ScaledDotProductAttention: Attention,
     layers.Resize: Resize,
+    bit.WeightStandardizedConv2d: WeightStandardizedConv2d,
+    bit.GroupNormActivation: GroupNormActivation,
 }
 
 
@@ -347,5 +408,6 @@ def fast_layer(layer: nn.Module) -> nn.Module:
 
 
 FAST_LAYERS = (Linear, QuantizedLinear, LayerNorm, GELU, Attention, Conv2d, PatchConvTranspose2d, Resize,
-               Intermediate, Swinv2Intermediate, Dinov2MLP, PreActResidualLayer, ViTLayer, Dinov2Layer,
+               WeightStandardizedConv2d, GroupNormActivation,
+               Intermediate, Swinv2Intermediate, Dinov2MLP, PreActResidualLayer, ViTLayer, Dinov2Layer, BeitLayer,
                *_MIXINS.values())

@@ -28,7 +28,7 @@ from ..outputs import ZoeDepthDepthEstimatorOutput
 from .base import PreTrainedModel
 from .neck import DPTNeck
 from .zoedepth_bins import (AttractorLayer, ConditionalLogBinomialSoftmax, MLPClassifier, PatchTransformerEncoder,
-                            Projector, SeedBinRegressor, resize)
+                            Projector, SeedBinRegressor)
 
 MULTI_DOMAIN_ATTRACTORS = 16  # the reference builds the multi-domain attractors with their default count
 NUM_DOMAINS = 2  # the reference's domain classifier has two outputs
@@ -82,10 +82,11 @@ def _refine(head, bins, x, feature_blocks, min_depth: float, max_depth: float):
     return prev_embedding, centers
 
 
-def _expected_depth(clb, last, embedding, centers) -> mx.array:
+def _expected_depth(clb, resample, last, embedding, centers) -> mx.array:
     """The conditional log-binomial's bin probabilities times the (resized) centres, summed: (B, H, W) float32."""
-    probs = clb(last, resize(embedding, last.shape[1:3]))
-    return (probs * resize(centers, probs.shape[1:3]).astype(mx.float32)).sum(axis=-1)
+    probs = clb(last, resample(embedding, last.shape[1:3], "bilinear", align_corners=True))
+    centers = resample(centers, probs.shape[1:3], "bilinear", align_corners=True)
+    return (probs * centers.astype(mx.float32)).sum(axis=-1)
 
 
 class ZoeDepthMetricDepthEstimationHead(nn.Module):
@@ -105,14 +106,15 @@ class ZoeDepthMetricDepthEstimationHead(nn.Module):
                            for n in config.num_attractors]
         self.conditional_log_binomial = ConditionalLogBinomialSoftmax(config, config.num_relative_features + 1, dim,
                                                                       n_bins)
+        self.resample = Resize()
 
     def __call__(self, last, bottleneck, feature_blocks, relative_depth):
         x = self.conv2(bottleneck)
         bins = {"seed": self.seed_bin_regressor, "attractors": self.attractors}
         embedding, centers = _refine(self, bins, x, feature_blocks, self.min_depth, self.max_depth)
-        relative = resize(relative_depth[..., None], last.shape[1:3])
+        relative = self.resample(relative_depth[..., None], last.shape[1:3], "bilinear", align_corners=True)
         last = mx.concatenate([last, relative], axis=-1)
-        return _expected_depth(self.conditional_log_binomial, last, embedding, centers), None
+        return _expected_depth(self.conditional_log_binomial, self.resample, last, embedding, centers), None
 
 
 class ZoeDepthMultipleMetricDepthEstimationHeads(nn.Module):
@@ -143,6 +145,7 @@ class ZoeDepthMultipleMetricDepthEstimationHeads(nn.Module):
                                                 bottleneck_factor=4)
             for name, c in self._configurations.items()
         }
+        self.resample = Resize()
 
     def __call__(self, last, bottleneck, feature_blocks, relative_depth):
         x = self.conv2(bottleneck)
@@ -152,7 +155,8 @@ class ZoeDepthMultipleMetricDepthEstimationHeads(nn.Module):
         conf = self._configurations[name]
         bins = {"seed": self.seed_bin_regressors[name], "attractors": self.attractors[name]}
         embedding, centers = _refine(self, bins, x, feature_blocks, conf["min_depth"], conf["max_depth"])
-        return _expected_depth(self.conditional_log_binomial[name], last, embedding, centers), domain_logits
+        return _expected_depth(self.conditional_log_binomial[name], self.resample, last, embedding, centers), \
+            domain_logits
 
 
 class ZoeDepthForDepthEstimation(PreTrainedModel):

@@ -25,15 +25,10 @@ import mlx.nn as nn
 import numpy as np
 
 from ..backbones.transformer import SelfAttention
-from ..ops import interpolate
+from ..layers import Resize
 
 INV_ATTRACTOR_ALPHA = 300.0  # inv_attractor's default alpha (and gamma 2), the values the reference uses
 P_EPS = 1e-4  # the conditional log-binomial's epsilon for probabilities and temperatures
-
-
-def resize(x: mx.array, size) -> mx.array:
-    """Bilinear, align_corners=True (the metric head's only resize)."""
-    return interpolate(x, tuple(size), "bilinear", align_corners=True)
 
 
 @lru_cache(maxsize=32)
@@ -141,17 +136,18 @@ class AttractorLayer(nn.Module):
         self.min_depth, self.max_depth = min_depth, max_depth
         self.conv1 = nn.Conv2d(dim, dim, kernel_size=1)
         self.conv2 = nn.Conv2d(dim, n_attractors * (2 if normed else 1), kernel_size=1)
+        self.resample = Resize()
 
     def __call__(self, x: mx.array, prev_bin: mx.array, prev_embedding: mx.array) -> tuple[mx.array, mx.array]:
         """(B, h, w, D) embedding, previous bins (B, h', w', n) and embedding -> (new bins, bin centres)."""
-        x = x + resize(prev_embedding, x.shape[1:3])
+        x = x + self.resample(prev_embedding, x.shape[1:3], "bilinear", align_corners=True)
         a = self.conv2(nn.relu(self.conv1(x)))
         if self.normed:
             b, h, w, _ = a.shape
             a = (nn.relu(a) + 1e-3).reshape(b, h, w, self.n_attractors, 2)[..., 0]  # the even channels
         else:
             a = nn.softplus(a)
-        centers = resize(prev_bin, a.shape[1:3])
+        centers = self.resample(prev_bin, a.shape[1:3], "bilinear", align_corners=True)
         delta = inv_attractor(a[..., 0:1] - centers)
         for i in range(1, self.n_attractors):  # one attractor at a time, as the reference's memory-efficient path
             delta = delta + inv_attractor(a[..., i : i + 1] - centers)

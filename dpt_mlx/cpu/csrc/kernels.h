@@ -21,6 +21,10 @@ mx::array linear(const mx::array& x, const mx::array& w, const OptArray& bias, c
 mx::array layer_norm(const mx::array& x, const OptArray& weight, const OptArray& bias, float eps,
                      mx::StreamOrDevice s = {});
 
+// GroupNorm over (B, ..., C) with `groups` groups of contiguous channels (PyTorch's), then act.
+mx::array group_norm(const mx::array& x, const OptArray& weight, const OptArray& bias, int groups, float eps, Act act,
+                     mx::StreamOrDevice s = {});
+
 // act(x) elementwise.
 mx::array activation(const mx::array& x, Act act, mx::StreamOrDevice s = {});
 

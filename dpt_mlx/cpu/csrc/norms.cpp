@@ -1,4 +1,7 @@
-// LayerNorm over rows, and standalone activations, on every thread.
+// LayerNorm over rows, GroupNorm (PyTorch's grouping: contiguous channels) with its activation,
+// and standalone activations, on every thread.
+#include <vector>
+
 #include "mlx/backend/cpu/encoder.h"
 
 #include "kernels.h"
@@ -7,6 +10,12 @@
 namespace dpt {
 
 namespace {
+
+DPT_CLONES void affine_row(float* y, const float* x, const float* scale, const float* shift, int64_t c) {
+  int64_t j = 0;
+  for (; j + kLanes <= c; j += kLanes) store(y + j, load(x + j) * load(scale + j) + load(shift + j));
+  for (; j < c; ++j) y[j] = x[j] * scale[j] + shift[j];
+}
 
 DPT_CLONES void layer_norm_rows(float* y, const float* x, int64_t rows, int64_t c, const float* w, const float* b,
                                 float eps) {
@@ -93,6 +102,100 @@ class LayerNorm : public Kernel {
   float eps_;
 };
 
+// GroupNorm statistics of one (batch, group): mean and 1 / sqrt(var + eps) over `pixels` rows of
+// `cg` channels at stride `c`.
+DPT_CLONES void group_stats(const float* x, int64_t pixels, int64_t c, int64_t cg, float eps, float* mean_out,
+                            float* rstd_out) {
+  double sum = 0.0;
+  for (int64_t p = 0; p < pixels; ++p) {
+    const float* row = x + p * c;
+    float s = 0.f;
+    for (int64_t j = 0; j < cg; ++j) s += row[j];
+    sum += s;
+  }
+  double n = double(pixels) * double(cg), mean = sum / n, sq = 0.0;
+  float m = float(mean);
+  for (int64_t p = 0; p < pixels; ++p) {
+    const float* row = x + p * c;
+    float s = 0.f;
+    for (int64_t j = 0; j < cg; ++j) s += (row[j] - m) * (row[j] - m);
+    sq += s;
+  }
+  *mean_out = m;
+  *rstd_out = float(1.0 / std::sqrt(sq / n + double(eps)));
+}
+
+class GroupNorm : public Kernel {
+ public:
+  GroupNorm(mx::Stream s, int groups, bool affine, float eps, Act act)
+      : Kernel(s), groups_(groups), affine_(affine), eps_(eps), act_(act) {}
+  const char* name() const override { return "DptGroupNorm"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto& o = static_cast<const GroupNorm&>(other);
+    return groups_ == o.groups_ && affine_ == o.affine_ && eps_ == o.eps_ && act_ == o.act_;
+  }
+
+  std::vector<mx::array> reference(const std::vector<mx::array>& in) override {
+    auto s = stream();
+    const auto& x = in[0];
+    int c = x.shape(-1), b = x.shape(0);
+    auto g = mx::reshape(x, {b, -1, groups_, c / groups_}, s);
+    auto mean = mx::mean(g, std::vector<int>{1, 3}, true, s);
+    auto var = mx::var(g, std::vector<int>{1, 3}, true, 0, s);
+    auto y = mx::reshape(mx::multiply(mx::subtract(g, mean, s), mx::rsqrt(mx::add(var, mx::array(eps_), s), s), s),
+                         x.shape(), s);
+    if (affine_) y = mx::add(mx::multiply(y, in[1], s), in[2], s);
+    return {act_reference(y, act_, s)};
+  }
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto s = stream();
+    auto& enc = mx::cpu::get_command_encoder(s);
+    const auto& in = inputs;
+    auto& out = outputs[0];
+    allocate(out);
+    for (auto& a : in) enc.set_input_array(a);
+    enc.set_output_array(out);
+    int64_t c = in[0].shape(-1), b = in[0].shape(0), pixels = c ? in[0].size() / (c * b) : 0, groups = groups_;
+    const float* x = in[0].data<float>();
+    const float* w = affine_ ? in[1].data<float>() : nullptr;
+    const float* bias = affine_ ? in[2].data<float>() : nullptr;
+    float* y = out.data<float>();
+    float eps = eps_;
+    Act act = act_;
+    enc.dispatch([=]() {
+      int64_t cg = c / groups;
+      std::vector<float> scale(size_t(b * c)), shift(size_t(b * c));
+      parallel_for(b * groups, 1, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+          int64_t bi = t / groups, g = t % groups;
+          float mean, rstd;
+          group_stats(x + bi * pixels * c + g * cg, pixels, c, cg, eps, &mean, &rstd);
+          for (int64_t j = g * cg; j < (g + 1) * cg; ++j) {
+            float k = rstd * (w ? w[j] : 1.f);
+            scale[bi * c + j] = k;
+            shift[bi * c + j] = (bias ? bias[j] : 0.f) - mean * k;
+          }
+        }
+      });
+      parallel_for(b * pixels, std::max<int64_t>(1, 4096 / std::max<int64_t>(c, 1)), [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p) {
+          int64_t bi = p / pixels;
+          affine_row(y + p * c, x + p * c, scale.data() + bi * c, shift.data() + bi * c, c);
+        }
+        Epilogue e{nullptr, act};
+        epilogue_tile(y + p0 * c, c, p1 - p0, c, 0, 0, e);
+      });
+    });
+  }
+
+ private:
+  int groups_;
+  bool affine_;
+  float eps_;
+  Act act_;
+};
+
 class Activation : public Kernel {
  public:
   Activation(mx::Stream s, Act act) : Kernel(s), act_(act) {}
@@ -146,6 +249,22 @@ mx::array layer_norm(const mx::array& x, const OptArray& weight, const OptArray&
   }
   auto out = mx::array(x.shape(), f32, std::make_shared<LayerNorm>(s, bool(weight), bool(bias), eps), in);
   return x.dtype() == f32 ? out : mx::astype(out, x.dtype(), s);
+}
+
+mx::array group_norm(const mx::array& x, const OptArray& weight, const OptArray& bias, int groups, float eps, Act act,
+                     mx::StreamOrDevice sd) {
+  auto s = mx::to_stream(sd);
+  int c = x.ndim() ? x.shape(-1) : 0;
+  if (x.ndim() < 2 || groups < 1 || c % groups != 0)
+    throw std::invalid_argument("group_norm: x (B, ..., C) with C a multiple of groups");
+  if (bool(weight) != bool(bias)) throw std::invalid_argument("group_norm: weight and bias come together");
+  std::vector<mx::array> in{dense(x, s)};
+  if (weight) {
+    in.push_back(dense(mx::reshape(*weight, {c}, s), s));
+    in.push_back(dense(mx::reshape(*bias, {c}, s), s));
+  }
+  auto out = mx::array(x.shape(), mx::float32, std::make_shared<GroupNorm>(s, groups, bool(weight), eps, act), in);
+  return x.dtype() == mx::float32 ? out : mx::astype(out, x.dtype(), s);
 }
 
 mx::array activation(const mx::array& x, Act act, mx::StreamOrDevice sd) {
