@@ -106,6 +106,8 @@ def test_group_norm(K, groups, c, act):
     gn = nn.GroupNorm(groups, c, eps=1e-5, pytorch_compatible=True)
     gn.update({"weight": normal(c, seed=1), "bias": normal(c, seed=2)})
     assert rel(K.group_norm(x, gn.weight, gn.bias, groups, 1e-5, act), reference_act(gn(x), act)) < 1e-5
+    r = normal(*x.shape, seed=3)
+    assert rel(K.group_norm(x, gn.weight, gn.bias, groups, 1e-5, act, r), reference_act(gn(x) + r, act)) < 1e-5
     grad = mx.grad(lambda x: (K.group_norm(x, gn.weight, gn.bias, groups, 1e-5, act) ** 2).sum())(x)
     assert rel(grad, mx.grad(lambda x: (reference_act(gn(x), act) ** 2).sum())(x)) < 1e-4
 

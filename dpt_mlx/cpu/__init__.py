@@ -2,7 +2,7 @@
 
 The models are plain MLX and run as they are on Metal, CUDA and the CPU. On the CPU,
 :func:`accelerate` (which the checkpoint loader calls on every model it loads) swaps layers for
-CPU layers with the same arrays (:mod:`dpt_mlx.cpu.layers`), which compute through compiled MLX
+CPU layers with the same arrays (:mod:`dpt_mlx.cpu.layers`, :mod:`dpt_mlx.cpu.blocks`), which compute through compiled MLX
 primitives (:mod:`dpt_mlx.cpu.native`, built from ``csrc/``): fused attention, linear layers and
 convolutions with their bias, activation and residual in the product's epilogue, threaded
 LayerNorm, activations and resizes, all on one thread pool with a single-threaded OpenBLAS inside
@@ -98,7 +98,7 @@ def blas_info() -> dict:
 
 def is_accelerated(model: nn.Module) -> bool:
     """Whether any CPU layer stands in ``model``."""
-    from .layers import FAST_LAYERS
+    from .blocks import FAST_LAYERS
 
     return any(isinstance(m, FAST_LAYERS) for _, m in model.named_modules())
 
@@ -106,7 +106,7 @@ def is_accelerated(model: nn.Module) -> bool:
 def _swap(value):
     """``value`` with every module in it (itself included) replaced by its CPU layer, in place
     where the structure is a list or dict."""
-    from .layers import fast_layer
+    from .blocks import fast_layer
 
     if isinstance(value, nn.Module):
         value = fast_layer(value)
@@ -153,7 +153,7 @@ def accelerate(model: nn.Module) -> nn.Module:
             swapped = _swap(child)
             if swapped is not child:
                 model[key] = swapped
-    from .layers import with_cache_policy
+    from .blocks import with_cache_policy
 
     if isinstance(model.get("neck"), nn.Module):
         model["neck"] = with_cache_policy(model["neck"])

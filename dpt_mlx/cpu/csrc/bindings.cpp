@@ -55,9 +55,11 @@ NB_MODULE(_kernels, m) {
   m.def(
       "group_norm",
       [](const mx::array& x, std::optional<mx::array> w, std::optional<mx::array> b, int groups, float eps,
-         const std::string& act) { return dpt::group_norm(x, w, b, groups, eps, act_of(act)); },
-      "x"_a, "weight"_a, "bias"_a, "groups"_a, "eps"_a = 1e-5f, "act"_a = "none",
-      "GroupNorm over (B, ..., C), groups of contiguous channels (PyTorch's), then act.");
+         const std::string& act, std::optional<mx::array> residual) {
+        return dpt::group_norm(x, w, b, groups, eps, act_of(act), residual);
+      },
+      "x"_a, "weight"_a, "bias"_a, "groups"_a, "eps"_a = 1e-5f, "act"_a = "none", "residual"_a = nb::none(),
+      "act(GroupNorm(x) + residual) over (B, ..., C), groups of contiguous channels (PyTorch's).");
   m.def(
       "activation", [](const mx::array& x, const std::string& act) { return dpt::activation(x, act_of(act)); },
       "x"_a, "act"_a, "act(x) elementwise.");

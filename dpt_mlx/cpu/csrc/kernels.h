@@ -21,9 +21,9 @@ mx::array linear(const mx::array& x, const mx::array& w, const OptArray& bias, c
 mx::array layer_norm(const mx::array& x, const OptArray& weight, const OptArray& bias, float eps,
                      mx::StreamOrDevice s = {});
 
-// GroupNorm over (B, ..., C) with `groups` groups of contiguous channels (PyTorch's), then act.
+// act(GroupNorm(x) + residual) over (B, ..., C), `groups` groups of contiguous channels (PyTorch's).
 mx::array group_norm(const mx::array& x, const OptArray& weight, const OptArray& bias, int groups, float eps, Act act,
-                     mx::StreamOrDevice s = {});
+                     const OptArray& residual = std::nullopt, mx::StreamOrDevice s = {});
 
 // act(x) elementwise.
 mx::array activation(const mx::array& x, Act act, mx::StreamOrDevice s = {});

@@ -11,10 +11,15 @@ namespace dpt {
 
 namespace {
 
-DPT_CLONES void affine_row(float* y, const float* x, const float* scale, const float* shift, int64_t c) {
+// y = x * scale + shift (+ res)
+DPT_CLONES void affine_row(float* y, const float* x, const float* scale, const float* shift, const float* res,
+                           int64_t c) {
   int64_t j = 0;
-  for (; j + kLanes <= c; j += kLanes) store(y + j, load(x + j) * load(scale + j) + load(shift + j));
-  for (; j < c; ++j) y[j] = x[j] * scale[j] + shift[j];
+  for (; j + kLanes <= c; j += kLanes) {
+    vf v = load(x + j) * load(scale + j) + load(shift + j);
+    store(y + j, res ? v + load(res + j) : v);
+  }
+  for (; j < c; ++j) y[j] = x[j] * scale[j] + shift[j] + (res ? res[j] : 0.f);
 }
 
 DPT_CLONES void layer_norm_rows(float* y, const float* x, int64_t rows, int64_t c, const float* w, const float* b,
@@ -127,12 +132,13 @@ DPT_CLONES void group_stats(const float* x, int64_t pixels, int64_t c, int64_t c
 
 class GroupNorm : public Kernel {
  public:
-  GroupNorm(mx::Stream s, int groups, bool affine, float eps, Act act)
-      : Kernel(s), groups_(groups), affine_(affine), eps_(eps), act_(act) {}
+  GroupNorm(mx::Stream s, int groups, bool affine, float eps, Act act, bool residual)
+      : Kernel(s), groups_(groups), affine_(affine), eps_(eps), act_(act), residual_(residual) {}
   const char* name() const override { return "DptGroupNorm"; }
   bool is_equivalent(const mx::Primitive& other) const override {
     auto& o = static_cast<const GroupNorm&>(other);
-    return groups_ == o.groups_ && affine_ == o.affine_ && eps_ == o.eps_ && act_ == o.act_;
+    return groups_ == o.groups_ && affine_ == o.affine_ && eps_ == o.eps_ && act_ == o.act_ &&
+           residual_ == o.residual_;
   }
 
   std::vector<mx::array> reference(const std::vector<mx::array>& in) override {
@@ -145,6 +151,7 @@ class GroupNorm : public Kernel {
     auto y = mx::reshape(mx::multiply(mx::subtract(g, mean, s), mx::rsqrt(mx::add(var, mx::array(eps_), s), s), s),
                          x.shape(), s);
     if (affine_) y = mx::add(mx::multiply(y, in[1], s), in[2], s);
+    if (residual_) y = mx::add(y, in.back(), s);
     return {act_reference(y, act_, s)};
   }
 
@@ -160,6 +167,7 @@ class GroupNorm : public Kernel {
     const float* x = in[0].data<float>();
     const float* w = affine_ ? in[1].data<float>() : nullptr;
     const float* bias = affine_ ? in[2].data<float>() : nullptr;
+    const float* res = residual_ ? in.back().data<float>() : nullptr;
     float* y = out.data<float>();
     float eps = eps_;
     Act act = act_;
@@ -181,7 +189,8 @@ class GroupNorm : public Kernel {
       parallel_for(b * pixels, std::max<int64_t>(1, 4096 / std::max<int64_t>(c, 1)), [&](int64_t p0, int64_t p1) {
         for (int64_t p = p0; p < p1; ++p) {
           int64_t bi = p / pixels;
-          affine_row(y + p * c, x + p * c, scale.data() + bi * c, shift.data() + bi * c, c);
+          affine_row(y + p * c, x + p * c, scale.data() + bi * c, shift.data() + bi * c, res ? res + p * c : nullptr,
+                     c);
         }
         Epilogue e{nullptr, act};
         epilogue_tile(y + p0 * c, c, p1 - p0, c, 0, 0, e);
@@ -194,6 +203,7 @@ class GroupNorm : public Kernel {
   bool affine_;
   float eps_;
   Act act_;
+  bool residual_;
 };
 
 class Activation : public Kernel {
@@ -252,7 +262,7 @@ mx::array layer_norm(const mx::array& x, const OptArray& weight, const OptArray&
 }
 
 mx::array group_norm(const mx::array& x, const OptArray& weight, const OptArray& bias, int groups, float eps, Act act,
-                     mx::StreamOrDevice sd) {
+                     const OptArray& residual, mx::StreamOrDevice sd) {
   auto s = mx::to_stream(sd);
   int c = x.ndim() ? x.shape(-1) : 0;
   if (x.ndim() < 2 || groups < 1 || c % groups != 0)
@@ -263,7 +273,9 @@ mx::array group_norm(const mx::array& x, const OptArray& weight, const OptArray&
     in.push_back(dense(mx::reshape(*weight, {c}, s), s));
     in.push_back(dense(mx::reshape(*bias, {c}, s), s));
   }
-  auto out = mx::array(x.shape(), mx::float32, std::make_shared<GroupNorm>(s, groups, bool(weight), eps, act), in);
+  if (residual) in.push_back(dense(mx::broadcast_to(*residual, x.shape(), s), s));
+  auto out = mx::array(x.shape(), mx::float32,
+                       std::make_shared<GroupNorm>(s, groups, bool(weight), eps, act, bool(residual)), in);
   return x.dtype() == mx::float32 ? out : mx::astype(out, x.dtype(), s);
 }
 
