@@ -16,6 +16,7 @@ namespace dpt {
 namespace {
 
 constexpr int kRows = 8, kCols = 32;  // the register tile: 8 rows x 2 vectors = 16 accumulators
+constexpr int kConvRows = 12;  // a convolution's tile: 12 pixels x 2 vectors = 24 accumulators
 
 #if defined(__x86_64__)
 #define DPT_AVX512 __attribute__((target("avx512f")))
@@ -109,17 +110,17 @@ template <int R>
 DPT_AVX512 void conv_tile(float* y, int64_t ldy, const float* const* src, int64_t taps, const float* panel,
                           int64_t channels, int64_t cols) {
   __m512 a0[R], a1[R];
-#pragma GCC unroll 8
+#pragma GCC unroll 12
   for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
   for (int64_t t = 0; t < taps; ++t) {
     const float* wt = panel + t * channels * kCols;
     const float* p[R];
-#pragma GCC unroll 8
+#pragma GCC unroll 12
     for (int r = 0; r < R; ++r) p[r] = src[r * taps + t];
 #pragma GCC unroll 2
     for (int64_t c = 0; c < channels; ++c) {
       __m512 b0 = _mm512_loadu_ps(wt + c * kCols), b1 = _mm512_loadu_ps(wt + c * kCols + 16);
-#pragma GCC unroll 8
+#pragma GCC unroll 12
       for (int r = 0; r < R; ++r) {
         __m512 x = _mm512_set1_ps(p[r][c]);
         a0[r] = _mm512_fmadd_ps(x, b0, a0[r]);
@@ -127,7 +128,7 @@ DPT_AVX512 void conv_tile(float* y, int64_t ldy, const float* const* src, int64_
       }
     }
   }
-#pragma GCC unroll 8
+#pragma GCC unroll 12
   for (int r = 0; r < R; ++r) {
     if (cols == kCols) {
       _mm512_storeu_ps(y + r * ldy, a0[r]);
@@ -152,7 +153,11 @@ constexpr auto conv_table(std::integer_sequence<int, R...>) {
 
 }  // namespace
 
-bool conv_tiles_apply(const ConvShape& g) { return tiles_apply(kCols) && g.i >= 16 && g.o >= 8; }
+// Up to 128 channels under a 3x3 kernel: measured faster than im2col and the BLAS; above, the
+// BLAS's blocking wins (220-230 against 190-220 GFLOP/s at 256 channels on a 2-core Xeon).
+bool conv_tiles_apply(const ConvShape& g) {
+  return tiles_apply(kCols) && g.i >= 16 && g.o >= 8 && g.i * g.kh * g.kw <= 1152;
+}
 
 void conv_tiles(float* y, const float* x, const float* w, const ConvShape& g, const Epilogue& e) {
 #if defined(__x86_64__)
@@ -171,13 +176,13 @@ void conv_tiles(float* y, const float* x, const float* w, const ConvShape& g, co
         }
   });
   std::vector<float> zeros(size_t(g.i), 0.f);
-  static const auto table = conv_table(std::make_integer_sequence<int, kRows>{});
-  int64_t groups = (g.ow + kRows - 1) / kRows;
+  static const auto table = conv_table(std::make_integer_sequence<int, kConvRows>{});
+  int64_t groups = (g.ow + kConvRows - 1) / kConvRows;
   parallel_for(g.b * g.oh * groups, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<const float*> src(size_t(kRows * taps));
+    std::vector<const float*> src(size_t(kConvRows * taps));
     for (int64_t task = t0; task < t1; ++task) {
       int64_t grp = task % groups, row = task / groups, oy = row % g.oh, b = row / g.oh;
-      int64_t ox0 = grp * kRows, rows = std::min<int64_t>(kRows, g.ow - ox0);
+      int64_t ox0 = grp * kConvRows, rows = std::min<int64_t>(kConvRows, g.ow - ox0);
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t ky = 0; ky < g.kh; ++ky)
           for (int64_t kx = 0; kx < g.kw; ++kx) {

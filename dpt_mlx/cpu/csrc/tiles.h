@@ -34,7 +34,8 @@ struct ConvShape {
   int64_t b, h, w, i, o, kh, kw, oh, ow, sh, sw, ph, pw, dh, dw;
 };
 
-// Whether the direct convolution tiles run this convolution (AVX-512, at least 16 input channels).
+// Whether the direct convolution tiles run this convolution (AVX-512, 16 to 128 input channels
+// under a 3x3 kernel).
 bool conv_tiles_apply(const ConvShape& g);
 
 // y = conv(x, w) followed by the epilogue (row = output pixel, column = output channel), without
