@@ -142,8 +142,6 @@ class Attention : public Kernel {
   }
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    auto s = stream();
-    auto& enc = mx::cpu::get_command_encoder(s);
     const auto& in = inputs;
     auto& out = outputs[0];
     int64_t bsz = out.shape(0), heads = out.shape(1), nq = out.shape(2), d = out.shape(3);
@@ -154,8 +152,7 @@ class Attention : public Kernel {
     flags.row_contiguous = heads == 1 || nq == 1;
     flags.col_contiguous = out.size() <= 1;
     out.set_data(mx::allocator::malloc(out.nbytes()), out.size(), strides, flags);
-    for (auto& a : in) enc.set_input_array(a);
-    enc.set_output_array(out);
+    auto& enc = begin(in, out);
     View q = view_of(in[0]), k = view_of(in[1]), v = view_of(in[2]);
     bool has_bias = bias_;
     View bias = has_bias ? view_of(in[3]) : View{};

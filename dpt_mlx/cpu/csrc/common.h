@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "mlx/array.h"
+#include "mlx/backend/cpu/encoder.h"
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
 
@@ -70,8 +71,6 @@ std::string blas_config();
 
 // `a` as float32 in row-major order without gaps (MLX copies it only when it is not already).
 mx::array dense(const mx::array& a, mx::Stream s);
-// Allocate `out` (row-contiguous) before a kernel writes it.
-void allocate(mx::array& out);
 
 // A primitive whose CPU evaluation is a kernel here and whose every other transform goes through
 // `reference`, the same computation in plain MLX ops.
@@ -87,6 +86,11 @@ class Kernel : public mx::Primitive {
                                                            const std::vector<int>& axes) override;
   // The same computation in MLX ops (on this primitive's stream).
   virtual std::vector<mx::array> reference(const std::vector<mx::array>& inputs) = 0;
+
+ protected:
+  // Allocate `out` (row-contiguous, unless the kernel has set its data already) and register the
+  // arrays with the stream's encoder, which then takes the kernel's work (`dispatch`).
+  mx::cpu::CommandEncoder& begin(const std::vector<mx::array>& inputs, mx::array& out);
 };
 
 }  // namespace dpt

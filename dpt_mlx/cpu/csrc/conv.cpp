@@ -93,13 +93,9 @@ class Conv2d : public Kernel {
   }
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    auto s = stream();
-    auto& enc = mx::cpu::get_command_encoder(s);
     const auto& in = inputs;
     auto& out = outputs[0];
-    allocate(out);
-    for (auto& a : in) enc.set_input_array(a);
-    enc.set_output_array(out);
+    auto& enc = begin(in, out);
     size_t i = 2;
     const float* x = in[0].data<float>();
     const float* w = in[1].data<float>();
@@ -185,13 +181,9 @@ class ConvTransposePatch : public Kernel {
   }
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    auto s = stream();
-    auto& enc = mx::cpu::get_command_encoder(s);
     const auto& in = inputs;
     auto& out = outputs[0];
-    allocate(out);
-    for (auto& a : in) enc.set_input_array(a);
-    enc.set_output_array(out);
+    auto& enc = begin(in, out);
     int64_t b = in[0].shape(0), h = in[0].shape(1), w = in[0].shape(2), ci = in[0].shape(3);
     int64_t co = in[1].shape(0), k = in[1].shape(1);
     const float* x = in[0].data<float>();

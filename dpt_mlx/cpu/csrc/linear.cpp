@@ -51,13 +51,9 @@ class Linear : public Kernel {
   }
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    auto s = stream();
-    auto& enc = mx::cpu::get_command_encoder(s);
     const auto& in = inputs;
     auto& out = outputs[0];
-    allocate(out);
-    for (auto& a : in) enc.set_input_array(a);
-    enc.set_output_array(out);
+    auto& enc = begin(in, out);
     int64_t k = in[1].shape(1), n = in[1].shape(0), m = k ? in[0].size() / k : 0;
     size_t i = 2;
     const float* x = in[0].data<float>();

@@ -81,13 +81,9 @@ class LayerNorm : public Kernel {
   }
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    auto s = stream();
-    auto& enc = mx::cpu::get_command_encoder(s);
     const auto& in = inputs;
     auto& out = outputs[0];
-    allocate(out);
-    for (auto& a : in) enc.set_input_array(a);
-    enc.set_output_array(out);
+    auto& enc = begin(in, out);
     int64_t c = in[0].shape(-1), rows = c ? in[0].size() / c : 0;
     size_t i = 1;
     const float* x = in[0].data<float>();
@@ -156,13 +152,9 @@ class GroupNorm : public Kernel {
   }
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    auto s = stream();
-    auto& enc = mx::cpu::get_command_encoder(s);
     const auto& in = inputs;
     auto& out = outputs[0];
-    allocate(out);
-    for (auto& a : in) enc.set_input_array(a);
-    enc.set_output_array(out);
+    auto& enc = begin(in, out);
     int64_t c = in[0].shape(-1), b = in[0].shape(0), pixels = c ? in[0].size() / (c * b) : 0, groups = groups_;
     const float* x = in[0].data<float>();
     const float* w = affine_ ? in[1].data<float>() : nullptr;
@@ -216,13 +208,9 @@ class Activation : public Kernel {
   std::vector<mx::array> reference(const std::vector<mx::array>& in) override;
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    auto s = stream();
-    auto& enc = mx::cpu::get_command_encoder(s);
     const auto& x = inputs[0];
     auto& out = outputs[0];
-    allocate(out);
-    enc.set_input_array(x);
-    enc.set_output_array(out);
+    auto& enc = begin(inputs, out);
     const float* src = x.data<float>();
     float* dst = out.data<float>();
     int64_t n = x.size();

@@ -14,7 +14,13 @@ mx::array dense(const mx::array& a, mx::Stream s) {
   return mx::contiguous(mx::astype(a, mx::float32, s), false, s);
 }
 
-void allocate(mx::array& out) { out.set_data(mx::allocator::malloc(out.nbytes())); }
+mx::cpu::CommandEncoder& Kernel::begin(const std::vector<mx::array>& inputs, mx::array& out) {
+  if (!out.data_shared_ptr()) out.set_data(mx::allocator::malloc(out.nbytes()));
+  auto& enc = mx::cpu::get_command_encoder(stream());
+  for (auto& a : inputs) enc.set_input_array(a);
+  enc.set_output_array(out);
+  return enc;
+}
 
 void Kernel::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
   throw std::runtime_error(std::string(name()) + " is a CPU kernel; on a GPU the model runs MLX's own ops");

@@ -49,13 +49,9 @@ class Resize : public Kernel {
   }
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    auto s = stream();
-    auto& enc = mx::cpu::get_command_encoder(s);
     const auto& in = inputs;
     auto& out = outputs[0];
-    allocate(out);
-    for (auto& a : in) enc.set_input_array(a);
-    enc.set_output_array(out);
+    auto& enc = begin(in, out);
     int64_t b = in[0].shape(0), h = in[0].shape(1), w = in[0].shape(2), c = in[0].shape(3);
     int64_t oh = out.shape(1), ow = out.shape(2), tr = in[1].shape(1), tc = in[3].shape(1);
     const float* x = in[0].data<float>();
