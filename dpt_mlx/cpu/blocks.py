@@ -122,17 +122,22 @@ class Dinov2Layer(dinov2.Dinov2Layer):
 # with the ReLUs in the convolutions' epilogues, its parent's (the model's) code off the CPU.
 
 
+def _upsampled(head, hidden_states) -> mx.array:
+    """The start DPT's and ZoeDepth's depth heads share: [projection+ReLU], conv1, 2x resize."""
+    x = hidden_states[head.head_in_index]
+    if head.projection is not None:
+        x = conv(head.projection, x, act="relu")
+    x = conv(head.conv1, x)
+    return head.resample(x, (2 * x.shape[1], 2 * x.shape[2]), "bilinear", align_corners=True)
+
+
 class _DPTDepthHead:
     """DPT's depth head: projection+ReLU, conv1, 2x resize, conv2+ReLU, conv3+ReLU, fused."""
 
     def __call__(self, hidden_states):
         if not on_cpu():
             return super().__call__(hidden_states)
-        x = hidden_states[self.head_in_index]
-        if self.projection is not None:
-            x = conv(self.projection, x, act="relu")
-        x = conv(self.conv1, x)
-        x = self.resample(x, (2 * x.shape[1], 2 * x.shape[2]), "bilinear", align_corners=True)
+        x = _upsampled(self, hidden_states)
         return conv(self.conv3, conv(self.conv2, x, act="relu"), act="relu")[..., 0]
 
 
@@ -151,15 +156,12 @@ class _DepthAnythingHead:
 
 
 class _ZoeDepthRelativeHead:
+    """ZoeDepth's relative head: DPT's, returning conv2's features too."""
+
     def __call__(self, hidden_states):
         if not on_cpu():
             return super().__call__(hidden_states)
-        x = hidden_states[self.head_in_index]
-        if self.projection is not None:
-            x = conv(self.projection, x, act="relu")
-        x = conv(self.conv1, x)
-        x = self.resample(x, (2 * x.shape[1], 2 * x.shape[2]), "bilinear", align_corners=True)
-        features = conv(self.conv2, x, act="relu")
+        features = conv(self.conv2, _upsampled(self, hidden_states), act="relu")
         return conv(self.conv3, features, act="relu")[..., 0], features
 
 
