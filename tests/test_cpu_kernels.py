@@ -9,6 +9,7 @@ tested everywhere.
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -341,29 +342,80 @@ def test_a_kernel_build_for_another_mlx_is_not_used(monkeypatch):
     assert state["module"] is None and "built for mlx 0.0.1 but mlx" in state["why"]
 
 
+BLAS_CHOICES = ["openblas"] + (["mkl"] if platform.machine() == "x86_64" else [])
+
+
 @pytest.mark.linux
-def test_kernels_load_on_linux_and_leave_mlx_alone(tmp_path):
-    """The kernels are there after the README's install, and loading and running a model changes
-    nothing of MLX for other code: no unprefixed BLAS symbol enters the process's global scope (it
-    would answer libmlx's own calls), and MLX's matmul gives what it gave before."""
+@pytest.mark.parametrize("blas", BLAS_CHOICES)
+def test_kernels_load_on_linux_and_leave_mlx_alone(tmp_path, blas):
+    """The kernels are there after the README's install (on x86-64 with MKL linked in), and
+    loading and running a model with either BLAS changes nothing of MLX for other code: no BLAS
+    symbol enters the process's global scope (it would answer libmlx's own calls), and MLX's
+    matmul gives what it gave before."""
     script = textwrap.dedent("""
         import ctypes, mlx.core as mx, mlx.nn as nn, numpy as np
         import dpt_mlx
         from dpt_mlx import cpu
         a, b = mx.random.normal((64, 80)), mx.random.normal((80, 48))
         before = np.array(a @ b)
-        net = cpu.accelerate(nn.Sequential(nn.Linear(80, 48), nn.LayerNorm(48)))
-        mx.eval(net(a))
+        net = nn.Sequential(nn.Linear(80, 48), nn.LayerNorm(48))
+        ref = np.array(net(a))
+        net = cpu.accelerate(net)
+        np.testing.assert_allclose(np.array(net(a)), ref, atol=1e-4)
         info = cpu.cpu_info()
         assert info["kernels"] and info["note"] is None and info["threads"] >= 1 and info["blas"], info
         assert cpu.is_accelerated(net)
-        for name in ("cblas_sgemm", "sgemm_", "cblas_sgemv"):  # the names libmlx calls
+        for name in ("cblas_sgemm", "sgemm_", "cblas_sgemv", "mkl_get_version"):  # libmlx calls the first three
             assert not hasattr(ctypes.CDLL(None), name), name
         assert (np.array(a @ b) == before).all()
-        print("ok", info["blas"].split()[0])
+        print("ok", info["blas"])
     """)
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "DPT_MLX_BLAS": blas})
     assert run.returncode == 0 and run.stdout.startswith("ok"), run.stderr[-2000:]
+    assert ("oneMKL" in run.stdout) == (blas == "mkl") and ("OpenBLAS" in run.stdout) == (blas == "openblas")
+
+
+@pytest.mark.linux
+def test_the_kernels_export_only_their_module():
+    """MKL is linked into the extension with its names local: the library defines no BLAS name a
+    later-loaded library could bind to (the linker that built it provides nm)."""
+    out = subprocess.run(["nm", "-D", "--defined-only", native.kernels().__file__], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    names = [line.split()[-1] for line in out.splitlines() if line.strip()]
+    assert "PyInit__kernels" in names
+    assert not [n for n in names if "blas" in n.lower() or "mkl" in n.lower() or "gemm" in n.lower()], names
+
+
+@pytest.mark.linux
+def test_blas_choice_follows_the_cpu_and_the_setting(monkeypatch):
+    class Built:
+        def has_mkl(self):
+            return True
+
+    monkeypatch.delenv(native.BLAS_ENV_VAR, raising=False)
+    monkeypatch.setattr(native, "_cpu_vendor", lambda: "GenuineIntel")
+    assert native._choose_blas(Built()) == "mkl"
+    monkeypatch.setattr(native, "_cpu_vendor", lambda: "AuthenticAMD")
+    assert native._choose_blas(Built()) == "openblas"
+    monkeypatch.setenv(native.BLAS_ENV_VAR, "MKL")
+    assert native._choose_blas(Built()) == "mkl"
+    Built.has_mkl = lambda self: False
+    with pytest.raises(RuntimeError, match="built without MKL"):
+        native._choose_blas(Built())
+    monkeypatch.setenv(native.BLAS_ENV_VAR, "atlas")
+    with pytest.raises(RuntimeError, match="must be 'mkl' or 'openblas'"):
+        native._choose_blas(Built())
+
+
+@pytest.mark.linux
+def test_a_bad_blas_setting_is_one_line_and_the_portable_path():
+    script = "from dpt_mlx import cpu; info = cpu.cpu_info(); print(info['kernels']); print(info['note'])"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "DPT_MLX_BLAS": "atlas"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["False", "DPT_MLX_BLAS must be 'mkl' or 'openblas', got 'atlas'; "
+                                                "MLX's own ops run"]
 
 
 @pytest.mark.x86_64
@@ -376,7 +428,7 @@ def test_openblas_kernels_follow_the_cpu_not_openblas_coretype():
 
     def run(**env):
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                             env={**os.environ, **env})
+                             env={**os.environ, "DPT_MLX_BLAS": "openblas", **env})
         assert out.returncode == 0, out.stderr[-2000:]
         return out.stdout.splitlines()
 

@@ -5,8 +5,8 @@ The models are plain MLX and run as they are on Metal, CUDA and the CPU. On the 
 CPU layers with the same arrays (:mod:`dpt_mlx.cpu.layers`, :mod:`dpt_mlx.cpu.blocks`), which compute through compiled MLX
 primitives (:mod:`dpt_mlx.cpu.native`, built from ``csrc/``): fused attention, linear layers and
 convolutions with their bias, activation and residual in the product's epilogue, threaded
-LayerNorm, activations and resizes, all on one thread pool with a single-threaded OpenBLAS inside
-it. Parameter paths, checkpoints and gradients are unchanged, and no op of MLX is modified: other
+LayerNorm, activations and resizes, all on one thread pool with a single-threaded BLAS inside it
+(Intel's MKL linked in on x86-64 Intel CPUs, else OpenBLAS). Parameter paths, checkpoints and gradients are unchanged, and no op of MLX is modified: other
 code in the process gets MLX's ops exactly as they were installed. The one process-wide setting
 it changes is the size of MLX's CPU buffer cache (:func:`cache_limit`, once, unless the user set
 their own).
@@ -87,11 +87,12 @@ def cpu_info() -> dict:
 
 
 def blas_info() -> dict:
-    """The BLAS of the CPU path: :func:`cpu_info` with ``provider`` (``scipy-openblas32`` when the
-    kernels call it, else None: MLX's own matmul, the reference BLAS of the ``mlx[cpu]`` wheel) and
-    ``notes`` (a list, empty when the kernels run)."""
+    """The BLAS of the CPU path: :func:`cpu_info` with ``provider`` (``mkl-static`` or
+    ``scipy-openblas32``, whichever the kernels call, else None: MLX's own matmul, the reference
+    BLAS of the ``mlx[cpu]`` wheel) and ``notes`` (a list, empty when the kernels run)."""
     info = cpu_info()
-    info["provider"] = "scipy-openblas32" if info["blas"] else None
+    blas = info["blas"] or ""
+    info["provider"] = "mkl-static" if "oneMKL" in blas else "scipy-openblas32" if blas else None
     info["notes"] = [info["note"]] if info["note"] else []
     return info
 

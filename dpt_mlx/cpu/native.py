@@ -8,9 +8,11 @@ run MLX's own ops and :func:`unavailable` says why in one line.
 
 Threads: one pool inside the extension, sized to the CPUs this process may use (the affinity
 mask, capped by a cgroup CPU quota), or ``DPT_MLX_THREADS``; :func:`set_threads` changes it.
-The OpenBLAS the kernels call (from the ``scipy-openblas32`` package, names prefixed) is opened
-privately and runs single-threaded inside that pool, so no second set of threads competes with
-it, and MLX's own products keep the BLAS MLX was installed with.
+The BLAS the kernels call runs single-threaded inside that pool, so no second set of threads
+competes with it, and it is private to the extension, so MLX's own products keep the BLAS MLX was
+installed with: Intel's MKL where the build linked it in (x86-64) and the CPU is Intel's, else the
+OpenBLAS of the ``scipy-openblas32`` package (names prefixed, opened privately).
+``DPT_MLX_BLAS=mkl`` or ``openblas`` overrides the choice.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sys
 import threading
 
 THREADS_ENV_VAR = "DPT_MLX_THREADS"
+BLAS_ENV_VAR = "DPT_MLX_BLAS"
 
 _lock = threading.Lock()
 _state: dict = {}
@@ -101,6 +104,45 @@ def _open_openblas(module, path: str) -> str:
             os.environ["OPENBLAS_CORETYPE"] = saved
 
 
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _choose_blas(module) -> str:
+    """``"mkl"`` or ``"openblas"``: ``DPT_MLX_BLAS`` when set, else MKL where it was linked in and
+    the CPU is Intel's (on other CPUs its kernels are not the ones it is tuned for)."""
+    wanted = os.environ.get(BLAS_ENV_VAR, "").strip().lower()
+    if wanted not in ("", "mkl", "openblas"):
+        raise RuntimeError(f"{BLAS_ENV_VAR} must be 'mkl' or 'openblas', got {wanted!r}")
+    if wanted == "mkl" and not module.has_mkl():
+        raise RuntimeError(f"{BLAS_ENV_VAR}=mkl but these kernels were built without MKL")
+    if wanted:
+        return wanted
+    return "mkl" if module.has_mkl() and _cpu_vendor() == "GenuineIntel" else "openblas"
+
+
+def _open_blas(module) -> str | None:
+    """Give the kernels their BLAS; returns why not (one line), or None."""
+    try:
+        if _choose_blas(module) == "mkl":
+            module.use_mkl()
+            return None
+        blas = _openblas_library()
+        if blas is None:
+            return "the scipy-openblas32 package is not installed; MLX's own ops run"
+        _open_openblas(module, blas)
+    except (RuntimeError, OSError) as exc:
+        return f"{exc}; MLX's own ops run"
+    return None
+
+
 def _load() -> dict:
     if not sys.platform.startswith("linux"):
         return {"module": None, "why": f"no CPU kernels on {sys.platform}: MLX's own ops run (Metal on macOS)"}
@@ -119,13 +161,9 @@ def _load() -> dict:
     if module.built_with_mlx != running:
         return {"module": None, "why": f"the CPU kernels were built for mlx {module.built_with_mlx} but mlx {running} "
                                        "is installed; MLX's own ops run until dpt_mlx is reinstalled"}
-    blas = _openblas_library()
-    if blas is None:
-        return {"module": None, "why": "the scipy-openblas32 package is not installed; MLX's own ops run"}
-    try:
-        _open_openblas(module, blas)
-    except (RuntimeError, OSError) as exc:
-        return {"module": None, "why": f"{exc}; MLX's own ops run"}
+    why = _open_blas(module)
+    if why:
+        return {"module": None, "why": why}
     module.set_threads(default_threads())
     return {"module": module, "why": None}
 

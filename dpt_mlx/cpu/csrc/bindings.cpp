@@ -36,6 +36,8 @@ NB_MODULE(_kernels, m) {
   m.def("set_threads", &dpt::set_threads, "n"_a, "Threads of the kernels' pool and of their BLAS.");
   m.def("threads", &dpt::threads, "Threads of the kernels' pool.");
   m.def("load_blas", &dpt::load_blas, "path"_a, "Open the OpenBLAS the kernels call, once per process; its description.");
+  m.def("has_mkl", &dpt::has_mkl, "Whether Intel's MKL was linked in (x86-64 builds with mkl-static).");
+  m.def("use_mkl", &dpt::use_mkl, "Call the linked-in MKL, once per process; its description.");
   m.def("blas_config", &dpt::blas_config, "The BLAS the kernels call, as it describes itself ('' before one is loaded).");
 
   m.def(

@@ -1,8 +1,13 @@
-// The BLAS the kernels call: the OpenBLAS of the scipy-openblas32 package, opened at run time and
-// privately (its names are prefixed and nothing it exports reaches the process's global symbols),
-// so MLX's own products keep the BLAS MLX was installed with. It runs single-threaded; the
-// products are split over the pool with their epilogues.
+// The BLAS the kernels call, chosen once per process: Intel's MKL where it was linked in (x86-64
+// builds; its names are local to this module), or the OpenBLAS of the scipy-openblas32 package,
+// opened at run time and privately (its names are prefixed). Either way nothing reaches the
+// process's global symbols, so MLX's own products keep the BLAS MLX was installed with. It runs
+// single-threaded; the products are split over the pool with their epilogues.
 #include <dlfcn.h>
+#ifdef DPT_WITH_MKL
+#include <mkl_cblas.h>
+#include <mkl_service.h>
+#endif
 
 #include <algorithm>
 #include <climits>
@@ -46,6 +51,33 @@ std::string load_blas(const std::string& path) {
   g_config = get && get() ? get() : "OpenBLAS";
   g_sgemm = fn;
   return g_config;
+}
+
+bool has_mkl() {
+#ifdef DPT_WITH_MKL
+  return true;
+#else
+  return false;
+#endif
+}
+
+std::string use_mkl() {
+  std::lock_guard<std::mutex> lk(g_mutex);
+  if (g_sgemm) return g_config;
+#ifdef DPT_WITH_MKL
+  MKLVersion v;
+  mkl_get_version(&v);
+  g_config = "Intel oneMKL " + std::to_string(v.MajorVersion) + "." + std::to_string(v.UpdateVersion) +
+             " (linked in, sequential)";
+  g_sgemm = [](int order, int ta, int tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
+               int ldb, float beta, float* c, int ldc) {
+    cblas_sgemm(CBLAS_LAYOUT(order), CBLAS_TRANSPOSE(ta), CBLAS_TRANSPOSE(tb), m, n, k, alpha, a, lda, b, ldb, beta,
+                c, ldc);
+  };
+  return g_config;
+#else
+  throw std::runtime_error("these kernels were built without MKL");
+#endif
 }
 
 std::string blas_config() { return g_config; }

@@ -65,6 +65,10 @@ void gemm(bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t
           float* c, int64_t ldc, const Epilogue& e = {});
 // Open the OpenBLAS at `path` once per process; returns its description.
 std::string load_blas(const std::string& path);
+// Whether Intel's MKL was linked in, and call it instead (once per process); its description.
+bool has_mkl();
+std::string use_mkl();
+// The BLAS in use, as it describes itself ('' before one is chosen).
 std::string blas_config();
 
 // ------------------------------------------------------------------------------ primitives
