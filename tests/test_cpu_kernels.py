@@ -147,6 +147,44 @@ def test_attention_matches_sdpa(K, nq, nk, bias_shape, d):
 
 
 @pytest.mark.linux
+@pytest.mark.parametrize("nq,nk", [(1, 1), (33, 33), (300, 77), (260, 2100)])
+@pytest.mark.parametrize("d", [40, 64])
+def test_attention_gathers_a_bias_table(K, nq, nk, d):
+    """BEiT's relative position bias: head h adds table[index, h], gathered in the kernel."""
+    b, h, entries = 2, 3, 57
+    q = normal(b, nq, h, d).transpose(0, 2, 1, 3)
+    k, v = normal(b, nk, h, d, seed=1).transpose(0, 2, 1, 3), normal(b, h, nk, d, seed=2)
+    table = normal(entries, h, seed=3) * 3
+    index = mx.array(np.random.default_rng(4).integers(0, entries, (nq, nk)), dtype=mx.int32)
+    dense = table[index].transpose(2, 0, 1)[None]
+    assert rel(K.attention(q, k, v, 0.3, table, index), sdpa(q, k, v, 0.3, dense)) < 1e-5
+    half = [t.astype(mx.float16) for t in (q, k, v, table)]
+    got = K.attention(*half[:3], 0.3, half[3], index)
+    assert got.dtype == mx.float16 and rel(got, sdpa(q, k, v, 0.3, dense)) < 1e-2
+
+
+@pytest.mark.linux
+def test_attention_bias_table_gradients_and_bad_shapes(K):
+    q, k, v = normal(1, 2, 30, 8), normal(1, 2, 45, 8, seed=1), normal(1, 2, 45, 8, seed=2)
+    table = normal(11, 2, seed=3)
+    index = mx.array(np.random.default_rng(4).integers(0, 11, (30, 45)), dtype=mx.int32)
+
+    def loss(q, table):
+        return (K.attention(q, k, v, 0.5, table, index) ** 2).sum()
+
+    def want(q, table):
+        return (sdpa(q, k, v, 0.5, table[index].transpose(2, 0, 1)[None]) ** 2).sum()
+
+    ours, ref = mx.grad(loss, argnums=(0, 1))(q, table), mx.grad(want, argnums=(0, 1))(q, table)
+    assert all(rel(g, r) < 1e-4 for g, r in zip(ours, ref))
+    for bad_table, bad_index in ((normal(11, 3), index), (table, index[:, :40]), (table, index.astype(mx.float32))):
+        with pytest.raises(ValueError, match="bias table"):
+            K.attention(q, k, v, 0.5, bad_table, bad_index)
+    with pytest.raises(ValueError, match="without a bias table"):
+        K.attention(q, k, v, 0.5, None, index)
+
+
+@pytest.mark.linux
 def test_attention_masks_half_and_odd_layouts(K):
     q, k, v = normal(1, 2, 50, 16), normal(1, 2, 70, 16, seed=1), normal(1, 2, 70, 16, seed=2)
     mask = mx.where(mx.arange(70)[None] % 3 == 0, -float("inf"), 0.0)  # a third of the keys masked

@@ -120,6 +120,12 @@ def relative_position_index(grid: tuple[int, int]) -> np.ndarray:
     return index
 
 
+@lru_cache(maxsize=16)
+def relative_position_index_array(grid: tuple[int, int]) -> mx.array:
+    """:func:`relative_position_index` as an (N+1, N+1) int32 MLX array (made once per grid)."""
+    return mx.array(relative_position_index(grid))
+
+
 class RelativePositionBias(nn.Module):
     """A learned table of per-head biases for every relative offset inside the patch grid (+ CLS)."""
 
@@ -129,18 +135,23 @@ class RelativePositionBias(nn.Module):
         self._grid = (gh, gw)
         self.relative_position_bias_table = mx.zeros(((2 * gh - 1) * (2 * gw - 1) + 3, config.num_attention_heads))
 
-    def __call__(self, grid: tuple[int, int]) -> mx.array:
-        """The (1, heads, N+1, N+1) additive attention bias for a (gh, gw) patch grid."""
+    def table(self, grid: tuple[int, int]) -> mx.array:
+        """The (R, heads) table for a (gh, gw) patch grid: the learned one, its offsets resized."""
         table = self.relative_position_bias_table
         old_h, old_w = 2 * self._grid[0] - 1, 2 * self._grid[1] - 1
         new_h, new_w = 2 * grid[0] - 1, 2 * grid[1] - 1
-        # The reference lays the table out as (old_w, old_h) and resizes it to (new_h, new_w).
+        # The reference lays the table out as (old_w, old_h) and resizes it to (new_h, new_w): a
+        # resize to the same shape leaves it as it is.
+        if (old_w, old_h) == (new_h, new_w):
+            return table
         sub = table[: old_h * old_w].reshape(1, old_w, old_h, -1).astype(mx.float32)  # NHWC
         sub = interpolate(sub, (new_h, new_w), "bilinear", align_corners=False).astype(table.dtype)
-        table = mx.concatenate([sub.reshape(new_h * new_w, -1), table[old_h * old_w :]], axis=0)
-        index = mx.array(relative_position_index(tuple(grid)).reshape(-1))
+        return mx.concatenate([sub.reshape(new_h * new_w, -1), table[old_h * old_w :]], axis=0)
+
+    def __call__(self, grid: tuple[int, int]) -> mx.array:
+        """The (1, heads, N+1, N+1) additive attention bias for a (gh, gw) patch grid."""
         n = grid[0] * grid[1] + 1
-        bias = table[index].reshape(n, n, -1)
+        bias = self.table(grid)[relative_position_index_array(tuple(grid))].reshape(n, n, -1)
         return bias.transpose(2, 0, 1)[None]
 
 

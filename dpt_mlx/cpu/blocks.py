@@ -102,6 +102,26 @@ class BeitLayer(beit.BeitLayer):
         return linear(self.output.dense, h, residual=x, scale=scale2), probs
 
 
+class BeitSelfAttention(beit.BeitSelfAttention):
+    """BEiT's attention with its own relative position bias gathered from the (R, heads) table
+    inside the kernel, so the (heads, N, N) bias is never built (the shared bias, when a model has
+    one, goes the dense way)."""
+
+    def __call__(self, x, grid, shared_bias=None, output_attentions=False):
+        rpb = self.relative_position_bias
+        if not on_cpu() or self.training or output_attentions or rpb is None or shared_bias is not None:
+            return super().__call__(x, grid, shared_bias, output_attentions)
+        b, n, _ = x.shape
+
+        def heads(t):
+            return t.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        table = rpb.table(grid).astype(q.dtype)  # rounded as the dense bias is
+        out = kernels().attention(q, k, v, self.scale, table, beit.relative_position_index_array(grid))
+        return out.transpose(0, 2, 1, 3).reshape(b, n, -1), None
+
+
 class Dinov2Layer(dinov2.Dinov2Layer):
     """A DINOv2 block with the layer scales and residual adds in the epilogues of the products."""
 
@@ -221,6 +241,7 @@ _FUSED = {
     vit.ViTLayer: ViTLayer,
     dinov2.Dinov2Layer: Dinov2Layer,
     beit.BeitLayer: BeitLayer,
+    beit.BeitSelfAttention: BeitSelfAttention,
     bit.BitBottleneckLayer: BitBottleneckLayer,
     transformer.Intermediate: Intermediate,
     swinv2.Swinv2Intermediate: Swinv2Intermediate,
@@ -247,4 +268,4 @@ def fast_layer(layer: nn.Module) -> nn.Module:
 
 
 FAST_LAYERS = (*SINGLE_LAYERS, Intermediate, Swinv2Intermediate, Dinov2MLP, PreActResidualLayer, ViTLayer, Dinov2Layer,
-               BeitLayer, BitBottleneckLayer, *_MIXINS.values())
+               BeitLayer, BeitSelfAttention, BitBottleneckLayer, *_MIXINS.values())

@@ -1,11 +1,17 @@
 // Fused multi-head attention: per (batch, head, block of query rows), the scores of a block of
 // keys come from the BLAS, the softmax is taken online (running max and sum, vectorised exp),
 // and the probabilities multiply the values before the next key block, so no (N, N) score
-// matrix is ever stored. Parallel over heads and query blocks.
+// matrix is ever stored. Parallel over heads and query blocks. An additive bias is either dense
+// (broadcast to (B, H, Nq, Nk)) or gathered while it is added from a small per-head table by an
+// (Nq, Nk) index (BEiT's relative positions), so its (H, Nq, Nk) expansion is never built.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <limits>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "mlx/allocator.h"
 #include "mlx/backend/cpu/encoder.h"
@@ -29,6 +35,15 @@ constexpr int64_t kWholeKeys = 2048;
 struct View {  // a 4-D float array by element strides (0 where broadcast)
   const float* data;
   int64_t sb, sh, sn, sd;
+};
+
+// Where a score block's bias comes from: nothing, a dense view, or table[h][index[i][j]].
+struct Bias {
+  enum Kind { kNone, kDense, kTable } kind = kNone;
+  View dense{};
+  const float* table = nullptr;  // (H, R)
+  int64_t entries = 0;           // R
+  const int32_t* index = nullptr;  // (Nq, Nk)
 };
 
 View view_of(const mx::array& a) {
@@ -88,7 +103,40 @@ DPT_CLONES void add_bias_block(float* s, int64_t rows, int64_t nk, const float* 
   }
 }
 
-void attention_task(const View& q, const View& k, const View& v, const View* bias, float* out, int64_t heads,
+// s[i][j] += table[index[i][j]], an index outside [0, entries) clamped to it (never read outside).
+// The compilers do not vectorise the gather by themselves; AVX-512 has one.
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) void add_table_block_avx512(float* s, int64_t rows, int64_t nk,
+                                                               const float* table, int32_t entries,
+                                                               const int32_t* index, int64_t row_stride) {
+  const __m512i lo = _mm512_setzero_si512(), hi = _mm512_set1_epi32(entries - 1);
+  for (int64_t i = 0; i < rows; ++i) {
+    float* si = s + i * nk;
+    const int32_t* ii = index + i * row_stride;
+    int64_t j = 0;
+    for (; j + 16 <= nk; j += 16) {
+      __m512i at = _mm512_min_epi32(_mm512_max_epi32(_mm512_loadu_si512(ii + j), lo), hi);
+      _mm512_storeu_ps(si + j, _mm512_add_ps(_mm512_loadu_ps(si + j), _mm512_i32gather_ps(at, table, 4)));
+    }
+    for (; j < nk; ++j) si[j] += table[std::clamp(ii[j], 0, entries - 1)];
+  }
+}
+#endif
+
+void add_table_block(float* s, int64_t rows, int64_t nk, const float* table, int32_t entries, const int32_t* index,
+                     int64_t row_stride) {
+#if defined(__x86_64__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (avx512) return add_table_block_avx512(s, rows, nk, table, entries, index, row_stride);
+#endif
+  for (int64_t i = 0; i < rows; ++i) {
+    float* si = s + i * nk;
+    const int32_t* ii = index + i * row_stride;
+    for (int64_t j = 0; j < nk; ++j) si[j] += table[std::clamp(ii[j], 0, entries - 1)];
+  }
+}
+
+void attention_task(const View& q, const View& k, const View& v, const Bias& bias, float* out, int64_t heads,
                     int64_t nq, int64_t nk, int64_t d, float scale, int64_t b, int64_t h, int64_t r0, uint64_t call,
                     int64_t block) {
   int64_t rows = std::min(block, nq - r0);
@@ -106,9 +154,12 @@ void attention_task(const View& q, const View& k, const View& v, const View* bia
       score_tiles(s, qp, q.sn, kp, k.sn, rows, n, d, scale, TileKey{call, b * heads + h, k0});
     else
       sgemm(false, true, rows, n, d, scale, qp, q.sn, kp, k.sn, 0.f, s, n);
-    if (bias) {
-      const float* bp = bias->data + b * bias->sb + h * bias->sh + r0 * bias->sn + k0 * bias->sd;
-      add_bias_block(s, rows, n, bp, bias->sn);
+    if (bias.kind == Bias::kDense) {
+      const View& bv = bias.dense;
+      add_bias_block(s, rows, n, bv.data + b * bv.sb + h * bv.sh + r0 * bv.sn + k0 * bv.sd, bv.sn);
+    } else if (bias.kind == Bias::kTable) {
+      add_table_block(s, rows, n, bias.table + h * bias.entries, int32_t(bias.entries), bias.index + r0 * nk + k0,
+                      nk);
     }
     softmax_block(s, rows, n, m, l, acc, d, k0 == 0);
     const float* vp = v.data + b * v.sb + h * v.sh + k0 * v.sn;
@@ -127,7 +178,7 @@ void attention_task(const View& q, const View& k, const View& v, const View* bia
 
 class Attention : public Kernel {
  public:
-  Attention(mx::Stream s, float scale, bool bias) : Kernel(s), scale_(scale), bias_(bias) {}
+  Attention(mx::Stream s, float scale, Bias::Kind bias) : Kernel(s), scale_(scale), bias_(bias) {}
   const char* name() const override { return "DptAttention"; }
   bool is_equivalent(const mx::Primitive& other) const override {
     auto& o = static_cast<const Attention&>(other);
@@ -137,7 +188,8 @@ class Attention : public Kernel {
   std::vector<mx::array> reference(const std::vector<mx::array>& in) override {
     auto s = stream();
     auto scores = mx::matmul(mx::multiply(in[0], mx::array(scale_), s), mx::swapaxes(in[1], -1, -2, s), s);
-    if (bias_) scores = mx::add(scores, in[3], s);
+    if (bias_ == Bias::kDense) scores = mx::add(scores, in[3], s);
+    if (bias_ == Bias::kTable) scores = mx::add(scores, mx::expand_dims(mx::take(in[3], in[4], 1, s), 0, s), s);
     return {mx::matmul(mx::softmax(scores, std::vector<int>{-1}, true, s), in[2], s)};
   }
 
@@ -154,8 +206,14 @@ class Attention : public Kernel {
     out.set_data(mx::allocator::malloc(out.nbytes()), out.size(), strides, flags);
     auto& enc = begin(in, out);
     View q = view_of(in[0]), k = view_of(in[1]), v = view_of(in[2]);
-    bool has_bias = bias_;
-    View bias = has_bias ? view_of(in[3]) : View{};
+    Bias bias;
+    bias.kind = bias_;
+    if (bias_ == Bias::kDense) bias.dense = view_of(in[3]);
+    if (bias_ == Bias::kTable) {
+      bias.table = in[3].data<float>();
+      bias.entries = in[3].shape(1);
+      bias.index = in[4].data<int32_t>();
+    }
     float* o = out.data<float>();
     float scale = scale_;
     auto shapes = std::vector<mx::Shape>{in[0].shape(), in[1].shape(), in[2].shape()};
@@ -187,7 +245,7 @@ class Attention : public Kernel {
       parallel_for(bsz * heads * blocks, 1, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
           int64_t blk = t % blocks, bh = t / blocks;
-          attention_task(q, k, v, has_bias ? &bias : nullptr, o, heads, nq, nk, d, scale, bh / heads, bh % heads,
+          attention_task(q, k, v, bias, o, heads, nq, nk, d, scale, bh / heads, bh % heads,
                          blk * block, call, block);
         }
       });
@@ -196,20 +254,32 @@ class Attention : public Kernel {
 
  private:
   float scale_;
-  bool bias_;
+  Bias::Kind bias_;
 };
 
 }  // namespace
 
 mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale, const OptArray& bias,
-                    mx::StreamOrDevice sd) {
+                    const OptArray& bias_index, mx::StreamOrDevice sd) {
   auto s = mx::to_stream(sd);
   if (q.ndim() != 4 || k.ndim() != 4 || v.ndim() != 4 || k.shape() != v.shape() || q.shape(0) != k.shape(0) ||
       q.shape(1) != k.shape(1) || q.shape(3) != k.shape(3))
     throw std::invalid_argument("attention: q (B, H, Nq, D) and k, v (B, H, Nk, D) do not match");
   auto f32 = mx::float32;
   std::vector<mx::array> in{mx::astype(q, f32, s), mx::astype(k, f32, s), mx::astype(v, f32, s)};
-  if (bias) {
+  Bias::Kind kind = bias ? Bias::kDense : Bias::kNone;
+  if (bias && bias_index) {
+    // bias: a (R, H) table; bias_index: (Nq, Nk) entries of it.
+    if (bias->ndim() != 2 || bias->shape(1) != q.shape(1) || bias_index->ndim() != 2 ||
+        bias_index->shape(0) != q.shape(2) || bias_index->shape(1) != k.shape(2) ||
+        !mx::issubdtype(bias_index->dtype(), mx::integer))
+      throw std::invalid_argument("attention: a bias table is (R, H) and its index (Nq, Nk) integers");
+    kind = Bias::kTable;
+    in.push_back(dense(mx::transpose(*bias, {1, 0}, s), s));  // (H, R): one head's entries together
+    in.push_back(mx::contiguous(mx::astype(*bias_index, mx::int32, s), false, s));
+  } else if (bias_index) {
+    throw std::invalid_argument("attention: bias_index without a bias table");
+  } else if (bias) {
     auto b = mx::astype(*bias, f32, s);
     if (b.ndim() > 4) throw std::invalid_argument("attention: the bias has more than 4 axes");
     while (b.ndim() < 4) b = mx::expand_dims(b, 0, s);
@@ -220,7 +290,7 @@ mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, 
     if (b.shape(3) == 1 && k.shape(2) > 1) b = mx::broadcast_to(b, {b.shape(0), b.shape(1), b.shape(2), k.shape(2)}, s);
     in.push_back(dense(b, s));  // rows read with unit stride
   }
-  auto out = mx::array(q.shape(), f32, std::make_shared<Attention>(s, scale, bool(bias)), in);
+  auto out = mx::array(q.shape(), f32, std::make_shared<Attention>(s, scale, kind), in);
   return q.dtype() == f32 ? out : mx::astype(out, q.dtype(), s);
 }
 

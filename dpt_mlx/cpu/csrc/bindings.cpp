@@ -67,11 +67,11 @@ NB_MODULE(_kernels, m) {
       "x"_a, "act"_a, "act(x) elementwise.");
   m.def(
       "attention",
-      [](const mx::array& q, const mx::array& k, const mx::array& v, float scale, std::optional<mx::array> bias) {
-        return dpt::attention(q, k, v, scale, bias);
-      },
-      "q"_a, "k"_a, "v"_a, "scale"_a, "bias"_a = nb::none(),
-      "softmax(q @ k^T * scale + bias) @ v for (B, H, N, D) arrays; the result's memory is (B, N, H, D).");
+      [](const mx::array& q, const mx::array& k, const mx::array& v, float scale, std::optional<mx::array> bias,
+         std::optional<mx::array> bias_index) { return dpt::attention(q, k, v, scale, bias, bias_index); },
+      "q"_a, "k"_a, "v"_a, "scale"_a, "bias"_a = nb::none(), "bias_index"_a = nb::none(),
+      "softmax(q @ k^T * scale + bias) @ v for (B, H, N, D) arrays; the result's memory is (B, N, H, D). "
+      "With bias_index (Nq, Nk), bias is a (R, H) table and head h adds bias[bias_index, h].");
   m.def(
       "conv2d",
       [](const mx::array& x, const mx::array& w, std::optional<mx::array> bias, std::pair<int, int> stride,

@@ -29,10 +29,11 @@ mx::array group_norm(const mx::array& x, const OptArray& weight, const OptArray&
 mx::array activation(const mx::array& x, Act act, mx::StreamOrDevice s = {});
 
 // softmax(q @ k^T * scale + bias) @ v for q (B, H, Nq, D), k/v (B, H, Nk, D), bias broadcastable
-// to (B, H, Nq, Nk). The result is laid out (B, Nq, H, D) in memory, so that
+// to (B, H, Nq, Nk), or, with bias_index (Nq, Nk integers), bias is a (R, H) table and head h's
+// bias is bias[bias_index, h]. The result is laid out (B, Nq, H, D) in memory, so that
 // out.transpose(0, 2, 1, 3).reshape(B, Nq, H * D) is free.
 mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale, const OptArray& bias,
-                    mx::StreamOrDevice s = {});
+                    const OptArray& bias_index = std::nullopt, mx::StreamOrDevice s = {});
 
 // NHWC convolution (groups 1): post(conv(pre(x), w) + bias) + residual, w (O, kh, kw, I);
 // pre/post are ReLU when asked.
