@@ -117,18 +117,43 @@ def conv(layer: nn.Conv2d, x: mx.array, pre_relu: bool = False, act: str = "none
                             _pair(layer.dilation), pre_relu, act, residual)
 
 
+class _Standardized:
+    """The standardised kernel of one weight array (held as a plain attribute, not a parameter)."""
+
+    def __init__(self, weight: mx.array, standardized: mx.array):
+        self.weight, self.standardized = weight, standardized
+
+
 class WeightStandardizedConv2d(bit.WeightStandardizedConv2d):
-    """BiT's convolution: the kernel standardised per output channel (in MLX ops, on the small
-    weight), then the convolution through the kernels."""
+    """BiT's convolution: the kernel standardised per output channel (in MLX ops), then the
+    convolution through the kernels. In inference the standardised kernel is kept for as long as
+    the layer holds the same weight array (MLX arrays never change in place: loading, casting or
+    updating weights puts a new array there), instead of re-reading every weight each pass. SAME
+    padding that is the same on both sides is the kernel's own, not a padded copy of the input."""
+
+    def _standardized(self, dtype) -> mx.array:
+        held = self.__dict__.get("_held")
+        if held is not None and held.weight is self.weight and held.standardized.dtype == dtype:
+            return held.standardized
+        w = self.weight.astype(mx.float32)  # (O, kH, kW, I): statistics over all but O
+        w = ((w - w.mean(axis=(1, 2, 3), keepdims=True)) * mx.rsqrt(w.var(axis=(1, 2, 3), keepdims=True) + self.eps)
+             ).astype(dtype)
+        if not self.training:
+            self.__dict__["_held"] = _Standardized(self.weight, w)
+        return w
 
     def __call__(self, x: mx.array) -> mx.array:
         if not on_cpu() or self.groups != 1:
             return super().__call__(x)
+        padding = _pair(self.padding)
         if self.dynamic:
-            x = bit.pad_same(x, self.kernel, self.stride[0], self.dilation)
-        w = self.weight.astype(mx.float32)  # (O, kH, kW, I): statistics over all but O
-        w = (w - w.mean(axis=(1, 2, 3), keepdims=True)) * mx.rsqrt(w.var(axis=(1, 2, 3), keepdims=True) + self.eps)
-        return kernels().conv2d(x, w.astype(x.dtype), self.get("bias"), _pair(self.stride), _pair(self.padding),
+            ph = bit.same_padding(x.shape[1], self.kernel, self.stride[0], self.dilation)
+            pw = bit.same_padding(x.shape[2], self.kernel, self.stride[0], self.dilation)
+            if ph % 2 or pw % 2:
+                x = bit.pad_same(x, self.kernel, self.stride[0], self.dilation)
+            else:
+                padding = (ph // 2, pw // 2)
+        return kernels().conv2d(x, self._standardized(x.dtype), self.get("bias"), _pair(self.stride), padding,
                                 _pair(self.dilation), False, "none", None)
 
 
