@@ -185,6 +185,18 @@ def test_attention_bias_table_gradients_and_bad_shapes(K):
 
 
 @pytest.mark.linux
+@pytest.mark.parametrize("nk", [1, 33, 70])
+@pytest.mark.parametrize("d", [40, 64])
+def test_attention_rows_whose_scores_are_all_far_below_zero(K, nk, d):
+    """Every score near -600: a row's maximum must come from its keys only (not from the zero
+    columns that pad the last tile), or every exp underflows and the row is 0 / 0."""
+    q = mx.full((1, 2, 20, d), -10.0) + 0.01 * normal(1, 2, 20, d)
+    k, v = mx.full((1, 2, nk, d), 3.0) + 0.01 * normal(1, 2, nk, d, seed=1), normal(1, 2, nk, d, seed=2)
+    got = K.attention(q, k, v, 0.3)
+    assert not np.isnan(np.array(got)).any() and rel(got, sdpa(q, k, v, 0.3)) < 1e-3  # scores of ~600: ulp 6e-5
+
+
+@pytest.mark.linux
 def test_attention_masks_half_and_odd_layouts(K):
     q, k, v = normal(1, 2, 50, 16), normal(1, 2, 70, 16, seed=1), normal(1, 2, 70, 16, seed=2)
     mask = mx.where(mx.arange(70)[None] % 3 == 0, -float("inf"), 0.0)  # a third of the keys masked

@@ -53,23 +53,29 @@ View view_of(const mx::array& a) {
   return {a.data<float>(), stride(0), stride(1), stride(2), stride(3)};
 }
 
-// Online-softmax update of one block of scores s (rows x nk, row stride nk): on return s holds
-// exp(s - new max), acc rows are rescaled to the new max, m and l are updated.
-DPT_CLONES void softmax_block(float* s, int64_t rows, int64_t nk, float* m, float* l, float* acc, int64_t d,
-                              bool first) {
+DPT_CLONES float row_max(const float* si, int64_t nk) {
+  vf vm = splat(-std::numeric_limits<float>::infinity());
+  int64_t j = 0;
+  for (; j + kLanes <= nk; j += kLanes) vm = vmax(vm, load(si + j));
+  float mx_ = hmax(vm);
+  for (; j < nk; ++j) mx_ = si[j] > mx_ ? si[j] : mx_;
+  return mx_;
+}
+
+// Online-softmax update of one block of scores s (rows x nk, row stride nk) whose row maxima are
+// `rowmax` (nullptr: found here): on return s holds exp(s - new max), acc rows are rescaled to the
+// new max, m and l are updated.
+DPT_CLONES void softmax_block(float* s, int64_t rows, int64_t nk, const float* rowmax, float* m, float* l,
+                              float* acc, int64_t d, bool first) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < rows; ++i) {
     float* si = s + i * nk;
-    vf vm = splat(neg_inf);
-    int64_t j = 0;
-    for (; j + kLanes <= nk; j += kLanes) vm = vmax(vm, load(si + j));
-    float mx_ = hmax(vm);
-    for (; j < nk; ++j) mx_ = si[j] > mx_ ? si[j] : mx_;
+    float mx_ = rowmax ? rowmax[i] : row_max(si, nk);
     float m_old = first ? neg_inf : m[i];
     float m_new = mx_ > m_old ? mx_ : m_old;
     float shift = m_new == neg_inf ? 0.f : m_new;  // a row masked so far: exp(-inf) = 0
     vf sum = splat(0.f);
-    j = 0;
+    int64_t j = 0;
     for (; j + kLanes <= nk; j += kLanes) {
       vf e = vexp(load(si + j) - shift);
       store(si + j, e);
@@ -93,46 +99,69 @@ DPT_CLONES void softmax_block(float* s, int64_t rows, int64_t nk, float* m, floa
   }
 }
 
-DPT_CLONES void add_bias_block(float* s, int64_t rows, int64_t nk, const float* bias, int64_t row_stride) {
+// s += bias, and rowmax = the rows' maxima after it.
+DPT_CLONES void add_bias_block(float* s, int64_t rows, int64_t nk, const float* bias, int64_t row_stride,
+                               float* rowmax) {
   for (int64_t i = 0; i < rows; ++i) {
     float* si = s + i * nk;
     const float* bi = bias + i * row_stride;
+    vf vm = splat(-std::numeric_limits<float>::infinity());
     int64_t j = 0;
-    for (; j + kLanes <= nk; j += kLanes) store(si + j, load(si + j) + load(bi + j));
-    for (; j < nk; ++j) si[j] += bi[j];
+    for (; j + kLanes <= nk; j += kLanes) {
+      vf x = load(si + j) + load(bi + j);
+      store(si + j, x);
+      vm = vmax(vm, x);
+    }
+    float mx_ = hmax(vm);
+    for (; j < nk; ++j) {
+      si[j] += bi[j];
+      mx_ = si[j] > mx_ ? si[j] : mx_;
+    }
+    rowmax[i] = mx_;
   }
 }
 
-// s[i][j] += table[index[i][j]], an index outside [0, entries) clamped to it (never read outside).
-// The compilers do not vectorise the gather by themselves; AVX-512 has one.
+// s[i][j] += table[index[i][j]], an index outside [0, entries) clamped to it (never read outside),
+// and rowmax = the rows' maxima after it. The compilers do not vectorise the gather by themselves;
+// AVX-512 has one.
 #if defined(__x86_64__)
 __attribute__((target("avx512f"))) void add_table_block_avx512(float* s, int64_t rows, int64_t nk,
                                                                const float* table, int32_t entries,
-                                                               const int32_t* index, int64_t row_stride) {
+                                                               const int32_t* index, int64_t row_stride,
+                                                               float* rowmax) {
   const __m512i lo = _mm512_setzero_si512(), hi = _mm512_set1_epi32(entries - 1);
   for (int64_t i = 0; i < rows; ++i) {
     float* si = s + i * nk;
     const int32_t* ii = index + i * row_stride;
+    __m512 vm = _mm512_set1_ps(-__builtin_inff());
     int64_t j = 0;
     for (; j + 16 <= nk; j += 16) {
       __m512i at = _mm512_min_epi32(_mm512_max_epi32(_mm512_loadu_si512(ii + j), lo), hi);
-      _mm512_storeu_ps(si + j, _mm512_add_ps(_mm512_loadu_ps(si + j), _mm512_i32gather_ps(at, table, 4)));
+      __m512 x = _mm512_add_ps(_mm512_loadu_ps(si + j), _mm512_i32gather_ps(at, table, 4));
+      _mm512_storeu_ps(si + j, x);
+      vm = _mm512_max_ps(vm, x);
     }
-    for (; j < nk; ++j) si[j] += table[std::clamp(ii[j], 0, entries - 1)];
+    float mx_ = _mm512_reduce_max_ps(vm);
+    for (; j < nk; ++j) {
+      si[j] += table[std::clamp(ii[j], 0, entries - 1)];
+      mx_ = si[j] > mx_ ? si[j] : mx_;
+    }
+    rowmax[i] = mx_;
   }
 }
 #endif
 
 void add_table_block(float* s, int64_t rows, int64_t nk, const float* table, int32_t entries, const int32_t* index,
-                     int64_t row_stride) {
+                     int64_t row_stride, float* rowmax) {
 #if defined(__x86_64__)
   static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512) return add_table_block_avx512(s, rows, nk, table, entries, index, row_stride);
+  if (avx512) return add_table_block_avx512(s, rows, nk, table, entries, index, row_stride, rowmax);
 #endif
   for (int64_t i = 0; i < rows; ++i) {
     float* si = s + i * nk;
     const int32_t* ii = index + i * row_stride;
     for (int64_t j = 0; j < nk; ++j) si[j] += table[std::clamp(ii[j], 0, entries - 1)];
+    rowmax[i] = row_max(si, nk);
   }
 }
 
@@ -145,23 +174,24 @@ void attention_task(const View& q, const View& k, const View& v, const Bias& bia
   float* acc = scratch(1, size_t(block * d));
   float* m = scratch(2, size_t(block));
   float* l = scratch(3, size_t(block));
+  float* rowmax = scratch(4, size_t(block));
   const float* qp = q.data + b * q.sb + h * q.sh + r0 * q.sn;
   const bool tiles = tiles_apply(d);
   for (int64_t k0 = 0; k0 < nk; k0 += kb_size) {
     int64_t n = std::min(kb_size, nk - k0);
     const float* kp = k.data + b * k.sb + h * k.sh + k0 * k.sn;
     if (tiles)
-      score_tiles(s, qp, q.sn, kp, k.sn, rows, n, d, scale, TileKey{call, b * heads + h, k0});
+      score_tiles(s, qp, q.sn, kp, k.sn, rows, n, d, scale, TileKey{call, b * heads + h, k0}, rowmax);
     else
       sgemm(false, true, rows, n, d, scale, qp, q.sn, kp, k.sn, 0.f, s, n);
     if (bias.kind == Bias::kDense) {
       const View& bv = bias.dense;
-      add_bias_block(s, rows, n, bv.data + b * bv.sb + h * bv.sh + r0 * bv.sn + k0 * bv.sd, bv.sn);
+      add_bias_block(s, rows, n, bv.data + b * bv.sb + h * bv.sh + r0 * bv.sn + k0 * bv.sd, bv.sn, rowmax);
     } else if (bias.kind == Bias::kTable) {
       add_table_block(s, rows, n, bias.table + h * bias.entries, int32_t(bias.entries), bias.index + r0 * nk + k0,
-                      nk);
+                      nk, rowmax);
     }
-    softmax_block(s, rows, n, m, l, acc, d, k0 == 0);
+    softmax_block(s, rows, n, tiles || bias.kind != Bias::kNone ? rowmax : nullptr, m, l, acc, d, k0 == 0);
     const float* vp = v.data + b * v.sb + h * v.sh + k0 * v.sn;
     if (tiles)
       value_tiles(acc, s, vp, v.sn, rows, n, d, k0 > 0, TileKey{call, b * heads + h, k0});

@@ -23,7 +23,7 @@ constexpr int kConvRows = 12;  // a convolution's tile: 12 pixels x 2 vectors = 
 
 template <int R>
 DPT_AVX512 inline void score_tile(float* s, int64_t lds, const float* q, int64_t ldq, const float* panel, int64_t d,
-                                  int64_t cols, float scale) {
+                                  int64_t cols, float scale, __m512* rmax) {
   __m512 a0[R], a1[R];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
@@ -38,16 +38,21 @@ DPT_AVX512 inline void score_tile(float* s, int64_t lds, const float* q, int64_t
     }
   }
   const __m512 k = _mm512_set1_ps(scale);
+  // the keys past the last (cols < 32) are zero columns: kept out of the rows' maxima
+  const __mmask16 m0 = cols >= 16 ? 0xFFFF : __mmask16((1u << cols) - 1);
+  const __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : __mmask16((1u << (cols - 16)) - 1);
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     float* row = s + r * lds;
+    __m512 x0 = _mm512_mul_ps(a0[r], k), x1 = _mm512_mul_ps(a1[r], k);
+    rmax[r] = _mm512_mask_max_ps(_mm512_mask_max_ps(rmax[r], m0, rmax[r], x0), m1, rmax[r], x1);
     if (cols == kCols) {
-      _mm512_storeu_ps(row, _mm512_mul_ps(a0[r], k));
-      _mm512_storeu_ps(row + 16, _mm512_mul_ps(a1[r], k));
+      _mm512_storeu_ps(row, x0);
+      _mm512_storeu_ps(row + 16, x1);
     } else {
       alignas(64) float tmp[kCols];
-      _mm512_store_ps(tmp, _mm512_mul_ps(a0[r], k));
-      _mm512_store_ps(tmp + 16, _mm512_mul_ps(a1[r], k));
+      _mm512_store_ps(tmp, x0);
+      _mm512_store_ps(tmp + 16, x1);
       std::copy(tmp, tmp + cols, row);
     }
   }
@@ -81,9 +86,14 @@ DPT_AVX512 inline void value_tile(float* o, const float* p, int64_t ldp, const f
 
 template <int R>
 DPT_AVX512 void score_rows(float* s, const float* q, int64_t ldq, const float* packed, int64_t n, int64_t d,
-                           float scale) {
+                           float scale, float* rowmax) {
+  __m512 rmax[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) rmax[r] = _mm512_set1_ps(-__builtin_inff());
   for (int64_t c0 = 0; c0 < n; c0 += kCols)
-    score_tile<R>(s + c0, n, q, ldq, packed + c0 * d, d, std::min<int64_t>(kCols, n - c0), scale);
+    score_tile<R>(s + c0, n, q, ldq, packed + c0 * d, d, std::min<int64_t>(kCols, n - c0), scale, rmax);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) rowmax[r] = _mm512_reduce_max_ps(rmax[r]);
 }
 
 template <int R>
@@ -92,7 +102,7 @@ DPT_AVX512 void value_rows(float* o, const float* p, int64_t n, const float* v, 
   for (int64_t c0 = 0; c0 < d; c0 += kCols) value_tile<R>(o + c0, p, n, v + c0, ldv, n, d, accumulate);
 }
 
-using ScoreRows = void (*)(float*, const float*, int64_t, const float*, int64_t, int64_t, float);
+using ScoreRows = void (*)(float*, const float*, int64_t, const float*, int64_t, int64_t, float, float*);
 using ValueRows = void (*)(float*, const float*, int64_t, const float*, int64_t, int64_t, bool);
 
 template <int... R>
@@ -212,7 +222,7 @@ bool tiles_apply(int64_t d) {
 }
 
 void score_tiles(float* s, const float* q, int64_t ldq, const float* k, int64_t ldk, int64_t rows, int64_t n,
-                 int64_t d, float scale, const TileKey& key) {
+                 int64_t d, float scale, const TileKey& key, float* rowmax) {
 #if defined(__x86_64__)
   // Keys packed in panels of 32: panel[c][j] = k[p * 32 + j][c], zero past the last key; a thread
   // that takes the next query block of the same head (the same key) reuses its packing.
@@ -234,7 +244,7 @@ void score_tiles(float* s, const float* q, int64_t ldq, const float* k, int64_t 
   static const auto table = score_table(std::make_integer_sequence<int, kRows>{});
   for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
     int64_t r = std::min<int64_t>(kRows, rows - r0);
-    table[r - 1](s + r0 * n, q + r0 * ldq, ldq, packed, n, d, scale);
+    table[r - 1](s + r0 * n, q + r0 * ldq, ldq, packed, n, d, scale, rowmax + r0);
   }
 #endif
 }

@@ -21,9 +21,10 @@ struct TileKey {
   bool operator==(const TileKey& o) const { return call == o.call && head == o.head && first == o.first; }
 };
 
-// s (rows x n, row stride n) = scale * q (rows x d, row stride ldq) @ k^T (k: n x d, row stride ldk).
+// s (rows x n, row stride n) = scale * q (rows x d, row stride ldq) @ k^T (k: n x d, row stride ldk),
+// and rowmax (rows) = each row's largest score, taken while the tile is in registers.
 void score_tiles(float* s, const float* q, int64_t ldq, const float* k, int64_t ldk, int64_t rows, int64_t n,
-                 int64_t d, float scale, const TileKey& key);
+                 int64_t d, float scale, const TileKey& key, float* rowmax);
 
 // o (rows x d, row stride d) (+)= p (rows x n, row stride n) @ v (n x d, row stride ldv).
 void value_tiles(float* o, const float* p, const float* v, int64_t ldv, int64_t rows, int64_t n, int64_t d,
