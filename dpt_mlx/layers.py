@@ -36,6 +36,26 @@ class GELU(nn.Module):
         return nn.gelu(x) if self.approximate == "none" else nn.gelu_approx(x)
 
 
+class Dropout(nn.Dropout):
+    """MLX's dropout, with its rate ``p`` kept where the models can read it (whether a layer's
+    dropout is active decides how attention is computed and whether a layer may be recomputed)."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__(p)
+        self.p = p
+
+    @property
+    def active(self) -> bool:
+        return self.training and self.p > 0
+
+
+def dropout_active(module: nn.Module) -> bool:
+    """Whether any dropout inside ``module`` would drop something now (a dropout whose rate is
+    not known counts as active)."""
+    return any(isinstance(m, nn.Dropout) and (m.active if isinstance(m, Dropout) else m.training)
+               for _, m in module.named_modules())
+
+
 # transformers' ACT2FN names -> the MLX module computing the same function
 _ACTIVATIONS = {
     "gelu": GELU,  # exact erf GELU, PyTorch's default

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..config_utils import BaseConfig, align_out_features, check_act, pair, stage_names
 from ..errors import UnsupportedModelError
+from ..layers import Dropout
 from ..ops import interpolate
 from ..outputs import BackboneFeatures
 from .transformer import (AttentionOutput, Intermediate, Output, PatchEmbeddings, SelfAttention,
@@ -212,11 +213,13 @@ class BeitEncoder(nn.Module):
         super().__init__()
         self.relative_position_bias = RelativePositionBias(config) if config.use_shared_relative_position_bias else None
         self.layer = [BeitLayer(config) for _ in range(config.num_hidden_layers)]
+        self.gradient_checkpointing = False  # recompute layers in the backward pass (training)
 
     def __call__(self, x, grid, output_attentions=False):
         """Returns every layer's input and output (embeddings first) and the attention probabilities."""
         shared = self.relative_position_bias(grid) if self.relative_position_bias is not None else None
-        return run_layers(self.layer, x, grid, shared, output_attentions=output_attentions)
+        return run_layers(self.layer, x, grid, shared, output_attentions=output_attentions,
+                          checkpoint=self.gradient_checkpointing)
 
 
 class BeitEmbeddings(nn.Module):
@@ -231,7 +234,7 @@ class BeitEmbeddings(nn.Module):
             self.position_embeddings = mx.zeros((1, gh * gw + 1, config.hidden_size))
         else:
             self.position_embeddings = None
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def __call__(self, x: mx.array) -> mx.array:
         """(B, H, W, 3) -> (B, 1 + gh * gw, C)."""

@@ -15,7 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..config_utils import BaseConfig, align_out_features, check_act, pair, stage_names
-from ..layers import activation
+from ..layers import Dropout, activation
 from ..outputs import BackboneFeatures
 from .transformer import Attention, PatchEmbeddings, resize_position_embeddings, run_layers, with_cls_token
 
@@ -86,7 +86,7 @@ class Dinov2Embeddings(nn.Module):
         if config.use_mask_token:
             self.mask_token = mx.zeros((1, config.hidden_size))
         self.position_embeddings = mx.zeros((1, num_patches + 1, config.hidden_size))
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def __call__(self, x: mx.array) -> mx.array:
         """(B, H, W, 3) -> (B, 1 + gh * gw, C).
@@ -163,10 +163,11 @@ class Dinov2Encoder(nn.Module):
     def __init__(self, config: Dinov2Config):
         super().__init__()
         self.layer = [Dinov2Layer(config) for _ in range(config.num_hidden_layers)]
+        self.gradient_checkpointing = False  # recompute layers in the backward pass (training)
 
     def __call__(self, x: mx.array, output_attentions: bool = False):
         """Returns every layer's input and output (embeddings first) and the attentions."""
-        return run_layers(self.layer, x, output_attentions=output_attentions)
+        return run_layers(self.layer, x, output_attentions=output_attentions, checkpoint=self.gradient_checkpointing)
 
 
 class Dinov2Backbone(nn.Module):

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..config_utils import BaseConfig, align_out_features, check_act, pair, stage_names
 from ..errors import UnsupportedModelError
-from ..layers import ScaledDotProductAttention, activation
+from ..layers import Dropout, ScaledDotProductAttention, activation
 from ..outputs import BackboneFeatures
 
 _MASK_VALUE = -100.0  # the reference's shift-mask value
@@ -176,7 +176,7 @@ class Swinv2SelfAttention(nn.Module):
         self.query = nn.Linear(dim, dim, bias=config.qkv_bias)
         self.key = nn.Linear(dim, dim, bias=False)
         self.value = nn.Linear(dim, dim, bias=config.qkv_bias)
-        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.dropout = Dropout(config.attention_probs_dropout_prob)
         self.sdpa = ScaledDotProductAttention()
 
     def position_bias(self) -> mx.array:
@@ -207,7 +207,7 @@ class Swinv2SelfAttention(nn.Module):
         bias = bias.astype(q.dtype)
         nw = bias.shape[0]
         probs = None
-        if output_attentions or (self.training and self.dropout._p_1 < 1):
+        if output_attentions or self.dropout.active:
             scores = q @ k.transpose(0, 1, 3, 2)
             scores = (scores.reshape(bn // nw, nw, self.num_heads, n, n) + bias).reshape(bn, self.num_heads, n, n)
             probs = mx.softmax(scores.astype(mx.float32), axis=-1).astype(q.dtype)
@@ -228,7 +228,7 @@ class Swinv2SelfOutput(nn.Module):
     def __init__(self, config: Swinv2Config, dim: int):
         super().__init__()
         self.dense = nn.Linear(dim, dim)
-        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.dropout = Dropout(config.attention_probs_dropout_prob)
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.dropout(self.dense(x))
@@ -259,7 +259,7 @@ class Swinv2Output(nn.Module):
     def __init__(self, config: Swinv2Config, dim: int):
         super().__init__()
         self.dense = nn.Linear(int(config.mlp_ratio * dim), dim)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def __call__(self, x):
         return self.dropout(self.dense(x))
@@ -377,7 +377,7 @@ class Swinv2Embeddings(nn.Module):
         super().__init__()
         self.patch_embeddings = Swinv2PatchEmbeddings(config)
         self.norm = nn.LayerNorm(config.embed_dim)  # default eps, not layer_norm_eps, as the reference
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.dropout(self.norm(self.patch_embeddings(x)))

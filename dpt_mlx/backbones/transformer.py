@@ -13,7 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..config_utils import pair
-from ..layers import ScaledDotProductAttention, activation
+from ..layers import Dropout, ScaledDotProductAttention, activation, dropout_active
 from ..ops import interpolate
 
 
@@ -66,7 +66,7 @@ class SelfAttention(nn.Module):
         self.query = nn.Linear(hidden_size, hidden_size, bias=qkv_bias)
         self.key = nn.Linear(hidden_size, hidden_size, bias=qkv_bias if key_bias is None else key_bias)
         self.value = nn.Linear(hidden_size, hidden_size, bias=qkv_bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.sdpa = ScaledDotProductAttention()
 
     def __call__(self, x: mx.array, bias: mx.array | None = None, output_attentions: bool = False):
@@ -78,7 +78,7 @@ class SelfAttention(nn.Module):
 
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         probs = None
-        if output_attentions or (self.training and self.dropout._p_1 < 1):  # mlx Dropout keeps 1 - p
+        if output_attentions or self.dropout.active:
             scores = (q * self.scale) @ k.transpose(0, 1, 3, 2)
             if bias is not None:
                 scores = scores + bias
@@ -93,7 +93,7 @@ class AttentionOutput(nn.Module):
     def __init__(self, hidden_size: int, dropout: float = 0.0):
         super().__init__()
         self.dense = nn.Linear(hidden_size, hidden_size)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.dropout(self.dense(x))
@@ -128,17 +128,38 @@ class Output(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def __call__(self, x):
         return self.dropout(self.dense(x))
 
 
-def run_layers(layers, x: mx.array, *args, output_attentions: bool = False):
-    """Every layer's input and output (embeddings first) and each layer's attention probabilities."""
+def run_layers(layers, x: mx.array, *args, output_attentions: bool = False, checkpoint: bool = False):
+    """Every layer's input and output (embeddings first) and each layer's attention probabilities.
+
+    ``checkpoint``: in training, each layer without active dropout (whose masks would differ when
+    it is recomputed) keeps only its input and is recomputed in the backward pass (MLX's
+    ``nn.utils.checkpoint``); arrays among ``args`` (BEiT's shared position bias) are inputs of the
+    recomputation, so their gradients flow.
+    """
     hidden_states, attentions = [x], []
     for layer in layers:
-        x, probs = layer(x, *args, output_attentions=output_attentions)
+        if checkpoint and layer.training and not output_attentions and not dropout_active(layer):
+            x, probs = _checkpointed(layer, x, args), None
+        else:
+            x, probs = layer(x, *args, output_attentions=output_attentions)
         hidden_states.append(x)
         attentions.append(probs)
     return hidden_states, attentions
+
+
+def _checkpointed(layer: nn.Module, x: mx.array, args: tuple) -> mx.array:
+    slots = [i for i, a in enumerate(args) if isinstance(a, mx.array)]
+
+    def forward(y, *arrays):
+        full = list(args)
+        for i, a in zip(slots, arrays):
+            full[i] = a
+        return layer(y, *full)[0]
+
+    return nn.utils.checkpoint(layer, forward)(x, *[args[i] for i in slots])

@@ -13,7 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..config_utils import BaseConfig, pair
-from ..layers import activation
+from ..layers import Dropout, activation
 from ..outputs import BackboneFeatures
 from .bit import BitConfig, HybridEmbeddings
 from .transformer import (Attention, Intermediate, Output, PatchEmbeddings, resize_position_embeddings, run_layers,
@@ -59,7 +59,7 @@ class ViTEmbeddings(nn.Module):
         self.cls_token = mx.zeros((1, 1, config.hidden_size))
         self.patch_embeddings = PatchEmbeddings(config.num_channels, config.hidden_size, config.patch_size)
         self.position_embeddings = mx.zeros((1, gh * gw + 1, config.hidden_size))
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def __call__(self, x: mx.array) -> tuple[mx.array, tuple[int, int], list[mx.array]]:
         """(B, H, W, 3) -> tokens (B, 1 + gh * gw, C), the (gh, gw) grid, and no CNN maps."""
@@ -91,10 +91,11 @@ class ViTEncoder(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.layer = [ViTLayer(config) for _ in range(config.num_hidden_layers)]
+        self.gradient_checkpointing = False  # recompute layers in the backward pass (training)
 
     def __call__(self, x, output_attentions=False):
         """Every layer's input and output (embeddings first), and the attentions."""
-        return run_layers(self.layer, x, output_attentions=output_attentions)
+        return run_layers(self.layer, x, output_attentions=output_attentions, checkpoint=self.gradient_checkpointing)
 
 
 class Pooler(nn.Module):

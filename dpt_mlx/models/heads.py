@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..layers import BatchNorm, Resize
+from ..layers import BatchNorm, Dropout, Resize
 
 
 class DepthEstimationHead(nn.Module):
@@ -43,7 +43,7 @@ class SemanticSegmentationHead(nn.Module):
         self.upsample = upsample
         self.conv = nn.Conv2d(features, features, kernel_size=3, padding=1, bias=False)
         self.batch_norm = BatchNorm(features)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.classifier = nn.Conv2d(features, config.num_labels, kernel_size=1)
         self.resample = Resize()
 

@@ -25,7 +25,7 @@ import mlx.nn as nn
 import numpy as np
 
 from ..backbones.transformer import SelfAttention
-from ..layers import Resize
+from ..layers import Dropout, Resize
 
 INV_ATTRACTOR_ALPHA = 300.0  # inv_attractor's default alpha (and gamma 2), the values the reference uses
 P_EPS = 1e-4  # the conditional log-binomial's epsilon for probabilities and temperatures
@@ -192,9 +192,9 @@ class PatchTransformerLayer(nn.Module):
         self.linear2 = nn.Linear(inner, hidden)
         self.norm1 = nn.LayerNorm(hidden)
         self.norm2 = nn.LayerNorm(hidden)
-        self.dropout = nn.Dropout(dropout)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
 
     def __call__(self, x: mx.array) -> mx.array:
         x = self.norm1(x + self.dropout1(self.self_attn(x)))

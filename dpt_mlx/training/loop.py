@@ -131,53 +131,17 @@ def set_train_mode(model, freeze_backbone: bool, freeze_batch_norm: bool) -> Non
 
 
 def enable_gradient_checkpointing(model) -> int:
-    """Recompute every transformer layer in the backward pass (``mx.checkpoint``); returns the count.
-
-    Each layer's ``__call__`` is swapped for one that runs the layer through
-    ``mlx.nn.utils.checkpoint`` (parameters and module paths are unchanged). The random dropout
-    masks of a recomputed layer would differ from the forward pass's, so layers with dropout
-    active are left alone.
-    """
+    """Recompute the backbone's transformer layers in the backward pass (the encoders'
+    ``gradient_checkpointing``, through ``mlx.nn.utils.checkpoint``); returns how many layers
+    are recomputed. Layers with dropout active are not (a recomputed layer's random masks would
+    differ from the forward pass's)."""
     count = 0
     for _, module in backbone_of(model).named_modules():
-        layers = module.get("layer") if isinstance(module, nn.Module) else None
-        if not isinstance(layers, list):
-            continue
-        for layer in layers:
-            if not isinstance(layer, nn.Module) or any(
-                isinstance(m, nn.Dropout) and m._p_1 < 1 for _, m in layer.named_modules()
-            ):
-                continue
-            cls = type(layer)
-            layer.__class__ = type(f"Checkpointed{cls.__name__}", (cls,), {"__call__": _checkpointed_call(cls)})
-            count += 1
+        if isinstance(module, nn.Module) and hasattr(module, "gradient_checkpointing"):
+            module.gradient_checkpointing = True
+            count += sum(not any(isinstance(m, nn.Dropout) and getattr(m, "p", 1.0) > 0 for _, m in layer.named_modules())
+                         for layer in module.layer)
     return count
-
-
-def _checkpointed_call(cls):
-    def call(self, x, *args, **kwargs):
-        flags = [a for a in (*args, *kwargs.values()) if isinstance(a, bool)]
-        if any(flags) or not self.training:  # attentions requested, or inference: nothing to save
-            return cls.__call__(self, x, *args, **kwargs)
-        # Arrays among the other arguments (BEiT's shared position bias) are checkpoint inputs, so
-        # their gradients flow; the rest (grids, flags, None) are constants.
-        slots = [i for i, a in enumerate(args) if isinstance(a, mx.array)]
-        rest = []
-
-        def first(y, *arrays):
-            full = list(args)
-            for i, a in zip(slots, arrays):
-                full[i] = a
-            out = cls.__call__(self, y, *full, **kwargs)
-            if isinstance(out, tuple):
-                rest[:] = out[1:]
-                return out[0]
-            return out
-
-        y = nn.utils.checkpoint(self, first)(x, *[args[i] for i in slots])
-        return (y, *rest) if rest else y
-
-    return call
 
 
 def build_optimizer(lr: float, weight_decay: float, total_steps: int, warmup_steps: int) -> optim.AdamW:
