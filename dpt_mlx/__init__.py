@@ -17,7 +17,7 @@ from .processing.image_processor import DPTFeatureExtractor, DPTImageProcessor
 from .processing.prompt_depth_processor import PromptDepthAnythingImageProcessor
 from .processing.zoedepth_processor import ZoeDepthImageProcessor
 from .processing.points import depth_to_points
-from .training.losses import scale_shift_invariant_loss, semantic_segmentation_loss, silog_loss
+from .models.losses import scale_shift_invariant_loss, semantic_segmentation_loss, silog_loss
 
 __version__ = "0.1.0"
 

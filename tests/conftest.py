@@ -4,8 +4,13 @@ by platform (``linux``, ``x86_64`` markers), never skipped."""
 import platform
 import signal
 import sys
+from pathlib import Path
 
 import pytest
+
+# The benchmarks (benchmarks/, beside the package) are importable by the tests of their parts; the
+# source tree goes after the installed packages, so dpt_mlx stays the installed one.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 _PLATFORM_MARKERS = {
     "linux": sys.platform.startswith("linux"),

@@ -26,7 +26,7 @@ from dpt_mlx.io import checkpoint
 from dpt_mlx.pipelines import depth_image, load_image
 from dpt_mlx.processing.image_processor import DPTImageProcessor
 from dpt_mlx.processing.postprocess import check_target_sizes, segment
-from dpt_mlx.training import losses
+from dpt_mlx.models import losses
 from dpt_mlx.training.data import (
     DEPTH,
     SEGMENTATION,

@@ -1,5 +1,6 @@
-"""The package's shape: no import cycles, every module importable on its own, small modules, and
-models that never import the CPU layer."""
+"""The package's shape: no import cycles, every module importable on its own, imports that point
+down (the models and backbones import neither the CPU layer, training nor the command line), and
+neither torch nor transformers anywhere in the package (the benchmarks and tests use them)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "dpt_mlx"
-MAX_LINES = 420  # "about 400": a module that outgrows this wants splitting
 
 
 def module_name(path: Path) -> str:
@@ -101,16 +101,25 @@ def test_no_import_cycles():
     assert _cycle() is None, " -> ".join(_cycle())
 
 
-def test_models_and_backbones_never_import_the_cpu_layer():
-    plain = [m for m in MODULES if m.startswith(("dpt_mlx.models", "dpt_mlx.backbones", "dpt_mlx.layers"))]
+@pytest.mark.parametrize("layer", ["dpt_mlx.models", "dpt_mlx.backbones", "dpt_mlx.layers", "dpt_mlx.ops"])
+def test_models_and_backbones_import_only_what_lies_below(layer):
+    plain = [m for m in MODULES if m == layer or m.startswith(layer + ".")]
     assert plain
+    above = ("dpt_mlx.cpu", "dpt_mlx.training", "dpt_mlx.cli", "dpt_mlx.pipelines", "dpt_mlx.predictor",
+             "dpt_mlx.ray")
     for m in plain:
-        assert not any(n.startswith("dpt_mlx.cpu") for n in GRAPH[m]), m
+        wrong = sorted(n for n in GRAPH[m] if n.startswith(above))
+        assert not wrong, f"{m} imports {wrong}"
 
 
-def test_modules_stay_small():
-    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
-    assert not long, f"modules over {MAX_LINES} lines: {long}"
+def test_the_package_imports_neither_torch_nor_transformers():
+    found = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            found += [(module, n) for n in names if n.split(".")[0] in ("torch", "transformers")]
+    assert not found, found
 
 
 def _import_alone(module: str) -> tuple[str, int, str]:

@@ -2,7 +2,7 @@
 
 The bounds are measured on these tests' own tiny checkpoints (perturbed random weights) against
 our float32 output, max|half - f32| / max|f32|, and set with a stated margin (the measured value is
-in each comment). On real checkpoints see README (python -m dpt_mlx.benchmark).
+in each comment). On real checkpoints see README (python -m benchmarks.compare).
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""The command lines: predict (``python -m dpt_mlx.generate``), train, convert and benchmark."""
+"""The command lines: predict (``python -m dpt_mlx.generate``), train, convert and batch (Ray)."""

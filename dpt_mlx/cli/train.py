@@ -33,7 +33,7 @@ from pathlib import Path
 from ..errors import DPTError, UsageError
 from ..training.checkpoints import find_checkpoint, holds_run, read_state, run_dir_of
 from ..training.loop import Resume, RunResult, RunSpec, TrainingOptions, run
-from ..training.losses import SILOG, SSI
+from ..models.losses import SILOG, SSI
 from .console import (EXIT_ERROR, EXIT_OK, ArgumentParser, ProgressBar, command, interrupt_name, interrupt_status,
                       positive_int, print_error)
 
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune a DPT or Depth Anything checkpoint with MLX on images with depth maps\n"
                     "(scale-and-shift-invariant loss for relative depth, scale-invariant log loss for\n"
                     "metric depth) or segmentation masks (cross-entropy, as transformers). Formulas:\n"
-                    "dpt_mlx/training/losses.py.",
+                    "dpt_mlx/models/losses.py.",
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

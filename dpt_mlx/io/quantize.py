@@ -36,7 +36,7 @@ SUPPORTED_BITS = (4, 8)
 SUPPORTED_GROUP_SIZES = (32, 64, 128)
 
 # The converter's check of a quantised checkpoint against the unquantised model: max|q - f| / max|f|
-# on a random input at the checkpoint's image size. Measured with ``python -m dpt_mlx.benchmark``'s
+# on a random input at the checkpoint's image size. Measured with ``python -m benchmarks.compare``'s
 # four model shapes (DPT-Large, DPT-Hybrid, DPT-DINOv2-small, Depth-Anything-small; random weights
 # at trained scale), group sizes 32/64/128: 8-bit 0.012-0.040, 4-bit 0.13-0.47. The bounds are
 # 2.5x (8-bit) and 1.6x (4-bit) the worst of those: 4-bit weights are lossy on these models.

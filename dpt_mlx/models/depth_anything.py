@@ -15,7 +15,7 @@ from ..backbones import build_backbone
 from ..config import DepthAnythingConfig
 from ..layers import Resize
 from ..outputs import DepthEstimatorOutput
-from ..training.losses import model_depth_loss
+from .losses import model_depth_loss
 from .base import PreTrainedModel
 from .neck import DPTNeck
 

@@ -14,7 +14,7 @@ from ..config import DPTConfig
 from ..errors import UnsupportedModelError
 from ..ops import to_nchw
 from ..outputs import BaseModelOutputWithPooling, DepthEstimatorOutput, SemanticSegmenterOutput
-from ..training.losses import check_segmentation_labels, model_depth_loss, semantic_segmentation_loss
+from .losses import check_segmentation_labels, model_depth_loss, semantic_segmentation_loss
 from .base import PreTrainedModel
 from .heads import DepthEstimationHead, SemanticSegmentationHead
 from .neck import DPTNeck

@@ -23,7 +23,7 @@ import numpy as np
 from ..backbones import build_backbone
 from ..config import PromptDepthAnythingConfig
 from ..outputs import DepthEstimatorOutput
-from ..training.losses import SILOG, model_depth_loss
+from .losses import SILOG, model_depth_loss
 from .base import PreTrainedModel
 from .depth_anything import DepthAnythingDepthEstimationHead
 from .neck import DPTNeck

@@ -30,7 +30,7 @@ from ..processing.image_processor import DPTImageProcessor
 from .checkpoints import (STATE_FORMAT, export_final, holds_run, list_checkpoints, remove_stale_checkpoints,
                           restore_optimizer, run_lock, save_checkpoint)
 from .data import DEPTH, SEGMENTATION, Batches, TargetReader, find_samples, split_samples
-from .losses import SSI, default_depth_loss
+from ..models.losses import SSI, default_depth_loss
 from .metrics import evaluate, format_metrics
 
 

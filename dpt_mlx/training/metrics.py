@@ -9,7 +9,7 @@ import mlx.core as mx
 import numpy as np
 
 from .data import DEPTH, SEGMENTATION, Batches, DataError
-from .losses import resize_to
+from ..models.losses import resize_to
 
 DELTA_THRESHOLD = 1.25
 METRIC_NAMES = {"train_loss": "train_loss", "val_loss": "val_loss", "abs_rel": "AbsRel", "delta1": "delta<1.25",
