@@ -47,14 +47,14 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+from benchmarks.models import MODELS, BenchOptions, ModelResult, bench_model, blas_name, format_mib, sgemm_peak_gflops
 from dpt_mlx import cpu
+from dpt_mlx.cli.console import EXIT_ERROR, EXIT_OK, ArgumentParser, positive_int, print_error
 from dpt_mlx.cpu import blas_info
 from dpt_mlx.cpu import set_threads as set_kernel_threads
 from dpt_mlx.errors import UsageError
 from dpt_mlx.io.checkpoint import DTYPES
 from dpt_mlx.io.files import atomic_write_text
-from benchmarks.models import MODELS, BenchOptions, ModelResult, bench_model, blas_name, format_mib, sgemm_peak_gflops
-from dpt_mlx.cli.console import EXIT_ERROR, EXIT_OK, ArgumentParser, positive_int, print_error
 
 INSTALL_HINT = 'pip install torch==2.13.0 && pip install -e ".[test]"'
 
@@ -104,10 +104,20 @@ def machine_info() -> Machine:
     except AttributeError:
         usable = os.cpu_count()
     return Machine(
-        cpu=_cpu_model(), cores=os.cpu_count(), usable_cores=usable, os=platform.platform(),
-        python=platform.python_version(), mlx=mx.__version__, mlx_device=str(mx.default_device()),
-        torch=torch.__version__, torch_threads=torch.get_num_threads(), transformers=transformers.__version__,
-        blas=None, blas_provider=None, blas_threads=None, fast_cpu_kernels=cpu.enabled() and cpu.on_cpu(),
+        cpu=_cpu_model(),
+        cores=os.cpu_count(),
+        usable_cores=usable,
+        os=platform.platform(),
+        python=platform.python_version(),
+        mlx=mx.__version__,
+        mlx_device=str(mx.default_device()),
+        torch=torch.__version__,
+        torch_threads=torch.get_num_threads(),
+        transformers=transformers.__version__,
+        blas=None,
+        blas_provider=None,
+        blas_threads=None,
+        fast_cpu_kernels=cpu.enabled() and cpu.on_cpu(),
         load_average=os.getloadavg(),
     )
 
@@ -115,8 +125,9 @@ def machine_info() -> Machine:
 def with_blas(machine: Machine) -> Machine:
     """``machine`` with the BLAS that MLX calls now (after the models are loaded)."""
     info = blas_info()
-    return dataclasses.replace(machine, blas=blas_name(info), blas_provider=info.get("provider"),
-                               blas_threads=info.get("threads"))
+    return dataclasses.replace(
+        machine, blas=blas_name(info), blas_provider=info.get("provider"), blas_threads=info.get("threads")
+    )
 
 
 def set_threads(n: int) -> None:
@@ -137,9 +148,13 @@ def _format_percent(share: float | None, width: int) -> str:
 
 
 def _speed_lines(results: list[ModelResult]) -> list[str]:
-    lines = [(f"{'model':<22}{'input':>9}{'batch':>6}{'GFLOP':>8}{'mlx s/img':>11}{'torch s/img':>12}{'ratio':>7}"
-              f"{'mlx img/s':>10}{'torch img/s':>12}{'mlx %peak':>10}{'torch %peak':>12}"
-              f"{'mlx +MiB':>9}{'torch +MiB':>11}{'2nd pass':>15}")]
+    lines = [
+        (
+            f"{'model':<22}{'input':>9}{'batch':>6}{'GFLOP':>8}{'mlx s/img':>11}{'torch s/img':>12}{'ratio':>7}"
+            f"{'mlx img/s':>10}{'torch img/s':>12}{'mlx %peak':>10}{'torch %peak':>12}"
+            f"{'mlx +MiB':>9}{'torch +MiB':>11}{'2nd pass':>15}"
+        )
+    ]
     for r in results:
         gflop = f"{r.flops / 1e9:>8.1f}" if r.flops else f"{'-':>8}"
         for row in r.speed:
@@ -151,8 +166,10 @@ def _speed_lines(results: list[ModelResult]) -> list[str]:
             lines.append(
                 f"{r.model:<22}{'x'.join(map(str, r.input)):>9}{bs:>6}{gflop}{row.mlx_s / bs:>11.3f}"
                 + (f"{torch_s / bs:>12.3f}{row.ratio:>7.2f}" if torch_s is not None else f"{'-':>12}{'-':>7}")
-                + f"{bs / row.mlx_s:>10.2f}" + (f"{bs / torch_s:>12.2f}" if torch_s is not None else f"{'-':>12}")
-                + _format_percent(row.mlx_peak_share, 10) + _format_percent(row.torch_peak_share, 12)
+                + f"{bs / row.mlx_s:>10.2f}"
+                + (f"{bs / torch_s:>12.2f}" if torch_s is not None else f"{'-':>12}")
+                + _format_percent(row.mlx_peak_share, 10)
+                + _format_percent(row.torch_peak_share, 12)
                 + f"{format_mib(mlx_added):>9}{format_mib(torch_added):>11}"
                 + f"{format_mib(mlx_second) + ' / ' + format_mib(torch_second):>15}"
             )
@@ -163,8 +180,10 @@ def _precision_lines(results: list[ModelResult]) -> list[str]:
     lines = [f"{'model':<22}{'variant':<12}{'weights MiB':>12}{'max err/range':>15}{'mean err/range':>16}"]
     for r in results:
         for row in r.precision:
-            lines.append(f"{r.model:<22}{row.variant:<12}{row.weights_mib:>12.1f}"
-                         f"{row.max_err_of_range:>15.2e}{row.mean_err_of_range:>16.2e}")
+            lines.append(
+                f"{r.model:<22}{row.variant:<12}{row.weights_mib:>12.1f}"
+                f"{row.max_err_of_range:>15.2e}{row.mean_err_of_range:>16.2e}"
+            )
     return lines
 
 
@@ -178,9 +197,11 @@ def summary(machine: Machine, results: list[ModelResult]) -> str:
     lines = [
         "",
         f"machine: {machine.cpu}, {machine.usable_cores} usable cores, {machine.os}{_peak_text(machine)}",
-        (f"mlx {machine.mlx} ({machine.mlx_device}), BLAS {machine.blas} x{machine.blas_threads}; "
-         f"torch {machine.torch} x{machine.torch_threads}, transformers {machine.transformers}; "
-         f"load average at start {machine.load_average[0]:.2f}, at end {os.getloadavg()[0]:.2f}"),
+        (
+            f"mlx {machine.mlx} ({machine.mlx_device}), BLAS {machine.blas} x{machine.blas_threads}; "
+            f"torch {machine.torch} x{machine.torch_threads}, transformers {machine.transformers}; "
+            f"load average at start {machine.load_average[0]:.2f}, at end {os.getloadavg()[0]:.2f}"
+        ),
         "",
         *_speed_lines(results),
     ]
@@ -208,19 +229,34 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from: {', '.join(MODELS)}")
     p.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default: 1)")
     p.add_argument("--runs", type=int, default=3, help="timed runs per model and batch size, after one warm-up")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
-                   help="compute dtype of both libraries for the timing (default float32)")
+    p.add_argument(
+        "--dtype",
+        choices=tuple(DTYPES),
+        default="float32",
+        help="compute dtype of both libraries for the timing (default float32)",
+    )
     p.add_argument("--threads", type=positive_int, default=None, help="threads for PyTorch and for MLX's BLAS")
-    p.add_argument("--no-torch", action="store_true",
-                   help="time dpt_mlx only (the checkpoints are still built with torch and transformers)")
+    p.add_argument(
+        "--no-torch",
+        action="store_true",
+        help="time dpt_mlx only (the checkpoints are still built with torch and transformers)",
+    )
     p.add_argument("--no-precision", action="store_true", help="skip the float16/bfloat16/8-bit/4-bit table")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
-    p.add_argument("--profile", action="store_true",
-                   help="also time each stage of one batch-1 forward pass (patch embedding, attention, MLP, "
-                        "norms, convolutions, resizes, head) in both libraries, printed as a table")
-    p.add_argument("--folder-run", type=int, default=0, metavar="N",
-                   help="also time a folder of N photo-like 640x480 JPEGs end to end: dpt-mlx --input-dir "
-                        "(at the largest --batch-sizes) against transformers' pipeline, each a fresh process")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also time each stage of one batch-1 forward pass (patch embedding, attention, MLP, "
+        "norms, convolutions, resizes, head) in both libraries, printed as a table",
+    )
+    p.add_argument(
+        "--folder-run",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time a folder of N photo-like 640x480 JPEGs end to end: dpt-mlx --input-dir "
+        "(at the largest --batch-sizes) against transformers' pipeline, each a fresh process",
+    )
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     return p
 
@@ -240,9 +276,16 @@ def _options(args) -> BenchOptions:
             raise ValueError
     except ValueError:
         raise UsageError("--batch-sizes must be positive integers and --runs at least 1") from None
-    return BenchOptions(batch_sizes, args.runs, args.dtype, precision=not args.no_precision,
-                        torch_too=not args.no_torch, memory=not args.no_memory, profile=args.profile,
-                        folder_images=max(0, args.folder_run))
+    return BenchOptions(
+        batch_sizes,
+        args.runs,
+        args.dtype,
+        precision=not args.no_precision,
+        torch_too=not args.no_torch,
+        memory=not args.no_memory,
+        profile=args.profile,
+        folder_images=max(0, args.folder_run),
+    )
 
 
 def _require_torch() -> None:
@@ -250,8 +293,10 @@ def _require_torch() -> None:
         import torch  # noqa: F401
         import transformers  # noqa: F401
     except ImportError as e:
-        raise UsageError(f"{e}: the benchmark needs torch and transformers, also with --no-torch (it builds "
-                         f"its checkpoints with transformers); install the test extras: {INSTALL_HINT}") from None
+        raise UsageError(
+            f"{e}: the benchmark needs torch and transformers, also with --no-torch (it builds "
+            f"its checkpoints with transformers); install the test extras: {INSTALL_HINT}"
+        ) from None
 
 
 def log(message: str) -> None:
@@ -270,8 +315,10 @@ def main(argv=None) -> int:
     if args.threads is not None:
         set_threads(args.threads)  # before any model loads: the BLAS reads its thread count then
     machine = dataclasses.replace(machine_info(), sgemm_peak_gflops=sgemm_peak_gflops())
-    log(f"{machine.cpu} ({machine.usable_cores} cores), mlx {machine.mlx}, torch {machine.torch} "
-        f"x{machine.torch_threads}, load {machine.load_average[0]:.2f}{_peak_text(machine)}")
+    log(
+        f"{machine.cpu} ({machine.usable_cores} cores), mlx {machine.mlx}, torch {machine.torch} "
+        f"x{machine.torch_threads}, load {machine.load_average[0]:.2f}{_peak_text(machine)}"
+    )
     results = []
     for name in names:
         spec = MODELS[name]

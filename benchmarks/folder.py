@@ -53,8 +53,12 @@ def save_processor(model_type: str, input_size: tuple[int, int], directory: str)
         processor = transformers.ZoeDepthImageProcessorPil(ensure_multiple_of=32)
     elif "depth_anything" in model_type:
         processor = transformers.DPTImageProcessorPil(
-            size={"height": 518, "width": 518}, keep_aspect_ratio=True, ensure_multiple_of=14,
-            image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+            size={"height": 518, "width": 518},
+            keep_aspect_ratio=True,
+            ensure_multiple_of=14,
+            image_mean=[0.485, 0.456, 0.406],
+            image_std=[0.229, 0.224, 0.225],
+        )
     else:
         processor = transformers.DPTImageProcessorPil(size={"height": input_size[0], "width": input_size[1]})
     processor.save_pretrained(directory)
@@ -70,27 +74,58 @@ def _timed(argv: list[str], env: dict) -> float:
     return seconds
 
 
-def folder_run(directory: str, model_type: str, input_size: tuple[int, int], count: int, batch_size: int,
-               log) -> dict:
+def folder_run(directory: str, model_type: str, input_size: tuple[int, int], count: int, batch_size: int, log) -> dict:
     """Seconds and images per second of both folder runs; their outputs are compared."""
     save_processor(model_type, input_size, directory)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               HF_HUB_DISABLE_PROGRESS_BARS="1", TRANSFORMERS_VERBOSITY="error")
+    env = dict(
+        os.environ,
+        PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        TRANSFORMERS_VERBOSITY="error",
+    )
     with tempfile.TemporaryDirectory(prefix="dpt_mlx_folder_") as work:
         photos, ours, theirs = (Path(work) / name for name in ("photos", "mlx", "torch"))
         for d in (photos, ours, theirs):
             d.mkdir()
         write_photos(photos, count)
-        mlx_s = _timed([sys.executable, "-m", "dpt_mlx.generate", "--model", directory, "--input-dir", str(photos),
-                        "--output-dir", str(ours), "--format", "npy", "--quiet", "--batch-size", str(batch_size)], env)
+        mlx_s = _timed(
+            [
+                sys.executable,
+                "-m",
+                "dpt_mlx.generate",
+                "--model",
+                directory,
+                "--input-dir",
+                str(photos),
+                "--output-dir",
+                str(ours),
+                "--format",
+                "npy",
+                "--quiet",
+                "--batch-size",
+                str(batch_size),
+            ],
+            env,
+        )
         torch_s = _timed([sys.executable, "-c", TORCH_SCRIPT, directory, str(photos), str(theirs)], env)
         names = sorted(p.name for p in theirs.glob("*.npy"))
-        worst = max(float(np.abs(np.load(ours / n) - np.load(theirs / n)).max() / np.abs(np.load(theirs / n)).max())
-                    for n in names)
-    result = {"images": count, "batch_size": batch_size, "mlx_s": mlx_s, "torch_s": torch_s,
-              "mlx_images_per_s": count / mlx_s, "torch_images_per_s": count / torch_s, "max_rel_err": worst}
-    log(f"  folder run, {count} photos 640x480 (load, decode, write .npy included): dpt-mlx {mlx_s:.1f} s "
+        worst = max(
+            float(np.abs(np.load(ours / n) - np.load(theirs / n)).max() / np.abs(np.load(theirs / n)).max())
+            for n in names
+        )
+    result = {
+        "images": count,
+        "batch_size": batch_size,
+        "mlx_s": mlx_s,
+        "torch_s": torch_s,
+        "mlx_images_per_s": count / mlx_s,
+        "torch_images_per_s": count / torch_s,
+        "max_rel_err": worst,
+    }
+    log(
+        f"  folder run, {count} photos 640x480 (load, decode, write .npy included): dpt-mlx {mlx_s:.1f} s "
         f"({count / mlx_s:.2f} img/s, --batch-size {batch_size}) | transformers pipeline {torch_s:.1f} s "
-        f"({count / torch_s:.2f} img/s) | ratio {mlx_s / torch_s:.2f} | max rel err {worst:.1e}")
+        f"({count / torch_s:.2f} img/s) | ratio {mlx_s / torch_s:.2f} | max rel err {worst:.1e}"
+    )
     return result

@@ -42,8 +42,10 @@ def main() -> None:
     if kernels is None:
         raise SystemExit(f"no CPU kernels: {native.unavailable()}")
     mx.set_default_device(mx.cpu)
-    print(f"{platform.processor() or platform.machine()}, {args.threads} threads, {cpu_info()['blas']}, "
-          f"load {os.getloadavg()[0]:.2f}")
+    print(
+        f"{platform.processor() or platform.machine()}, {args.threads} threads, {cpu_info()['blas']}, "
+        f"load {os.getloadavg()[0]:.2f}"
+    )
 
     for heads, n, d, model in [(6, 1370, 64, "Depth-Anything-small 518"), (16, 577, 64, "DPT-Large 384")]:
         q, k, v = (mx.random.normal((1, n, heads, d)).transpose(0, 2, 1, 3) for _ in range(3))
@@ -53,8 +55,14 @@ def main() -> None:
         ref = best(lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv))
         print(line(f"attention {model}", 4 * heads * n * n * d, ours, ref))
 
-    for m, k, n, act in [(1370, 384, 1152, "none"), (1370, 384, 1536, "gelu"), (1370, 1536, 384, "none"),
-                         (577, 1024, 3072, "none"), (577, 1024, 4096, "gelu"), (577, 4096, 1024, "none")]:
+    for m, k, n, act in [
+        (1370, 384, 1152, "none"),
+        (1370, 384, 1536, "gelu"),
+        (1370, 1536, 384, "none"),
+        (577, 1024, 3072, "none"),
+        (577, 1024, 4096, "gelu"),
+        (577, 4096, 1024, "none"),
+    ]:
         x, w, b = mx.random.normal((1, m, k)), mx.random.normal((n, k)), mx.random.normal((n,))
         mx.eval(x, w, b)
         layer, tx = torch.nn.Linear(k, n), torch.randn(1, m, k)

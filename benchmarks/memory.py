@@ -137,11 +137,13 @@ def forward_memory(framework: str, directory: str, batch: int, size: tuple[int, 
     """Memory of the first forward pass after loading, of "mlx" or "torch", measured in a fresh interpreter."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     # the source tree after the installed packages: dpt_mlx stays the installed one (its kernels)
-    code = (f"import sys; sys.path.append({root!r}); from benchmarks.memory import memory_child; "
-            f"memory_child({framework!r}, {directory!r}, {batch}, {size[0]}, {size[1]}, {dtype!r})")
+    code = (
+        f"import sys; sys.path.append({root!r}); from benchmarks.memory import memory_child; "
+        f"memory_child({framework!r}, {directory!r}, {batch}, {size[0]}, {size[1]}, {dtype!r})"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=False)
     for line in r.stdout.splitlines():
         if line.startswith(_TAG):
-            return ForwardMemory(**json.loads(line[len(_TAG):]))
+            return ForwardMemory(**json.loads(line[len(_TAG) :]))
     tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
     return ForwardMemory(error=tail)

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 import numpy as np
 
+from benchmarks.memory import ForwardMemory, bench_inputs, forward_memory, weights_mib
+from benchmarks.specs import MODELS, ModelSpec  # noqa: F401  (MODELS: the command's list)
 from dpt_mlx.cpu import blas_info
 from dpt_mlx.io.quantize import quantize_model
 from dpt_mlx.models import load_model
-from benchmarks.memory import ForwardMemory, bench_inputs, forward_memory, weights_mib
-from benchmarks.specs import MODELS, ModelSpec  # noqa: F401  (MODELS: the command's list)
 
 # ------------------------------------------------------------------------------------- models
 
@@ -78,10 +78,11 @@ def build_pair(spec: ModelSpec, directory: str, seed: int = 0):
 
     torch.manual_seed(seed)
     config = spec.config()
-    cls = {"depth_anything": transformers.DepthAnythingForDepthEstimation,
-           "zoedepth": transformers.ZoeDepthForDepthEstimation,
-           "prompt_depth_anything": transformers.PromptDepthAnythingForDepthEstimation,
-           }.get(config.model_type, transformers.DPTForDepthEstimation)
+    cls = {
+        "depth_anything": transformers.DepthAnythingForDepthEstimation,
+        "zoedepth": transformers.ZoeDepthForDepthEstimation,
+        "prompt_depth_anything": transformers.PromptDepthAnythingForDepthEstimation,
+    }.get(config.model_type, transformers.DPTForDepthEstimation)
     ref = init_like_trained(cls(config), spec.input_size, seed)
     ref.save_pretrained(directory)
     return ref
@@ -142,16 +143,23 @@ class SpeedRow:
             text += f" ({flops_per_image / 1e9:.1f} GFLOP/img)"
         text += f": mlx {self.mlx_s / bs:.3f} s/img ({bs / self.mlx_s:.2f} img/s{format_share(self.mlx_peak_share)})"
         if self.torch_s is not None:
-            text += (f" | torch {self.torch_s / bs:.3f} s/img ({bs / self.torch_s:.2f} img/s"
-                     f"{format_share(self.torch_peak_share)})"
-                     f" | ratio {self.ratio:.2f} | rel err vs torch {self.rel_err_vs_torch:.1e}")
+            text += (
+                f" | torch {self.torch_s / bs:.3f} s/img ({bs / self.torch_s:.2f} img/s"
+                f"{format_share(self.torch_peak_share)})"
+                f" | ratio {self.ratio:.2f} | rel err vs torch {self.rel_err_vs_torch:.1e}"
+            )
         if self.mlx_memory is not None:
             m = self.mlx_memory
-            text += (f" | mlx +{format_mib(m.rss_added_mib)} MiB RSS, +{format_mib(m.rss_added_second_mib)} through"
-                     f" a 2nd pass (allocator peak {format_mib(m.mlx_peak_mib)} MiB)")
+            text += (
+                f" | mlx +{format_mib(m.rss_added_mib)} MiB RSS, +{format_mib(m.rss_added_second_mib)} through"
+                f" a 2nd pass (allocator peak {format_mib(m.mlx_peak_mib)} MiB)"
+            )
         if self.torch_memory is not None:
             t = self.torch_memory
-            text += f" | torch +{format_mib(t.rss_added_mib)} MiB RSS, +{format_mib(t.rss_added_second_mib)} through a 2nd pass"
+            text += (
+                f" | torch +{format_mib(t.rss_added_mib)} MiB RSS, "
+                f"+{format_mib(t.rss_added_second_mib)} through a 2nd pass"
+            )
         return text
 
 
@@ -166,8 +174,10 @@ class PrecisionRow:
     mean_err_of_range: float = 0.0
 
     def line(self) -> str:
-        return (f"{self.variant:<11} weights {self.weights_mib:7.1f} MiB | max err {self.max_err_of_range:.2e}"
-                f" of range | mean err {self.mean_err_of_range:.2e} of range | {self.seconds:.2f} s")
+        return (
+            f"{self.variant:<11} weights {self.weights_mib:7.1f} MiB | max err {self.max_err_of_range:.2e}"
+            f" of range | mean err {self.mean_err_of_range:.2e} of range | {self.seconds:.2f} s"
+        )
 
 
 @dataclass
@@ -356,8 +366,10 @@ def bench_model(spec: ModelSpec, options: BenchOptions, log, peak_gflops: float 
         ref = build_pair(spec, directory).to(tdtype)
         ours = load_model(directory, dtype=None if dtype == "float32" else dtype)
         blas = blas_info()
-        log(f"  built {spec.name} in {time.perf_counter() - t0:.1f}s: {weights_mib(ours):.0f} MiB of weights "
-            f"({dtype}); BLAS {blas_name(blas)} x{blas.get('threads')}")
+        log(
+            f"  built {spec.name} in {time.perf_counter() - t0:.1f}s: {weights_mib(ours):.0f} MiB of weights "
+            f"({dtype}); BLAS {blas_name(blas)} x{blas.get('threads')}"
+        )
         result.flops = count_flops(ref, *bench_inputs(ours.config.model_type, 1, spec.input_size, seed=1), tdtype)
         for bs in options.batch_sizes:
             x, prompt = bench_inputs(ours.config.model_type, bs, spec.input_size, seed=bs)
@@ -372,13 +384,15 @@ def bench_model(spec: ModelSpec, options: BenchOptions, log, peak_gflops: float 
         if options.profile and options.torch_too:
             from benchmarks.stages import profile_model
 
-            result.profile = profile_model(ours, ref, spec.name, bench_inputs(ours.config.model_type, 1,
-                                                                              spec.input_size), tdtype, log)
+            result.profile = profile_model(
+                ours, ref, spec.name, bench_inputs(ours.config.model_type, 1, spec.input_size), tdtype, log
+            )
         if options.folder_images and spec.prompt_size is None:
             from benchmarks.folder import folder_run
 
-            result.folder = folder_run(directory, ours.config.model_type, spec.input_size, options.folder_images,
-                                       max(options.batch_sizes), log)
+            result.folder = folder_run(
+                directory, ours.config.model_type, spec.input_size, options.folder_images, max(options.batch_sizes), log
+            )
         ref = None  # free the reference before the precision models load
         gc.collect()
         if options.precision:

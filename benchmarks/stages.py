@@ -7,8 +7,9 @@ happens to be evaluated); for PyTorch a forward pre-hook and hook take the time.
 own time is its time minus that of the modules it calls, and is added to the stage its place
 in the model names (the module path: ``backbone.encoder.layer.3.attention.attention.query`` is
 attention). The models resize through ``layers.Resize`` modules named ``resample``; torch's
-``interpolate`` and direct calls of ``dpt_mlx.ops.interpolate`` are timed as calls of their own. Evaluating at every boundary costs MLX some of
-its overlap of small operations, so the profiled total is given beside the plain forward time.
+``interpolate`` and direct calls of ``dpt_mlx.ops.interpolate`` are timed as calls of their own.
+Evaluating at every boundary costs MLX some of its overlap of small operations, so the profiled
+total is given beside the plain forward time.
 """
 
 from __future__ import annotations
@@ -24,8 +25,17 @@ from dataclasses import fields, is_dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-STAGES = ("patch embedding", "attention", "MLP", "norms, activations, adds", "backbone convolutions",
-          "neck convolutions", "resizes", "head", "other")
+STAGES = (
+    "patch embedding",
+    "attention",
+    "MLP",
+    "norms, activations, adds",
+    "backbone convolutions",
+    "neck convolutions",
+    "resizes",
+    "head",
+    "other",
+)
 RESIZE = "resizes"
 
 
@@ -102,13 +112,18 @@ def _timed_mlx(model: nn.Module, timer: StageTimer):
             if path is None:
                 return original(self, *args, **kwargs)
             mx.eval(_arrays((args, kwargs), []))
-            return timer.call(stage_of(path) if path else "other", lambda: original(self, *args, **kwargs),
-                              lambda out: mx.eval(_arrays(out, [])))
+            return timer.call(
+                stage_of(path) if path else "other",
+                lambda: original(self, *args, **kwargs),
+                lambda out: mx.eval(_arrays(out, [])),
+            )
+
         return call
 
     resize = ops.interpolate
-    users = [m for name, m in sys.modules.items()
-             if name.startswith("dpt_mlx") and getattr(m, "interpolate", None) is resize]
+    users = [
+        m for name, m in sys.modules.items() if name.startswith("dpt_mlx") and getattr(m, "interpolate", None) is resize
+    ]
 
     def timed_resize(*args, **kwargs):
         mx.eval(_arrays((args, kwargs), []))
@@ -188,8 +203,10 @@ def profile_pair(ours, ref, x, prompt, tdtype, runs: int = 2) -> tuple[dict, dic
             times.append(time.perf_counter() - t)
         plain[name] = sorted(times)[len(times) // 2]
     results = {}
-    for name, fn, timed in (("mlx", plain_mlx, lambda t: _timed_mlx(ours, t)),
-                            ("torch", plain_torch, lambda t: _timed_torch(ref, t))):
+    for name, fn, timed in (
+        ("mlx", plain_mlx, lambda t: _timed_mlx(ours, t)),
+        ("torch", plain_torch, lambda t: _timed_torch(ref, t)),
+    ):
         per_run = []
         for _ in range(runs):
             timer = StageTimer()
@@ -200,13 +217,16 @@ def profile_pair(ours, ref, x, prompt, tdtype, runs: int = 2) -> tuple[dict, dic
     return results["mlx"], results["torch"], plain["mlx"], plain["torch"]
 
 
-def profile_table(name: str, mlx_s: dict, torch_s: dict, plain_mlx: float, plain_torch: float,
-                  fused: bool = False) -> list[str]:
+def profile_table(
+    name: str, mlx_s: dict, torch_s: dict, plain_mlx: float, plain_torch: float, fused: bool = False
+) -> list[str]:
     """The printed table: seconds per stage, the ratio, and the stage's share of our time; ``fused``:
     dpt_mlx's transformer blocks are the CPU layers' fused ones (a note says where their time goes)."""
     total_m, total_t = sum(mlx_s.values()), sum(torch_s.values())
-    lines = [f"profile of {name} (batch 1; seconds of one forward pass, each module's own time):",
-             f"  {'stage':<26}{'mlx s':>9}{'torch s':>9}{'ratio':>7}{'mlx share':>11}"]
+    lines = [
+        f"profile of {name} (batch 1; seconds of one forward pass, each module's own time):",
+        f"  {'stage':<26}{'mlx s':>9}{'torch s':>9}{'ratio':>7}{'mlx share':>11}",
+    ]
     for stage in STAGES:
         m, t = mlx_s.get(stage, 0.0), torch_s.get(stage, 0.0)
         if m < 1e-4 and t < 1e-4:
@@ -216,8 +236,10 @@ def profile_table(name: str, mlx_s: dict, torch_s: dict, plain_mlx: float, plain
     lines.append(f"  {'total (profiled)':<26}{total_m:9.3f}{total_t:9.3f}{total_m / total_t:7.2f}")
     lines.append(f"  {'forward pass, unprofiled':<26}{plain_mlx:9.3f}{plain_torch:9.3f}{plain_mlx / plain_torch:7.2f}")
     if fused:
-        lines.append("  (dpt_mlx's CPU layers compute a ViT/DINOv2 block's attention output, MLP and residual adds in "
-                     "the block itself: that time is under 'norms, activations, adds')")
+        lines.append(
+            "  (dpt_mlx's CPU layers compute a ViT/DINOv2 block's attention output, MLP and residual adds in "
+            "the block itself: that time is under 'norms, activations, adds')"
+        )
     return lines
 
 

@@ -8,16 +8,27 @@ from .config import DepthAnythingConfig, DPTConfig, PromptDepthAnythingConfig
 from .config_zoedepth import ZoeDepthConfig
 from .cpu import blas_info, cpu_info
 from .errors import CheckpointError, DPTError, ImageError, UnsupportedModelError
-from .models import (DepthAnythingForDepthEstimation, DPTForDepthEstimation, DPTForSemanticSegmentation, DPTModel,
-                     PromptDepthAnythingForDepthEstimation, ZoeDepthForDepthEstimation, load_model)
-from .outputs import (BaseModelOutputWithPooling, DepthEstimatorOutput, SemanticSegmenterOutput,
-                      ZoeDepthDepthEstimatorOutput)
+from .models import (
+    DepthAnythingForDepthEstimation,
+    DPTForDepthEstimation,
+    DPTForSemanticSegmentation,
+    DPTModel,
+    PromptDepthAnythingForDepthEstimation,
+    ZoeDepthForDepthEstimation,
+    load_model,
+)
+from .models.losses import scale_shift_invariant_loss, semantic_segmentation_loss, silog_loss
+from .outputs import (
+    BaseModelOutputWithPooling,
+    DepthEstimatorOutput,
+    SemanticSegmenterOutput,
+    ZoeDepthDepthEstimatorOutput,
+)
 from .pipelines import pipeline
 from .processing.image_processor import DPTFeatureExtractor, DPTImageProcessor
+from .processing.points import depth_to_points
 from .processing.prompt_depth_processor import PromptDepthAnythingImageProcessor
 from .processing.zoedepth_processor import ZoeDepthImageProcessor
-from .processing.points import depth_to_points
-from .models.losses import scale_shift_invariant_loss, semantic_segmentation_loss, silog_loss
 
 __version__ = "0.1.0"
 

@@ -63,17 +63,49 @@ class DPTConfig(BaseConfig):
     id2label: dict[int, str] = field(default_factory=lambda: {0: "LABEL_0", 1: "LABEL_1"})
     architectures: list[str] | None = None
 
-    POSITIVE = frozenset({"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                          "layer_norm_eps", "image_size", "patch_size", "num_channels", "neck_hidden_sizes",
-                          "fusion_hidden_size", "backbone_featmap_shape", "pooler_output_size"})
-    NON_NEGATIVE = frozenset({"hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range",
-                              "auxiliary_loss_weight", "semantic_classifier_dropout", "neck_ignore_stages"})
+    POSITIVE = frozenset(
+        {
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "layer_norm_eps",
+            "image_size",
+            "patch_size",
+            "num_channels",
+            "neck_hidden_sizes",
+            "fusion_hidden_size",
+            "backbone_featmap_shape",
+            "pooler_output_size",
+        }
+    )
+    NON_NEGATIVE = frozenset(
+        {
+            "hidden_dropout_prob",
+            "attention_probs_dropout_prob",
+            "initializer_range",
+            "auxiliary_loss_weight",
+            "semantic_classifier_dropout",
+            "neck_ignore_stages",
+        }
+    )
 
     # Hub configs store these fields as null when the backbone lives elsewhere: null means this default.
-    NULL_DEFAULTS = {"num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-                     "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "layer_norm_eps": 1e-12,
-                     "image_size": 384, "patch_size": 16, "num_channels": 3, "qkv_bias": True,
-                     "use_auxiliary_head": True, "use_batch_norm_in_fusion_residual": False, "id2label": {}}
+    NULL_DEFAULTS = {
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "layer_norm_eps": 1e-12,
+        "image_size": 384,
+        "patch_size": 16,
+        "num_channels": 3,
+        "qkv_bias": True,
+        "use_auxiliary_head": True,
+        "use_batch_norm_in_fusion_residual": False,
+        "id2label": {},
+    }
 
     def __post_init__(self):
         for name, default in self.NULL_DEFAULTS.items():
@@ -101,8 +133,13 @@ class DPTConfig(BaseConfig):
                 raise ValueError(f"backbone_config: DPT-Hybrid needs 3 BiT out_features, got {bit.out_features}")
         if self.backbone_config is not None and not self.is_hybrid:
             self.backbone_out_indices = None
-        for name in ("backbone_out_indices", "reassemble_factors", "neck_hidden_sizes",
-                     "backbone_featmap_shape", "neck_ignore_stages"):
+        for name in (
+            "backbone_out_indices",
+            "reassemble_factors",
+            "neck_hidden_sizes",
+            "backbone_featmap_shape",
+            "neck_ignore_stages",
+        ):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, list(value))
@@ -129,7 +166,9 @@ class DPTConfig(BaseConfig):
                 )
             bad = [i for i in self.backbone_out_indices if not 0 <= i < self.num_hidden_layers]
             if bad:
-                raise ValueError(f"backbone_out_indices {bad} out of range for num_hidden_layers={self.num_hidden_layers}")
+                raise ValueError(
+                    f"backbone_out_indices {bad} out of range for num_hidden_layers={self.num_hidden_layers}"
+                )
         if self.add_projection and self.fusion_hidden_size != 256:
             # The reference hard-codes a 256-channel projection conv in the depth head.
             raise ValueError("add_projection=True requires fusion_hidden_size=256, as in the reference")
@@ -212,8 +251,16 @@ class DepthAnythingConfig(BaseConfig):
     max_depth: float | None = 1
     architectures: list[str] | None = None
 
-    POSITIVE = frozenset({"patch_size", "reassemble_hidden_size", "neck_hidden_sizes", "fusion_hidden_size",
-                          "head_hidden_size", "max_depth"})
+    POSITIVE = frozenset(
+        {
+            "patch_size",
+            "reassemble_hidden_size",
+            "neck_hidden_sizes",
+            "fusion_hidden_size",
+            "head_hidden_size",
+            "max_depth",
+        }
+    )
     NON_NEGATIVE = frozenset({"initializer_range"})
 
     def __post_init__(self):
@@ -236,8 +283,10 @@ class DepthAnythingConfig(BaseConfig):
         check_neck(self)
         backbone = check_backbone(self)
         if backbone.hidden_size != self.reassemble_hidden_size:
-            raise ValueError(f"reassemble_hidden_size={self.reassemble_hidden_size} must equal the backbone's "
-                             f"hidden_size={backbone.hidden_size}")
+            raise ValueError(
+                f"reassemble_hidden_size={self.reassemble_hidden_size} must equal the backbone's "
+                f"hidden_size={backbone.hidden_size}"
+            )
 
     @property
     def backbone_type(self) -> str:

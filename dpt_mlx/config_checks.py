@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .backbones import backbone_spec
 from .errors import UnsupportedModelError
@@ -40,8 +41,10 @@ def check_neck(config, reassemble: bool = True) -> None:
         for f in config.reassemble_factors:
             inverse = 1 / f if f > 0 else math.inf
             if not math.isfinite(inverse) or (f > 1 and f != int(f)) or (f < 1 and inverse != int(inverse)):
-                raise ValueError(f"reassemble factor {f} in reassemble_factors={config.reassemble_factors} must be "
-                                 "a positive integer or 1/integer")
+                raise ValueError(
+                    f"reassemble factor {f} in reassemble_factors={config.reassemble_factors} must be "
+                    "a positive integer or 1/integer"
+                )
     n = len(config.neck_hidden_sizes)
     if not -n <= config.head_in_index < n:
         raise ValueError(f"head_in_index={config.head_in_index} out of range for {n} neck stages")

@@ -61,7 +61,9 @@ def align_out_features(stage_names, out_features, out_indices) -> tuple[list[str
 
 
 INT_LIMIT = 2**31  # MLX shapes are int32
-MAX_LAYERS = 1024  # real models stop below 100 layers; a config asking for more is damaged (and would take hours to build)
+MAX_LAYERS = (
+    1024  # real models stop below 100 layers; a config asking for more is damaged (and would take hours to build)
+)
 LAYER_COUNTS = frozenset({"num_hidden_layers", "depths", "num_patch_transformer_layers"})
 
 
@@ -86,7 +88,7 @@ def _describe(hint, sign: str | None) -> str:
 
 
 def _plural(hint, sign: str | None) -> str:
-    """"a positive integer" -> "positive integers"."""
+    """ "a positive integer" -> "positive integers"."""
     return _describe(hint, sign).removeprefix("an ").removeprefix("a ") + "s"
 
 
@@ -120,7 +122,8 @@ def _fits(value, hint, sign: str | None) -> bool:
         key, item = args
         return isinstance(value, dict) and all(
             (_fits(k, key, None) or key is int and isinstance(k, str) and k.lstrip("-").isdigit())
-            and _fits(v, item, None) for k, v in value.items()
+            and _fits(v, item, None)
+            for k, v in value.items()
         )
     return isinstance(value, hint) if isinstance(hint, type) else True
 
@@ -153,8 +156,10 @@ class BaseConfig:
             value, sign = getattr(self, f.name), self._sign(f.name)
             if not _fits(value, hints[f.name], sign):
                 expected = _describe(hints[f.name], sign)
-                if any(isinstance(v, int) and not isinstance(v, bool) and abs(v) >= INT_LIMIT
-                       for v in (value if isinstance(value, (list, tuple)) else [value])):
+                if any(
+                    isinstance(v, int) and not isinstance(v, bool) and abs(v) >= INT_LIMIT
+                    for v in (value if isinstance(value, (list, tuple)) else [value])
+                ):
                     expected += " (below 2**31)"
                 raise ValueError(f"{f.name}={value!r} is invalid: expected {expected}")
             counts = value if isinstance(value, (list, tuple)) else [value]

@@ -57,8 +57,10 @@ def check_bin_configurations(configs: list) -> None:
         name = conf.get("name")
         if len(configs) > 1 or name is not None:
             if not isinstance(name, str) or not name or "." in name:
-                raise ValueError(f"{where}: name={name!r} is invalid: expected a non-empty string without '.' "
-                                 "(required when there are several bin configurations)")
+                raise ValueError(
+                    f"{where}: name={name!r} is invalid: expected a non-empty string without '.' "
+                    "(required when there are several bin configurations)"
+                )
             if name in names:
                 raise ValueError(f"{where}: name={name!r} is used twice in bin_configurations")
             names.append(name)
@@ -104,10 +106,23 @@ class ZoeDepthConfig(BaseConfig):
     patch_transformer_num_attention_heads: int | None = None
     architectures: list[str] | None = None
 
-    POSITIVE = frozenset({"batch_norm_eps", "neck_hidden_sizes", "fusion_hidden_size", "num_relative_features",
-                          "bottleneck_features", "num_attractors", "bin_embedding_dim", "min_temp", "max_temp",
-                          "num_patch_transformer_layers", "patch_transformer_hidden_size",
-                          "patch_transformer_intermediate_size", "patch_transformer_num_attention_heads"})
+    POSITIVE = frozenset(
+        {
+            "batch_norm_eps",
+            "neck_hidden_sizes",
+            "fusion_hidden_size",
+            "num_relative_features",
+            "bottleneck_features",
+            "num_attractors",
+            "bin_embedding_dim",
+            "min_temp",
+            "max_temp",
+            "num_patch_transformer_layers",
+            "patch_transformer_hidden_size",
+            "patch_transformer_intermediate_size",
+            "patch_transformer_num_attention_heads",
+        }
+    )
     NON_NEGATIVE = frozenset({"initializer_range"})
 
     def __post_init__(self):
@@ -134,45 +149,65 @@ class ZoeDepthConfig(BaseConfig):
             # transformers' ZoeDepth reassemble stage fails on "ignore" and "add" (it reshapes for "project" only)
             raise ValueError(f"readout_type={self.readout_type!r} is not supported: ZoeDepth runs with 'project' only")
         check_act("hidden_act", self.hidden_act)
-        for name, value, allowed in (("attractor_kind", self.attractor_kind, ("mean", "sum")),
-                                     ("bin_centers_type", self.bin_centers_type, ("normed", "softplus"))):
+        for name, value, allowed in (
+            ("attractor_kind", self.attractor_kind, ("mean", "sum")),
+            ("bin_centers_type", self.bin_centers_type, ("normed", "softplus")),
+        ):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}")
         check_bin_configurations(self.bin_configurations)
         if len(self.neck_hidden_sizes) != METRIC_STAGES:
-            raise ValueError(f"neck_hidden_sizes has {len(self.neck_hidden_sizes)} values; ZoeDepth's metric head "
-                             f"needs {METRIC_STAGES} neck stages")
+            raise ValueError(
+                f"neck_hidden_sizes has {len(self.neck_hidden_sizes)} values; ZoeDepth's metric head "
+                f"needs {METRIC_STAGES} neck stages"
+            )
         if len(self.num_attractors) != METRIC_STAGES:
             raise ValueError(f"num_attractors={self.num_attractors} must have {METRIC_STAGES} values (one per stage)")
         if self.bottleneck_features != self.fusion_hidden_size:
-            raise ValueError(f"bottleneck_features={self.bottleneck_features} must equal fusion_hidden_size="
-                             f"{self.fusion_hidden_size} (the bottleneck is the neck's coarsest projected map)")
+            raise ValueError(
+                f"bottleneck_features={self.bottleneck_features} must equal fusion_hidden_size="
+                f"{self.fusion_hidden_size} (the bottleneck is the neck's coarsest projected map)"
+            )
         if self.add_projection and self.fusion_hidden_size != 256:
             raise ValueError("add_projection=True requires fusion_hidden_size=256, as in the reference")
         if self.use_batch_norm_in_fusion_residual and self.batch_norm_eps != NECK_BATCH_NORM_EPS:
-            raise ValueError(f"batch_norm_eps={self.batch_norm_eps} is not supported with BatchNorm in the fusion "
-                             f"residual units; only {NECK_BATCH_NORM_EPS}")
+            raise ValueError(
+                f"batch_norm_eps={self.batch_norm_eps} is not supported with BatchNorm in the fusion "
+                f"residual units; only {NECK_BATCH_NORM_EPS}"
+            )
         if self.multi_domain:
             self._check_patch_transformer()
 
     def _check_patch_transformer(self) -> None:
         """The domain classifier of a multi-domain config (zoedepth-nyu-kitti: 4 layers, 128 wide, 4 heads)."""
-        for name in ("num_patch_transformer_layers", "patch_transformer_hidden_size",
-                     "patch_transformer_intermediate_size", "patch_transformer_num_attention_heads"):
+        for name in (
+            "num_patch_transformer_layers",
+            "patch_transformer_hidden_size",
+            "patch_transformer_intermediate_size",
+            "patch_transformer_num_attention_heads",
+        ):
             if getattr(self, name) is None:
                 raise ValueError(f"{name} is null: several bin_configurations need the patch transformer's sizes")
         if self.patch_transformer_hidden_size != DOMAIN_EMBEDDING:
-            raise ValueError(f"patch_transformer_hidden_size={self.patch_transformer_hidden_size} must be "
-                             f"{DOMAIN_EMBEDDING}: the reference's domain classifier reads a {DOMAIN_EMBEDDING}-wide embedding")
+            raise ValueError(
+                f"patch_transformer_hidden_size={self.patch_transformer_hidden_size} must be "
+                f"{DOMAIN_EMBEDDING}: the reference's domain classifier reads a {DOMAIN_EMBEDDING}-wide embedding"
+            )
         if self.patch_transformer_hidden_size % self.patch_transformer_num_attention_heads:
-            raise ValueError(f"patch_transformer_hidden_size={self.patch_transformer_hidden_size} is not a multiple of "
-                             f"patch_transformer_num_attention_heads={self.patch_transformer_num_attention_heads}")
+            raise ValueError(
+                f"patch_transformer_hidden_size={self.patch_transformer_hidden_size} is not a multiple of "
+                f"patch_transformer_num_attention_heads={self.patch_transformer_num_attention_heads}"
+            )
         if self.num_patch_transformer_layers < PATCH_TRANSFORMER_LAYERS_RUN:
-            raise ValueError(f"num_patch_transformer_layers={self.num_patch_transformer_layers} is too few: the "
-                             f"reference runs {PATCH_TRANSFORMER_LAYERS_RUN} layers")
+            raise ValueError(
+                f"num_patch_transformer_layers={self.num_patch_transformer_layers} is too few: the "
+                f"reference runs {PATCH_TRANSFORMER_LAYERS_RUN} layers"
+            )
         if self.bin_embedding_dim < 2:
-            raise ValueError(f"bin_embedding_dim={self.bin_embedding_dim} must be at least 2 with several "
-                             "bin_configurations (their MLPs are bin_embedding_dim // 2 wide)")
+            raise ValueError(
+                f"bin_embedding_dim={self.bin_embedding_dim} must be at least 2 with several "
+                "bin_configurations (their MLPs are bin_embedding_dim // 2 wide)"
+            )
 
     @property
     def multi_domain(self) -> bool:

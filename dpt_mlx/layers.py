@@ -52,8 +52,10 @@ class Dropout(nn.Dropout):
 def dropout_active(module: nn.Module) -> bool:
     """Whether any dropout inside ``module`` would drop something now (a dropout whose rate is
     not known counts as active)."""
-    return any(isinstance(m, nn.Dropout) and (m.active if isinstance(m, Dropout) else m.training)
-               for _, m in module.named_modules())
+    return any(
+        isinstance(m, nn.Dropout) and (m.active if isinstance(m, Dropout) else m.training)
+        for _, m in module.named_modules()
+    )
 
 
 # transformers' ACT2FN names -> the MLX module computing the same function
@@ -87,8 +89,9 @@ class ScaledDotProductAttention(nn.Module):
 class Resize(nn.Module):
     """:func:`dpt_mlx.ops.interpolate` (NHWC, PyTorch's sampling) as a module without parameters."""
 
-    def __call__(self, x: mx.array, size: tuple[int, int], mode: str = "bilinear",
-                 align_corners: bool = False) -> mx.array:
+    def __call__(
+        self, x: mx.array, size: tuple[int, int], mode: str = "bilinear", align_corners: bool = False
+    ) -> mx.array:
         return interpolate(x, size, mode, align_corners)
 
 

@@ -35,8 +35,6 @@ from .processing.image_processor import (
     IMAGENET_DEFAULT_STD,
     DPTImageProcessor,
 )
-from .processing.prompt_depth_processor import PromptDepthAnythingImageProcessor
-from .processing.zoedepth_processor import ZoeDepthImageProcessor
 from .processing.images import (  # noqa: F401  (this module was their home)
     IMAGE_EXTENSIONS,
     _array_to_uint8,
@@ -44,6 +42,8 @@ from .processing.images import (  # noqa: F401  (this module was their home)
     list_images,
     load_image,
 )
+from .processing.prompt_depth_processor import PromptDepthAnythingImageProcessor
+from .processing.zoedepth_processor import ZoeDepthImageProcessor
 
 DEFAULT_MODELS = {DEPTH: "Intel/dpt-large", SEGMENTATION: "Intel/dpt-large-ade"}
 MAX_SIDE = 8192  # pixels: a model input side (or multiple, or divisor) beyond this is a damaged preprocessor config
@@ -76,8 +76,12 @@ def default_processor(config) -> tuple[Any, str]:
     elif "depth_anything" in model_type or backbone == "dinov2":
         cls = PromptDepthAnythingImageProcessor if model_type == "prompt_depth_anything" else DPTImageProcessor
         processor = cls(
-            size={"height": 518, "width": 518}, keep_aspect_ratio=True, ensure_multiple_of=14, resample=3,
-            image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD),
+            size={"height": 518, "width": 518},
+            keep_aspect_ratio=True,
+            ensure_multiple_of=14,
+            resample=3,
+            image_mean=list(IMAGENET_DEFAULT_MEAN),
+            image_std=list(IMAGENET_DEFAULT_STD),
         )
         what = "518 px, aspect ratio kept, multiple of 14, bicubic, ImageNet mean/std"
     else:
@@ -122,8 +126,9 @@ def _check_sizes(processor, path: Path) -> None:
             raise CheckpointError(f"{path}: {name}={value!r} is invalid: more than {MAX_SIDE} pixels")
 
 
-def load_predictor(model: Any = None, dtype=None, image_processor: Any = None, task: str | None = None,
-                   flip: bool = False) -> Predictor:
+def load_predictor(
+    model: Any = None, dtype=None, image_processor: Any = None, task: str | None = None, flip: bool = False
+) -> Predictor:
     """A :class:`Predictor` for a checkpoint (hub repo id or local directory) or a loaded model;
     ``flip=True`` averages each prediction with that of the mirrored image."""
     from .io.hub import resolve
@@ -185,8 +190,13 @@ class _Pipeline:
         self.image_processor = predictor.image_processor
         self.batch_size = check_batch_size(batch_size)
 
-    def __call__(self, images: Any, batch_size: int | None = None, prompt_depth: Any = None,
-                 prompt_scale_to_meter: float | None = None):
+    def __call__(
+        self,
+        images: Any,
+        batch_size: int | None = None,
+        prompt_depth: Any = None,
+        prompt_scale_to_meter: float | None = None,
+    ):
         """``batch_size``: images per forward pass for this call (default the pipeline's).
 
         ``prompt_depth`` (Prompt Depth Anything): one depth map per image, as its image processor
@@ -253,8 +263,9 @@ class ImageSegmentationPipeline(_Pipeline):
 PIPELINES = {DEPTH: DepthEstimationPipeline, SEGMENTATION: ImageSegmentationPipeline}
 
 
-def pipeline(task: str, model: Any = None, dtype=None, image_processor: Any = None, batch_size: int = 1,
-             flip_tta: bool = False):
+def pipeline(
+    task: str, model: Any = None, dtype=None, image_processor: Any = None, batch_size: int = 1, flip_tta: bool = False
+):
     """A callable for ``"depth-estimation"`` or ``"image-segmentation"``.
 
     ``model``: a Hugging Face Hub repo id, a local checkpoint directory (transformers or converted)
@@ -267,8 +278,9 @@ def pipeline(task: str, model: Any = None, dtype=None, image_processor: Any = No
     name = TASK_ALIASES.get(task, task)
     if name not in PIPELINES:
         raise ValueError(f"unknown task {task!r}; available tasks: {', '.join(PIPELINES)}")
-    predictor = load_predictor(model if model is not None else DEFAULT_MODELS[name], dtype, image_processor, name,
-                               flip=flip_tta)
+    predictor = load_predictor(
+        model if model is not None else DEFAULT_MODELS[name], dtype, image_processor, name, flip=flip_tta
+    )
     return PIPELINES[name](predictor, batch_size=batch_size)
 
 

@@ -95,8 +95,9 @@ class Predictor:
         """(3, h, w) float32 pixel values of one image."""
         return self.image_processor(image, return_tensors=None)["pixel_values"][0]
 
-    def preprocess_with_prompt(self, image: Image.Image, prompt_depth: Any,
-                               prompt_scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def preprocess_with_prompt(
+        self, image: Image.Image, prompt_depth: Any, prompt_scale: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(3, h, w) pixel values and the (1, h', w') prompt in metres (``prompt_depth`` times
         ``prompt_scale``, default the processor's ``prompt_scale_to_meter``)."""
         if not self.takes_prompt:
@@ -105,8 +106,9 @@ class Predictor:
         out = self.image_processor(image, prompt_depth=prompt_depth, return_tensors=None, **options)
         return out["pixel_values"][0], np.asarray(out["prompt_depth"][0], dtype=np.float32)
 
-    def forward(self, pixel_values: np.ndarray, sizes: Sequence[tuple[int, int]],
-                prompt_depth: np.ndarray | None = None) -> list[np.ndarray]:
+    def forward(
+        self, pixel_values: np.ndarray, sizes: Sequence[tuple[int, int]], prompt_depth: np.ndarray | None = None
+    ) -> list[np.ndarray]:
         """Run a batch of equal-shape pixel values (and prompts); post-process each result to its
         (height, width)."""
         n = len(pixel_values)
@@ -123,16 +125,20 @@ class Predictor:
             if flipped is not None:
                 result = (result + flipped[..., ::-1]) / 2
             return self.image_processor.post_process_semantic_segmentation(
-                SimpleNamespace(logits=result), target_sizes=list(sizes))
+                SimpleNamespace(logits=result), target_sizes=list(sizes)
+            )
         if isinstance(self.image_processor, ZoeDepthImageProcessor):  # padding removal needs the source sizes
             done = self.image_processor.post_process_depth_estimation(
-                SimpleNamespace(predicted_depth=result), source_sizes=list(sizes),
-                outputs_flipped=None if flipped is None else SimpleNamespace(predicted_depth=flipped))
+                SimpleNamespace(predicted_depth=result),
+                source_sizes=list(sizes),
+                outputs_flipped=None if flipped is None else SimpleNamespace(predicted_depth=flipped),
+            )
         else:
             if flipped is not None:
                 result = (result + flipped[..., ::-1]) / 2
             done = self.image_processor.post_process_depth_estimation(
-                SimpleNamespace(predicted_depth=result), target_sizes=list(sizes))
+                SimpleNamespace(predicted_depth=result), target_sizes=list(sizes)
+            )
         return [d["predicted_depth"] for d in done]
 
     def _run(self, x: np.ndarray, prompt: np.ndarray | None) -> mx.array:
@@ -143,8 +149,12 @@ class Predictor:
         evaluated before the next starts (on the CPU, so that memory does not grow with the batch)."""
         step = 1 if getattr(self.config, "multi_domain", False) else images_per_pass(len(x), *x.shape[2:4])
         if step < len(x):
-            return mx.concatenate([self._run(x[i:i + step], None if prompt is None else prompt[i:i + step])
-                                   for i in range(0, len(x), step)])
+            return mx.concatenate(
+                [
+                    self._run(x[i : i + step], None if prompt is None else prompt[i : i + step])
+                    for i in range(0, len(x), step)
+                ]
+            )
         kwargs = {} if prompt is None else {"prompt_depth": mx.array(np.ascontiguousarray(prompt))}
         outputs = self.model(mx.array(np.ascontiguousarray(x)), **kwargs)
         result = outputs.predicted_depth if self.task == DEPTH else outputs.logits
@@ -158,12 +168,18 @@ class Predictor:
         count = int(bad.sum().item())
         if count:
             half = " or float16 overflowed (try dtype float32)" if output.dtype == mx.float16 else ""
-            raise ValueError(f"the model's output for {count} of {output.shape[0]} image(s) contains NaN or inf; "
-                             f"the checkpoint's weights may be damaged{half}")
+            raise ValueError(
+                f"the model's output for {count} of {output.shape[0]} image(s) contains NaN or inf; "
+                f"the checkpoint's weights may be damaged{half}"
+            )
 
-    def predict(self, images: Sequence[Image.Image], batch_size: int = 1,
-                prompts: Sequence[Any] | None = None,
-                prompt_scales: Sequence[float | None] | None = None) -> list[np.ndarray]:
+    def predict(
+        self,
+        images: Sequence[Image.Image],
+        batch_size: int = 1,
+        prompts: Sequence[Any] | None = None,
+        prompt_scales: Sequence[float | None] | None = None,
+    ) -> list[np.ndarray]:
         """All images, batched by equal preprocessed shape, results in input order. ``prompts``: one
         depth prompt per image (Prompt Depth Anything), or None; ``prompt_scales``: metres per prompt
         unit for each (None: the processor's ``prompt_scale_to_meter``)."""
@@ -181,7 +197,7 @@ class Predictor:
         results: list[np.ndarray | None] = [None] * len(images)
         for indices in groups.values():
             for start in range(0, len(indices), batch_size):
-                chunk = indices[start:start + batch_size]
+                chunk = indices[start : start + batch_size]
                 batch = np.stack([inputs[i][0] for i in chunk])
                 prompt = None if prompts is None else np.stack([inputs[i][1] for i in chunk])
                 sizes = [(images[i].height, images[i].width) for i in chunk]

@@ -52,8 +52,18 @@ ERRORS = ("raise", "record")
 
 START_TIMEOUT = 300.0  # seconds map_depth waits for its workers to start (model loaded) by default
 
-__all__ = ["DEPTH_COLUMN", "SEGMENTATION_COLUMN", "START_TIMEOUT", "DepthPredictor", "check_cpus", "cluster_cpus",
-           "is_uri", "map_depth", "read_image", "worker_threads"]
+__all__ = [
+    "DEPTH_COLUMN",
+    "SEGMENTATION_COLUMN",
+    "START_TIMEOUT",
+    "DepthPredictor",
+    "check_cpus",
+    "cluster_cpus",
+    "is_uri",
+    "map_depth",
+    "read_image",
+    "worker_threads",
+]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,10 +192,20 @@ class DepthPredictor:
     "record" gives that row an empty (0, 0) map and its message in ``error_column`` ("" for the others).
     """
 
-    def __init__(self, model: Any, dtype: str | None = None, batch_size: int = 1, flip_tta: bool = False,
-                 threads: int | None = None, image_column: str = "image", path_column: str = "path",
-                 output_column: str | None = None, filesystem=None, errors: str = "raise",
-                 error_column: str = "error"):
+    def __init__(
+        self,
+        model: Any,
+        dtype: str | None = None,
+        batch_size: int = 1,
+        flip_tta: bool = False,
+        threads: int | None = None,
+        image_column: str = "image",
+        path_column: str = "path",
+        output_column: str | None = None,
+        filesystem=None,
+        errors: str = "raise",
+        error_column: str = "error",
+    ):
         from .pipelines import load_predictor
         from .predictor import DEPTH, check_batch_size
         from .processing.visualize import class_id_dtype
@@ -214,8 +234,10 @@ class DepthPredictor:
         for column in (self.image_column, "bytes", self.path_column):
             if column in batch:
                 return column
-        raise KeyError(f"the batch has no {self.image_column!r} column (columns: {', '.join(map(str, batch))}); "
-                       "pass image_column= naming the column of images, bytes or paths")
+        raise KeyError(
+            f"the batch has no {self.image_column!r} column (columns: {', '.join(map(str, batch))}); "
+            "pass image_column= naming the column of images, bytes or paths"
+        )
 
     def names(self, batch: Mapping[str, Any], count: int) -> list[str]:
         """What each row is called in errors: its path, or its row number in the batch."""
@@ -248,8 +270,10 @@ class DepthPredictor:
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(batch, Mapping):
-            raise TypeError(f"{type(self).__name__} takes NumPy batches (a dict of columns), got "
-                            f"{type(batch).__name__}; use map_batches(..., batch_format='numpy')")
+            raise TypeError(
+                f"{type(self).__name__} takes NumPy batches (a dict of columns), got "
+                f"{type(batch).__name__}; use map_batches(..., batch_format='numpy')"
+            )
         items = batch[self.source_column(batch)]
         names = self.names(batch, len(items))
         images, errors = self.read(items, names)
@@ -260,7 +284,6 @@ class DepthPredictor:
         if self.errors == "record":
             out[self.error_column] = np.array(errors, dtype=object)
         return out
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,16 +314,28 @@ def check_cpus(num_cpus: float, workers: int = 1, node_cpus: Sequence[float] | N
     if not nodes:
         raise ValueError("the Ray cluster has no node with CPUs for the workers")
     if num_cpus > max(nodes):
-        raise ValueError(f"each worker asks for {_cpus(num_cpus)}, but the largest Ray node has {_cpus(max(nodes))}; "
-                         f"ask for at most {max(nodes):g} per worker")
+        raise ValueError(
+            f"each worker asks for {_cpus(num_cpus)}, but the largest Ray node has {_cpus(max(nodes))}; "
+            f"ask for at most {max(nodes):g} per worker"
+        )
     fit = sum(int(c / num_cpus + 1e-9) for c in nodes)
     if fit < workers:
-        raise ValueError(f"{workers} workers of {_cpus(num_cpus)} each do not fit on the Ray cluster's "
-                         f"{_cpus(sum(nodes))} ({fit} do); ask for fewer workers or fewer CPUs each")
+        raise ValueError(
+            f"{workers} workers of {_cpus(num_cpus)} each do not fit on the Ray cluster's "
+            f"{_cpus(sum(nodes))} ({fit} do); ask for fewer workers or fewer CPUs each"
+        )
 
 
-def map_depth(dataset, model: Any, *, workers: int = 1, num_cpus: float = 1.0, batch_size: int = 1,
-              start_timeout: float = START_TIMEOUT, **options):
+def map_depth(
+    dataset,
+    model: Any,
+    *,
+    workers: int = 1,
+    num_cpus: float = 1.0,
+    batch_size: int = 1,
+    start_timeout: float = START_TIMEOUT,
+    **options,
+):
     """``dataset`` with a :class:`DepthPredictor` stage of ``workers`` workers of ``num_cpus`` CPUs each.
 
     ``batch_size`` images go to a worker at a time (and through the model together); ``options`` are
@@ -315,8 +350,13 @@ def map_depth(dataset, model: Any, *, workers: int = 1, num_cpus: float = 1.0, b
     if not start_timeout > 0:
         raise ValueError(f"start_timeout must be a positive number of seconds, got {start_timeout!r}")
     check_cpus(num_cpus, workers)
-    out = dataset.map_batches(DepthPredictor, fn_constructor_kwargs={"model": model, "batch_size": batch_size, **options},
-                              compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=num_cpus,
-                              batch_size=batch_size, batch_format="numpy")
+    out = dataset.map_batches(
+        DepthPredictor,
+        fn_constructor_kwargs={"model": model, "batch_size": batch_size, **options},
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=num_cpus,
+        batch_size=batch_size,
+        batch_format="numpy",
+    )
     out.context.wait_for_min_actors_s = max(1, int(round(start_timeout)))
     return out

@@ -1,4 +1,5 @@
 """``python -m dpt_mlx.train``: fine-tune a checkpoint (dpt_mlx.cli.train)."""
+
 import sys
 
 from .cli.train import main

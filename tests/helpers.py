@@ -83,7 +83,7 @@ def photo(height, width, seed=0):
     return _photo(height, width, seed).copy()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photo(height, width, seed):
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float64)
@@ -139,8 +139,9 @@ INPUTS = {
     "numpy_chw_float": lambda: (photo(257, 383, seed=8).transpose(2, 0, 1) / 255).astype(np.float32),
     "numpy_hwc_float64": lambda: photo(64, 48, seed=9) / 255.0,
     # Not multiples of 1/255: the reference truncates x * 255 to uint8 before resizing.
-    "numpy_hwc_float_fractional": lambda: (photo(71, 90, seed=10) + np.random.default_rng(10).random((71, 90, 3)))
-    / 256,
+    "numpy_hwc_float_fractional": lambda: (
+        (photo(71, 90, seed=10) + np.random.default_rng(10).random((71, 90, 3))) / 256
+    ),
 }
 
 

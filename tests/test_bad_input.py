@@ -23,10 +23,10 @@ from dpt_mlx import pipeline
 from dpt_mlx.cli.predict import main as predict_main
 from dpt_mlx.errors import CheckpointError, ImageError
 from dpt_mlx.io import checkpoint
+from dpt_mlx.models import losses
 from dpt_mlx.pipelines import depth_image, load_image
 from dpt_mlx.processing.image_processor import DPTImageProcessor
 from dpt_mlx.processing.postprocess import check_target_sizes, segment
-from dpt_mlx.models import losses
 from dpt_mlx.training.data import (
     DEPTH,
     SEGMENTATION,
@@ -37,8 +37,16 @@ from dpt_mlx.training.data import (
 )
 from dpt_mlx.training.metrics import depth_metrics, evaluate
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, image_size=32,
-            backbone_out_indices=[0, 1, 1, 1], neck_hidden_sizes=[8, 16, 16, 32], fusion_hidden_size=16)
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=37,
+    image_size=32,
+    backbone_out_indices=[0, 1, 1, 1],
+    neck_hidden_sizes=[8, 16, 16, 32],
+    fusion_hidden_size=16,
+)
 
 
 def _tiny_depth_model(nan: bool = False):
@@ -163,8 +171,9 @@ def test_nan_weights_raise_in_pipeline_and_fail_in_the_command_line(ckpt, tmp_pa
         paths.append(tmp_path / name)
         Image.fromarray(photo).save(paths[-1])
     out = tmp_path / "out"
-    code = predict_main(["--model", str(ckpt["nan"]), "--image", *map(str, paths), "--output-dir", str(out),
-                         "--format", "png,npy"])
+    code = predict_main(
+        ["--model", str(ckpt["nan"]), "--image", *map(str, paths), "--output-dir", str(out), "--format", "png,npy"]
+    )
     err = capsys.readouterr().err
     assert code == 2, err  # every image failed
     assert err.count("inference failed") == 2 and "NaN" in err and "Traceback" not in err
@@ -211,17 +220,20 @@ def test_symbolic_link_loops_and_dangling_links(ckpt, tmp_path):
 # Post-processing: target sizes and non-finite outputs
 
 
-@pytest.mark.parametrize("sizes, words", [
-    ([(10.5, 20)], "positive integers"),
-    ([(True, 20)], "positive integers"),
-    ([(0, 20)], "positive integers"),
-    ([("10", "20")], "positive integers"),
-    ([(10, 20, 3)], "positive integers"),
-    ([7], "positive integers"),
-    ((10, 20), r"in a list, \[\(height, width\)\]"),
-    (7, "list of \\(height, width\\) pairs"),
-    ("ab", "list of \\(height, width\\) pairs"),
-])
+@pytest.mark.parametrize(
+    "sizes, words",
+    [
+        ([(10.5, 20)], "positive integers"),
+        ([(True, 20)], "positive integers"),
+        ([(0, 20)], "positive integers"),
+        ([("10", "20")], "positive integers"),
+        ([(10, 20, 3)], "positive integers"),
+        ([7], "positive integers"),
+        ((10, 20), r"in a list, \[\(height, width\)\]"),
+        (7, "list of \\(height, width\\) pairs"),
+        ("ab", "list of \\(height, width\\) pairs"),
+    ],
+)
 def test_bad_target_sizes(sizes, words):
     with pytest.raises(ValueError, match=words) as info:
         check_target_sizes(sizes, 1, "depth maps")
@@ -273,10 +285,20 @@ def _write_image(path: Path, size=(16, 16)) -> Path:
 
 def test_depth_target_without_a_valid_pixel_is_a_data_error(tmp_path):
     image = _write_image(tmp_path / "a.png")
-    reader = TargetReader(DEPTH, DPTImageProcessor(size=8), disparity=True, normalize=True, target="depth",
-                          depth_scale=1.0, ignore_index=255)
-    for name, values in (("zeros.npy", np.zeros((16, 16))), ("nan.npy", np.full((16, 16), np.nan)),
-                         ("negative.npy", -np.ones((16, 16)))):
+    reader = TargetReader(
+        DEPTH,
+        DPTImageProcessor(size=8),
+        disparity=True,
+        normalize=True,
+        target="depth",
+        depth_scale=1.0,
+        ignore_index=255,
+    )
+    for name, values in (
+        ("zeros.npy", np.zeros((16, 16))),
+        ("nan.npy", np.full((16, 16), np.nan)),
+        ("negative.npy", -np.ones((16, 16))),
+    ):
         np.save(tmp_path / name, values.astype(np.float32))
         with pytest.raises(DataError, match=f"{name} has no valid depth pixel") as info:
             reader.read(Sample("a", image, tmp_path / name, (16, 16)))
@@ -293,8 +315,9 @@ def test_mask_without_a_labelled_pixel_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="ignored.png has no labelled pixel"):
         reader.read(Sample("a", image, tmp_path / "ignored.png", (16, 16)))
     assert (reader.read(Sample("a", image, tmp_path / "background.png", (16, 16))) == 0).all()
-    reduce = TargetReader(SEGMENTATION, DPTImageProcessor(size=8, do_reduce_labels=True), False, False, "depth",
-                          1.0, 255, num_labels=3)
+    reduce = TargetReader(
+        SEGMENTATION, DPTImageProcessor(size=8, do_reduce_labels=True), False, False, "depth", 1.0, 255, num_labels=3
+    )
     with pytest.raises(DataError, match="background.png has no labelled pixel.*do_reduce_labels"):
         reduce.read(Sample("a", image, tmp_path / "background.png", (16, 16)))
 

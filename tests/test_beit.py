@@ -3,10 +3,10 @@
 import pytest
 import torch
 import transformers
+from helpers import TOL, perturb, pixels, rel_err
 
 import dpt_mlx
 from dpt_mlx.errors import UnsupportedModelError
-from helpers import TOL, perturb, pixels, rel_err
 
 pytestmark = pytest.mark.parity
 
@@ -18,16 +18,32 @@ def beit_dict(**overrides):
     """Shaped like Intel/dpt-beit-large-512's backbone_config at reduced width: per-layer relative position
     bias, layer scale 0.1, mean pooling (no final norm), token outputs; 4 layers, every one an output
     (the hub's is 24 layers with outputs stage6/12/18/24)."""
-    backbone = dict(model_type="beit", hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48,
-                    image_size=32, patch_size=PATCH, use_relative_position_bias=True, layer_scale_init_value=0.1,
-                    reshape_hidden_states=False, out_features=STAGES)
+    backbone = dict(
+        model_type="beit",
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=48,
+        image_size=32,
+        patch_size=PATCH,
+        use_relative_position_bias=True,
+        layer_scale_init_value=0.1,
+        reshape_hidden_states=False,
+        out_features=STAGES,
+    )
     backbone.update(overrides)
     return backbone
 
 
 def make(tmp_path, seed=0, **overrides):
-    config = transformers.DPTConfig(backbone_config=beit_dict(**overrides), hidden_size=32, num_attention_heads=4,
-                                    neck_hidden_sizes=[8, 16, 24, 32], fusion_hidden_size=16, readout_type="project")
+    config = transformers.DPTConfig(
+        backbone_config=beit_dict(**overrides),
+        hidden_size=32,
+        num_attention_heads=4,
+        neck_hidden_sizes=[8, 16, 24, 32],
+        fusion_hidden_size=16,
+        readout_type="project",
+    )
     config._attn_implementation = "eager"  # SDPA returns no attention probabilities
     config.backbone_config._attn_implementation = "eager"
     torch.manual_seed(seed)
@@ -70,11 +86,20 @@ def test_depth_per_layer_bias_batch2(hub_like, size):
     [
         # a shared table only, absolute position embeddings (resized bicubically), no layer scale, a final
         # norm that feeds no feature (use_mean_pooling=False), a mask token that loads but is unused
-        dict(use_relative_position_bias=False, use_shared_relative_position_bias=True, layer_scale_init_value=0.0,
-             use_absolute_position_embeddings=True, use_mean_pooling=False, use_mask_token=True),
+        dict(
+            use_relative_position_bias=False,
+            use_shared_relative_position_bias=True,
+            layer_scale_init_value=0.0,
+            use_absolute_position_embeddings=True,
+            use_mean_pooling=False,
+            use_mask_token=True,
+        ),
         # shared and per-layer tables together, outputs at a subset of layers
-        dict(use_shared_relative_position_bias=True, num_hidden_layers=6, out_features=["stage2", "stage3", "stage5",
-                                                                                        "stage6"]),
+        dict(
+            use_shared_relative_position_bias=True,
+            num_hidden_layers=6,
+            out_features=["stage2", "stage3", "stage5", "stage6"],
+        ),
         # a non-square config grid (4x6): the reference lays the table out as (width, height) before resizing
         dict(image_size=[32, 48]),
     ],
@@ -87,8 +112,14 @@ def test_depth_bias_variants(tmp_path, variant, size):
 
 
 def dpt_config(**backbone):
-    return dpt_mlx.DPTConfig.from_dict(dict(backbone_config=beit_dict(**backbone), hidden_size=32,
-                                            num_attention_heads=4, neck_hidden_sizes=[8, 16, 24, 32]))
+    return dpt_mlx.DPTConfig.from_dict(
+        dict(
+            backbone_config=beit_dict(**backbone),
+            hidden_size=32,
+            num_attention_heads=4,
+            neck_hidden_sizes=[8, 16, 24, 32],
+        )
+    )
 
 
 def test_backbone_shape_and_hidden_size():

@@ -31,8 +31,17 @@ from test_video import encode
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "examples" / "images" / "coffee.jpg"
 BASE = "0bc2bef828067225d1fa024c19d41632418262af"
-TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37, image_size=32,
-            patch_size=8, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 24, 32], fusion_hidden_size=16)
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=37,
+    image_size=32,
+    patch_size=8,
+    backbone_out_indices=[0, 1, 2, 3],
+    neck_hidden_sizes=[8, 16, 24, 32],
+    fusion_hidden_size=16,
+)
 
 # Runs the examples given in a JSON file with one version of dpt_mlx: the installed one, or the
 # package folder in CLI_BASE (the installed one's import hooks removed so that it cannot answer).
@@ -69,8 +78,12 @@ def _checkpoints(root: Path) -> dict[str, str]:
     seg = transformers.DPTConfig(**TINY, id2label={0: "sky", 1: "tree", 2: "road", 3: "car", 4: "person"})
     perturb(transformers.DPTForSemanticSegmentation(seg), seed=3).save_pretrained(root / "seg")
     transformers.DPTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(root / "seg")
-    metric = perturb(transformers.DepthAnythingForDepthEstimation(
-        depth_anything_config([3, 6, 9, 12], depth_estimation_type="metric", max_depth=20)), seed=4)
+    metric = perturb(
+        transformers.DepthAnythingForDepthEstimation(
+            depth_anything_config([3, 6, 9, 12], depth_estimation_type="metric", max_depth=20)
+        ),
+        seed=4,
+    )
     metric.save_pretrained(root / "metric")
     prompt = perturb(transformers.PromptDepthAnythingForDepthEstimation(pda_config(**VARIANTS["vits"])), seed=3)
     prompt.save_pretrained(root / "prompt")
@@ -94,8 +107,12 @@ def _inputs(root: Path) -> None:
     lidar = np.linspace(500, 2500, 12 * 16, dtype=np.float64).reshape(12, 16)
     Image.fromarray(lidar.astype(np.uint16)).save(root / "lidar.png")
     rng = np.random.default_rng(0)
-    frames = [np.clip(np.asarray(photo.resize((48, 32)), dtype=np.int16) + rng.integers(-20, 20, (32, 48, 3)),
-                      0, 255).astype(np.uint8) for _ in range(6)]
+    frames = [
+        np.clip(np.asarray(photo.resize((48, 32)), dtype=np.int16) + rng.integers(-20, 20, (32, 48, 3)), 0, 255).astype(
+            np.uint8
+        )
+        for _ in range(6)
+    ]
     encode(root / "in.mp4", frames, fps=12)
 
 
@@ -116,16 +133,30 @@ def _examples(models: dict[str, str]) -> list[dict]:
         {"argv": ["--model", prompt, "--image", "photo.jpg", "--prompt-depth", "lidar.png", "--format", "npy,ply"]},
         {"argv": ["--model", seg, "--image", "photo.jpg", "--overlay", "--alpha", "0.6"]},
         {"argv": ["--model", depth, "--video", "in.mp4"]},
-        {"argv": ["--model", depth, "--video", "in.mp4", "--output-dir", "out", "--batch-size", "4", "--colormap",
-                  "gray", "--stabilize"]},
+        {
+            "argv": [
+                "--model",
+                depth,
+                "--video",
+                "in.mp4",
+                "--output-dir",
+                "out",
+                "--batch-size",
+                "4",
+                "--colormap",
+                "gray",
+                "--stabilize",
+            ]
+        },
         {"argv": ["--model", depth, "--video", "in.mp4", "--format", "mp4,npz,png16"]},
     ]
 
 
 def _base_package(dest: Path) -> Path:
     """BASE's dpt_mlx/ (sources only) under ``dest``."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", BASE, "dpt_mlx"],
-                             capture_output=True, timeout=120)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", BASE, "dpt_mlx"], capture_output=True, timeout=120
+    )
     assert archive.returncode == 0, f"BASE {BASE} is not in this clone's history: {archive.stderr.decode()[-500:]}"
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(dest, filter="data")
@@ -148,8 +179,13 @@ def _run_side(work: Path, inputs: Path, examples: list[dict], base: Path | None)
     env.pop("CLI_BASE", None)
     if base is not None:
         env["CLI_BASE"] = str(base)
-    run = subprocess.run([sys.executable, str(work / "driver.py"), str(work / "examples.json"), str(work / "codes.json")],
-                         capture_output=True, text=True, timeout=400, env=env)
+    run = subprocess.run(
+        [sys.executable, str(work / "driver.py"), str(work / "examples.json"), str(work / "codes.json")],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads((work / "codes.json").read_text())
 

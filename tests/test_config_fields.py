@@ -27,34 +27,115 @@ from dpt_mlx.errors import CheckpointError
 from dpt_mlx.io.convert import probe_size
 
 # Valid tiny configs, shaped like the hub's, one per family; "backbone" says where a backbone's fields live.
-DPT = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48, image_size=32,
-           patch_size=8, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 24, 32], fusion_hidden_size=16)
+DPT = dict(
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=48,
+    image_size=32,
+    patch_size=8,
+    backbone_out_indices=[0, 1, 2, 3],
+    neck_hidden_sizes=[8, 16, 24, 32],
+    fusion_hidden_size=16,
+)
 NECK = dict(neck_hidden_sizes=[8, 16, 24, 32], fusion_hidden_size=16)
 FAMILIES = {
     "dpt": (DPTConfig, lambda: transformers.DPTConfig(**DPT, num_labels=3)),
-    "hybrid": (BitConfig, lambda: transformers.DPTConfig(
-        is_hybrid=True, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48,
-        image_size=64, patch_size=16, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[16, 32, 32, 32],
-        reassemble_factors=[1, 1, 1, 0.5], fusion_hidden_size=16, backbone_featmap_shape=[1, 64, 4, 4],
-        backbone_config=dict(model_type="bit", layer_type="bottleneck", global_padding="same",
-                             embedding_dynamic_padding=True, depths=[1, 1, 2], embedding_size=8,
-                             hidden_sizes=[16, 32, 64], num_groups=4, out_features=["stage1", "stage2", "stage3"]))),
-    "dinov2": (Dinov2Config, lambda: transformers.DPTConfig(**NECK, backbone_config=transformers.Dinov2Config(
-        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, image_size=28, patch_size=14,
-        out_indices=[1, 2, 3, 4], reshape_hidden_states=False))),
-    "beit": (BeitConfig, lambda: transformers.DPTConfig(**NECK, backbone_config=dict(
-        model_type="beit", hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48,
-        image_size=32, patch_size=8, use_relative_position_bias=True, reshape_hidden_states=False,
-        out_indices=[1, 2, 3, 4]))),
-    "swinv2": (Swinv2Config, lambda: transformers.DPTConfig(
-        neck_hidden_sizes=[16, 32, 64, 128], fusion_hidden_size=16, backbone_config=dict(
-            model_type="swinv2", image_size=64, patch_size=4, embed_dim=16, depths=[2, 2, 2, 2],
-            num_heads=[1, 2, 2, 4], window_size=4, out_features=["stage1", "stage2", "stage3", "stage4"]))),
-    "depth_anything": (DepthAnythingConfig, lambda: transformers.DepthAnythingConfig(
-        backbone_config=transformers.Dinov2Config(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                                                  image_size=28, patch_size=14, out_indices=[1, 2, 3, 4],
-                                                  reshape_hidden_states=False),
-        reassemble_hidden_size=64, **NECK, head_hidden_size=16)),
+    "hybrid": (
+        BitConfig,
+        lambda: transformers.DPTConfig(
+            is_hybrid=True,
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=48,
+            image_size=64,
+            patch_size=16,
+            backbone_out_indices=[0, 1, 2, 3],
+            neck_hidden_sizes=[16, 32, 32, 32],
+            reassemble_factors=[1, 1, 1, 0.5],
+            fusion_hidden_size=16,
+            backbone_featmap_shape=[1, 64, 4, 4],
+            backbone_config=dict(
+                model_type="bit",
+                layer_type="bottleneck",
+                global_padding="same",
+                embedding_dynamic_padding=True,
+                depths=[1, 1, 2],
+                embedding_size=8,
+                hidden_sizes=[16, 32, 64],
+                num_groups=4,
+                out_features=["stage1", "stage2", "stage3"],
+            ),
+        ),
+    ),
+    "dinov2": (
+        Dinov2Config,
+        lambda: transformers.DPTConfig(
+            **NECK,
+            backbone_config=transformers.Dinov2Config(
+                hidden_size=32,
+                num_hidden_layers=4,
+                num_attention_heads=2,
+                image_size=28,
+                patch_size=14,
+                out_indices=[1, 2, 3, 4],
+                reshape_hidden_states=False,
+            ),
+        ),
+    ),
+    "beit": (
+        BeitConfig,
+        lambda: transformers.DPTConfig(
+            **NECK,
+            backbone_config=dict(
+                model_type="beit",
+                hidden_size=32,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                intermediate_size=48,
+                image_size=32,
+                patch_size=8,
+                use_relative_position_bias=True,
+                reshape_hidden_states=False,
+                out_indices=[1, 2, 3, 4],
+            ),
+        ),
+    ),
+    "swinv2": (
+        Swinv2Config,
+        lambda: transformers.DPTConfig(
+            neck_hidden_sizes=[16, 32, 64, 128],
+            fusion_hidden_size=16,
+            backbone_config=dict(
+                model_type="swinv2",
+                image_size=64,
+                patch_size=4,
+                embed_dim=16,
+                depths=[2, 2, 2, 2],
+                num_heads=[1, 2, 2, 4],
+                window_size=4,
+                out_features=["stage1", "stage2", "stage3", "stage4"],
+            ),
+        ),
+    ),
+    "depth_anything": (
+        DepthAnythingConfig,
+        lambda: transformers.DepthAnythingConfig(
+            backbone_config=transformers.Dinov2Config(
+                hidden_size=64,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                image_size=28,
+                patch_size=14,
+                out_indices=[1, 2, 3, 4],
+                reshape_hidden_states=False,
+            ),
+            reassemble_hidden_size=64,
+            **NECK,
+            head_hidden_size=16,
+        ),
+    ),
 }
 MODEL = {"depth_anything": transformers.DepthAnythingForDepthEstimation}
 
@@ -90,13 +171,25 @@ def cases():
         for name in sorted(cls.POSITIVE):
             out += [(family, where + name, v) for v in bad_values(cls, name)]
         out += [(family, where + name, "1, 2") for name in list_fields(cls)]
-    out += [("dpt", "id2label", ["a", "b"]), ("dpt", "id2label", {"a": "cat"}), ("dpt", "backbone_config", "bit"),
-            ("dpt", "hidden_act", 3), ("dpt", "readout_type", None), ("dpt", "reassemble_factors", [4, 2, 1, 1e-320]),
-            ("dpt", "image_size", [32, 32, 3]), ("dpt", "num_labels", 1e12), ("dpt", "qkv_bias", "yes"),
-            ("dpt", "num_attention_heads", 5), ("dinov2", "backbone_config.out_indices", [1, 2, 3, 40]),
-            ("beit", "backbone_config.out_indices", [1, 2]), ("swinv2", "backbone_config.num_heads", [1, 2, 4]),
-            ("hybrid", "backbone_config.global_padding", 1), ("depth_anything", "backbone_config.out_indices", [1, 30]),
-            ("depth_anything", "backbone_config.hidden_size", 32), ("depth_anything", "max_depth", "20")]
+    out += [
+        ("dpt", "id2label", ["a", "b"]),
+        ("dpt", "id2label", {"a": "cat"}),
+        ("dpt", "backbone_config", "bit"),
+        ("dpt", "hidden_act", 3),
+        ("dpt", "readout_type", None),
+        ("dpt", "reassemble_factors", [4, 2, 1, 1e-320]),
+        ("dpt", "image_size", [32, 32, 3]),
+        ("dpt", "num_labels", 1e12),
+        ("dpt", "qkv_bias", "yes"),
+        ("dpt", "num_attention_heads", 5),
+        ("dinov2", "backbone_config.out_indices", [1, 2, 3, 40]),
+        ("beit", "backbone_config.out_indices", [1, 2]),
+        ("swinv2", "backbone_config.num_heads", [1, 2, 4]),
+        ("hybrid", "backbone_config.global_padding", 1),
+        ("depth_anything", "backbone_config.out_indices", [1, 30]),
+        ("depth_anything", "backbone_config.hidden_size", 32),
+        ("depth_anything", "max_depth", "20"),
+    ]
     return out
 
 
@@ -139,7 +232,9 @@ def test_malformed_field_is_named(tmp_path, family, name, value):
 
 def test_message_names_field_and_value(tmp_path):
     directory = write(tmp_path / "ckpt", set_field("dpt", "hidden_size", True))
-    with pytest.raises(CheckpointError, match=r"config\.json: hidden_size=True is invalid: expected a positive integer$"):
+    with pytest.raises(
+        CheckpointError, match=r"config\.json: hidden_size=True is invalid: expected a positive integer$"
+    ):
         dpt_mlx.load_model(directory)
     directory = write(tmp_path / "b", set_field("dinov2", "backbone_config.num_attention_heads", 0))
     with pytest.raises(CheckpointError, match=r"backbone_config: num_attention_heads=0 is invalid"):
@@ -153,9 +248,15 @@ def test_config_that_is_not_an_object(tmp_path, data, kind):
         dpt_mlx.load_model(directory)
 
 
-CLI_CASES = [("dpt", "hidden_size", True), ("dpt", "num_attention_heads", 0), ("dpt", "patch_size", 0),
-             ("dpt", "neck_hidden_sizes", "8, 16"), ("depth_anything", "backbone_config.out_indices", [1, 2, 30]),
-             ("beit", "backbone_config.hidden_size", "64"), (None, None, [])]
+CLI_CASES = [
+    ("dpt", "hidden_size", True),
+    ("dpt", "num_attention_heads", 0),
+    ("dpt", "patch_size", 0),
+    ("dpt", "neck_hidden_sizes", "8, 16"),
+    ("depth_anything", "backbone_config.out_indices", [1, 2, 30]),
+    ("beit", "backbone_config.hidden_size", "64"),
+    (None, None, []),
+]
 
 
 def cli_checkpoint(tmp_path, family, name, value):

@@ -12,12 +12,12 @@ import pytest
 import torch
 import transformers
 from helpers import open_final_relu, perturb, pixels
+from test_modeling import tiny_config
 
 import dpt_mlx
 from dpt_mlx.cli.convert import main as convert_main
 from dpt_mlx.io import convert as conv
 from dpt_mlx.io.quantize import quantize_model
-from test_modeling import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,8 +34,13 @@ def digest(directory: Path) -> dict:
 
 
 def run(*args):
-    return subprocess.run([sys.executable, str(ROOT / "convert.py"), *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "convert.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
 
 
 def test_cli_converts_and_refuses_to_overwrite(source, tmp_path):
@@ -58,10 +63,13 @@ def test_cli_converts_and_refuses_to_overwrite(source, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-@pytest.mark.parametrize("args", [
-    ["--hf-path", "/no/such/dir", "--mlx-path", "OUT"],
-    ["--hf-path", "SRC", "--mlx-path", "OUT", "--dtype", "float64"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--hf-path", "/no/such/dir", "--mlx-path", "OUT"],
+        ["--hf-path", "SRC", "--mlx-path", "OUT", "--dtype", "float64"],
+    ],
+)
 def test_cli_errors_are_one_line(source, tmp_path, args):
     args = [str(source) if a == "SRC" else str(tmp_path / "o") if a == "OUT" else a for a in args]
     r = run(*args)
@@ -89,40 +97,125 @@ def test_verification_catches_wrong_weights(source, tmp_path):
 # Tiny checkpoints of every family convert.py handles: (reference class, config, input size).
 HALF_KINDS = {
     "dpt": (transformers.DPTForDepthEstimation, lambda: tiny_config(), (32, 32)),
-    "hybrid": (transformers.DPTForDepthEstimation, lambda: transformers.DPTConfig(
-        is_hybrid=True, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
-        image_size=64, patch_size=16, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[16, 32, 32, 32],
-        reassemble_factors=[1, 1, 1, 0.5], fusion_hidden_size=16, backbone_featmap_shape=[1, 64, 4, 4],
-        use_batch_norm_in_fusion_residual=True, backbone_config=dict(
-            model_type="bit", layer_type="bottleneck", global_padding="same", embedding_dynamic_padding=True,
-            depths=[1, 1, 2], embedding_size=8, hidden_sizes=[16, 32, 64], num_groups=4,
-            out_features=["stage1", "stage2", "stage3"])), (64, 64)),
-    "segmentation": (transformers.DPTForSemanticSegmentation,
-                     lambda: tiny_config(use_batch_norm_in_fusion_residual=True), (32, 32)),
-    "dinov2": (transformers.DPTForDepthEstimation, lambda: transformers.DPTConfig(
-        backbone_config=transformers.Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                                                  image_size=28, patch_size=14, out_indices=[1, 2, 3, 4],
-                                                  apply_layernorm=False, reshape_hidden_states=False),
-        neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, use_bias_in_fusion_residual=False), (28, 42)),
-    "depth-anything": (transformers.DepthAnythingForDepthEstimation, lambda: transformers.DepthAnythingConfig(
-        backbone_config=transformers.Dinov2Config(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                                                  image_size=42, patch_size=14, out_indices=[1, 2, 3, 4],
-                                                  reshape_hidden_states=False),
-        patch_size=14, reassemble_hidden_size=64, neck_hidden_sizes=[16, 32, 64, 64], fusion_hidden_size=32,
-        head_hidden_size=16), (42, 56)),
-    "prompt-depth-anything": (transformers.PromptDepthAnythingForDepthEstimation,
-                              lambda: transformers.PromptDepthAnythingConfig(
-        backbone_config=transformers.Dinov2Config(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                                                  image_size=42, patch_size=14, out_indices=[1, 2, 3, 4],
-                                                  reshape_hidden_states=False),
-        patch_size=14, reassemble_hidden_size=64, neck_hidden_sizes=[16, 32, 64, 64], fusion_hidden_size=32,
-        head_hidden_size=16, depth_estimation_type="metric", max_depth=None), (42, 56)),
-    "zoedepth": (transformers.ZoeDepthForDepthEstimation, lambda: transformers.ZoeDepthConfig(
-        backbone_config=dict(model_type="beit", hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                             intermediate_size=64, image_size=32, patch_size=8, use_relative_position_bias=True,
-                             reshape_hidden_states=False, out_features=["stage1", "stage2", "stage3", "stage4"]),
-        neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, bottleneck_features=16, num_relative_features=8,
-        bin_embedding_dim=16), (32, 40)),
+    "hybrid": (
+        transformers.DPTForDepthEstimation,
+        lambda: transformers.DPTConfig(
+            is_hybrid=True,
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=64,
+            image_size=64,
+            patch_size=16,
+            backbone_out_indices=[0, 1, 2, 3],
+            neck_hidden_sizes=[16, 32, 32, 32],
+            reassemble_factors=[1, 1, 1, 0.5],
+            fusion_hidden_size=16,
+            backbone_featmap_shape=[1, 64, 4, 4],
+            use_batch_norm_in_fusion_residual=True,
+            backbone_config=dict(
+                model_type="bit",
+                layer_type="bottleneck",
+                global_padding="same",
+                embedding_dynamic_padding=True,
+                depths=[1, 1, 2],
+                embedding_size=8,
+                hidden_sizes=[16, 32, 64],
+                num_groups=4,
+                out_features=["stage1", "stage2", "stage3"],
+            ),
+        ),
+        (64, 64),
+    ),
+    "segmentation": (
+        transformers.DPTForSemanticSegmentation,
+        lambda: tiny_config(use_batch_norm_in_fusion_residual=True),
+        (32, 32),
+    ),
+    "dinov2": (
+        transformers.DPTForDepthEstimation,
+        lambda: transformers.DPTConfig(
+            backbone_config=transformers.Dinov2Config(
+                hidden_size=32,
+                num_hidden_layers=4,
+                num_attention_heads=2,
+                image_size=28,
+                patch_size=14,
+                out_indices=[1, 2, 3, 4],
+                apply_layernorm=False,
+                reshape_hidden_states=False,
+            ),
+            neck_hidden_sizes=[8, 16, 32, 32],
+            fusion_hidden_size=16,
+            use_bias_in_fusion_residual=False,
+        ),
+        (28, 42),
+    ),
+    "depth-anything": (
+        transformers.DepthAnythingForDepthEstimation,
+        lambda: transformers.DepthAnythingConfig(
+            backbone_config=transformers.Dinov2Config(
+                hidden_size=64,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                image_size=42,
+                patch_size=14,
+                out_indices=[1, 2, 3, 4],
+                reshape_hidden_states=False,
+            ),
+            patch_size=14,
+            reassemble_hidden_size=64,
+            neck_hidden_sizes=[16, 32, 64, 64],
+            fusion_hidden_size=32,
+            head_hidden_size=16,
+        ),
+        (42, 56),
+    ),
+    "prompt-depth-anything": (
+        transformers.PromptDepthAnythingForDepthEstimation,
+        lambda: transformers.PromptDepthAnythingConfig(
+            backbone_config=transformers.Dinov2Config(
+                hidden_size=64,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                image_size=42,
+                patch_size=14,
+                out_indices=[1, 2, 3, 4],
+                reshape_hidden_states=False,
+            ),
+            patch_size=14,
+            reassemble_hidden_size=64,
+            neck_hidden_sizes=[16, 32, 64, 64],
+            fusion_hidden_size=32,
+            head_hidden_size=16,
+            depth_estimation_type="metric",
+            max_depth=None,
+        ),
+        (42, 56),
+    ),
+    "zoedepth": (
+        transformers.ZoeDepthForDepthEstimation,
+        lambda: transformers.ZoeDepthConfig(
+            backbone_config=dict(
+                model_type="beit",
+                hidden_size=32,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                intermediate_size=64,
+                image_size=32,
+                patch_size=8,
+                use_relative_position_bias=True,
+                reshape_hidden_states=False,
+                out_features=["stage1", "stage2", "stage3", "stage4"],
+            ),
+            neck_hidden_sizes=[8, 16, 32, 32],
+            fusion_hidden_size=16,
+            bottleneck_features=16,
+            num_relative_features=8,
+            bin_embedding_dim=16,
+        ),
+        (32, 40),
+    ),
 }
 
 

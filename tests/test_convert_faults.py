@@ -24,17 +24,17 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from test_modeling import tiny_config
 
 import dpt_mlx
 from dpt_mlx.cli.convert import main as convert_main
 from dpt_mlx.io import convert as conv
 from dpt_mlx.io import files
-from test_modeling import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 180
 
-HOOK = '''
+HOOK = """
 import os, time
 from pathlib import Path
 from dpt_mlx.io import convert as _conv
@@ -59,7 +59,7 @@ if _pause:
         time.sleep(300)
 
     _conv.verify = verify
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +86,14 @@ def env(hooks, **extra):
 
 
 def start(source, target, hooks=None, *flags, **extra):
-    return subprocess.Popen([sys.executable, str(ROOT / "convert.py"), "--hf-path", str(source),
-                             "--mlx-path", str(target), *flags],
-                            env=env(hooks, **extra) if hooks else dict(os.environ, PYTHONPATH=str(ROOT)),
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "convert.py"), "--hf-path", str(source), "--mlx-path", str(target), *flags],
+        env=env(hooks, **extra) if hooks else dict(os.environ, PYTHONPATH=str(ROOT)),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(proc):
@@ -181,8 +185,7 @@ def test_overwrite_replaces_the_folder_whole(sources, tmp_path):
     assert convert_main(["--hf-path", str(sources[0]), "--mlx-path", str(target)]) == 0
     (target / "notes.txt").write_text("old")
     assert convert_main(["--hf-path", str(sources[1]), "--mlx-path", str(target), "--overwrite"]) == 0
-    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors",
-                                                        "preprocessor_config.json"]
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
     np.testing.assert_array_equal(depth(dpt_mlx.load_model(target)), depth(dpt_mlx.load_model(sources[1])))
     assert hidden(tmp_path) == []
 
@@ -221,8 +224,9 @@ def test_publish_directory_without_flagged_renames(tmp_path, monkeypatch, native
     if native == "none":
         monkeypatch.setattr(files, "_flagged_rename", lambda: None)
     elif native == "unsupported":
-        monkeypatch.setattr(files, "_flagged_rename", lambda: ((lambda src, dst, flag: -1), {"noreplace": 1,
-                                                                                           "exchange": 2}))
+        monkeypatch.setattr(
+            files, "_flagged_rename", lambda: ((lambda src, dst, flag: -1), {"noreplace": 1, "exchange": 2})
+        )
         monkeypatch.setattr(files.ctypes, "get_errno", lambda: errno.EINVAL)
 
     def work(name, text):
@@ -252,7 +256,7 @@ def test_publish_directory_without_flagged_renames(tmp_path, monkeypatch, native
             files.publish_directory(work("3", "three"), target, overwrite=True)
         monkeypatch.setattr(files.os, "rename", real)
         assert (target / "f").read_text() == "two"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.tmp-3", "out"][native == "flags":]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.tmp-3", "out"][native == "flags" :]
 
 
 def test_lock_is_removed_on_release_and_a_dead_holders_file_does_not_block(tmp_path):
@@ -372,6 +376,7 @@ def _edit(name, change):
     def edit(src, dst):
         path = dst / name
         path.write_text(change(path.read_text()))
+
     return edit
 
 
@@ -386,10 +391,14 @@ BAD_SOURCES = {
     "config.json cut short": (_edit("config.json", lambda t: t[: len(t) // 2]), "config.json"),
     "config.json a list": (_edit("config.json", lambda t: "[1, 2]"), "expected a JSON object"),
     "config.json wrong type": (_typed("hidden_size", "32"), "hidden_size"),
-    "preprocessor config cut short": (_edit("preprocessor_config.json", lambda t: t[: len(t) // 2]),
-                                      "preprocessor_config.json"),
-    "preprocessor config wrong type": (_edit("preprocessor_config.json",
-                                             lambda t: json.dumps({**json.loads(t), "size": "big"})), "size"),
+    "preprocessor config cut short": (
+        _edit("preprocessor_config.json", lambda t: t[: len(t) // 2]),
+        "preprocessor_config.json",
+    ),
+    "preprocessor config wrong type": (
+        _edit("preprocessor_config.json", lambda t: json.dumps({**json.loads(t), "size": "big"})),
+        "size",
+    ),
 }
 
 
@@ -406,7 +415,7 @@ def test_bad_source_is_one_line_and_writes_nothing(sources, tmp_path, capsys, ki
 
 
 def test_model_ids_that_look_like_paths(sources, tmp_path, monkeypatch, capsys):
-    """"./missing-dir" is a missing folder (no hub look-up); "org/name" is a folder where one exists."""
+    """ "./missing-dir" is a missing folder (no hub look-up); "org/name" is a folder where one exists."""
     monkeypatch.chdir(tmp_path)
     assert convert_main(["--hf-path", "./missing-dir", "--mlx-path", "out"]) == 2
     assert "no such directory: ./missing-dir" in one_error_line(capsys.readouterr().err)

@@ -136,8 +136,12 @@ def test_attention_matches_sdpa(K, nq, nk, bias_shape, d):
     b, h = 2, 3
     q = normal(b, nq, h, d).transpose(0, 2, 1, 3)  # the models' (B, N, H, D) views
     k, v = normal(b, nk, h, d, seed=1).transpose(0, 2, 1, 3), normal(b, h, nk, d, seed=2)
-    bias = {None: None, "heads": normal(1, h, nq, nk, seed=3), "batch": normal(b, 1, nq, nk, seed=3),
-            "rows": normal(nq, 1, seed=3)}[bias_shape]
+    bias = {
+        None: None,
+        "heads": normal(1, h, nq, nk, seed=3),
+        "batch": normal(b, 1, nq, nk, seed=3),
+        "rows": normal(nq, 1, seed=3),
+    }[bias_shape]
     if bias_shape == "rows":  # one value per query row, broadcast over the keys
         bias = mx.broadcast_to(bias, (nq, nk))
     got = K.attention(q, k, v, 0.3, bias)
@@ -245,8 +249,10 @@ def test_any_thread_count_gives_the_same_numbers(K, threads):
 
 
 @pytest.mark.linux
-@pytest.mark.parametrize("kernel,stride,padding,dilation", [(3, 1, 1, 1), (1, 1, 0, 1), (3, 2, 1, 1), (7, 2, 3, 1),
-                                                            (3, 1, 2, 2), (4, 4, 0, 1)])
+@pytest.mark.parametrize(
+    "kernel,stride,padding,dilation",
+    [(3, 1, 1, 1), (1, 1, 0, 1), (3, 2, 1, 1), (7, 2, 3, 1), (3, 1, 2, 2), (4, 4, 0, 1)],
+)
 @pytest.mark.parametrize("cin,cout", [(12, 10), (48, 40), (256, 256)])  # 48 -> 40: direct tiles (AVX-512)
 def test_conv2d_matches_mlx(K, kernel, stride, padding, dilation, cin, cout):
     x, w, b = normal(2, 23, 31, cin), normal(cout, kernel, kernel, cin, seed=1), normal(cout, seed=2)
@@ -331,20 +337,43 @@ def test_fused_blocks_match_the_plain_model(kind):
     from dpt_mlx.config import DepthAnythingConfig, DPTConfig
 
     if kind == "dpt":
-        config = DPTConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, intermediate_size=128,
-                           image_size=64, patch_size=16, backbone_out_indices=[0, 1, 2, 3],
-                           neck_hidden_sizes=[16, 32, 64, 64], fusion_hidden_size=32)
+        config = DPTConfig(
+            hidden_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            intermediate_size=128,
+            image_size=64,
+            patch_size=16,
+            backbone_out_indices=[0, 1, 2, 3],
+            neck_hidden_sizes=[16, 32, 64, 64],
+            fusion_hidden_size=32,
+        )
         cls, shape = dpt_mlx.DPTForDepthEstimation, (2, 3, 64, 96)
     else:
-        backbone = {"model_type": "dinov2", "hidden_size": 64, "num_attention_heads": 2, "num_hidden_layers": 4,
-                    "out_indices": [1, 2, 3, 4], "reshape_hidden_states": False, "patch_size": 14, "image_size": 56}
-        config = DepthAnythingConfig(backbone_config=backbone, patch_size=14, reassemble_hidden_size=64,
-                                     neck_hidden_sizes=[16, 32, 64, 64], fusion_hidden_size=32, head_hidden_size=32)
+        backbone = {
+            "model_type": "dinov2",
+            "hidden_size": 64,
+            "num_attention_heads": 2,
+            "num_hidden_layers": 4,
+            "out_indices": [1, 2, 3, 4],
+            "reshape_hidden_states": False,
+            "patch_size": 14,
+            "image_size": 56,
+        }
+        config = DepthAnythingConfig(
+            backbone_config=backbone,
+            patch_size=14,
+            reassemble_hidden_size=64,
+            neck_hidden_sizes=[16, 32, 64, 64],
+            fusion_hidden_size=32,
+            head_hidden_size=32,
+        )
         cls, shape = dpt_mlx.DepthAnythingForDepthEstimation, (2, 3, 56, 70)
     mx.random.seed(0)
     fast = cls(config)
-    fast.update(mlx_utils.tree_map(lambda p: p + 0.05 * mx.random.normal(p.shape, key=mx.random.key(1)),
-                                   fast.parameters()))  # no zero biases
+    fast.update(
+        mlx_utils.tree_map(lambda p: p + 0.05 * mx.random.normal(p.shape, key=mx.random.key(1)), fast.parameters())
+    )  # no zero biases
     fast.update({"head": {"conv3": {"bias": mx.ones((1,))}}})  # the final ReLU open: depth > 0 to compare
     plain = cls(config)
     plain.update(fast.parameters())
@@ -420,8 +449,13 @@ def test_kernels_load_on_linux_and_leave_mlx_alone(tmp_path, blas):
         assert (np.array(a @ b) == before).all()
         print("ok", info["blas"])
     """)
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "DPT_MLX_BLAS": blas})
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DPT_MLX_BLAS": blas},
+    )
     assert run.returncode == 0 and run.stdout.startswith("ok"), run.stderr[-2000:]
     assert ("oneMKL" in run.stdout) == (blas == "mkl") and ("OpenBLAS" in run.stdout) == (blas == "openblas")
 
@@ -430,8 +464,13 @@ def test_kernels_load_on_linux_and_leave_mlx_alone(tmp_path, blas):
 def test_the_kernels_export_only_their_module():
     """MKL is linked into the extension with its names local: the library defines no BLAS name a
     later-loaded library could bind to (the linker that built it provides nm)."""
-    out = subprocess.run(["nm", "-D", "--defined-only", native.kernels().__file__], capture_output=True,
-                         text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        ["nm", "-D", "--defined-only", native.kernels().__file__],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     names = [line.split()[-1] for line in out.splitlines() if line.strip()]
     assert "PyInit__kernels" in names
     assert not [n for n in names if "blas" in n.lower() or "mkl" in n.lower() or "gemm" in n.lower()], names
@@ -461,11 +500,18 @@ def test_blas_choice_follows_the_cpu_and_the_setting(monkeypatch):
 @pytest.mark.linux
 def test_a_bad_blas_setting_is_one_line_and_the_portable_path():
     script = "from dpt_mlx import cpu; info = cpu.cpu_info(); print(info['kernels']); print(info['note'])"
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "DPT_MLX_BLAS": "atlas"})
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DPT_MLX_BLAS": "atlas"},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.splitlines() == ["False", "DPT_MLX_BLAS must be 'mkl' or 'openblas', got 'atlas'; "
-                                                "MLX's own ops run"]
+    assert out.stdout.splitlines() == [
+        "False",
+        "DPT_MLX_BLAS must be 'mkl' or 'openblas', got 'atlas'; MLX's own ops run",
+    ]
 
 
 @pytest.mark.x86_64
@@ -473,12 +519,19 @@ def test_a_bad_blas_setting_is_one_line_and_the_portable_path():
 def test_openblas_kernels_follow_the_cpu_not_openblas_coretype():
     """A machine may set OPENBLAS_CORETYPE for its other OpenBLAS copies; the kernels' copy picks
     its kernels from the CPU (or from DPT_MLX_OPENBLAS_CORETYPE), and the setting stays as it was."""
-    script = ("import os; from dpt_mlx import cpu; info = cpu.cpu_info(); "
-              "print(info['blas']); print(os.environ.get('OPENBLAS_CORETYPE'))")
+    script = (
+        "import os; from dpt_mlx import cpu; info = cpu.cpu_info(); "
+        "print(info['blas']); print(os.environ.get('OPENBLAS_CORETYPE'))"
+    )
 
     def run(**env):
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "DPT_MLX_BLAS": "openblas", **env})
+        out = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "DPT_MLX_BLAS": "openblas", **env},
+        )
         assert out.returncode == 0, out.stderr[-2000:]
         return out.stdout.splitlines()
 
@@ -502,5 +555,3 @@ def test_half_batch_norm_keeps_float32_statistics():
     plain.set_dtype(mx.float16)  # what a plain half cast does: var 1e5 -> inf, rsqrt(inf) = 0
     plain.eval()
     assert rel(plain(x.astype(mx.float16)), bn(x)) > 0.5  # those channels come out as zeros
-
-

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from helpers import TOL, open_final_relu, perturb, pixels, rel_err
 
 import dpt_mlx
 from dpt_mlx.config import DepthAnythingConfig, config_from_dict
-from helpers import TOL, open_final_relu, perturb, pixels, rel_err
 
 # The hub checkpoints at reduced width: same layer count, out_indices and flags as the -small-hf
 # configs (Dinov2 12 layers, image_size 518 -> 42 here, apply_layernorm default True,
@@ -23,8 +23,13 @@ VARIANTS = {
     "v1-relative": dict(out_indices=[9, 10, 11, 12]),
     "v2-relative": dict(out_indices=[3, 6, 9, 12]),
     "v2-metric-indoor": dict(out_indices=[3, 6, 9, 12], depth_estimation_type="metric", max_depth=20),
-    "v2-metric-outdoor-swiglu": dict(out_indices=[3, 6, 9, 12], depth_estimation_type="metric", max_depth=80,
-                                     use_swiglu_ffn=True, layerscale_value=0.1),
+    "v2-metric-outdoor-swiglu": dict(
+        out_indices=[3, 6, 9, 12],
+        depth_estimation_type="metric",
+        max_depth=80,
+        use_swiglu_ffn=True,
+        layerscale_value=0.1,
+    ),
 }
 # (H, W): the config grid (3x3), smaller non-square, larger and not a multiple of 14 (output 56x28).
 SHAPES = [(42, 42), (28, 42), (57, 29)]
@@ -32,12 +37,24 @@ SHAPES = [(42, 42), (28, 42), (57, 29)]
 
 def depth_anything_config(out_indices, depth_estimation_type="relative", max_depth=1, **backbone_overrides):
     backbone = transformers.Dinov2Config(
-        hidden_size=24, num_hidden_layers=12, num_attention_heads=2, image_size=42, patch_size=14,
-        out_indices=out_indices, reshape_hidden_states=False, **backbone_overrides,
+        hidden_size=24,
+        num_hidden_layers=12,
+        num_attention_heads=2,
+        image_size=42,
+        patch_size=14,
+        out_indices=out_indices,
+        reshape_hidden_states=False,
+        **backbone_overrides,
     )
     return transformers.DepthAnythingConfig(
-        backbone_config=backbone, patch_size=14, reassemble_hidden_size=24, neck_hidden_sizes=[6, 12, 24, 24],
-        fusion_hidden_size=16, head_hidden_size=32, depth_estimation_type=depth_estimation_type, max_depth=max_depth,
+        backbone_config=backbone,
+        patch_size=14,
+        reassemble_hidden_size=24,
+        neck_hidden_sizes=[6, 12, 24, 24],
+        fusion_hidden_size=16,
+        head_hidden_size=32,
+        depth_estimation_type=depth_estimation_type,
+        max_depth=max_depth,
     )
 
 
@@ -100,8 +117,15 @@ def test_null_max_depth_and_mlx_round_trip(tmp_path):
 def test_config_defaults_match_reference():
     ref = transformers.DepthAnythingConfig()
     ours = DepthAnythingConfig()
-    for name in ("patch_size", "reassemble_hidden_size", "fusion_hidden_size", "head_in_index", "head_hidden_size",
-                 "depth_estimation_type", "max_depth"):
+    for name in (
+        "patch_size",
+        "reassemble_hidden_size",
+        "fusion_hidden_size",
+        "head_in_index",
+        "head_hidden_size",
+        "depth_estimation_type",
+        "max_depth",
+    ):
         assert getattr(ours, name) == getattr(ref, name), name
     assert ours.reassemble_factors == list(ref.reassemble_factors)
     assert ours.neck_hidden_sizes == list(ref.neck_hidden_sizes)
@@ -128,13 +152,21 @@ def test_config_rejects_bad_values(kwargs, message):
 
 
 def test_model_rejects_inconsistent_backbone():
-    backbone = {"model_type": "dinov2", "hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 4,
-                "out_indices": [1, 2, 3, 4], "reshape_hidden_states": False}
+    backbone = {
+        "model_type": "dinov2",
+        "hidden_size": 32,
+        "num_attention_heads": 2,
+        "num_hidden_layers": 4,
+        "out_indices": [1, 2, 3, 4],
+        "reshape_hidden_states": False,
+    }
     with pytest.raises(ValueError, match="reassemble_hidden_size"):
         dpt_mlx.DepthAnythingForDepthEstimation(DepthAnythingConfig(backbone_config=backbone))
     backbone["out_indices"] = [2, 4]
     with pytest.raises(ValueError, match="feature maps"):
-        dpt_mlx.DepthAnythingForDepthEstimation(DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32))
+        dpt_mlx.DepthAnythingForDepthEstimation(
+            DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32)
+        )
     with pytest.raises(dpt_mlx.UnsupportedModelError, match="'beit2'"):
         dpt_mlx.DepthAnythingForDepthEstimation(DepthAnythingConfig(backbone_config={"model_type": "beit2"}))
 
@@ -151,12 +183,30 @@ def test_model_rejects_inconsistent_backbone():
 #          fusion 256 -- here 32 wide, neck [8, 16, 32, 32], fusion 16
 # Every one keeps its layer count, out_indices, the neck's last width equal to the backbone's, and image_size 518.
 DISTILL_ANY_DEPTH = {
-    "small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, out_indices=[3, 6, 9, 12],
-                  neck_hidden_sizes=[48, 96, 192, 384], fusion_hidden_size=64),
-    "base": dict(hidden_size=48, num_hidden_layers=12, num_attention_heads=4, out_indices=[3, 6, 9, 12],
-                 neck_hidden_sizes=[6, 12, 24, 48], fusion_hidden_size=16),
-    "large": dict(hidden_size=32, num_hidden_layers=24, num_attention_heads=2, out_indices=[5, 12, 18, 24],
-                  neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16),
+    "small": dict(
+        hidden_size=384,
+        num_hidden_layers=12,
+        num_attention_heads=6,
+        out_indices=[3, 6, 9, 12],
+        neck_hidden_sizes=[48, 96, 192, 384],
+        fusion_hidden_size=64,
+    ),
+    "base": dict(
+        hidden_size=48,
+        num_hidden_layers=12,
+        num_attention_heads=4,
+        out_indices=[3, 6, 9, 12],
+        neck_hidden_sizes=[6, 12, 24, 48],
+        fusion_hidden_size=16,
+    ),
+    "large": dict(
+        hidden_size=32,
+        num_hidden_layers=24,
+        num_attention_heads=2,
+        out_indices=[5, 12, 18, 24],
+        neck_hidden_sizes=[8, 16, 32, 32],
+        fusion_hidden_size=16,
+    ),
 }
 
 
@@ -165,11 +215,17 @@ DISTILL_ANY_DEPTH = {
 def test_distill_any_depth_shapes_load_and_match(tmp_path, size):
     shape = dict(DISTILL_ANY_DEPTH[size])
     neck, fusion = shape.pop("neck_hidden_sizes"), shape.pop("fusion_hidden_size")
-    backbone = transformers.Dinov2Config(**shape, intermediate_size=4 * shape["hidden_size"], image_size=518,
-                                         patch_size=14, reshape_hidden_states=False)
+    backbone = transformers.Dinov2Config(
+        **shape, intermediate_size=4 * shape["hidden_size"], image_size=518, patch_size=14, reshape_hidden_states=False
+    )
     config = transformers.DepthAnythingConfig(
-        backbone_config=backbone, patch_size=14, reassemble_hidden_size=shape["hidden_size"], neck_hidden_sizes=neck,
-        fusion_hidden_size=fusion, head_hidden_size=32, depth_estimation_type="relative",
+        backbone_config=backbone,
+        patch_size=14,
+        reassemble_hidden_size=shape["hidden_size"],
+        neck_hidden_sizes=neck,
+        fusion_hidden_size=fusion,
+        head_hidden_size=32,
+        depth_estimation_type="relative",
     )
     torch.manual_seed(0)
     ref = transformers.DepthAnythingForDepthEstimation(config)

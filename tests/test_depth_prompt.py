@@ -36,14 +36,17 @@ def test_scale_overrides_the_convention(tmp_path):
     assert read_prompt_depth(tmp_path / "chw.npy").shape == (12, 16)
 
 
-@pytest.mark.parametrize("array, message", [
-    (np.full((4, 4), np.nan, np.float32), "NaN"),
-    (np.array([[1.0, np.inf], [1.0, 2.0]], np.float32), "NaN or inf"),
-    (-lidar(), "negative"),
-    (np.zeros((4, 4), np.float32), "all zero"),
-    (np.ones((1, 8), np.float32), "at least 2x2"),
-    (np.ones((2, 3, 4), np.float32), "2-D"),
-])
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.full((4, 4), np.nan, np.float32), "NaN"),
+        (np.array([[1.0, np.inf], [1.0, 2.0]], np.float32), "NaN or inf"),
+        (-lidar(), "negative"),
+        (np.zeros((4, 4), np.float32), "all zero"),
+        (np.ones((1, 8), np.float32), "at least 2x2"),
+        (np.ones((2, 3, 4), np.float32), "2-D"),
+    ],
+)
 def test_unusable_maps_are_one_line_errors(tmp_path, array, message):
     np.save(tmp_path / "bad.npy", array)
     with pytest.raises(ImageError, match=message) as e:
@@ -57,8 +60,15 @@ def test_unreadable_files_are_one_line_errors(tmp_path):
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "rgb.png")
     (tmp_path / "dir.npy").mkdir()
-    cases = {"junk.png": "cannot read", "truncated.npy": "cannot read", "objects.npy": "cannot read",
-             "rgb.png": "one-channel", "missing.npy": "no such", "dir.npy": "folder", "a.jpg": "must be"}
+    cases = {
+        "junk.png": "cannot read",
+        "truncated.npy": "cannot read",
+        "objects.npy": "cannot read",
+        "rgb.png": "one-channel",
+        "missing.npy": "no such",
+        "dir.npy": "folder",
+        "a.jpg": "must be",
+    }
     (tmp_path / "a.jpg").write_bytes(b"")
     for name, message in cases.items():
         with pytest.raises(ImageError, match=message) as e:

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from helpers import TOL, perturb, pixels, rel_err
 
 import dpt_mlx
-from dpt_mlx.io import weights as W
 from dpt_mlx.backbones import build_backbone
-from dpt_mlx.config import DPTConfig, config_from_dict
 from dpt_mlx.backbones.dinov2 import Dinov2Backbone, Dinov2Config
+from dpt_mlx.config import DPTConfig, config_from_dict
+from dpt_mlx.io import weights as W
 from dpt_mlx.io.checkpoint import load_strict, read_weights
-from helpers import TOL, perturb, pixels, rel_err
 
 PATCH = 14
 # (H, W): the config grid (3x3 at image_size 42), smaller and larger, non-square, not a multiple of 14.
@@ -23,8 +23,14 @@ SHAPES = [(42, 42), (28, 28), (28, 42), (71, 57)]
 
 
 def dinov2_config(**overrides) -> transformers.Dinov2Config:
-    kwargs = dict(hidden_size=24, num_hidden_layers=4, num_attention_heads=2, image_size=42, patch_size=PATCH,
-                  reshape_hidden_states=False)
+    kwargs = dict(
+        hidden_size=24,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        image_size=42,
+        patch_size=PATCH,
+        reshape_hidden_states=False,
+    )
     kwargs.update(overrides)
     return transformers.Dinov2Config(**kwargs)
 
@@ -36,8 +42,12 @@ def dpt_dinov2_config(**backbone_overrides) -> transformers.DPTConfig:
     the DPTConfig defaults otherwise (readout "project", reassemble_factors [4, 2, 1, 0.5])."""
     backbone = dict(num_hidden_layers=12, out_indices=[3, 6, 9, 12], apply_layernorm=False)
     backbone.update(backbone_overrides)
-    return transformers.DPTConfig(backbone_config=dinov2_config(**backbone), neck_hidden_sizes=[6, 12, 24, 24],
-                                  use_bias_in_fusion_residual=False, add_projection=True)
+    return transformers.DPTConfig(
+        backbone_config=dinov2_config(**backbone),
+        neck_hidden_sizes=[6, 12, 24, 24],
+        use_bias_in_fusion_residual=False,
+        add_projection=True,
+    )
 
 
 def eager(model):
@@ -117,8 +127,13 @@ def test_position_embeddings_bicubic(tmp_path):
 
 def test_config_out_features_alignment():
     """out_features / out_indices are derived from each other exactly as transformers does."""
-    cases = [dict(), dict(out_indices=[3, 6, 9, 12]), dict(out_features=["stage9", "stage12"]),
-             dict(out_indices=[-4, -1]), dict(out_features=["stem"], out_indices=[0])]
+    cases = [
+        dict(),
+        dict(out_indices=[3, 6, 9, 12]),
+        dict(out_features=["stage9", "stage12"]),
+        dict(out_indices=[-4, -1]),
+        dict(out_features=["stem"], out_indices=[0]),
+    ]
     for kwargs in cases:
         ref = transformers.Dinov2Config(**kwargs)
         ours = Dinov2Config.from_dict(ref.to_dict())

@@ -4,20 +4,32 @@ import mlx.core as mx
 import pytest
 import torch
 import transformers
+from helpers import TOL, keep_depth_positive, perturb, pixels, rel_err
 
 import dpt_mlx
 from dpt_mlx import cpu
-from dpt_mlx.io import weights as W
 from dpt_mlx.config import DPTConfig
+from dpt_mlx.io import weights as W
 from dpt_mlx.io.checkpoint import load_strict
-from helpers import TOL, keep_depth_positive, perturb, pixels, rel_err
 
 pytestmark = [pytest.mark.parity, pytest.mark.slow]
 
-DPT_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                 image_size=384, patch_size=16, backbone_out_indices=[5, 11, 17, 23], readout_type="project",
-                 reassemble_factors=[4, 2, 1, 0.5], neck_hidden_sizes=[256, 512, 1024, 1024],
-                 fusion_hidden_size=256, qkv_bias=True, layer_norm_eps=1e-12, hidden_act="gelu")
+DPT_LARGE = dict(
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    intermediate_size=4096,
+    image_size=384,
+    patch_size=16,
+    backbone_out_indices=[5, 11, 17, 23],
+    readout_type="project",
+    reassemble_factors=[4, 2, 1, 0.5],
+    neck_hidden_sizes=[256, 512, 1024, 1024],
+    fusion_hidden_size=256,
+    qkv_bias=True,
+    layer_norm_eps=1e-12,
+    hidden_act="gelu",
+)
 
 
 def test_dpt_large_shape_384():

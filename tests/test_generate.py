@@ -21,13 +21,22 @@ from helpers import perturb, rel_err
 from PIL import Image
 
 from dpt_mlx.cli import predict as generate
-from dpt_mlx.processing import visualize
 from dpt_mlx.cli.predict import main
+from dpt_mlx.processing import visualize
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "examples" / "images" / "coffee.jpg"
-TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37, image_size=32,
-            patch_size=8, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 24, 32], fusion_hidden_size=16)
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=37,
+    image_size=32,
+    patch_size=8,
+    backbone_out_indices=[0, 1, 2, 3],
+    neck_hidden_sizes=[8, 16, 24, 32],
+    fusion_hidden_size=16,
+)
 
 
 def _save(model, path: Path, **processor) -> Path:
@@ -48,8 +57,9 @@ def ckpt(tmp_path_factory):
     with torch.no_grad():  # keep the depth above the head's final ReLU, so that it varies over the image
         depth.head.head[4].bias.fill_(1.0)
     out["depth"] = _save(depth, root / "depth", **square)
-    out["depth_aspect"] = _save(depth, root / "depth_aspect", size={"height": 32, "width": 32},
-                                keep_aspect_ratio=True, ensure_multiple_of=8)
+    out["depth_aspect"] = _save(
+        depth, root / "depth_aspect", size={"height": 32, "width": 32}, keep_aspect_ratio=True, ensure_multiple_of=8
+    )
     out["depth_noproc"] = root / "depth_noproc"
     depth.save_pretrained(str(out["depth_noproc"]))
     ade = transformers.DPTConfig(**TINY, id2label={i: f"thing{i}" for i in range(150)})
@@ -75,7 +85,7 @@ def photos(tmp_path_factory):
     paths["odd"] = root / "odd.jpg"
     photo.crop((100, 50, 133, 97)).save(paths["odd"], quality=95)
     paths["gray16"] = root / "gray16.png"
-    Image.fromarray((np.asarray(photo.convert("L").resize((64, 48)), dtype=np.uint16) * 257)).save(paths["gray16"])
+    Image.fromarray(np.asarray(photo.convert("L").resize((64, 48)), dtype=np.uint16) * 257).save(paths["gray16"])
     return paths
 
 
@@ -90,8 +100,13 @@ def _reference_depth(ckpt_dir: Path, path: Path) -> np.ndarray:
     model = transformers.DPTForDepthEstimation.from_pretrained(str(ckpt_dir)).eval()
     processor = transformers.DPTImageProcessorPil.from_pretrained(str(ckpt_dir))
     image = Image.open(path)
-    image = Image.fromarray(np.asarray(image, dtype=np.float64).round().clip(0, 65535).astype(np.uint16) // 257
-                            ).convert("RGB") if image.mode.startswith("I") else image.convert("RGB")
+    image = (
+        Image.fromarray(np.asarray(image, dtype=np.float64).round().clip(0, 65535).astype(np.uint16) // 257).convert(
+            "RGB"
+        )
+        if image.mode.startswith("I")
+        else image.convert("RGB")
+    )
     with torch.no_grad():
         out = model(**processor(images=image, return_tensors="pt"))
     post = processor.post_process_depth_estimation(out, target_sizes=[(image.height, image.width)])
@@ -135,8 +150,10 @@ def test_depth_png_beside_input_at_input_size(ckpt, photos, tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["rgb", "gray", "rgba", "odd", "gray16"])
 def test_npy_and_png16_round_trip_to_reference_depth(ckpt, photos, tmp_path, capsys, name):
-    code, _, err = _run(["--model", ckpt["depth"], "--image", photos[name], "--format", "png16,npy",
-                         "--output-dir", tmp_path, "-q"], capsys)
+    code, _, err = _run(
+        ["--model", ckpt["depth"], "--image", photos[name], "--format", "png16,npy", "--output-dir", tmp_path, "-q"],
+        capsys,
+    )
     assert code == 0, err
     stem = photos[name].stem
     with Image.open(photos[name]) as photo:
@@ -155,14 +172,38 @@ def test_npy_and_png16_round_trip_to_reference_depth(ckpt, photos, tmp_path, cap
 
 
 def test_colormaps_and_gray(ckpt, photos, tmp_path, capsys):
-    code, _, err = _run(["--model", ckpt["depth"], "--image", photos["odd"], "--colormap", "gray",
-                         "--output", tmp_path / "g.png", "-q"], capsys)
+    code, _, err = _run(
+        [
+            "--model",
+            ckpt["depth"],
+            "--image",
+            photos["odd"],
+            "--colormap",
+            "gray",
+            "--output",
+            tmp_path / "g.png",
+            "-q",
+        ],
+        capsys,
+    )
     assert code == 0, err
     with Image.open(tmp_path / "g.png") as gray:
         assert gray.mode == "L" and gray.size == (33, 47)
         assert np.asarray(gray).min() == 0 and np.asarray(gray).max() == 255
-    code, _, err = _run(["--model", ckpt["depth"], "--image", photos["odd"], "--colormap", "turbo",
-                         "--output", tmp_path / "t.png", "-q"], capsys)
+    code, _, err = _run(
+        [
+            "--model",
+            ckpt["depth"],
+            "--image",
+            photos["odd"],
+            "--colormap",
+            "turbo",
+            "--output",
+            tmp_path / "t.png",
+            "-q",
+        ],
+        capsys,
+    )
     assert code == 0, err
     turbo = visualize.colormap_lut("turbo")
     with Image.open(tmp_path / "t.png") as image:
@@ -190,12 +231,26 @@ def test_colormap_tables_match_published_endpoints():
 
 
 def test_depth_overlay_and_output_extension_picks_format(ckpt, photos, tmp_path, capsys):
-    code, _, err = _run(["--model", ckpt["depth"], "--image", photos["gray"], "--output", tmp_path / "d.npy", "-q"],
-                        capsys)
+    code, _, err = _run(
+        ["--model", ckpt["depth"], "--image", photos["gray"], "--output", tmp_path / "d.npy", "-q"], capsys
+    )
     assert code == 0, err
     assert np.load(tmp_path / "d.npy").shape == (203, 301)
-    code, _, err = _run(["--model", ckpt["depth"], "--image", photos["gray"], "--overlay", "--alpha", "0.3",
-                         "--output-dir", tmp_path, "-q"], capsys)
+    code, _, err = _run(
+        [
+            "--model",
+            ckpt["depth"],
+            "--image",
+            photos["gray"],
+            "--overlay",
+            "--alpha",
+            "0.3",
+            "--output-dir",
+            tmp_path,
+            "-q",
+        ],
+        capsys,
+    )
     assert code == 0, err
     with Image.open(tmp_path / "gray_depth_overlay.png") as image:
         assert image.mode == "RGB" and image.size == (301, 203)
@@ -218,8 +273,22 @@ def test_batching_gives_the_same_depth(ckpt, photos, tmp_path, capsys):
     results = {}
     for batch in (1, 3):
         out_dir = tmp_path / f"out{batch}"
-        code, out, err = _run(["--model", ckpt["depth_aspect"], "--input-dir", folder, "--output-dir", out_dir,
-                               "--format", "npy", "--batch-size", batch, "-v"], capsys)
+        code, out, err = _run(
+            [
+                "--model",
+                ckpt["depth_aspect"],
+                "--input-dir",
+                folder,
+                "--output-dir",
+                out_dir,
+                "--format",
+                "npy",
+                "--batch-size",
+                batch,
+                "-v",
+            ],
+            capsys,
+        )
         assert code == 0, err
         results[batch] = {p.name: np.load(p) for p in out_dir.iterdir()}
         assert len(results[batch]) == 4
@@ -275,8 +344,10 @@ def test_never_overwrites_an_input(ckpt, photos, tmp_path, capsys):
 
 
 def test_fallback_preprocessing_is_reported_with_verbose(ckpt, photos, tmp_path, capsys):
-    code, out, err = _run(["--model", ckpt["depth_noproc"], "--image", photos["odd"], "--output-dir", tmp_path,
-                           "--format", "npy", "-v"], capsys)
+    code, out, err = _run(
+        ["--model", ckpt["depth_noproc"], "--image", photos["odd"], "--output-dir", tmp_path, "--format", "npy", "-v"],
+        capsys,
+    )
     assert code == 0, err
     assert "no preprocessor_config.json" in out and "32x32" in out
     # the defaults for a ViT DPT are the reference processor's with the config's image size
@@ -319,8 +390,22 @@ def _reference_classes(ckpt_dir: Path, path: Path) -> np.ndarray:
 
 
 def test_segmentation_palette_png_overlay_and_class_list(ckpt, photos, tmp_path, capsys):
-    code, out, err = _run(["--model", ckpt["seg"], "--image", photos["rgb"], "--output-dir", tmp_path,
-                           "--overlay", "--alpha", "0.6", "--format", "png,npy"], capsys)
+    code, out, err = _run(
+        [
+            "--model",
+            ckpt["seg"],
+            "--image",
+            photos["rgb"],
+            "--output-dir",
+            tmp_path,
+            "--overlay",
+            "--alpha",
+            "0.6",
+            "--format",
+            "png,npy",
+        ],
+        capsys,
+    )
     assert code == 0, err
     with Image.open(tmp_path / "coffee_seg.png") as seg:
         assert seg.mode == "P" and seg.size == (600, 400)
@@ -347,16 +432,16 @@ def test_segmentation_palette_png_overlay_and_class_list(ckpt, photos, tmp_path,
 
 
 def test_segmentation_with_few_labels_uses_a_deterministic_palette(ckpt, photos, tmp_path, capsys):
-    code, out, err = _run(["--model", ckpt["seg5"], "--image", photos["gray"], "--output", tmp_path / "s.png"],
-                          capsys)
+    code, out, err = _run(["--model", ckpt["seg5"], "--image", photos["gray"], "--output", tmp_path / "s.png"], capsys)
     assert code == 0, err
     with Image.open(tmp_path / "s.png") as seg:
         assert seg.mode == "P" and seg.size == (301, 203)
         assert np.asarray(seg).max() < 5
         assert seg.getpalette()[:15] == visualize.voc_palette(5).ravel().tolist()
     assert any(name in out for name in ("sky", "tree", "road", "car", "person"))
-    code, _, err = _run(["--model", ckpt["seg5"], "--image", photos["gray"], "--format", "png16",
-                         "--output-dir", tmp_path], capsys)
+    code, _, err = _run(
+        ["--model", ckpt["seg5"], "--image", photos["gray"], "--format", "png16", "--output-dir", tmp_path], capsys
+    )
     assert code == 2 and "png16" in _one_error_line(err)
 
 
@@ -383,9 +468,22 @@ def _broken_checkpoints(ckpt, root: Path) -> dict[str, Path]:
     return cases
 
 
-@pytest.mark.parametrize("case", ["missing_image", "corrupt_image", "image_is_dir", "no_weights", "truncated",
-                                  "unsupported", "empty_dir", "hub_offline", "output_count", "output_suffix",
-                                  "empty_input_dir"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing_image",
+        "corrupt_image",
+        "image_is_dir",
+        "no_weights",
+        "truncated",
+        "unsupported",
+        "empty_dir",
+        "hub_offline",
+        "output_count",
+        "output_suffix",
+        "empty_input_dir",
+    ],
+)
 def test_errors_are_one_line_with_exit_status_2(ckpt, photos, tmp_path, capsys, monkeypatch, case):
     import huggingface_hub.constants
 
@@ -436,10 +534,19 @@ def test_verbose_shows_the_traceback(ckpt, tmp_path, capsys):
     assert code == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("error: ")
 
 
-@pytest.mark.parametrize("args", [[], ["--image"], ["--image", "x.jpg", "--batch-size", "0"],
-                                  ["--image", "x.jpg", "--alpha", "1.5"], ["--image", "x.jpg", "--format", "jpg"],
-                                  ["--image", "x.jpg", "--dtype", "float64"], ["--image", "x.jpg", "-q", "-v"],
-                                  ["--image", "x.jpg", "--output", "a.png", "--output-dir", "d"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["--image"],
+        ["--image", "x.jpg", "--batch-size", "0"],
+        ["--image", "x.jpg", "--alpha", "1.5"],
+        ["--image", "x.jpg", "--format", "jpg"],
+        ["--image", "x.jpg", "--dtype", "float64"],
+        ["--image", "x.jpg", "-q", "-v"],
+        ["--image", "x.jpg", "--output", "a.png", "--output-dir", "d"],
+    ],
+)
 def test_usage_errors_exit_2(args, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(args)
@@ -449,8 +556,16 @@ def test_usage_errors_exit_2(args, capsys):
 
 def test_help_explains_normalisation_and_inverse_depth():
     text = generate.build_parser().format_help()
-    for phrase in ("relative inverse depth", "larger = closer", "min-max normalised per image", "--overwrite",
-                   "exit status", "--batch-size", "png16", "Intel/dpt-large"):
+    for phrase in (
+        "relative inverse depth",
+        "larger = closer",
+        "min-max normalised per image",
+        "--overwrite",
+        "exit status",
+        "--batch-size",
+        "png16",
+        "Intel/dpt-large",
+    ):
         assert phrase in text, phrase
 
 
@@ -460,19 +575,30 @@ def test_help_explains_normalisation_and_inverse_depth():
 
 def _cli(args, **env):
     environment = dict(os.environ, PYTHONPATH=str(ROOT), **env)
-    return subprocess.run([sys.executable, "-m", "dpt_mlx.generate", *map(str, args)], cwd=ROOT, env=environment,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "dpt_mlx.generate", *map(str, args)],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_python_m_dpt_mlx_generate(ckpt, photos, tmp_path):
     folder = _folder(photos, tmp_path / "in", names=("odd", "rgba"))
     (folder / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    result = _cli(["--model", ckpt["depth"], "--input-dir", folder, "--output-dir", tmp_path / "out",
-                   "--format", "png,npy"])
+    result = _cli(
+        ["--model", ckpt["depth"], "--input-dir", folder, "--output-dir", tmp_path / "out", "--format", "png,npy"]
+    )
     assert result.returncode == 1, result.stderr
     assert "bad.png" in result.stderr and "Traceback" not in result.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "odd_depth.npy", "odd_depth.png", "rgba_depth.npy", "rgba_depth.png"]
+        "odd_depth.npy",
+        "odd_depth.png",
+        "rgba_depth.npy",
+        "rgba_depth.png",
+    ]
     assert "2 images written" in result.stdout and "normalised per image" in result.stdout
 
     offline = _cli(["--model", "nobody/no-such-dpt-model", "--image", photos["odd"]], HF_HUB_OFFLINE="1")
@@ -484,8 +610,9 @@ def test_python_m_dpt_mlx_generate(ckpt, photos, tmp_path):
 # Concurrent runs, signals, --skip-existing, a closed stdout
 
 
-def test_a_second_run_into_the_same_folder_never_replaces_the_first_runs_files(ckpt, photos, tmp_path, capsys,
-                                                                              monkeypatch):
+def test_a_second_run_into_the_same_folder_never_replaces_the_first_runs_files(
+    ckpt, photos, tmp_path, capsys, monkeypatch
+):
     """Run A plans (no outputs exist yet); run B writes everything; then A writes: A's files all clash."""
     folder = _folder(photos, tmp_path / "in", names=("odd", "gray", "rgba"))
     out = tmp_path / "out"
@@ -494,8 +621,9 @@ def test_a_second_run_into_the_same_folder_never_replaces_the_first_runs_files(c
     def save_png_after_another_run(*args, **kwargs):
         if not nested:  # the first write of run A: run B starts and finishes in the meantime
             nested.append(None)
-            nested[0] = main(["--model", str(ckpt["depth"]), "--input-dir", str(folder), "-d", str(out),
-                              "--colormap", "turbo", "-q"])
+            nested[0] = main(
+                ["--model", str(ckpt["depth"]), "--input-dir", str(folder), "-d", str(out), "--colormap", "turbo", "-q"]
+            )
         return save_png(*args, **kwargs)
 
     monkeypatch.setattr(visualize, "save_png", save_png_after_another_run)
@@ -519,9 +647,14 @@ def _big_folder(root: Path, n: int) -> Path:
 
 
 def _popen(args):
-    return subprocess.Popen([sys.executable, "-m", "dpt_mlx.generate", *map(str, args)], cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dpt_mlx.generate", *map(str, args)],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_two_processes_into_one_folder_write_each_file_once(ckpt, tmp_path):
@@ -539,7 +672,8 @@ def test_two_processes_into_one_folder_write_each_file_once(ckpt, tmp_path):
         else:
             assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        f"{n}_depth.{e}" for n in names for e in ("png", "npy"))
+        f"{n}_depth.{e}" for n in names for e in ("png", "npy")
+    )
 
 
 def _outputs_are_complete(out: Path) -> list[str]:
@@ -574,8 +708,11 @@ def test_sigterm_leaves_only_complete_files_and_skip_existing_finishes(ckpt, tmp
     assert code == 143, err
     assert "terminated by SIGTERM" in err and "Traceback" not in err
     names = _outputs_are_complete(out)
-    done = [f"img{i:02d}" for i in range(12) if all(f"img{i:02d}{s}" in names
-                                                    for s in ("_depth.png", "_depth16.png", "_depth.npy"))]
+    done = [
+        f"img{i:02d}"
+        for i in range(12)
+        if all(f"img{i:02d}{s}" in names for s in ("_depth.png", "_depth16.png", "_depth.npy"))
+    ]
     assert 1 <= len(done) < 12
     # a temporary file of a killed (SIGKILL) run: ignored as input, removed as stale by the next run
     stale = out / ".img11_depth.png.abcd1234.tmp"
@@ -616,11 +753,28 @@ def test_a_closed_stdout_ends_quietly(ckpt, photos):
     read, write = os.pipe()
     os.close(read)  # as `dpt-mlx -v ... | head -0`: every write to stdout fails with EPIPE
     try:
-        proc = subprocess.run([sys.executable, "-m", "dpt_mlx.generate", "--model", str(ckpt["depth"]),
-                               "--image", str(photos["odd"]), "--format", "npy", "--output-dir",
-                               str(photos["odd"].parent / "piped"), "-v"],
-                              cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=write,
-                              stderr=subprocess.PIPE, text=True, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dpt_mlx.generate",
+                "--model",
+                str(ckpt["depth"]),
+                "--image",
+                str(photos["odd"]),
+                "--format",
+                "npy",
+                "--output-dir",
+                str(photos["odd"].parent / "piped"),
+                "-v",
+            ],
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
     finally:
         os.close(write)
     assert proc.returncode == 141 and proc.stderr == "", proc.stderr
@@ -651,14 +805,22 @@ def test_the_summary_is_the_last_thing_on_the_terminal(monkeypatch):
 def test_the_portable_path_note_is_one_line_and_quiet_silences_it(ckpt, photos, tmp_path):
     """Without the CPU kernels (no compiler at install) the first model load says why in one line;
     -q prints nothing."""
-    stub = ("import runpy, sys; from dpt_mlx.cpu import native; "
-            "native._state.update(module=None, why='the CPU kernels were not built (test)'); "
-            "sys.argv[0] = 'dpt-mlx'; runpy.run_module('dpt_mlx.generate', run_name='__main__')")
+    stub = (
+        "import runpy, sys; from dpt_mlx.cpu import native; "
+        "native._state.update(module=None, why='the CPU kernels were not built (test)'); "
+        "sys.argv[0] = 'dpt-mlx'; runpy.run_module('dpt_mlx.generate', run_name='__main__')"
+    )
     args = ["--model", ckpt["depth"], "--image", photos["rgb"], "--output-dir", tmp_path]
 
     def run(extra):
-        return subprocess.run([sys.executable, "-c", stub, *map(str, args + extra)], cwd=ROOT, capture_output=True,
-                              text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        return subprocess.run(
+            [sys.executable, "-c", stub, *map(str, args + extra)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
 
     loud = run([])
     assert loud.returncode == 0, loud.stderr

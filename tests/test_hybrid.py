@@ -35,9 +35,15 @@ IMAGE = 64  # config.image_size of the tiny models: a 4x4 token grid
 # Intel/dpt-hybrid-midas's backbone_config (from memory of the hub config; the same as transformers'
 # DPTConfig default for is_hybrid=True), at tiny widths and depths.
 BOTTLENECK = {
-    "model_type": "bit", "layer_type": "bottleneck", "global_padding": "same", "embedding_dynamic_padding": True,
-    "depths": [1, 1, 2], "out_features": ["stage1", "stage2", "stage3"],
-    "embedding_size": 8, "hidden_sizes": [16, 32, 64], "num_groups": 4,
+    "model_type": "bit",
+    "layer_type": "bottleneck",
+    "global_padding": "same",
+    "embedding_dynamic_padding": True,
+    "depths": [1, 1, 2],
+    "out_features": ["stage1", "stage2", "stage3"],
+    "embedding_size": 8,
+    "hidden_sizes": [16, 32, 64],
+    "num_groups": 4,
 }
 # transformers' BitConfig defaults for padding and layer type: static padding, ConstantPad2d in the stem.
 PREACTIVATION = dict(BOTTLENECK, layer_type="preactivation", global_padding=None, embedding_dynamic_padding=False)
@@ -45,11 +51,23 @@ PREACTIVATION = dict(BOTTLENECK, layer_type="preactivation", global_padding=None
 
 def hybrid_config(backbone_config, **kwargs) -> transformers.DPTConfig:
     return transformers.DPTConfig(
-        is_hybrid=True, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37,
-        image_size=IMAGE, patch_size=16, backbone_out_indices=[0, 1, 2, 3], readout_type="project",
-        neck_hidden_sizes=[16, 32, 32, 32], reassemble_factors=[1, 1, 1, 0.5], fusion_hidden_size=16,
-        backbone_featmap_shape=[1, 64, IMAGE // 16, IMAGE // 16], backbone_config=dict(backbone_config),
-        use_batch_norm_in_fusion_residual=True, num_labels=5, **kwargs,
+        is_hybrid=True,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=37,
+        image_size=IMAGE,
+        patch_size=16,
+        backbone_out_indices=[0, 1, 2, 3],
+        readout_type="project",
+        neck_hidden_sizes=[16, 32, 32, 32],
+        reassemble_factors=[1, 1, 1, 0.5],
+        fusion_hidden_size=16,
+        backbone_featmap_shape=[1, 64, IMAGE // 16, IMAGE // 16],
+        backbone_config=dict(backbone_config),
+        use_batch_norm_in_fusion_residual=True,
+        num_labels=5,
+        **kwargs,
     )
 
 
@@ -81,9 +99,11 @@ def reference_grid(ref, x: torch.Tensor):
     with torch.no_grad():
         gh, gw = emb.backbone(x).feature_maps[-1].shape[-2:]
     neck_forward, resize = ref.neck.forward, emb._resize_pos_embed
-    with mock.patch.object(emb, "forward", functools.partial(emb.forward, interpolate_pos_encoding=True)), \
-         mock.patch.object(emb, "_resize_pos_embed", lambda posemb, h, w: resize(posemb, gh, gw)), \
-         mock.patch.object(ref.neck, "forward", lambda hidden_states, *a, **k: neck_forward(hidden_states, gh, gw)):
+    with (
+        mock.patch.object(emb, "forward", functools.partial(emb.forward, interpolate_pos_encoding=True)),
+        mock.patch.object(emb, "_resize_pos_embed", lambda posemb, h, w: resize(posemb, gh, gw)),
+        mock.patch.object(ref.neck, "forward", lambda hidden_states, *a, **k: neck_forward(hidden_states, gh, gw)),
+    ):
         yield gh, gw
 
 
@@ -113,10 +133,17 @@ def test_depth_at_image_size(layer):
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("layer, size", [
-    ("bottleneck", (96, 96)), ("bottleneck", (64, 96)), ("bottleneck", (112, 48)), ("bottleneck", (50, 70)),
-    ("preactivation", (64, 96)), ("preactivation", (50, 70)),
-])
+@pytest.mark.parametrize(
+    "layer, size",
+    [
+        ("bottleneck", (96, 96)),
+        ("bottleneck", (64, 96)),
+        ("bottleneck", (112, 48)),
+        ("bottleneck", (50, 70)),
+        ("preactivation", (64, 96)),
+        ("preactivation", (50, 70)),
+    ],
+)
 def test_depth_other_sizes(layer, size):
     """Square off image_size, non-square, and not multiples of 16 (true grid ceil(H/16), e.g. 4x5 for 50x70)."""
     ref, ours = _pair("depth", layer)
@@ -203,9 +230,20 @@ def test_bit_backbone(case, size):
 def test_default_hybrid_backbone_matches_reference():
     ref = transformers.DPTConfig(is_hybrid=True).backbone_config
     ours = DPTConfig(is_hybrid=True).bit_config
-    for name in ("layer_type", "global_padding", "depths", "hidden_sizes", "embedding_size", "num_groups",
-                 "embedding_dynamic_padding", "output_stride", "width_factor", "hidden_act", "out_features",
-                 "out_indices"):
+    for name in (
+        "layer_type",
+        "global_padding",
+        "depths",
+        "hidden_sizes",
+        "embedding_size",
+        "num_groups",
+        "embedding_dynamic_padding",
+        "output_stride",
+        "width_factor",
+        "hidden_act",
+        "out_features",
+        "out_indices",
+    ):
         assert getattr(ours, name) == getattr(ref, name), name
 
 
@@ -216,13 +254,16 @@ def test_hybrid_config_roundtrip(tmp_path):
     assert DPTConfig.from_dict(cfg.to_dict()) == cfg
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"layer_type": "basic"}, "layer_type"),
-    ({"global_padding": "reflect"}, "global_padding"),
-    ({"global_padding": "valid"}, "global_padding"),  # breaks the reference's residual adds
-    ({"out_features": ["stage1", "stage2"]}, "out_features"),
-    ({"out_features": ["stage9"]}, "stage9"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"layer_type": "basic"}, "layer_type"),
+        ({"global_padding": "reflect"}, "global_padding"),
+        ({"global_padding": "valid"}, "global_padding"),  # breaks the reference's residual adds
+        ({"out_features": ["stage1", "stage2"]}, "out_features"),
+        ({"out_features": ["stage9"]}, "stage9"),
+    ],
+)
 def test_invalid_backbone_config(bad, match):
     with pytest.raises(ValueError, match=match):
         DPTConfig(is_hybrid=True, backbone_config=dict(BOTTLENECK, **bad))

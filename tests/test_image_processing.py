@@ -152,9 +152,7 @@ def test_call_overrides_and_batch_arrays():
     overrides = {"size": {"height": 100, "width": 140}, "do_normalize": False, "resample": 3}
     expected = ref_pixels(CONFIGS["dpt-large"], list(batch), **overrides)
     np.testing.assert_allclose(processor(batch, **overrides).pixel_values, expected, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(
-        processor(mx.array(batch), **overrides).pixel_values, expected, rtol=0, atol=1e-5
-    )
+    np.testing.assert_allclose(processor(mx.array(batch), **overrides).pixel_values, expected, rtol=0, atol=1e-5)
     assert processor.size == {"height": 384, "width": 384}  # overrides are per call
 
 
@@ -163,7 +161,7 @@ def test_output_is_attribute_dict():
     assert isinstance(out, BatchFeature) and isinstance(out, dict)
     assert out.pixel_values is out["pixel_values"]
     with pytest.raises(AttributeError):
-        out.labels
+        _ = out.labels
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,9 +348,14 @@ TARGETS = [
 @pytest.mark.parity
 @pytest.mark.parametrize("targets", TARGETS)
 @pytest.mark.parametrize("as_mlx", [False, True])
-@pytest.mark.parametrize("processors", [(DPTImageProcessor, DPTImageProcessorPil),
-                                        (PromptDepthAnythingImageProcessor, PromptDepthAnythingImageProcessorPil)],
-                         ids=["dpt", "prompt-depth-anything"])
+@pytest.mark.parametrize(
+    "processors",
+    [
+        (DPTImageProcessor, DPTImageProcessorPil),
+        (PromptDepthAnythingImageProcessor, PromptDepthAnythingImageProcessorPil),
+    ],
+    ids=["dpt", "prompt-depth-anything"],
+)
 def test_post_process_depth(targets, as_mlx, processors):
     ours_cls, theirs_cls = processors
     depth = np.abs(smooth((2, 37, 53), seed=0)) * 10

@@ -27,8 +27,17 @@ from dpt_mlx.processing.images import list_images, load_image, url_name
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "examples" / "images" / "coffee.jpg"
-TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37, image_size=32,
-            patch_size=8, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 24, 32], fusion_hidden_size=16)
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=37,
+    image_size=32,
+    patch_size=8,
+    backbone_out_indices=[0, 1, 2, 3],
+    neck_hidden_sizes=[8, 16, 24, 32],
+    fusion_hidden_size=16,
+)
 ORIENTATION = 0x0112  # EXIF tag; 6 = "rotate 90° clockwise to display"
 
 
@@ -136,8 +145,9 @@ def test_recursive_listing_skips_hidden_and_does_not_follow_folder_links(tree):
 
 def test_recursive_outputs_mirror_the_tree(ckpt, tree, tmp_path, capsys):
     out = tmp_path / "out"
-    code, stdout, err = _run(["--model", ckpt, "--input-dir", tree, "--recursive", "--output-dir", out,
-                              "--format", "npy"], capsys)
+    code, stdout, err = _run(
+        ["--model", ckpt, "--input-dir", tree, "--recursive", "--output-dir", out, "--format", "npy"], capsys
+    )
     assert code == 0, err
     assert _files(out) == {"a_depth.npy", "sub/b_depth.npy", "sub/deeper/c_depth.npy"}
     assert np.load(out / "sub" / "deeper" / "c_depth.npy").shape == (36, 48)
@@ -168,8 +178,9 @@ def test_image_list_comments_relative_paths_and_a_missing_file(ckpt, tmp_path, c
     (lists / "todo.txt").write_text(f"# photos to do\n\nnear.jpg\n  {far}  \n# missing.jpg\nmissing.jpg\n")
     monkeypatch.chdir(tmp_path / "elsewhere")  # relative entries are read from the list's folder, not here
     out = tmp_path / "out"
-    code, stdout, err = _run(["--model", ckpt, "--image-list", lists / "todo.txt", "--output-dir", out,
-                              "--format", "npy"], capsys)
+    code, stdout, err = _run(
+        ["--model", ckpt, "--image-list", lists / "todo.txt", "--output-dir", out, "--format", "npy"], capsys
+    )
     assert code == 1
     assert _files(out) == {"near_depth.npy", "far_depth.npy"}
     errors = err.strip().splitlines()
@@ -224,14 +235,16 @@ def test_url_in_the_pipeline(ckpt, server):
     width, height = Image.open(PHOTO).size
     result = pipeline("depth-estimation", model=ckpt)(f"{server}/coffee.jpg")
     assert result["predicted_depth"].shape == (height, width)
-    np.testing.assert_allclose(result["predicted_depth"],
-                               pipeline("depth-estimation", model=ckpt)(str(PHOTO))["predicted_depth"])
+    np.testing.assert_allclose(
+        result["predicted_depth"], pipeline("depth-estimation", model=ckpt)(str(PHOTO))["predicted_depth"]
+    )
 
 
 def test_url_on_the_command_line(ckpt, server, tmp_path, capsys):
     out = tmp_path / "out"
-    code, stdout, err = _run(["--model", ckpt, "--image", f"{server}/coffee.jpg?size=large", "--output-dir", out,
-                              "--format", "npy"], capsys)
+    code, stdout, err = _run(
+        ["--model", ckpt, "--image", f"{server}/coffee.jpg?size=large", "--output-dir", out, "--format", "npy"], capsys
+    )
     assert code == 0, err
     width, height = Image.open(PHOTO).size
     assert np.load(out / "coffee_depth.npy").shape == (height, width)
@@ -252,11 +265,14 @@ def test_url_that_is_not_found_is_one_line(ckpt, server, tmp_path, capsys):
     assert f"cannot fetch {url}: HTTP 404" in _one_error_line(err)
 
 
-@pytest.mark.parametrize("url, name", [
-    ("https://example.com/photos/My%20Photo.JPG?x=1#y", "My_Photo.JPG"),
-    ("http://example.com/a/b/", "b"),
-    ("http://example.com/.hidden.png", "hidden.png"),
-    ("http://example.com/", "example.com"),
-])
+@pytest.mark.parametrize(
+    "url, name",
+    [
+        ("https://example.com/photos/My%20Photo.JPG?x=1#y", "My_Photo.JPG"),
+        ("http://example.com/a/b/", "b"),
+        ("http://example.com/.hidden.png", "hidden.png"),
+        ("http://example.com/", "example.com"),
+    ],
+)
 def test_url_names(url, name):
     assert url_name(url) == name

@@ -69,7 +69,7 @@ def _cycle() -> list[str] | None:
             if MODULES[n].name == "__init__.py" and m.startswith(n + "."):
                 continue
             if state.get(n) == 1:
-                return stack[stack.index(n):] + [n]
+                return stack[stack.index(n) :] + [n]
             if state.get(n) is None:
                 found = visit(n)
                 if found:
@@ -105,8 +105,7 @@ def test_no_import_cycles():
 def test_models_and_backbones_import_only_what_lies_below(layer):
     plain = [m for m in MODULES if m == layer or m.startswith(layer + ".")]
     assert plain
-    above = ("dpt_mlx.cpu", "dpt_mlx.training", "dpt_mlx.cli", "dpt_mlx.pipelines", "dpt_mlx.predictor",
-             "dpt_mlx.ray")
+    above = ("dpt_mlx.cpu", "dpt_mlx.training", "dpt_mlx.cli", "dpt_mlx.pipelines", "dpt_mlx.predictor", "dpt_mlx.ray")
     for m in plain:
         wrong = sorted(n for n in GRAPH[m] if n.startswith(above))
         assert not wrong, f"{m} imports {wrong}"
@@ -116,16 +115,22 @@ def test_the_package_imports_neither_torch_nor_transformers():
     found = []
     for module, path in MODULES.items():
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+                else []
+            )
             found += [(module, n) for n in names if n.split(".")[0] in ("torch", "transformers")]
     assert not found, found
 
 
 def _import_alone(module: str) -> tuple[str, int, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-c", f"import {module}"], env=env, cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", f"import {module}"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     return module, out.returncode, out.stderr.strip().splitlines()[-1] if out.stderr.strip() else ""
 
 
@@ -134,3 +139,12 @@ def test_every_module_imports_on_its_own():
     with ThreadPoolExecutor(max_workers=2) as pool:
         failed = [r for r in pool.map(_import_alone, sorted(MODULES)) if r[1] != 0]
     assert not failed, failed
+
+
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["lint", "format"])
+def test_ruff_passes(command):
+    """The lint and format rules of pyproject.toml hold for the whole tree."""
+    out = subprocess.run(
+        [sys.executable, "-m", "ruff", *command, str(ROOT)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]

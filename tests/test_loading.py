@@ -6,10 +6,10 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
+from test_modeling import tiny_config
 
 import dpt_mlx
 from dpt_mlx.errors import CheckpointError, UnsupportedModelError
-from test_modeling import tiny_config
 
 
 @pytest.fixture
@@ -151,7 +151,13 @@ def test_hub_options_reach_huggingface_hub(monkeypatch, checkpoint):
         return str(checkpoint)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    dpt_mlx.DPTForDepthEstimation.from_pretrained("someone/dpt-tiny", revision="v1", token="hf_x",
-                                                  cache_dir="/tmp/c", local_files_only=True)
-    assert seen == {"repo_id": "someone/dpt-tiny", "revision": "v1", "token": "hf_x", "cache_dir": "/tmp/c",
-                    "local_files_only": True}
+    dpt_mlx.DPTForDepthEstimation.from_pretrained(
+        "someone/dpt-tiny", revision="v1", token="hf_x", cache_dir="/tmp/c", local_files_only=True
+    )
+    assert seen == {
+        "repo_id": "someone/dpt-tiny",
+        "revision": "v1",
+        "token": "hf_x",
+        "cache_dir": "/tmp/c",
+        "local_files_only": True,
+    }

@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
+from helpers import TOL, perturb, pixels
 from mlx.utils import tree_flatten
 
 import dpt_mlx
-from dpt_mlx.models import losses
 from dpt_mlx.io import weights as W
+from dpt_mlx.models import losses
 from dpt_mlx.ops import interpolate_np
-from helpers import TOL, perturb, pixels
 
 # ----------------------------------------------------------------------------------------------
 # Reference implementations, written from the papers / the authors' released loss code
@@ -115,8 +115,9 @@ def test_ssi_gradient_matches_autograd_of_released_code():
     pred, target = depth_data(seed=2)
     mask = np.isfinite(target) & (target > 0)
     p = torch.tensor(pred, dtype=torch.float64, requires_grad=True)
-    torch_ssi(p, torch.tensor(np.nan_to_num(target, nan=0, posinf=0, neginf=0), dtype=torch.float64),
-              torch.tensor(mask)).backward()
+    torch_ssi(
+        p, torch.tensor(np.nan_to_num(target, nan=0, posinf=0, neginf=0), dtype=torch.float64), torch.tensor(mask)
+    ).backward()
     got = mx.grad(lambda x: losses.scale_shift_invariant_loss(x, mx.array(target)))(mx.array(pred))
     ref = p.grad.numpy()
     assert np.abs(np.array(got) - ref).max() <= 1e-4 * np.abs(ref).max()
@@ -147,7 +148,8 @@ def test_ssi_ignores_masked_pixels():
     pred3 = pred.copy()
     pred3[invalid] = -50.0
     assert float(losses.scale_shift_invariant_loss(pred3, target)) == pytest.approx(
-        float(losses.scale_shift_invariant_loss(pred, target)), rel=1e-6)
+        float(losses.scale_shift_invariant_loss(pred, target)), rel=1e-6
+    )
     # and the gradient there is exactly 0 and finite everywhere
     g = np.array(mx.grad(lambda x: losses.scale_shift_invariant_loss(x, mx.array(target)))(mx.array(pred)))
     assert np.all(np.isfinite(g)) and np.all(g[invalid] == 0)
@@ -233,15 +235,16 @@ def test_segmentation_loss_function_matches_torch():
     labels[rng.random(labels.shape) < 0.3] = 255
     lt, at = torch.tensor(logits, requires_grad=True), torch.tensor(aux, requires_grad=True)
     size = labels.shape[1:]
-    ref = F.cross_entropy(F.interpolate(lt, size=size, mode="bilinear", align_corners=False),
-                          torch.tensor(labels), ignore_index=255)
-    ref = ref + 0.4 * F.cross_entropy(F.interpolate(at, size=size, mode="bilinear", align_corners=False),
-                                      torch.tensor(labels), ignore_index=255)
+    ref = F.cross_entropy(
+        F.interpolate(lt, size=size, mode="bilinear", align_corners=False), torch.tensor(labels), ignore_index=255
+    )
+    ref = ref + 0.4 * F.cross_entropy(
+        F.interpolate(at, size=size, mode="bilinear", align_corners=False), torch.tensor(labels), ignore_index=255
+    )
     ref.backward()
 
     def fn(lg, ax):
-        return losses.semantic_segmentation_loss(lg, mx.array(labels, dtype=mx.int32),
-                                                 ax, 255, 0.4)
+        return losses.semantic_segmentation_loss(lg, mx.array(labels, dtype=mx.int32), ax, 255, 0.4)
 
     value, (g1, g2) = mx.value_and_grad(fn, argnums=(0, 1))(mx.array(logits), mx.array(aux))
     close(value, ref.item())
@@ -277,12 +280,24 @@ def test_segmentation_labels_are_checked():
 
 
 def tiny_config(**overrides):
-    kwargs = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48,
-                  image_size=32, patch_size=8, backbone_out_indices=[0, 1, 2, 3],
-                  neck_hidden_sizes=[8, 16, 24, 32], fusion_hidden_size=16, num_labels=5,
-                  hidden_act="gelu", layer_norm_eps=1e-12, semantic_classifier_dropout=0.0,
-                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                  use_batch_norm_in_fusion_residual=True)
+    kwargs = dict(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=48,
+        image_size=32,
+        patch_size=8,
+        backbone_out_indices=[0, 1, 2, 3],
+        neck_hidden_sizes=[8, 16, 24, 32],
+        fusion_hidden_size=16,
+        num_labels=5,
+        hidden_act="gelu",
+        layer_norm_eps=1e-12,
+        semantic_classifier_dropout=0.0,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        use_batch_norm_in_fusion_residual=True,
+    )
     kwargs.update(overrides)
     config = transformers.DPTConfig(**kwargs)
     config._attn_implementation = "eager"
@@ -424,8 +439,11 @@ def test_segmentation_without_auxiliary_head_uses_main_loss(tmp_path):
     ref.train()
     ours.train()
     logits = ref(torch.from_numpy(x)).logits
-    expected = F.cross_entropy(F.interpolate(logits, size=(40, 40), mode="bilinear", align_corners=False),
-                               torch.from_numpy(labels), ignore_index=255)
+    expected = F.cross_entropy(
+        F.interpolate(logits, size=(40, 40), mode="bilinear", align_corners=False),
+        torch.from_numpy(labels),
+        ignore_index=255,
+    )
     expected.backward()
     loss, grads = nn.value_and_grad(ours, lambda m: m(x, labels=mx.array(labels)).loss)(ours)
     close(loss, expected.item(), rtol=TOL)
@@ -465,11 +483,24 @@ def test_depth_loss_and_gradients_match_torch(tmp_path):
 
 @pytest.mark.parity
 def test_depth_anything_metric_silog_gradients_match_torch(tmp_path):
-    backbone = transformers.Dinov2Config(hidden_size=24, num_hidden_layers=4, num_attention_heads=2, image_size=42,
-                                         patch_size=14, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
+    backbone = transformers.Dinov2Config(
+        hidden_size=24,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        image_size=42,
+        patch_size=14,
+        out_indices=[1, 2, 3, 4],
+        reshape_hidden_states=False,
+    )
     config = transformers.DepthAnythingConfig(
-        backbone_config=backbone, patch_size=14, reassemble_hidden_size=24, neck_hidden_sizes=[6, 12, 24, 24],
-        fusion_hidden_size=16, head_hidden_size=32, depth_estimation_type="metric", max_depth=20,
+        backbone_config=backbone,
+        patch_size=14,
+        reassemble_hidden_size=24,
+        neck_hidden_sizes=[6, 12, 24, 24],
+        fusion_hidden_size=16,
+        head_hidden_size=32,
+        depth_estimation_type="metric",
+        max_depth=20,
     )
     torch.manual_seed(3)
     ref = transformers.DepthAnythingForDepthEstimation(config)

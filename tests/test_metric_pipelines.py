@@ -16,8 +16,15 @@ from dpt_mlx import pipeline
 from dpt_mlx.cli.predict import main
 
 # What the hub's Prompt Depth Anything preprocessor_config.json holds, at the reduced size of the tests.
-PDA_PROCESSOR = dict(size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14, resample=3,
-                     image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225], prompt_scale_to_meter=0.001)
+PDA_PROCESSOR = dict(
+    size={"height": 56, "width": 56},
+    keep_aspect_ratio=True,
+    ensure_multiple_of=14,
+    resample=3,
+    image_mean=[0.485, 0.456, 0.406],
+    image_std=[0.229, 0.224, 0.225],
+    prompt_scale_to_meter=0.001,
+)
 TOL = 1e-4
 
 
@@ -51,8 +58,11 @@ def pda(tmp_path_factory):
 
 def pda_reference(pda, image, prompt):
     _, ref, processor = pda
-    inputs = processor(images=image, prompt_depth=prompt, return_tensors="pt") if prompt is not None else (
-        processor(images=image, return_tensors="pt"))
+    inputs = (
+        processor(images=image, prompt_depth=prompt, return_tensors="pt")
+        if prompt is not None
+        else (processor(images=image, return_tensors="pt"))
+    )
     with torch.no_grad():
         out = ref(**inputs)
     done = processor.post_process_depth_estimation(out, target_sizes=[(image.height, image.width)])
@@ -75,8 +85,9 @@ def test_pda_pipeline_with_prompt_matches_transformers(pda, tmp_path):
     assert close(pipe(image, prompt_depth=str(tmp_path / "lidar.png"))["predicted_depth"], expected)
     assert close(pipe(image, prompt_depth=tmp_path / "lidar.npy")["predicted_depth"], expected)
     # Metres in an array: prompt_scale_to_meter=1.
-    assert close(pipe(image, prompt_depth=prompt.astype(np.float32) / 1000, prompt_scale_to_meter=1)
-                 ["predicted_depth"], expected)
+    assert close(
+        pipe(image, prompt_depth=prompt.astype(np.float32) / 1000, prompt_scale_to_meter=1)["predicted_depth"], expected
+    )
     # The output is metres in the prompt's range, not the head's (0, 1).
     assert got["predicted_depth"].max() > 1.0
 
@@ -113,8 +124,20 @@ def test_cli_prompt_depth_files_and_folders(pda, tmp_path, capsys):
         prompt = lidar_mm(18, 24, seed=i)
         Image.fromarray(prompt).save(prompts / f"{name}.png")
         expected[name] = pda_reference(pda, Image.open(photos / f"{name}.png"), prompt)
-    code = main(["--model", str(root), "--input-dir", str(photos), "--prompt-depth", str(prompts),
-                 "--format", "npy", "--output-dir", str(out)])
+    code = main(
+        [
+            "--model",
+            str(root),
+            "--input-dir",
+            str(photos),
+            "--prompt-depth",
+            str(prompts),
+            "--format",
+            "npy",
+            "--output-dir",
+            str(out),
+        ]
+    )
     assert code == 0
     text = capsys.readouterr().out
     assert "metres" in text
@@ -122,8 +145,22 @@ def test_cli_prompt_depth_files_and_folders(pda, tmp_path, capsys):
         assert close(np.load(out / f"{name}_depth.npy"), expected[name])
     # One file per image, in order; a millimetre .npy with --prompt-depth-scale 0.001.
     np.save(tmp_path / "a_mm.npy", lidar_mm(18, 24, seed=0).astype(np.float32))
-    code = main(["--model", str(root), "--image", str(photos / "a.png"), "--prompt-depth", str(tmp_path / "a_mm.npy"),
-                 "--prompt-depth-scale", "0.001", "--format", "npy", "--output", str(tmp_path / "a.npy")])
+    code = main(
+        [
+            "--model",
+            str(root),
+            "--image",
+            str(photos / "a.png"),
+            "--prompt-depth",
+            str(tmp_path / "a_mm.npy"),
+            "--prompt-depth-scale",
+            "0.001",
+            "--format",
+            "npy",
+            "--output",
+            str(tmp_path / "a.npy"),
+        ]
+    )
     assert code == 0 and close(np.load(tmp_path / "a.npy"), expected["a"])
 
 
@@ -137,12 +174,16 @@ def test_cli_prompt_depth_errors(pda, tmp_path, capsys):
     np.save(prompts / "b.npy", np.full((8, 8), np.nan, np.float32))
     args = ["--model", str(root), "--format", "npy", "--output-dir", str(tmp_path / "out")]
     # One image's prompt is unusable: it fails alone (exit 1), the other is written.
-    assert main(args + ["--image", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--prompt-depth", str(prompts)]) == 1
+    assert (
+        main(args + ["--image", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--prompt-depth", str(prompts)]) == 1
+    )
     err = capsys.readouterr().err
     assert "NaN" in err and (tmp_path / "out" / "a_depth.npy").exists()
     # A count mismatch, a missing file, a model without prompts: nothing done (exit 2), one line.
-    for extra in (["--image", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--prompt-depth", str(prompts / "a.png")],
-                  ["--image", str(tmp_path / "a.png"), "--prompt-depth", str(tmp_path / "none.png")]):
+    for extra in (
+        ["--image", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--prompt-depth", str(prompts / "a.png")],
+        ["--image", str(tmp_path / "a.png"), "--prompt-depth", str(tmp_path / "none.png")],
+    ):
         assert main(args + extra + ["--overwrite"]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "--prompt-depth" in err
@@ -167,8 +208,15 @@ def test_flip_tta_averages_the_mirrored_prediction(pda):
 # ZoeDepth
 
 # Intel/zoedepth-nyu-kitti's preprocessor_config.json at the tests' size (patch 8 instead of 16).
-ZOE_PROCESSOR = dict(do_pad=True, size={"height": 32, "width": 40}, keep_aspect_ratio=True, ensure_multiple_of=8,
-                     resample=2, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+ZOE_PROCESSOR = dict(
+    do_pad=True,
+    size={"height": 32, "width": 40},
+    keep_aspect_ratio=True,
+    ensure_multiple_of=8,
+    resample=2,
+    image_mean=[0.5, 0.5, 0.5],
+    image_std=[0.5, 0.5, 0.5],
+)
 
 
 @pytest.fixture(scope="module")
@@ -194,8 +242,9 @@ def zoe_reference(zoe, image, flip=False):
     with torch.no_grad():
         out = ref(**inputs)
         flipped = ref(pixel_values=torch.flip(inputs["pixel_values"], dims=[-1])) if flip else None
-    done = processor.post_process_depth_estimation(out, source_sizes=[(image.height, image.width)],
-                                                   outputs_flipped=flipped)
+    done = processor.post_process_depth_estimation(
+        out, source_sizes=[(image.height, image.width)], outputs_flipped=flipped
+    )
     return done[0]["predicted_depth"].numpy()
 
 
@@ -207,11 +256,29 @@ def test_zoedepth_cli_equals_transformers_pipeline(zoe, tmp_path, capsys):
         Image.fromarray(photo(h, w, seed=20 + i)).save(path)
         theirs = transformers.pipeline("depth-estimation", model=str(root))(str(path))["predicted_depth"].numpy()
         assert theirs.shape == (h, w) and close(theirs, zoe_reference(zoe, Image.open(path)))
-        assert main(["--model", str(root), "--image", str(path), "--format", "npy",
-                     "--output", str(tmp_path / f"d{i}.npy")]) == 0
+        assert (
+            main(
+                ["--model", str(root), "--image", str(path), "--format", "npy", "--output", str(tmp_path / f"d{i}.npy")]
+            )
+            == 0
+        )
         assert close(np.load(tmp_path / f"d{i}.npy"), theirs)
-        assert main(["--model", str(root), "--image", str(path), "--format", "npy", "--flip-tta",
-                     "--output", str(tmp_path / f"f{i}.npy")]) == 0
+        assert (
+            main(
+                [
+                    "--model",
+                    str(root),
+                    "--image",
+                    str(path),
+                    "--format",
+                    "npy",
+                    "--flip-tta",
+                    "--output",
+                    str(tmp_path / f"f{i}.npy"),
+                ]
+            )
+            == 0
+        )
         flipped = np.load(tmp_path / f"f{i}.npy")
         assert close(flipped, zoe_reference(zoe, Image.open(path), flip=True)) and not close(flipped, theirs, 1e-3)
     text = capsys.readouterr().out
@@ -227,6 +294,21 @@ def test_zoedepth_pipeline_batches_and_point_clouds(zoe, tmp_path):
         assert close(out["predicted_depth"], zoe_reference(zoe, image, flip=True))
     images[0].save(tmp_path / "room.png")
     # Metric: a point cloud without --depth-kind.
-    assert main(["--model", str(root), "--image", str(tmp_path / "room.png"), "--format", "ply",
-                 "--fov", "60", "--output-dir", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                str(root),
+                "--image",
+                str(tmp_path / "room.png"),
+                "--format",
+                "ply",
+                "--fov",
+                "60",
+                "--output-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "room_points.ply").stat().st_size > 60 * 80 * 15

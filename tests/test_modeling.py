@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from helpers import TOL, keep_depth_positive, perturb, pixels, rel_err
 
 import dpt_mlx
 from dpt_mlx.io.convert import convert
-from helpers import TOL, keep_depth_positive, perturb, pixels, rel_err
 
 pytestmark = pytest.mark.parity
 
@@ -15,10 +15,20 @@ PATCH = 8
 
 
 def tiny_config(**overrides):
-    kwargs = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48,
-                  image_size=32, patch_size=PATCH, backbone_out_indices=[0, 1, 2, 3],
-                  neck_hidden_sizes=[8, 16, 24, 32], fusion_hidden_size=16, num_labels=5,
-                  hidden_act="gelu", layer_norm_eps=1e-12)
+    kwargs = dict(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=48,
+        image_size=32,
+        patch_size=PATCH,
+        backbone_out_indices=[0, 1, 2, 3],
+        neck_hidden_sizes=[8, 16, 24, 32],
+        fusion_hidden_size=16,
+        num_labels=5,
+        hidden_act="gelu",
+        layer_norm_eps=1e-12,
+    )
     kwargs.update(overrides)
     config = transformers.DPTConfig(**kwargs)
     config._attn_implementation = "eager"  # SDPA returns no attention probabilities
@@ -96,8 +106,16 @@ def test_size_other_than_config_image_size(tmp_path):
 
 
 def test_add_projection_with_batch_norm_residuals(tmp_path):
-    ref = make(transformers.DPTForDepthEstimation, tmp_path, seed=3, add_projection=True, fusion_hidden_size=256,
-               use_batch_norm_in_fusion_residual=True, readout_type="project", reassemble_factors=[4, 2, 1, 0.25])
+    ref = make(
+        transformers.DPTForDepthEstimation,
+        tmp_path,
+        seed=3,
+        add_projection=True,
+        fusion_hidden_size=256,
+        use_batch_norm_in_fusion_residual=True,
+        readout_type="project",
+        reassemble_factors=[4, 2, 1, 0.25],
+    )
     ours = dpt_mlx.DPTForDepthEstimation.from_pretrained(tmp_path)
     x = pixels(2, 32, 40, seed=3)
     expected, _ = ref_true_grid(ref, x)
@@ -110,8 +128,14 @@ def test_add_projection_with_batch_norm_residuals(tmp_path):
 
 @pytest.mark.parametrize("aux", [True, False])
 def test_segmentation(tmp_path, aux):
-    ref = make(transformers.DPTForSemanticSegmentation, tmp_path, seed=5, use_auxiliary_head=aux,
-               use_batch_norm_in_fusion_residual=aux, head_in_index=-1 if aux else -2)
+    ref = make(
+        transformers.DPTForSemanticSegmentation,
+        tmp_path,
+        seed=5,
+        use_auxiliary_head=aux,
+        use_batch_norm_in_fusion_residual=aux,
+        head_in_index=-1 if aux else -2,
+    )
     ours = dpt_mlx.DPTForSemanticSegmentation.from_pretrained(tmp_path)
     x = pixels(2, 32, 32, seed=5)
     with torch.no_grad():

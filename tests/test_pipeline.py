@@ -15,15 +15,24 @@ from PIL import Image
 
 import dpt_mlx
 from dpt_mlx import pipeline
-from dpt_mlx.processing.image_processor import DPTImageProcessor
 from dpt_mlx.errors import ImageError
-from dpt_mlx.processing.postprocess import segment
 from dpt_mlx.pipelines import DEFAULT_MODELS, load_image
+from dpt_mlx.processing.image_processor import DPTImageProcessor
+from dpt_mlx.processing.postprocess import segment
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "examples" / "images" / "coffee.jpg"
-TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37, image_size=32,
-            patch_size=8, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 24, 32], fusion_hidden_size=16)
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=37,
+    image_size=32,
+    patch_size=8,
+    backbone_out_indices=[0, 1, 2, 3],
+    neck_hidden_sizes=[8, 16, 24, 32],
+    fusion_hidden_size=16,
+)
 
 
 @pytest.fixture(scope="module")
@@ -185,8 +194,12 @@ def test_load_image(tmp_path):
     # problems are one-line ImageErrors (DPTError, ValueError)
     (tmp_path / "bad.jpg").write_bytes(b"nope")
     (tmp_path / "cut.jpg").write_bytes(PHOTO.read_bytes()[:4000])
-    for path, words in ((tmp_path / "missing.jpg", "no such image file"), (tmp_path / "bad.jpg", "not an image"),
-                        (tmp_path / "cut.jpg", "corrupt or incomplete"), (tmp_path, "is a directory")):
+    for path, words in (
+        (tmp_path / "missing.jpg", "no such image file"),
+        (tmp_path / "bad.jpg", "not an image"),
+        (tmp_path / "cut.jpg", "corrupt or incomplete"),
+        (tmp_path, "is a directory"),
+    ):
         with pytest.raises(ImageError, match=words) as info:
             load_image(path)
         assert "\n" not in str(info.value) and isinstance(info.value, dpt_mlx.DPTError)
@@ -194,9 +207,8 @@ def test_load_image(tmp_path):
 
 def test_banded_segmentation_equals_resize_then_argmax(monkeypatch):
 
-    from dpt_mlx.ops import interpolate_np
-
     import dpt_mlx.processing.postprocess as module
+    from dpt_mlx.ops import interpolate_np
 
     logits = np.random.default_rng(0).standard_normal((7, 12, 17)).astype(np.float32)
     reference = interpolate_np(logits, (50, 41), "bilinear", align_corners=False).argmax(axis=0)

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from helpers import perturb
 from PIL import Image
 from plyfile import PlyData
+from test_depth_anything import depth_anything_config
 
 from dpt_mlx import depth_to_points
 from dpt_mlx.cli.predict import main
 from dpt_mlx.processing.images import load_image
 from dpt_mlx.processing.points import camera_intrinsics, focal_from_fov, save_ply
-from helpers import perturb
-from test_depth_anything import depth_anything_config
 
 PHOTO = Path(__file__).resolve().parents[1] / "examples" / "images" / "coffee.jpg"
 
@@ -48,8 +48,9 @@ def test_back_projection_matches_a_per_pixel_loop():
     assert points.dtype == np.float32 and points.shape == (7 * 11 - 4, 3)
     np.testing.assert_allclose(points, _loop_points(depth, 9.0, 13.0, 4.0, 3.5), rtol=1e-6, atol=1e-6)
     # default principal point: the centre; one focal length for both axes
-    np.testing.assert_allclose(depth_to_points(depth, focal_length=20.0), _loop_points(depth, 20, 20, 5.5, 3.5),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        depth_to_points(depth, focal_length=20.0), _loop_points(depth, 20, 20, 5.5, 3.5), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_vertex_count_is_valid_pixels_and_colours_come_from_the_photo():
@@ -73,8 +74,13 @@ def test_fov_math():
     expected = _loop_points(depth, 5.5, 5.5, 5.5, 3.5)  # 90 degrees over 11 pixels: fx = 5.5
     np.testing.assert_allclose(depth_to_points(depth, fov=90), expected, rtol=1e-6, atol=1e-6)
     camera = camera_intrinsics(PHOTO, 640, fov=90, height=480)
-    assert (camera.fx, camera.fy, camera.cx, camera.cy, camera.source) == (pytest.approx(320), pytest.approx(320),
-                                                                           320, 240, "--fov")
+    assert (camera.fx, camera.fy, camera.cx, camera.cy, camera.source) == (
+        pytest.approx(320),
+        pytest.approx(320),
+        320,
+        240,
+        "--fov",
+    )
     camera = camera_intrinsics(PHOTO, 640, focal_length=500, height=480)
     assert (camera.fx, camera.source) == (500, "--focal-length")
     with pytest.raises(ValueError, match="not both"):
@@ -94,8 +100,12 @@ def test_exif_focal_length(tmp_path):
     f35 = _jpeg(tmp_path / "f35.jpg", **{"0xA405": 28})
     camera = camera_intrinsics(f35, 120)
     assert camera.source == "EXIF FocalLengthIn35mmFilm"
-    assert (camera.fx, camera.fy, camera.cx, camera.cy) == (pytest.approx(28 / 36 * 120), pytest.approx(28 / 36 * 120),
-                                                            60, 40)
+    assert (camera.fx, camera.fy, camera.cx, camera.cy) == (
+        pytest.approx(28 / 36 * 120),
+        pytest.approx(28 / 36 * 120),
+        60,
+        40,
+    )
     # a portrait photo: the 36 mm side is the longer side, here the height
     portrait = _jpeg(tmp_path / "portrait.jpg", size=(80, 120), **{"0xA405": 28})
     assert camera_intrinsics(portrait, 80).fx == pytest.approx(28 / 36 * 120)
@@ -159,8 +169,21 @@ def _read_ply(path):
 
 
 def test_cli_metric_ply_equals_depth_to_points_of_the_npy(models, tmp_path, capsys):
-    code, out, err = _run(["--model", models["metric"], "--image", models["photo"], "--format", "ply,npy",
-                           "--focal-length", 500, "--output-dir", tmp_path], capsys)
+    code, out, err = _run(
+        [
+            "--model",
+            models["metric"],
+            "--image",
+            models["photo"],
+            "--format",
+            "ply,npy",
+            "--focal-length",
+            500,
+            "--output-dir",
+            tmp_path,
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "fx = fy = 500 px" in out and "from --focal-length" in out
     depth = np.load(tmp_path / "photo_depth.npy")
@@ -174,16 +197,56 @@ def test_cli_metric_ply_equals_depth_to_points_of_the_npy(models, tmp_path, caps
     np.testing.assert_allclose(xyz, _loop_points(depth, 500, 500, 22.5, 15.5), rtol=1e-6, atol=1e-7)
 
     # an existing file is kept without --overwrite, replaced with it; --skip-existing skips the image
-    code, _, err = _run(["--model", models["metric"], "--image", models["photo"], "--format", "ply",
-                         "--output-dir", tmp_path, "--fov", 90], capsys)
+    code, _, err = _run(
+        [
+            "--model",
+            models["metric"],
+            "--image",
+            models["photo"],
+            "--format",
+            "ply",
+            "--output-dir",
+            tmp_path,
+            "--fov",
+            90,
+        ],
+        capsys,
+    )
     assert code == 2 and "photo_points.ply exists; pass --overwrite" in err
-    code, out, _ = _run(["--model", models["metric"], "--image", models["photo"], "--format", "ply",
-                         "--output-dir", tmp_path, "--fov", 90, "--overwrite"], capsys)
+    code, out, _ = _run(
+        [
+            "--model",
+            models["metric"],
+            "--image",
+            models["photo"],
+            "--format",
+            "ply",
+            "--output-dir",
+            tmp_path,
+            "--fov",
+            90,
+            "--overwrite",
+        ],
+        capsys,
+    )
     assert code == 0 and "from --fov" in out
-    np.testing.assert_allclose(_read_ply(tmp_path / "photo_points.ply")[0],
-                               depth_to_points(depth, focal_length=22.5), rtol=1e-6)
-    code, out, _ = _run(["--model", models["metric"], "--image", models["photo"], "--format", "ply",
-                         "--output-dir", tmp_path, "--skip-existing"], capsys)
+    np.testing.assert_allclose(
+        _read_ply(tmp_path / "photo_points.ply")[0], depth_to_points(depth, focal_length=22.5), rtol=1e-6
+    )
+    code, out, _ = _run(
+        [
+            "--model",
+            models["metric"],
+            "--image",
+            models["photo"],
+            "--format",
+            "ply",
+            "--output-dir",
+            tmp_path,
+            "--skip-existing",
+        ],
+        capsys,
+    )
     assert code == 0 and "1 image skipped" in out
 
 
@@ -215,7 +278,8 @@ def test_cli_without_plyfile_says_how_to_install(models, tmp_path, capsys, monke
     import sys
 
     monkeypatch.setitem(sys.modules, "plyfile", None)  # import plyfile -> ImportError
-    code, _, err = _run(["--model", models["metric"], "--image", models["photo"], "--format", "ply",
-                         "--output-dir", tmp_path], capsys)
+    code, _, err = _run(
+        ["--model", models["metric"], "--image", models["photo"], "--format", "ply", "--output-dir", tmp_path], capsys
+    )
     assert code == 2
     assert err.strip().count("\n") == 0 and 'pip install "dpt_mlx[3d]"' in err

@@ -27,26 +27,51 @@ pytestmark = pytest.mark.parity  # on both paths: the half-precision layers diff
 
 
 def dpt_config(**overrides) -> transformers.DPTConfig:
-    kwargs = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128, image_size=32,
-                  patch_size=8, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[16, 32, 64, 64],
-                  fusion_hidden_size=32, num_labels=5, layer_norm_eps=1e-12)
+    kwargs = dict(
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+        image_size=32,
+        patch_size=8,
+        backbone_out_indices=[0, 1, 2, 3],
+        neck_hidden_sizes=[16, 32, 64, 64],
+        fusion_hidden_size=32,
+        num_labels=5,
+        layer_norm_eps=1e-12,
+    )
     kwargs.update(overrides)
     return transformers.DPTConfig(**kwargs)
 
 
 def depth_anything_config() -> transformers.DepthAnythingConfig:
-    backbone = transformers.Dinov2Config(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, image_size=42,
-                                         patch_size=14, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
-    return transformers.DepthAnythingConfig(backbone_config=backbone, patch_size=14, reassemble_hidden_size=64,
-                                            neck_hidden_sizes=[16, 32, 64, 64], fusion_hidden_size=32,
-                                            head_hidden_size=16)
+    backbone = transformers.Dinov2Config(
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        image_size=42,
+        patch_size=14,
+        out_indices=[1, 2, 3, 4],
+        reshape_hidden_states=False,
+    )
+    return transformers.DepthAnythingConfig(
+        backbone_config=backbone,
+        patch_size=14,
+        reassemble_hidden_size=64,
+        neck_hidden_sizes=[16, 32, 64, 64],
+        fusion_hidden_size=32,
+        head_hidden_size=16,
+    )
 
 
 # kind -> (reference class, config, input size)
 KINDS = {
     "dpt": (transformers.DPTForDepthEstimation, lambda: dpt_config(), (32, 32)),  # the reference's DPT: square
-    "dpt-segmentation-bn": (transformers.DPTForSemanticSegmentation,
-                            lambda: dpt_config(use_batch_norm_in_fusion_residual=True), (32, 32)),
+    "dpt-segmentation-bn": (
+        transformers.DPTForSemanticSegmentation,
+        lambda: dpt_config(use_batch_norm_in_fusion_residual=True),
+        (32, 32),
+    ),
     "depth-anything": (transformers.DepthAnythingForDepthEstimation, depth_anything_config, (42, 56)),
 }
 

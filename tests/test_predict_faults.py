@@ -33,8 +33,17 @@ from dpt_mlx.processing import visualize
 from dpt_mlx.processing.images import load_image
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37, image_size=32,
-            patch_size=8, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 24, 32], fusion_hidden_size=16)
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=37,
+    image_size=32,
+    patch_size=8,
+    backbone_out_indices=[0, 1, 2, 3],
+    neck_hidden_sizes=[8, 16, 24, 32],
+    fusion_hidden_size=16,
+)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +92,7 @@ def _one_error(err: str) -> str:
 def _header(path: Path) -> tuple[dict, bytes]:
     data = path.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8:8 + n]), data[8 + n:]
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
 
 
 def _write(path: Path, header: dict, body: bytes) -> None:
@@ -100,7 +109,7 @@ def test_file_cut_short_is_named_damaged(checkpoint, cut):
     f = checkpoint / "model.safetensors"
     data = f.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
-    f.write_bytes(data[:{"length": 5, "header": 8 + n // 2, "data": 8 + n + 100}[cut]])
+    f.write_bytes(data[: {"length": 5, "header": 8 + n // 2, "data": 8 + n + 100}[cut]])
     with pytest.raises(CheckpointError, match=r"model\.safetensors: the file is damaged \(.*cut short"):
         dpt_mlx.load_model(checkpoint)
 
@@ -257,15 +266,22 @@ def silent_hub():
 def _predict(args, env, timeout=120):
     env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "dpt_mlx.generate", *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpt_mlx.generate", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return proc, time.perf_counter() - start
 
 
 def test_hub_that_does_not_answer_fails_fast_in_one_line(silent_hub, photo, tmp_path):
-    proc, seconds = _predict(["--model", "some-org/some-model", "--image", photo, "--output-dir", tmp_path / "out"],
-                             {"HF_ENDPOINT": silent_hub, "HF_HUB_ETAG_TIMEOUT": "1", "HF_HUB_CACHE": tmp_path / "c",
-                              "HF_HUB_OFFLINE": "0"}, timeout=60)
+    proc, seconds = _predict(
+        ["--model", "some-org/some-model", "--image", photo, "--output-dir", tmp_path / "out"],
+        {"HF_ENDPOINT": silent_hub, "HF_HUB_ETAG_TIMEOUT": "1", "HF_HUB_CACHE": tmp_path / "c", "HF_HUB_OFFLINE": "0"},
+        timeout=60,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "no answer within 1 s" in _one_error(proc.stderr) and seconds < 30
 
@@ -277,9 +293,11 @@ def test_hub_that_does_not_answer_falls_back_to_the_cache(silent_hub, photo, tmp
     shutil.copytree(saved / "depth", repo / "snapshots" / sha)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(sha)
-    proc, _ = _predict(["--model", "some-org/tiny-dpt", "--image", photo, "--output-dir", tmp_path / "out"],
-                       {"HF_ENDPOINT": silent_hub, "HF_HUB_ETAG_TIMEOUT": "1", "HF_HUB_CACHE": cache,
-                        "HF_HUB_OFFLINE": "0"}, timeout=60)
+    proc, _ = _predict(
+        ["--model", "some-org/tiny-dpt", "--image", photo, "--output-dir", tmp_path / "out"],
+        {"HF_ENDPOINT": silent_hub, "HF_HUB_ETAG_TIMEOUT": "1", "HF_HUB_CACHE": cache, "HF_HUB_OFFLINE": "0"},
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out" / "photo_depth.png").is_file()
 
@@ -302,8 +320,12 @@ def test_decompression_bomb_is_one_line(tmp_path, checkpoint, capsys):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+    bomb.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+        + chunk(b"IEND", b"")
+    )
     code, _, err = _run(["--model", checkpoint, "--image", bomb, "--output-dir", tmp_path / "out"], capsys)
     assert code == 2 and "too large to open safely" in _one_error(err)
 
@@ -354,16 +376,16 @@ def test_full_disk_leaves_no_file_of_a_failed_image(checkpoint, photo, tmp_path,
     other = tmp_path / "other.png"
     shutil.copy(photo, other)
     out = tmp_path / "out"
-    code, _, err = _run(["--model", checkpoint, "--image", photo, other, "--output-dir", out, "--format", "png,npy"],
-                        capsys)
+    code, _, err = _run(
+        ["--model", checkpoint, "--image", photo, other, "--output-dir", out, "--format", "png,npy"], capsys
+    )
     assert code == 2
     lines = err.strip().split("\n")
     assert len(lines) == 3 and all("No space left on device" in line for line in lines[:2]), lines
     assert sorted(os.listdir(out)) == []
 
 
-def test_interruption_while_writing_an_image_leaves_none_of_its_files(checkpoint, photo, tmp_path, capsys,
-                                                                      monkeypatch):
+def test_interruption_while_writing_an_image_leaves_none_of_its_files(checkpoint, photo, tmp_path, capsys, monkeypatch):
     _failing_writer(monkeypatch, 2, KeyboardInterrupt())
     out = tmp_path / "out"
     code, _, err = _run(["--model", checkpoint, "--image", photo, "--output-dir", out, "--format", "png,npy"], capsys)

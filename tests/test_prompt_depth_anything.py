@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from helpers import TOL, open_final_relu, perturb, pixels, rel_err
 
 import dpt_mlx
 from dpt_mlx.config import DepthAnythingConfig, PromptDepthAnythingConfig, config_from_dict
 from dpt_mlx.io.quantize import quantize_model
-from helpers import TOL, open_final_relu, perturb, pixels, rel_err
 
 # The hub checkpoints at reduced width, with their layer count, out_indices and flags (transformers'
 # convert_prompt_depth_anything_to_hf.py: Dinov2Config of facebook/dinov2-small / -large, apply_layernorm,
@@ -26,8 +26,15 @@ from helpers import TOL, open_final_relu, perturb, pixels, rel_err
 VARIANTS = {
     "vits": dict(hidden=24, layers=12, out_indices=[3, 6, 9, 12], neck=[6, 12, 24, 24], image_size=42),
     "vitl": dict(hidden=32, layers=24, out_indices=[5, 12, 18, 24], neck=[8, 16, 32, 32], image_size=518),
-    "vits-relative": dict(hidden=24, layers=12, out_indices=[3, 6, 9, 12], neck=[6, 12, 24, 24], image_size=42,
-                          depth_estimation_type="relative", max_depth=1),
+    "vits-relative": dict(
+        hidden=24,
+        layers=12,
+        out_indices=[3, 6, 9, 12],
+        neck=[6, 12, 24, 24],
+        image_size=42,
+        depth_estimation_type="relative",
+        max_depth=1,
+    ),
 }
 # (image H, W, prompt h, w): square; non-square with an iPhone-LiDAR-like 192x256 prompt; a size that is no
 # multiple of 14 (output 56x28) with a small non-square prompt; a prompt smaller than the coarsest map.
@@ -36,13 +43,25 @@ CASES = [(42, 42, 42, 42), (42, 56, 192, 256), (57, 29, 9, 5), (28, 42, 1, 2)]
 
 def pda_config(hidden, layers, out_indices, neck, image_size, depth_estimation_type="metric", max_depth=None):
     backbone = transformers.Dinov2Config(
-        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=4 * hidden,
-        image_size=image_size, patch_size=14, out_indices=out_indices, apply_layernorm=True,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=4 * hidden,
+        image_size=image_size,
+        patch_size=14,
+        out_indices=out_indices,
+        apply_layernorm=True,
         reshape_hidden_states=False,
     )
     return transformers.PromptDepthAnythingConfig(
-        backbone_config=backbone, patch_size=14, reassemble_hidden_size=hidden, neck_hidden_sizes=neck,
-        fusion_hidden_size=16, head_hidden_size=32, depth_estimation_type=depth_estimation_type, max_depth=max_depth,
+        backbone_config=backbone,
+        patch_size=14,
+        reassemble_hidden_size=hidden,
+        neck_hidden_sizes=neck,
+        fusion_hidden_size=16,
+        head_hidden_size=32,
+        depth_estimation_type=depth_estimation_type,
+        max_depth=max_depth,
     )
 
 
@@ -159,7 +178,7 @@ def test_batch_normalises_each_prompt_on_its_own(checkpoints):
     x, p = pixels(2, 42, 56, seed=3), prompts(2, 192, 256, seed=3)
     batch = np.array(ours(x, prompt_depth=p).predicted_depth)
     for i in range(2):
-        alone = np.array(ours(x[i:i + 1], prompt_depth=p[i:i + 1]).predicted_depth)[0]
+        alone = np.array(ours(x[i : i + 1], prompt_depth=p[i : i + 1]).predicted_depth)[0]
         assert np.abs(alone - batch[i]).max() <= TOL * np.ptp(batch[i])
     q = p.copy()
     q[1] = 3.0 * q[1] + 0.7  # e.g. another unit and an offset
@@ -178,8 +197,9 @@ def test_mlx_round_trip_and_null_max_depth(checkpoints, tmp_path):
     again = dpt_mlx.load_model(tmp_path / "mlx")
     assert type(again) is dpt_mlx.PromptDepthAnythingForDepthEstimation
     x, p = pixels(1, 28, 42), prompts(1, 12, 16)
-    assert np.array_equal(np.array(again(x, prompt_depth=p).predicted_depth),
-                          np.array(ours(x, prompt_depth=p).predicted_depth))
+    assert np.array_equal(
+        np.array(again(x, prompt_depth=p).predicted_depth), np.array(ours(x, prompt_depth=p).predicted_depth)
+    )
 
 
 # max|half - ref| over each image's output range, measured on this input (default / portable CPU path):
@@ -217,13 +237,16 @@ def test_quantized_model_stays_close(checkpoints, bits):
     assert 0 < err <= Q_BOUND[bits]
 
 
-@pytest.mark.parametrize("shape, message", [
-    ((2, 8, 8), r"\(2, 1, height, width\).*\(2, 8, 8\)"),  # no channel axis
-    ((2, 2, 8, 8), r"got \(2, 2, 8, 8\)"),  # two channels
-    ((1, 1, 8, 8), r"for 2 image\(s\)"),  # a batch of 1 for 2 images
-    ((3, 1, 8, 8), r"got \(3, 1, 8, 8\)"),
-    ((2, 1, 0, 8), r"got \(2, 1, 0, 8\)"),
-])
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((2, 8, 8), r"\(2, 1, height, width\).*\(2, 8, 8\)"),  # no channel axis
+        ((2, 2, 8, 8), r"got \(2, 2, 8, 8\)"),  # two channels
+        ((1, 1, 8, 8), r"for 2 image\(s\)"),  # a batch of 1 for 2 images
+        ((3, 1, 8, 8), r"got \(3, 1, 8, 8\)"),
+        ((2, 1, 0, 8), r"got \(2, 1, 0, 8\)"),
+    ],
+)
 def test_bad_prompt_shapes(checkpoints, shape, message):
     model = dpt_mlx.load_model(checkpoints["vits"][1])
     with pytest.raises(ValueError, match=message):
@@ -252,8 +275,16 @@ def test_labels_give_a_loss(checkpoints):
 
 def test_config_defaults_match_reference():
     ref, ours = transformers.PromptDepthAnythingConfig(), PromptDepthAnythingConfig()
-    for name in ("patch_size", "reassemble_hidden_size", "fusion_hidden_size", "head_in_index", "head_hidden_size",
-                 "depth_estimation_type", "max_depth", "model_type"):
+    for name in (
+        "patch_size",
+        "reassemble_hidden_size",
+        "fusion_hidden_size",
+        "head_in_index",
+        "head_hidden_size",
+        "depth_estimation_type",
+        "max_depth",
+        "model_type",
+    ):
         assert getattr(ours, name) == getattr(ref, name), name
     assert ours.reassemble_factors == list(ref.reassemble_factors)
     assert ours.neck_hidden_sizes == list(ref.neck_hidden_sizes)

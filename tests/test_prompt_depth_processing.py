@@ -37,13 +37,26 @@ CONFIGS = {
     "hub": {k: v for k, v in HUB.items() if k != "image_processor_type"},
     "class-defaults": {},
     "padded": {"do_resize": False, "do_pad": True, "size_divisor": 14},
-    "bilinear-pad-after-resize": {"size": {"height": 190, "width": 250}, "resample": 2, "do_pad": True,
-                                  "size_divisor": 32},
+    "bilinear-pad-after-resize": {
+        "size": {"height": 190, "width": 250},
+        "resample": 2,
+        "do_pad": True,
+        "size_divisor": 32,
+    },
 }
 # The reference never converts to RGB, so it is given RGB images only; tiny ones too.
 RGB_INPUTS = {
-    **{name: INPUTS[name] for name in ("rgb_pil_333x517", "rgb_pil_portrait", "numpy_hwc_uint8", "numpy_chw_float",
-                                       "numpy_hwc_float64", "numpy_hwc_float_fractional")},
+    **{
+        name: INPUTS[name]
+        for name in (
+            "rgb_pil_333x517",
+            "rgb_pil_portrait",
+            "numpy_hwc_uint8",
+            "numpy_chw_float",
+            "numpy_hwc_float64",
+            "numpy_hwc_float_fractional",
+        )
+    },
     # PIL: a (1, 1, 3) array reads as one channel of 1x3 pixels in the reference, as any (1, H, W).
     "1x1": lambda: Image.fromarray(photo(1, 1)),
     "2x3": lambda: photo(2, 3, seed=1),
@@ -128,8 +141,10 @@ def test_prompt_depth_matches_reference(prompt_name):
 @pytest.mark.parity
 def test_prompt_batches():
     images = [photo(120, 160), photo(97, 131, seed=1)]
-    prompts = [(metres(48, 64) * 1000).astype(np.uint16), Image.fromarray((metres(30, 41, seed=1) * 1000)
-                                                                          .astype(np.uint16))]
+    prompts = [
+        (metres(48, 64) * 1000).astype(np.uint16),
+        Image.fromarray((metres(30, 41, seed=1) * 1000).astype(np.uint16)),
+    ]
     reference = PromptDepthAnythingImageProcessorPil(**CONFIGS["hub"])
     processor = PromptDepthAnythingImageProcessor(**CONFIGS["hub"])
     expected = reference(images, prompt_depth=prompts, return_tensors=None)
@@ -140,10 +155,12 @@ def test_prompt_batches():
         processor(images, prompt_depth=prompts, size=100, keep_aspect_ratio=False)
     # A (B, h, w) array is a batch of prompts; same sizes stack into (B, 1, h, w).
     stacked = np.stack([metres(40, 50, seed=s) for s in range(2)])
-    expected = reference(images, prompt_depth=stacked, return_tensors="np", keep_aspect_ratio=False,
-                         prompt_scale_to_meter=1.0)
-    ours = processor(images, prompt_depth=stacked, return_tensors="mlx", keep_aspect_ratio=False,
-                     prompt_scale_to_meter=1.0)
+    expected = reference(
+        images, prompt_depth=stacked, return_tensors="np", keep_aspect_ratio=False, prompt_scale_to_meter=1.0
+    )
+    ours = processor(
+        images, prompt_depth=stacked, return_tensors="mlx", keep_aspect_ratio=False, prompt_scale_to_meter=1.0
+    )
     assert isinstance(ours["prompt_depth"], mx.array) and ours["prompt_depth"].shape == (2, 1, 40, 50)
     assert_arrays_equal(np.array(ours["prompt_depth"]), expected["prompt_depth"], atol=0)
     assert_arrays_equal(np.array(ours["pixel_values"]), expected["pixel_values"])

@@ -20,10 +20,10 @@ from mlx.utils import tree_flatten
 from test_precision import build, output
 
 import dpt_mlx
-from dpt_mlx.errors import CheckpointError
-from dpt_mlx.models import load_model as load_pretrained
 from dpt_mlx.cpu.layers import QuantizedLinear
+from dpt_mlx.errors import CheckpointError
 from dpt_mlx.io.quantize import Quantization, quantizable, quantize_model
+from dpt_mlx.models import load_model as load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,8 +48,9 @@ def test_only_the_transformer_linears_are_quantized(tmp_path, kind):
     # everything else keeps its float layers: readout projections, neck, heads
     assert linear_paths(model, nn.Linear) == before - encoder
     assert model.quantization == Quantization(8, 64)
-    assert not any(isinstance(m, nn.QuantizedLinear) and type(m) is not QuantizedLinear
-                   for _, m in model.named_modules())
+    assert not any(
+        isinstance(m, nn.QuantizedLinear) and type(m) is not QuantizedLinear for _, m in model.named_modules()
+    )
 
 
 def test_predicate():
@@ -58,8 +59,9 @@ def test_predicate():
     assert quantizable("encoder.layer.3.output.dense", lin, 32)
     assert not quantizable("dpt.encoder.layer.0.output.dense", nn.Linear(48, 8), 64)  # 48 % 64
     assert not quantizable("neck.reassemble_stage.readout_projects.0.dense", lin, 64)
-    assert not quantizable("backbone.encoder.layers.0.blocks.0.attention.self.continuous_position_bias_mlp.fc2",
-                           lin, 64)
+    assert not quantizable(
+        "backbone.encoder.layers.0.blocks.0.attention.self.continuous_position_bias_mlp.fc2", lin, 64
+    )
     assert not quantizable("dpt.encoder.layer.0.norm", nn.LayerNorm(64), 64)
 
 
@@ -162,16 +164,44 @@ def test_bad_quantization_entry_is_a_one_line_error(tmp_path):
 def test_converter_writes_a_verified_quantized_checkpoint(tmp_path):
     path, x = build(tmp_path, "dpt")
     out = tmp_path / "q8"
-    r = subprocess.run([sys.executable, str(ROOT / "convert.py"), "--hf-path", str(path), "--mlx-path", str(out),
-                        "--quantize", "--q-bits", "8", "--q-group-size", "32"], capture_output=True, text=True,
-                       cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "convert.py"),
+            "--hf-path",
+            str(path),
+            "--mlx-path",
+            str(out),
+            "--quantize",
+            "--q-bits",
+            "8",
+            "--q-group-size",
+            "32",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr
     assert "verified" in r.stdout and "8-bit" in r.stdout
     model = dpt_mlx.load_model(out)
     assert model.quantization == Quantization(8, 32)
     expected = quantize_model(load_pretrained(path), bits=8, group_size=32)
     assert np.array_equal(np.array(output(model, x)), np.array(output(expected, x)))
-    r = subprocess.run([sys.executable, str(ROOT / "convert.py"), "--hf-path", str(path), "--mlx-path",
-                        str(tmp_path / "bad"), "--quantize", "--q-bits", "3"], capture_output=True, text=True,
-                       cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "convert.py"),
+            "--hf-path",
+            str(path),
+            "--mlx-path",
+            str(tmp_path / "bad"),
+            "--quantize",
+            "--q-bits",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 2 and "--q-bits" in r.stderr and not (tmp_path / "bad").exists()

@@ -3,11 +3,11 @@
 import pytest
 import torch
 import transformers
+from helpers import TOL, perturb, pixels, rel_err
 from transformers.models.swinv2.modeling_swinv2 import Swinv2SelfAttention
 
 import dpt_mlx
 from dpt_mlx.errors import UnsupportedModelError
-from helpers import TOL, perturb, pixels, rel_err
 
 pytestmark = pytest.mark.parity
 
@@ -23,15 +23,25 @@ BASE = dict(image_size=64, window_size=8, pretrained_window_sizes=[4, 4, 4, 2])
 
 
 def swinv2_dict(**overrides):
-    backbone = dict(model_type="swinv2", patch_size=4, embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4],
-                    out_features=STAGES)
+    backbone = dict(
+        model_type="swinv2",
+        patch_size=4,
+        embed_dim=16,
+        depths=[2, 2, 2, 2],
+        num_heads=[1, 2, 2, 4],
+        out_features=STAGES,
+    )
     backbone.update(overrides)
     return backbone
 
 
 def make(tmp_path, seed=0, neck=NECK, **overrides):
-    config = transformers.DPTConfig(backbone_config=swinv2_dict(**overrides), neck_hidden_sizes=neck,
-                                    reassemble_factors=[4, 2, 1, 0.5][: len(neck)], fusion_hidden_size=16)
+    config = transformers.DPTConfig(
+        backbone_config=swinv2_dict(**overrides),
+        neck_hidden_sizes=neck,
+        reassemble_factors=[4, 2, 1, 0.5][: len(neck)],
+        fusion_hidden_size=16,
+    )
     torch.manual_seed(seed)
     ref = perturb(transformers.DPTForDepthEstimation(config), seed=seed)
     with torch.no_grad():  # non-persistent buffers: not in the checkpoint, rebuilt from the config on load
@@ -44,8 +54,10 @@ def make(tmp_path, seed=0, neck=NECK, **overrides):
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    return {name: make(tmp_path_factory.mktemp(name), seed=i, **cfg)
-            for i, (name, cfg) in enumerate([("tiny", TINY), ("base", BASE)])}
+    return {
+        name: make(tmp_path_factory.mktemp(name), seed=i, **cfg)
+        for i, (name, cfg) in enumerate([("tiny", TINY), ("base", BASE)])
+    }
 
 
 # 64x64 is the config's size; 78x50 is a multiple of neither the patch (4) nor the window, so the input,

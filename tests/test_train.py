@@ -12,27 +12,36 @@ import mlx.optimizers as optim
 import numpy as np
 import pytest
 import torch
+from helpers import pixels
 from mlx.utils import tree_flatten
 from PIL import Image
 
 import dpt_mlx
 from dpt_mlx.cli import train as cli
+from dpt_mlx.config import DPTConfig
+from dpt_mlx.processing.image_processor import DPTImageProcessor
 from dpt_mlx.training import checkpoints, loop
 from dpt_mlx.training.data import Batches, TargetReader, find_samples
 from dpt_mlx.training.metrics import depth_metrics
-from dpt_mlx.config import DPTConfig
-from dpt_mlx.processing.image_processor import DPTImageProcessor
-from helpers import pixels
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
 
 
 def tiny_config(**overrides) -> DPTConfig:
-    kwargs = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48,
-                  image_size=SIZE, patch_size=8, backbone_out_indices=[0, 1, 2, 3],
-                  neck_hidden_sizes=[8, 16, 24, 32], fusion_hidden_size=16, id2label={0: "r", 1: "g", 2: "b"},
-                  use_batch_norm_in_fusion_residual=True)
+    kwargs = dict(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=48,
+        image_size=SIZE,
+        patch_size=8,
+        backbone_out_indices=[0, 1, 2, 3],
+        neck_hidden_sizes=[8, 16, 24, 32],
+        fusion_hidden_size=16,
+        id2label={0: "r", 1: "g", 2: "b"},
+        use_batch_norm_in_fusion_residual=True,
+    )
     kwargs.update(overrides)
     return DPTConfig.from_dict(kwargs)
 
@@ -110,12 +119,20 @@ def test_batchnorm_train_step_matches_pytorch():
         ref.bias.copy_(torch.tensor(rng.standard_normal(6)))
         ref.running_mean.copy_(torch.tensor(rng.standard_normal(6)))
         ref.running_var.copy_(torch.tensor(0.5 + rng.random(6)))
-    ours.update({k: mx.array(v.detach().numpy()) for k, v in
-                 [("weight", ref.weight), ("bias", ref.bias), ("running_mean", ref.running_mean),
-                  ("running_var", ref.running_var)]})
+    ours.update(
+        {
+            k: mx.array(v.detach().numpy())
+            for k, v in [
+                ("weight", ref.weight),
+                ("bias", ref.bias),
+                ("running_mean", ref.running_mean),
+                ("running_var", ref.running_var),
+            ]
+        }
+    )
     ref.train()
     ours.train()
-    for step in range(3):
+    for _ in range(3):
         x = (rng.standard_normal((2, 6, 5, 4)) * 3 + 1).astype(np.float32)  # NCHW
         xt = torch.tensor(x, requires_grad=True)
         y_ref = ref(xt)
@@ -138,8 +155,12 @@ def test_batchnorm_train_step_matches_pytorch():
     ref.eval()
     ours.eval()
     x = rng.standard_normal((1, 6, 3, 3)).astype(np.float32)
-    np.testing.assert_allclose(np.array(ours(mx.array(x.transpose(0, 2, 3, 1)))).transpose(0, 3, 1, 2),
-                               ref(torch.tensor(x)).detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.array(ours(mx.array(x.transpose(0, 2, 3, 1)))).transpose(0, 3, 1, 2),
+        ref(torch.tensor(x)).detach().numpy(),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_train_modes_and_freeze_batch_norm():
@@ -206,8 +227,9 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     # inference and attentions bypass it; parameter names are unchanged
     model.eval()
     assert len(model(pixels(1, SIZE, SIZE), output_attentions=True).attentions) == 4
-    assert {k for k, _ in tree_flatten(model.parameters())} == {k for k, _ in tree_flatten(
-        dpt_mlx.DPTForDepthEstimation(tiny_config()).parameters())}
+    assert {k for k, _ in tree_flatten(model.parameters())} == {
+        k for k, _ in tree_flatten(dpt_mlx.DPTForDepthEstimation(tiny_config()).parameters())
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,10 +240,12 @@ def test_targets_follow_the_processed_image(tmp_path):
     """keep_aspect_ratio + ensure_multiple_of + padding: the label grid is the pixel grid; nearest
     resizing keeps invalid pixels invalid and produces only values present in the input."""
     data = make_depth_data(tmp_path / "d", 2, size=(30, 45))
-    processor = DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=True, ensure_multiple_of=8,
-                                  do_pad=True, size_divisor=16)
-    reader = TargetReader("depth", processor, disparity=False, normalize=False, target="depth", depth_scale=0.001,
-                          ignore_index=255)
+    processor = DPTImageProcessor(
+        size={"height": 32, "width": 32}, keep_aspect_ratio=True, ensure_multiple_of=8, do_pad=True, size_divisor=16
+    )
+    reader = TargetReader(
+        "depth", processor, disparity=False, normalize=False, target="depth", depth_scale=0.001, ignore_index=255
+    )
     samples = find_samples(data, "depth")
     batches = Batches(samples, processor, reader, batch_size=2)
     pixel_values, labels = batches.load([0, 1])
@@ -231,23 +255,25 @@ def test_targets_follow_the_processed_image(tmp_path):
     assert (labels[0] == 0).mean() >= (raw == 0).mean() * 0.5  # holes and padding stay invalid
 
     # relative: disparity, scaled by its mean absolute deviation (unit-free)
-    rel = TargetReader("depth", processor, disparity=True, normalize=True, target="depth", depth_scale=1.0,
-                       ignore_index=255)
+    rel = TargetReader(
+        "depth", processor, disparity=True, normalize=True, target="depth", depth_scale=1.0, ignore_index=255
+    )
     disparity = rel.read(samples[0])
     valid = disparity > 0
     spread = np.abs(disparity[valid] - np.median(disparity[valid])).mean()
     assert spread == pytest.approx(1.0, rel=0.1)
-    mm = TargetReader("depth", processor, disparity=True, normalize=True, target="depth", depth_scale=0.001,
-                      ignore_index=255)
+    mm = TargetReader(
+        "depth", processor, disparity=True, normalize=True, target="depth", depth_scale=0.001, ignore_index=255
+    )
     np.testing.assert_allclose(mm.read(samples[0]), disparity, rtol=1e-5)  # units do not matter
 
 
 def test_segmentation_targets_reduce_labels_and_pad_with_ignore(tmp_path):
     data = make_segmentation_data(tmp_path / "s", 1)
-    processor = DPTImageProcessor(size={"height": 24, "width": 24}, do_reduce_labels=True, do_pad=True,
-                                  size_divisor=20)
-    reader = TargetReader("segmentation", processor, disparity=False, normalize=False, target="depth",
-                          depth_scale=1.0, ignore_index=255)
+    processor = DPTImageProcessor(size={"height": 24, "width": 24}, do_reduce_labels=True, do_pad=True, size_divisor=20)
+    reader = TargetReader(
+        "segmentation", processor, disparity=False, normalize=False, target="depth", depth_scale=1.0, ignore_index=255
+    )
     sample = find_samples(data, "segmentation")[0]
     labels = reader.read(sample)
     assert labels.shape == (40, 40) and labels.dtype == np.int64
@@ -278,9 +304,30 @@ def test_depth_training_lowers_validation_loss_and_saves_loadable_checkpoints(tm
     model_dir = save_model(tmp_path / "model", dpt_mlx.DPTForDepthEstimation, use_batch_norm_in_fusion_residual=False)
     data = make_depth_data(tmp_path / "data", 16)
     out = tmp_path / "run"
-    result = run(["--model", str(model_dir), "--data", str(data), "--output", str(out), "--epochs", "4",
-                  "--batch-size", "4", "--lr", "2e-3", "--depth-scale", "0.001", "--val-split", "0.25",
-                  "--warmup", "0.1", "--seed", "1"])
+    result = run(
+        [
+            "--model",
+            str(model_dir),
+            "--data",
+            str(data),
+            "--output",
+            str(out),
+            "--epochs",
+            "4",
+            "--batch-size",
+            "4",
+            "--lr",
+            "2e-3",
+            "--depth-scale",
+            "0.001",
+            "--val-split",
+            "0.25",
+            "--warmup",
+            "0.1",
+            "--seed",
+            "1",
+        ]
+    )
     history = result.state["history"]
     assert [h["epoch"] for h in history] == [0, 1, 2, 3, 4]
     assert history[-1]["val_loss"] < 0.75 * history[0]["val_loss"]
@@ -304,16 +351,43 @@ def test_depth_training_lowers_validation_loss_and_saves_loadable_checkpoints(tm
 
     from dpt_mlx.generate import main as generate
 
-    assert generate(["--model", str(out), "--image", str(data / "images" / "000.png"), "--format", "npy",
-                     "--output-dir", str(tmp_path / "pred"), "--quiet"]) == 0
+    assert (
+        generate(
+            [
+                "--model",
+                str(out),
+                "--image",
+                str(data / "images" / "000.png"),
+                "--format",
+                "npy",
+                "--output-dir",
+                str(tmp_path / "pred"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "pred" / "000_depth.npy").is_file()
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     model_dir = save_model(tmp_path / "model", dpt_mlx.DPTForDepthEstimation, seed=2)
     data = make_depth_data(tmp_path / "data", 10, seed=2)
-    common = ["--data", str(data), "--epochs", "2", "--batch-size", "4", "--lr", "1e-3", "--depth-scale", "0.001",
-              "--val-split", "0.2", "--quiet"]
+    common = [
+        "--data",
+        str(data),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--depth-scale",
+        "0.001",
+        "--val-split",
+        "0.2",
+        "--quiet",
+    ]
     straight = run(["--model", str(model_dir), "--output", str(tmp_path / "a"), *common])
 
     save = checkpoints.save_checkpoint
@@ -342,8 +416,25 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
 def test_segmentation_training_reports_miou(tmp_path, capsys):
     model_dir = save_model(tmp_path / "model", dpt_mlx.DPTForSemanticSegmentation)
     data = make_segmentation_data(tmp_path / "data", 8)
-    result = run(["--model", str(model_dir), "--data", str(data), "--output", str(tmp_path / "run"),
-                  "--epochs", "3", "--batch-size", "3", "--lr", "3e-3", "--val-split", "0.25", "--freeze-backbone"])
+    result = run(
+        [
+            "--model",
+            str(model_dir),
+            "--data",
+            str(data),
+            "--output",
+            str(tmp_path / "run"),
+            "--epochs",
+            "3",
+            "--batch-size",
+            "3",
+            "--lr",
+            "3e-3",
+            "--val-split",
+            "0.25",
+            "--freeze-backbone",
+        ]
+    )
     history = result.state["history"]
     assert history[-1]["val_loss"] < history[0]["val_loss"]
     assert 0 <= history[-1]["miou"] <= 1 and 0 <= history[-1]["pixel_acc"] <= 1
@@ -360,30 +451,64 @@ def test_metric_depth_anything_with_mixed_image_sizes(tmp_path, capsys):
     two processed sizes, which are batched separately."""
     import transformers
 
-    backbone = transformers.Dinov2Config(hidden_size=24, num_hidden_layers=4, num_attention_heads=2, image_size=42,
-                                         patch_size=14, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
+    backbone = transformers.Dinov2Config(
+        hidden_size=24,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        image_size=42,
+        patch_size=14,
+        out_indices=[1, 2, 3, 4],
+        reshape_hidden_states=False,
+    )
     config = transformers.DepthAnythingConfig(
-        backbone_config=backbone, patch_size=14, reassemble_hidden_size=24, neck_hidden_sizes=[6, 12, 24, 24],
-        fusion_hidden_size=16, head_hidden_size=32, depth_estimation_type="metric", max_depth=20)
+        backbone_config=backbone,
+        patch_size=14,
+        reassemble_hidden_size=24,
+        neck_hidden_sizes=[6, 12, 24, 24],
+        fusion_hidden_size=16,
+        head_hidden_size=32,
+        depth_estimation_type="metric",
+        max_depth=20,
+    )
     torch.manual_seed(0)
     transformers.DepthAnythingForDepthEstimation(config).save_pretrained(tmp_path / "model")
     capsys.readouterr()  # transformers' progress bar
-    DPTImageProcessor(size={"height": 42, "width": 42}, keep_aspect_ratio=True, ensure_multiple_of=14,
-                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(tmp_path / "model")
+    DPTImageProcessor(
+        size={"height": 42, "width": 42},
+        keep_aspect_ratio=True,
+        ensure_multiple_of=14,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(tmp_path / "model")
     data = make_depth_data(tmp_path / "data", 4, size=(42, 56))
     wide = make_depth_data(tmp_path / "wide", 4, seed=1, size=(56, 28))
     for kind in ("images", "depth"):
         for f in (wide / kind).iterdir():
             f.rename(data / kind / f"w{f.name}")
-    args = ["--model", str(tmp_path / "model"), "--data", str(data), "--output", str(tmp_path / "run"),
-            "--depth-scale", "0.001", "--batch-size", "3", "--val-split", "0.25", "--lr", "1e-3"]
+    args = [
+        "--model",
+        str(tmp_path / "model"),
+        "--data",
+        str(data),
+        "--output",
+        str(tmp_path / "run"),
+        "--depth-scale",
+        "0.001",
+        "--batch-size",
+        "3",
+        "--val-split",
+        "0.25",
+        "--lr",
+        "1e-3",
+    ]
     one_line_error(capsys, [*args, "--target", "disparity"], "metric model")
     result = run([*args, "--epochs", "2"])
     assert result.state["loss_type"] == "silog"
     assert {"abs_rel", "delta1"} <= set(result.state["history"][-1])
     # 6 training images, processed to 42x56 (from 42x56) or 42x28 (from 56x28): never in one batch
-    wide = sum(1 for f in (data / "images").iterdir() if f.name.startswith("w")
-               and f.stem not in result.state["val_images"])
+    wide = sum(
+        1 for f in (data / "images").iterdir() if f.name.startswith("w") and f.stem not in result.state["val_images"]
+    )
     assert result.state["steps_per_epoch"] == -(-wide // 3) + -(-(6 - wide) // 3)
     assert isinstance(dpt_mlx.load_model(tmp_path / "run"), dpt_mlx.DepthAnythingForDepthEstimation)
 
@@ -420,8 +545,11 @@ def test_errors_exit_2_with_one_line(tmp_path, depth_setup, capsys):
     np.save(data / "depth" / "001.npy", np.ones((SIZE, SIZE)))
     one_line_error(capsys, [*base, "--data", str(data)], "several targets")
     (data / "depth" / "001.npy").unlink()
-    one_line_error(capsys, ["--model", str(tmp_path / "missing"), "--data", str(data), "--output", str(tmp_path / "r")],
-                   "no such directory")
+    one_line_error(
+        capsys,
+        ["--model", str(tmp_path / "missing"), "--data", str(data), "--output", str(tmp_path / "r")],
+        "no such directory",
+    )
     one_line_error(capsys, ["--data", str(data), "--output", str(tmp_path / "r")], "--model")
     one_line_error(capsys, [*base, "--data", str(data), "--val-split", "0.9"], "cannot be split")
     one_line_error(capsys, ["--resume", str(tmp_path), "--data", str(data)], "no trainer_state.json")
@@ -433,13 +561,32 @@ def test_errors_exit_2_with_one_line(tmp_path, depth_setup, capsys):
 
 
 def test_module_entry_point_error_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "dpt_mlx.train", "--model", str(tmp_path / "none"),
-                           "--data", str(tmp_path), "--output", str(tmp_path / "run")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dpt_mlx.train",
+            "--model",
+            str(tmp_path / "none"),
+            "--data",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "run"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "dpt_mlx.train", "--epochs", "zero"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpt_mlx.train", "--epochs", "zero"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--epochs" in proc.stderr
 
 
@@ -450,8 +597,19 @@ def test_sigterm_during_a_checkpoint_keeps_the_last_complete_one_and_resume_clea
     model_dir = save_model(tmp_path / "model", dpt_mlx.DPTForDepthEstimation, seed=4)
     data = make_depth_data(tmp_path / "data", 6, seed=4)
     out = tmp_path / "run"
-    common = ["--data", str(data), "--epochs", "3", "--batch-size", "3", "--depth-scale", "0.001",
-              "--val-split", "0.0", "--quiet"]
+    common = [
+        "--data",
+        str(data),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "3",
+        "--depth-scale",
+        "0.001",
+        "--val-split",
+        "0.0",
+        "--quiet",
+    ]
     save_pretrained, calls = checkpoints.save_pretrained, []
 
     def save_then_terminate(model, path):
@@ -485,11 +643,31 @@ def test_train_ends_quietly_on_a_closed_stdout(tmp_path):
     read, write = os.pipe()
     os.close(read)
     try:
-        proc = subprocess.run([sys.executable, "-m", "dpt_mlx.train", "--model", str(model_dir), "--data", str(data),
-                               "--output", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2",
-                               "--depth-scale", "0.001"], cwd=Path(__file__).resolve().parents[1],
-                              env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])),
-                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dpt_mlx.train",
+                "--model",
+                str(model_dir),
+                "--data",
+                str(data),
+                "--output",
+                str(tmp_path / "run"),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "2",
+                "--depth-scale",
+                "0.001",
+            ],
+            cwd=Path(__file__).resolve().parents[1],
+            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])),
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
     finally:
         os.close(write)
     assert proc.returncode == 141 and "Traceback" not in proc.stderr and "Broken pipe" not in proc.stderr, proc.stderr
@@ -498,7 +676,8 @@ def test_train_ends_quietly_on_a_closed_stdout(tmp_path):
 def test_metric_models_without_a_training_path_are_refused(tmp_path, capsys):
     """ZoeDepth (no loss anywhere) and Prompt Depth Anything (needs prompts) are refused in one line."""
     import transformers
-    from test_prompt_depth_anything import VARIANTS as PDA, pda_config
+    from test_prompt_depth_anything import VARIANTS as PDA
+    from test_prompt_depth_anything import pda_config
     from test_zoedepth import zoe_config
 
     data = make_depth_data(tmp_path / "data", 2)
@@ -506,6 +685,9 @@ def test_metric_models_without_a_training_path_are_refused(tmp_path, capsys):
     transformers.PromptDepthAnythingForDepthEstimation(pda_config(**PDA["vits"])).save_pretrained(tmp_path / "pda")
     capsys.readouterr()  # transformers' progress bars
     for name, match in (("zoe", "ZoeDepth has no training loss"), ("pda", "depth prompts")):
-        one_line_error(capsys, ["--model", str(tmp_path / name), "--data", str(data),
-                                "--output", str(tmp_path / f"run-{name}")], match)
+        one_line_error(
+            capsys,
+            ["--model", str(tmp_path / name), "--data", str(data), "--output", str(tmp_path / f"run-{name}")],
+            match,
+        )
         assert not (tmp_path / f"run-{name}").exists()

@@ -11,13 +11,13 @@ from pathlib import Path
 import mlx.core as mx
 import pytest
 from PIL import Image
+from test_train import make_depth_data, save_model
 
 import dpt_mlx
 from dpt_mlx.cli import train as cli
 from dpt_mlx.io import files
 from dpt_mlx.training import checkpoints, loop
 from dpt_mlx.training import data as training_data
-from test_train import make_depth_data, save_model
 
 COMMON = ["--epochs", "1", "--batch-size", "2", "--depth-scale", "0.001", "--val-split", "0", "--quiet"]
 
@@ -52,9 +52,11 @@ def test_a_second_trainer_into_a_run_directory_is_turned_away(setup, tmp_path, c
     before = files_of(run_dir)
     fresh = tmp_path / "fresh"
     with files.output_lock(run_dir, "held by the test"), files.output_lock(fresh, "held by the test"):
-        for argv in (["--model", str(model), "--data", str(data), "--output", str(run_dir), "--overwrite", *COMMON],
-                     ["--resume", str(run_dir), "--epochs", "2", "--quiet"],
-                     ["--model", str(model), "--data", str(data), "--output", str(fresh), *COMMON]):
+        for argv in (
+            ["--model", str(model), "--data", str(data), "--output", str(run_dir), "--overwrite", *COMMON],
+            ["--resume", str(run_dir), "--epochs", "2", "--quiet"],
+            ["--model", str(model), "--data", str(data), "--output", str(fresh), *COMMON],
+        ):
             assert cli.main(argv) == 2
             one_line(capsys, "another training run is writing")
     assert files_of(run_dir) == before
@@ -66,8 +68,7 @@ def test_overwrite_of_a_run_that_cannot_start_keeps_the_old_run(setup, capsys):
     model, data, run_dir = setup
     before = files_of(run_dir)
     (data / "depth" / "001.png").unlink()
-    assert cli.main(["--model", str(model), "--data", str(data), "--output", str(run_dir), "--overwrite",
-                     *COMMON]) == 2
+    assert cli.main(["--model", str(model), "--data", str(data), "--output", str(run_dir), "--overwrite", *COMMON]) == 2
     one_line(capsys, "no target for")
     assert files_of(run_dir) == before
 
@@ -112,8 +113,10 @@ def test_output_that_cannot_be_written_is_one_line_before_training(setup, tmp_pa
     (tmp_path / "afile").write_text("x")
     trained = []
     monkeypatch.setattr(loop, "_train_epoch", lambda *a: trained.append(a))
-    assert cli.main(["--model", str(model), "--data", str(data), "--output", str(tmp_path / "afile" / "run"),
-                     *COMMON]) == 2
+    assert (
+        cli.main(["--model", str(model), "--data", str(data), "--output", str(tmp_path / "afile" / "run"), *COMMON])
+        == 2
+    )
     one_line(capsys, f"{tmp_path / 'afile'} is a file, not a directory")
     assert trained == []
 
@@ -158,13 +161,16 @@ def _truncate(path: Path) -> None:
     os.truncate(path, path.stat().st_size // 2)
 
 
-@pytest.mark.parametrize("name, match", [
-    ("model.safetensors", "the file is damaged"),
-    ("optimizer.safetensors", "optimizer.safetensors"),
-    ("trainer_state.json", "trainer_state.json"),
-    ("config.json", "config.json"),
-    ("preprocessor_config.json", "preprocessor_config.json"),
-])
+@pytest.mark.parametrize(
+    "name, match",
+    [
+        ("model.safetensors", "the file is damaged"),
+        ("optimizer.safetensors", "optimizer.safetensors"),
+        ("trainer_state.json", "trainer_state.json"),
+        ("config.json", "config.json"),
+        ("preprocessor_config.json", "preprocessor_config.json"),
+    ],
+)
 def test_resume_from_a_truncated_checkpoint_is_one_line(setup, capsys, name, match):
     _, _, run_dir = setup
     _truncate(run_dir / "checkpoint-2" / name)

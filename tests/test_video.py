@@ -20,10 +20,17 @@ from dpt_mlx.cli.predict import main
 from dpt_mlx.pipelines import load_predictor
 from dpt_mlx.processing import video, visualize
 
-
-
-TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37, image_size=32,
-            patch_size=8, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 24, 32], fusion_hidden_size=16)
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=37,
+    image_size=32,
+    patch_size=8,
+    backbone_out_indices=[0, 1, 2, 3],
+    neck_hidden_sizes=[8, 16, 24, 32],
+    fusion_hidden_size=16,
+)
 
 
 def encode(path, frames, fps=12, options=None, rotation=None):
@@ -55,8 +62,10 @@ def decode(path):
 
 def moving(n=24, width=64, height=48):
     y, x = np.mgrid[:height, :width]
-    return [np.stack([(x * 4 + i * 8) % 256, (y * 5 + i * 2) % 256, ((x + y + i * 3) * 2) % 256], -1).astype(np.uint8)
-            for i in range(n)]
+    return [
+        np.stack([(x * 4 + i * 8) % 256, (y * 5 + i * 2) % 256, ((x + y + i * 3) * 2) % 256], -1).astype(np.uint8)
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -217,14 +226,17 @@ def test_stabilizer_undoes_scale_and_shift():
     assert video.flicker(units) < 1e-4
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--image", "x.jpg"], "--video cannot be combined with --image"),
-    (["-f", "png"], "not a video format"),
-    (["--overlay"], "--overlay is not supported with --video"),
-    (["--image-list", "list.txt"], "--video cannot be combined with --image, --input-dir or --image-list"),
-    (["--recursive"], "--recursive is not supported with --video"),
-    (["--fov", "60"], "--fov is not supported with --video"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--image", "x.jpg"], "--video cannot be combined with --image"),
+        (["-f", "png"], "not a video format"),
+        (["--overlay"], "--overlay is not supported with --video"),
+        (["--image-list", "list.txt"], "--video cannot be combined with --image, --input-dir or --image-list"),
+        (["--recursive"], "--recursive is not supported with --video"),
+        (["--fov", "60"], "--fov is not supported with --video"),
+    ],
+)
 def test_usage_errors(ckpt, clip, tmp_path, capsys, extra, message):
     assert run("--video", clip, "-m", ckpt["depth"], "-d", tmp_path, *extra) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -77,7 +77,7 @@ def encode_vfr(path, gaps_ms=(33, 100), n=12, audio="aac", fmt=None):
         total, step = rate * ms // 1000, 1024
         tone = (np.sin(np.arange(total) * 2 * np.pi * 440 / rate) * 8000).astype(np.int16)
         for pos in range(0, total, step):
-            chunk = av.AudioFrame.from_ndarray(tone[None, pos:pos + step], format="s16", layout="mono")
+            chunk = av.AudioFrame.from_ndarray(tone[None, pos : pos + step], format="s16", layout="mono")
             chunk.sample_rate, chunk.pts, chunk.time_base = rate, pos, Fraction(1, rate)
             for packet in sound.encode(chunk):
                 container.mux(packet)
@@ -135,8 +135,10 @@ def one_error_line(capsys):
 # Display rotation
 
 
-@pytest.mark.parametrize("degrees, hflip, vflip", [(-90, False, False), (90, False, False), (180, False, False),
-                                                   (0, True, False), (0, False, True)])
+@pytest.mark.parametrize(
+    "degrees, hflip, vflip",
+    [(-90, False, False), (90, False, False), (180, False, False), (0, True, False), (0, False, True)],
+)
 def test_reader_turns_frames_as_a_player_shows_them(tmp_path, degrees, hflip, vflip):
     frames = scene(3)
     path = encode_rotated(tmp_path / "turned.mp4", frames, degrees, hflip, vflip)
@@ -174,8 +176,9 @@ def test_portrait_phone_clip_is_predicted_and_written_upright(ckpt, tmp_path, ca
         picture = written[k].to_ndarray(format="rgb24")
         assert picture.shape == (128, 64, 3)
         colours = np.asarray(visualize.colorize_depth(want[k], "turbo"))
-        colours = av.VideoFrame.from_ndarray(colours, format="rgb24").reformat(format="yuv420p").to_ndarray(
-            format="rgb24")
+        colours = (
+            av.VideoFrame.from_ndarray(colours, format="rgb24").reformat(format="yuv420p").to_ndarray(format="rgb24")
+        )
         assert np.abs(picture.astype(np.float64) - colours).mean() < 6
     assert leftovers(out) == []
 
@@ -292,7 +295,7 @@ def _corrupt_middle(path):
     encode_with(path, noisy())
     data = bytearray(path.read_bytes())
     middle = len(data) // 2
-    data[middle:middle + 2000] = np.random.default_rng(3).integers(0, 256, 2000, dtype=np.uint8).tobytes()
+    data[middle : middle + 2000] = np.random.default_rng(3).integers(0, 256, 2000, dtype=np.uint8).tobytes()
     path.write_bytes(bytes(data))
     return path
 
@@ -309,10 +312,14 @@ BROKEN = {
     "no frames": lambda p: _zero_frames(p.with_suffix(".mkv")),
     "a folder": lambda p: p.with_suffix(".mp4").mkdir(),
 }
-MESSAGES = {"truncated, index first": "damaged or truncated: a corrupt packet",
-            "truncated mkv": "stops at", "corrupt in the middle": "damaged or truncated: a corrupt frame",
-            "truncated, codec lost": "no decodable codec", "no frames": "has no frames",
-            "a folder": "is a folder, not a video file"}
+MESSAGES = {
+    "truncated, index first": "damaged or truncated: a corrupt packet",
+    "truncated mkv": "stops at",
+    "corrupt in the middle": "damaged or truncated: a corrupt frame",
+    "truncated, codec lost": "no decodable codec",
+    "no frames": "has no frames",
+    "a folder": "is a folder, not a video file",
+}
 
 
 @pytest.mark.parametrize("kind", list(BROKEN))
@@ -411,8 +418,14 @@ def clip_dir(tmp_path):
 
 def _start(args, env_extra=None):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen([sys.executable, "-m", "dpt_mlx.generate", *map(str, args)], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dpt_mlx.generate", *map(str, args)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for_frames(out, process, deadline=90):
@@ -529,6 +542,9 @@ def test_non_ascii_names(ckpt, tmp_path):
     clip = encode(tmp_path / "café видео 動画.mp4", moving(6))
     out = tmp_path / "выход"
     assert run("--video", clip, "-m", ckpt["depth"], "-d", out, "-f", "mp4,npz,png16") == 0
-    assert sorted(os.listdir(out)) == ["café видео 動画_depth.mp4", "café видео 動画_depth.npz",
-                                       "café видео 動画_depth16"]
+    assert sorted(os.listdir(out)) == [
+        "café видео 動画_depth.mp4",
+        "café видео 動画_depth.npz",
+        "café видео 動画_depth16",
+    ]
     assert len(decode(out / "café видео 動画_depth.mp4")[0]) == 6

@@ -28,8 +28,13 @@ from dpt_mlx.models import zoedepth_bins as bins
 # (the domain classifier requires it) and 4 heads; its intermediate 1024 -> 64.
 NYU = {"n_bins": 64, "min_depth": 0.001, "max_depth": 10.0, "name": "nyu"}
 KITTI = {"n_bins": 64, "min_depth": 0.001, "max_depth": 80.0, "name": "kitti"}
-MULTI = dict(bin_configurations=[NYU, KITTI], num_patch_transformer_layers=4, patch_transformer_hidden_size=128,
-             patch_transformer_intermediate_size=64, patch_transformer_num_attention_heads=4)
+MULTI = dict(
+    bin_configurations=[NYU, KITTI],
+    num_patch_transformer_layers=4,
+    patch_transformer_hidden_size=128,
+    patch_transformer_intermediate_size=64,
+    patch_transformer_num_attention_heads=4,
+)
 VARIANTS = {
     "nyu": dict(bin_centers_type="softplus", bin_configurations=[NYU]),  # Intel/zoedepth-nyu
     "kitti": dict(bin_centers_type="normed", bin_configurations=[KITTI]),  # Intel/zoedepth-kitti
@@ -42,17 +47,32 @@ HEAD_SCALE = 3.0  # perturbed random heads give a near-constant depth; this make
 
 
 def beit_dict(**overrides):
-    backbone = dict(model_type="beit", hidden_size=32, num_hidden_layers=8, num_attention_heads=4,
-                    intermediate_size=64, image_size=32, patch_size=8, use_relative_position_bias=True,
-                    layer_scale_init_value=0.1, reshape_hidden_states=False,
-                    out_features=["stage2", "stage4", "stage6", "stage8"])
+    backbone = dict(
+        model_type="beit",
+        hidden_size=32,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        use_relative_position_bias=True,
+        layer_scale_init_value=0.1,
+        reshape_hidden_states=False,
+        out_features=["stage2", "stage4", "stage6", "stage8"],
+    )
     backbone.update(overrides)
     return backbone
 
 
 def zoe_config(backbone=None, **overrides):
-    kwargs = dict(backbone_config=backbone or beit_dict(), neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
-                  bottleneck_features=16, num_relative_features=8, bin_embedding_dim=16)
+    kwargs = dict(
+        backbone_config=backbone or beit_dict(),
+        neck_hidden_sizes=[8, 16, 32, 32],
+        fusion_hidden_size=16,
+        bottleneck_features=16,
+        num_relative_features=8,
+        bin_embedding_dim=16,
+    )
     kwargs.update(overrides)
     return transformers.ZoeDepthConfig(**kwargs)
 
@@ -146,14 +166,38 @@ def test_each_domain_head_is_the_reference_one(tmp_path, checkpoints, domain):
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("kind, backbone, shape", [
-    ("dinov2", transformers.Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, image_size=28,
-                                         patch_size=14, out_indices=[1, 2, 3, 4], reshape_hidden_states=False),
-     (42, 56)),
-    ("swinv2", dict(model_type="swinv2", image_size=64, patch_size=4, embed_dim=16, depths=[2, 2, 2, 2],
-                    num_heads=[1, 2, 2, 4], window_size=4, out_features=["stage1", "stage2", "stage3", "stage4"]),
-     (64, 48)),
-])
+@pytest.mark.parametrize(
+    "kind, backbone, shape",
+    [
+        (
+            "dinov2",
+            transformers.Dinov2Config(
+                hidden_size=32,
+                num_hidden_layers=4,
+                num_attention_heads=2,
+                image_size=28,
+                patch_size=14,
+                out_indices=[1, 2, 3, 4],
+                reshape_hidden_states=False,
+            ),
+            (42, 56),
+        ),
+        (
+            "swinv2",
+            dict(
+                model_type="swinv2",
+                image_size=64,
+                patch_size=4,
+                embed_dim=16,
+                depths=[2, 2, 2, 2],
+                num_heads=[1, 2, 2, 4],
+                window_size=4,
+                out_features=["stage1", "stage2", "stage3", "stage4"],
+            ),
+            (64, 48),
+        ),
+    ],
+)
 def test_other_backbones(tmp_path, kind, backbone, shape):
     """The backbone registry's DINOv2 (token sequences, patch 14) and Swinv2 (feature maps, no reassembling)."""
     neck = [16, 32, 64, 128] if kind == "swinv2" else [8, 16, 32, 32]
@@ -180,9 +224,15 @@ def test_attractors_sort_and_clip_like_the_reference():
             for p in ref.parameters():
                 p.copy_(torch.randn(p.shape, generator=gen))
         ours = bins.AttractorLayer(ours_config, 5, 0.5, 4.0, normed)
-        ours.update({name: {"weight": mx.array(layer.weight.detach().numpy().transpose(0, 2, 3, 1)),  # OIHW -> OHWI
-                             "bias": mx.array(layer.bias.detach().numpy())}
-                     for name, layer in (("conv1", ref.conv1), ("conv2", ref.conv2))})
+        ours.update(
+            {
+                name: {
+                    "weight": mx.array(layer.weight.detach().numpy().transpose(0, 2, 3, 1)),  # OIHW -> OHWI
+                    "bias": mx.array(layer.bias.detach().numpy()),
+                }
+                for name, layer in (("conv1", ref.conv1), ("conv2", ref.conv2))
+            }
+        )
         x, emb = torch.randn(2, 16, 6, 5, generator=gen), torch.randn(2, 16, 3, 3, generator=gen)
         prev = torch.rand(2, 12, 3, 3, generator=gen) * 1.4 - 0.2  # out of [0, 1]: clipping, and no order
         with torch.no_grad():
@@ -279,12 +329,30 @@ def test_labels_are_refused():
 
 def test_config_defaults_match_reference():
     ref, ours = transformers.ZoeDepthConfig(), ZoeDepthConfig()
-    for name in ("hidden_act", "batch_norm_eps", "readout_type", "fusion_hidden_size", "head_in_index",
-                 "use_batch_norm_in_fusion_residual", "use_bias_in_fusion_residual", "num_relative_features",
-                 "add_projection", "bottleneck_features", "bin_embedding_dim", "attractor_alpha", "attractor_gamma",
-                 "attractor_kind", "min_temp", "max_temp", "bin_centers_type", "bin_configurations",
-                 "num_patch_transformer_layers", "patch_transformer_hidden_size",
-                 "patch_transformer_intermediate_size", "patch_transformer_num_attention_heads"):
+    for name in (
+        "hidden_act",
+        "batch_norm_eps",
+        "readout_type",
+        "fusion_hidden_size",
+        "head_in_index",
+        "use_batch_norm_in_fusion_residual",
+        "use_bias_in_fusion_residual",
+        "num_relative_features",
+        "add_projection",
+        "bottleneck_features",
+        "bin_embedding_dim",
+        "attractor_alpha",
+        "attractor_gamma",
+        "attractor_kind",
+        "min_temp",
+        "max_temp",
+        "bin_centers_type",
+        "bin_configurations",
+        "num_patch_transformer_layers",
+        "patch_transformer_hidden_size",
+        "patch_transformer_intermediate_size",
+        "patch_transformer_num_attention_heads",
+    ):
         assert getattr(ours, name) == getattr(ref, name), name
     for name in ("reassemble_factors", "neck_hidden_sizes", "num_attractors"):
         assert getattr(ours, name) == list(getattr(ref, name)), name

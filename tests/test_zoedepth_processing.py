@@ -199,8 +199,9 @@ def test_flip_averaging_and_padding_removal():
     source = (100, 130)
     pad_h, pad_w = padding(*source)
     full = (source[0] + 2 * pad_h, source[1] + 2 * pad_w)
-    big = ZoeDepthImageProcessor().post_process_depth_estimation(_outputs(depth), source_sizes=[full],
-                                                                 do_remove_padding=False)[0]["predicted_depth"]
+    big = ZoeDepthImageProcessor().post_process_depth_estimation(
+        _outputs(depth), source_sizes=[full], do_remove_padding=False
+    )[0]["predicted_depth"]
     cropped = ZoeDepthImageProcessor().post_process_depth_estimation(_outputs(depth), source_sizes=[source])
     np.testing.assert_array_equal(cropped[0]["predicted_depth"], big[pad_h:-pad_h, pad_w:-pad_w])
 
@@ -212,8 +213,9 @@ def test_flip_averaging_and_padding_removal():
 def _assert_same_processing(ours, theirs):
     images = [INPUTS["rgb_pil_333x517"](), INPUTS["gray_pil"]()]
     theirs.do_convert_rgb = True
-    assert_pixels_equal(ours(images, return_tensors=None)["pixel_values"],
-                        theirs(images, return_tensors=None)["pixel_values"])
+    assert_pixels_equal(
+        ours(images, return_tensors=None)["pixel_values"], theirs(images, return_tensors=None)["pixel_values"]
+    )
 
 
 @pytest.mark.parity

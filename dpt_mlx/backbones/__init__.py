@@ -8,7 +8,8 @@ module (config dataclass + backbone class) and add a line to ``BACKBONES``.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import mlx.nn as nn
 
@@ -30,7 +31,8 @@ def _check_feature_count(kind: str, backbone, config) -> None:
     if len(backbone.out_indices) != len(config.neck_hidden_sizes):
         raise ValueError(
             f"the {kind} backbone returns {len(backbone.out_indices)} feature maps "
-            f"({', '.join(backbone.out_features)}) but neck_hidden_sizes has {len(config.neck_hidden_sizes)} entries; they must match"
+            f"({', '.join(backbone.out_features)}) but neck_hidden_sizes has {len(config.neck_hidden_sizes)} "
+            "entries; they must match"
         )
 
 

@@ -36,8 +36,16 @@ from ..errors import UnsupportedModelError
 from ..layers import Dropout
 from ..ops import interpolate
 from ..outputs import BackboneFeatures
-from .transformer import (AttentionOutput, Intermediate, Output, PatchEmbeddings, SelfAttention,
-                          resize_position_embeddings, run_layers, with_cls_token)
+from .transformer import (
+    AttentionOutput,
+    Intermediate,
+    Output,
+    PatchEmbeddings,
+    SelfAttention,
+    resize_position_embeddings,
+    run_layers,
+    with_cls_token,
+)
 
 
 @dataclass
@@ -73,8 +81,18 @@ class BeitConfig(BaseConfig):
     out_features: list[str] | None = None
     out_indices: list[int] | None = None
 
-    POSITIVE = frozenset({"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                          "layer_norm_eps", "image_size", "patch_size", "num_channels"})
+    POSITIVE = frozenset(
+        {
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "layer_norm_eps",
+            "image_size",
+            "patch_size",
+            "num_channels",
+        }
+    )
     NON_NEGATIVE = frozenset({"hidden_dropout_prob", "attention_probs_dropout_prob"})
 
     def __post_init__(self):
@@ -89,11 +107,15 @@ class BeitConfig(BaseConfig):
             )
         self.image_size = list(pair(self.image_size, "image_size"))
         if self.add_fpn:
-            raise UnsupportedModelError("a BEiT backbone with add_fpn=True cannot feed DPT's neck (nor can it in "
-                                        "transformers); use a config with add_fpn=false")
+            raise UnsupportedModelError(
+                "a BEiT backbone with add_fpn=True cannot feed DPT's neck (nor can it in "
+                "transformers); use a config with add_fpn=false"
+            )
         if self.reshape_hidden_states:
-            raise UnsupportedModelError("DPT needs BEiT token sequences: set reshape_hidden_states=false in the "
-                                        "backbone config, as the DPT-BEiT checkpoints do")
+            raise UnsupportedModelError(
+                "DPT needs BEiT token sequences: set reshape_hidden_states=false in the "
+                "backbone config, as the DPT-BEiT checkpoints do"
+            )
         self.out_features, self.out_indices = align_out_features(self.stage_names, self.out_features, self.out_indices)
 
     @property
@@ -160,8 +182,9 @@ class BeitSelfAttention(SelfAttention):
     """Self-attention with a bias-free key projection and an optional per-layer relative position bias."""
 
     def __init__(self, config: BeitConfig):
-        super().__init__(config.hidden_size, config.num_attention_heads, True, config.attention_probs_dropout_prob,
-                         key_bias=False)
+        super().__init__(
+            config.hidden_size, config.num_attention_heads, True, config.attention_probs_dropout_prob, key_bias=False
+        )
         self.relative_position_bias = RelativePositionBias(config) if config.use_relative_position_bias else None
 
     def __call__(self, x, grid, shared_bias=None, output_attentions=False):
@@ -218,8 +241,9 @@ class BeitEncoder(nn.Module):
     def __call__(self, x, grid, output_attentions=False):
         """Returns every layer's input and output (embeddings first) and the attention probabilities."""
         shared = self.relative_position_bias(grid) if self.relative_position_bias is not None else None
-        return run_layers(self.layer, x, grid, shared, output_attentions=output_attentions,
-                          checkpoint=self.gradient_checkpointing)
+        return run_layers(
+            self.layer, x, grid, shared, output_attentions=output_attentions, checkpoint=self.gradient_checkpointing
+        )
 
 
 class BeitEmbeddings(nn.Module):

@@ -18,11 +18,10 @@ Reference subtleties kept here:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
-
-from dataclasses import dataclass
 
 from ..config_utils import BaseConfig, align_out_features, check_act, pair, stage_names
 from ..errors import UnsupportedModelError
@@ -61,8 +60,9 @@ class BitConfig(BaseConfig):
     out_features: list[str] | None = None
     out_indices: list[int] | None = None
 
-    POSITIVE = frozenset({"num_channels", "embedding_size", "hidden_sizes", "depths", "num_groups", "output_stride",
-                          "width_factor"})
+    POSITIVE = frozenset(
+        {"num_channels", "embedding_size", "hidden_sizes", "depths", "num_groups", "output_stride", "width_factor"}
+    )
     NON_NEGATIVE = frozenset({"drop_path_rate"})
 
     def __post_init__(self):
@@ -135,12 +135,30 @@ def conv_out_size(size: int, kernel_size: int, stride: int, padding: int, dilati
 class WeightStandardizedConv2d(nn.Conv2d):
     """Conv2d whose kernel is standardised per output channel: (w - mean) / sqrt(var + eps)."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding="SAME", dilation=1, groups=1,
-                 bias=False, eps=1e-6):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding="SAME",
+        dilation=1,
+        groups=1,
+        bias=False,
+        eps=1e-6,
+    ):
         static, dynamic = padding_value(padding, kernel_size, stride, dilation)
         # ints only: kernel_size, stride and dilation are square here
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=static,
-                         dilation=dilation, groups=groups, bias=bias)
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=static,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+        )
         self.kernel = kernel_size
         self.dynamic = dynamic
         self.eps = eps
@@ -196,7 +214,11 @@ class BitEmbeddings(nn.Module):
     def __init__(self, config: BitConfig):
         super().__init__()
         self.convolution = WeightStandardizedConv2d(
-            config.num_channels, config.embedding_size, kernel_size=7, stride=2, eps=1e-8,
+            config.num_channels,
+            config.embedding_size,
+            kernel_size=7,
+            stride=2,
+            eps=1e-8,
             padding=config.global_padding,
         )
         self.pooler = MaxPool2d(3, 2, dynamic_padding=config.embedding_dynamic_padding)
@@ -220,8 +242,9 @@ class BitDownsampleConv(nn.Module):
 
     def __init__(self, config: BitConfig, in_channels: int, out_channels: int, stride: int, preact: bool):
         super().__init__()
-        self.conv = WeightStandardizedConv2d(in_channels, out_channels, 1, stride=stride, eps=1e-8,
-                                             padding=config.global_padding)
+        self.conv = WeightStandardizedConv2d(
+            in_channels, out_channels, 1, stride=stride, eps=1e-8, padding=config.global_padding
+        )
         self.norm = None if preact else GroupNormActivation(config, out_channels, apply_activation=False)
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -232,8 +255,9 @@ class BitDownsampleConv(nn.Module):
 class BitPreActivationBottleneckLayer(nn.Module):
     """Pre-activation (v2) bottleneck: norm-act before each conv, the stride on the 3x3 conv."""
 
-    def __init__(self, config, in_channels, out_channels, stride=1, dilation=1, first_dilation=None,
-                 is_first_layer=False):
+    def __init__(
+        self, config, in_channels, out_channels, stride=1, dilation=1, first_dilation=None, is_first_layer=False
+    ):
         super().__init__()
         mid = make_div(out_channels * 0.25)
         self.downsample = (
@@ -260,8 +284,9 @@ class BitPreActivationBottleneckLayer(nn.Module):
 class BitBottleneckLayer(nn.Module):
     """Non-pre-activation bottleneck (ResNet v1.5 style), the layer of DPT-Hybrid."""
 
-    def __init__(self, config, in_channels, out_channels, stride=1, dilation=1, first_dilation=None,
-                 is_first_layer=False):
+    def __init__(
+        self, config, in_channels, out_channels, stride=1, dilation=1, first_dilation=None, is_first_layer=False
+    ):
         super().__init__()
         first_dilation = first_dilation or dilation
         mid = make_div(out_channels * 0.25)
@@ -271,8 +296,9 @@ class BitBottleneckLayer(nn.Module):
         pad = config.global_padding
         self.conv1 = WeightStandardizedConv2d(in_channels, mid, 1, eps=1e-8, padding=pad)
         self.norm1 = GroupNormActivation(config, mid)
-        self.conv2 = WeightStandardizedConv2d(mid, mid, 3, stride=stride, dilation=first_dilation, eps=1e-8,
-                                              padding=pad)
+        self.conv2 = WeightStandardizedConv2d(
+            mid, mid, 3, stride=stride, dilation=first_dilation, eps=1e-8, padding=pad
+        )
         self.norm2 = GroupNormActivation(config, mid)
         self.conv3 = WeightStandardizedConv2d(mid, out_channels, 1, eps=1e-8, padding=pad)
         self.norm3 = GroupNormActivation(config, out_channels, apply_activation=False)
@@ -293,10 +319,17 @@ class BitStage(nn.Module):
         first_dilation = 1 if dilation in (1, 2) else 2
         self.layers = []
         for i in range(depth):
-            self.layers.append(layer_cls(
-                config, in_channels, out_channels, stride=stride if i == 0 else 1, dilation=dilation,
-                first_dilation=first_dilation, is_first_layer=i == 0,
-            ))
+            self.layers.append(
+                layer_cls(
+                    config,
+                    in_channels,
+                    out_channels,
+                    stride=stride if i == 0 else 1,
+                    dilation=dilation,
+                    first_dilation=first_dilation,
+                    is_first_layer=i == 0,
+                )
+            )
             in_channels, first_dilation = out_channels, dilation
 
     def out_size(self, size: int) -> int:

@@ -47,10 +47,21 @@ class Dinov2Config(BaseConfig):
     reshape_hidden_states: bool = True
     use_mask_token: bool = True
 
-    POSITIVE = frozenset({"hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio", "layer_norm_eps",
-                          "image_size", "patch_size", "num_channels"})
-    NON_NEGATIVE = frozenset({"hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range",
-                              "drop_path_rate"})
+    POSITIVE = frozenset(
+        {
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "mlp_ratio",
+            "layer_norm_eps",
+            "image_size",
+            "patch_size",
+            "num_channels",
+        }
+    )
+    NON_NEGATIVE = frozenset(
+        {"hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range", "drop_path_rate"}
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -96,7 +107,9 @@ class Dinov2Embeddings(nn.Module):
         this transformers version), and skips it only when the grid already matches.
         """
         emb = self.patch_embeddings(x)
-        pos = resize_position_embeddings(self.position_embeddings, self.patch_embeddings.grid(x.shape[1], x.shape[2]), mode="bicubic")
+        pos = resize_position_embeddings(
+            self.position_embeddings, self.patch_embeddings.grid(x.shape[1], x.shape[2]), mode="bicubic"
+        )
         emb = with_cls_token(self.cls_token, emb) + pos.astype(emb.dtype)
         return self.dropout(emb)
 
@@ -201,6 +214,4 @@ class Dinov2Backbone(nn.Module):
             if self.config.reshape_hidden_states:
                 state = state[:, 1:].reshape(b, grid[0], grid[1], -1)
             features.append(state)
-        return BackboneFeatures(
-            features, grid, tuple(hidden_states), tuple(attentions) if output_attentions else None
-        )
+        return BackboneFeatures(features, grid, tuple(hidden_states), tuple(attentions) if output_attentions else None)

@@ -70,8 +70,19 @@ class Swinv2Config(BaseConfig):
     out_features: list[str] | None = None
     out_indices: list[int] | None = None
 
-    POSITIVE = frozenset({"image_size", "patch_size", "num_channels", "embed_dim", "depths", "num_heads",
-                          "window_size", "mlp_ratio", "layer_norm_eps"})
+    POSITIVE = frozenset(
+        {
+            "image_size",
+            "patch_size",
+            "num_channels",
+            "embed_dim",
+            "depths",
+            "num_heads",
+            "window_size",
+            "mlp_ratio",
+            "layer_norm_eps",
+        }
+    )
     NON_NEGATIVE = frozenset({"pretrained_window_sizes", "hidden_dropout_prob", "attention_probs_dropout_prob"})
 
     def __post_init__(self):
@@ -84,15 +95,19 @@ class Swinv2Config(BaseConfig):
             self.pretrained_window_sizes = [0] * len(self.depths)
         self.pretrained_window_sizes = list(self.pretrained_window_sizes)
         if not len(self.depths) == len(self.num_heads) <= len(self.pretrained_window_sizes):
-            raise ValueError(f"depths {self.depths}, num_heads {self.num_heads} and pretrained_window_sizes "
-                             f"{self.pretrained_window_sizes} do not describe the same stages")
+            raise ValueError(
+                f"depths {self.depths}, num_heads {self.num_heads} and pretrained_window_sizes "
+                f"{self.pretrained_window_sizes} do not describe the same stages"
+            )
         for i, heads in enumerate(self.num_heads):
             if self.dims[i] % heads:
                 raise ValueError(f"stage {i + 1} width {self.dims[i]} is not a multiple of its {heads} heads")
         if self.use_absolute_embeddings:
             # transformers' Swinv2Backbone adds (1, N+1, C) embeddings to N tokens: it cannot run either.
-            raise UnsupportedModelError("Swinv2 with use_absolute_embeddings=True is not supported (transformers "
-                                        "cannot run it as a backbone either)")
+            raise UnsupportedModelError(
+                "Swinv2 with use_absolute_embeddings=True is not supported (transformers "
+                "cannot run it as a backbone either)"
+            )
         self.image_size = list(pair(self.image_size, "image_size"))
         self.patch_size = list(pair(self.patch_size, "patch_size"))
         self.out_features, self.out_indices = align_out_features(self.stage_names, self.out_features, self.out_indices)
@@ -217,9 +232,7 @@ class Swinv2SelfAttention(nn.Module):
             def fold(t):
                 return t.reshape(bn // nw, nw * self.num_heads, n, -1)
 
-            out = self.sdpa(
-                fold(q), fold(k), fold(v), scale=1.0, mask=bias.reshape(1, nw * self.num_heads, n, n)
-            )
+            out = self.sdpa(fold(q), fold(k), fold(v), scale=1.0, mask=bias.reshape(1, nw * self.num_heads, n, n))
             out = out.reshape(bn, self.num_heads, n, self.head_dim)
         return out.transpose(0, 2, 1, 3).reshape(bn, n, -1), probs
 
@@ -359,8 +372,9 @@ class Swinv2PatchEmbeddings(nn.Module):
     def __init__(self, config: Swinv2Config):
         super().__init__()
         self.patch_size = tuple(config.patch_size)
-        self.projection = nn.Conv2d(config.num_channels, config.embed_dim, kernel_size=self.patch_size,
-                                    stride=self.patch_size)
+        self.projection = nn.Conv2d(
+            config.num_channels, config.embed_dim, kernel_size=self.patch_size, stride=self.patch_size
+        )
 
     def __call__(self, x: mx.array) -> mx.array:
         """(B, H, W, 3) -> (B, ceil(H/p), ceil(W/p), C): inputs are zero-padded bottom/right to the patch."""

@@ -57,8 +57,14 @@ class PatchEmbeddings(nn.Module):
 class SelfAttention(nn.Module):
     """Multi-head self-attention with separate query/key/value projections (the checkpoints' layout)."""
 
-    def __init__(self, hidden_size: int, num_heads: int, qkv_bias: bool = True, dropout: float = 0.0,
-                 key_bias: bool | None = None):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        dropout: float = 0.0,
+        key_bias: bool | None = None,
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads

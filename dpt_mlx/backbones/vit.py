@@ -16,8 +16,15 @@ from ..config_utils import BaseConfig, pair
 from ..layers import Dropout, activation
 from ..outputs import BackboneFeatures
 from .bit import BitConfig, HybridEmbeddings
-from .transformer import (Attention, Intermediate, Output, PatchEmbeddings, resize_position_embeddings, run_layers,
-                          with_cls_token)
+from .transformer import (
+    Attention,
+    Intermediate,
+    Output,
+    PatchEmbeddings,
+    resize_position_embeddings,
+    run_layers,
+    with_cls_token,
+)
 
 
 @dataclass
@@ -40,16 +47,30 @@ class ViTConfig(BaseConfig):
     bit: BitConfig | None = None
     backbone_featmap_shape: list[int] | None = None
 
-    POSITIVE = frozenset({"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                          "layer_norm_eps", "image_size", "patch_size", "num_channels", "backbone_featmap_shape"})
+    POSITIVE = frozenset(
+        {
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "layer_norm_eps",
+            "image_size",
+            "patch_size",
+            "num_channels",
+            "backbone_featmap_shape",
+        }
+    )
     NON_NEGATIVE = frozenset({"hidden_dropout_prob", "attention_probs_dropout_prob", "out_indices"})
 
     @classmethod
     def from_dpt(cls, config) -> ViTConfig:
         """The ViT part of a DPTConfig: its own fields, ``backbone_out_indices``, and BiT for hybrids."""
         names = [n for n in cls.__dataclass_fields__ if n not in ("out_indices", "bit")]
-        return cls(**{n: getattr(config, n) for n in names}, out_indices=list(config.backbone_out_indices),
-                   bit=config.bit_config if config.is_hybrid else None)
+        return cls(
+            **{n: getattr(config, n) for n in names},
+            out_indices=list(config.backbone_out_indices),
+            bit=config.bit_config if config.is_hybrid else None,
+        )
 
 
 class ViTEmbeddings(nn.Module):
@@ -130,5 +151,5 @@ class ViTBackbone(nn.Module):
         tokens, grid, maps = self.embeddings(x)
         hidden_states, attentions = self.encoder(tokens, output_attentions)
         layers = hidden_states[1:]
-        features = list(maps) + [layers[i] for i in self.out_indices[len(maps):]]
+        features = list(maps) + [layers[i] for i in self.out_indices[len(maps) :]]
         return BackboneFeatures(features, grid, tuple(hidden_states), tuple(attentions))

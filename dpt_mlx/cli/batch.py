@@ -31,8 +31,18 @@ from ..io.files import remove_stale_temps
 from ..processing.visualize import COLORMAPS
 from ..ray import START_TIMEOUT, check_cpus, cluster_cpus
 from .batch_inputs import Inputs, collect
-from .console import (EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, ArgumentParser, Console, command, interrupt_name,
-                      interrupt_status, positive_int, signals_interrupt)
+from .console import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    ArgumentParser,
+    Console,
+    command,
+    interrupt_name,
+    interrupt_status,
+    positive_int,
+    signals_interrupt,
+)
 from .predict_outputs import plan
 
 DEFAULT_MODEL = "Intel/dpt-large"
@@ -82,31 +92,64 @@ def _positive_number(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="python -m dpt_mlx.batch", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Depth or segmentation maps for every image of a folder or bucket, with the "
-                                   "model running on Ray Data workers (this machine, or a Ray cluster).")
+    p = ArgumentParser(
+        prog="python -m dpt_mlx.batch",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Depth or segmentation maps for every image of a folder or bucket, with the "
+        "model running on Ray Data workers (this machine, or a Ray cluster).",
+    )
     p.add_argument("--input", "-i", required=True, metavar="DIR|GLOB|URI", help="the images (see below)")
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for the outputs (created if needed)")
-    p.add_argument("--model", "-m", default=DEFAULT_MODEL,
-                   help=f"Hugging Face Hub repo id or checkpoint folder (default {DEFAULT_MODEL})")
-    p.add_argument("--format", "-f", type=_formats, action="append", metavar="FMT",
-                   help="png (default), png16 (depth only), npy; comma-separated or repeated")
-    p.add_argument("--colormap", "-c", choices=COLORMAPS, default="inferno", metavar="NAME",
-                   help=f"depth PNG colours: {', '.join(COLORMAPS)} (default inferno)")
+    p.add_argument(
+        "--model",
+        "-m",
+        default=DEFAULT_MODEL,
+        help=f"Hugging Face Hub repo id or checkpoint folder (default {DEFAULT_MODEL})",
+    )
+    p.add_argument(
+        "--format",
+        "-f",
+        type=_formats,
+        action="append",
+        metavar="FMT",
+        help="png (default), png16 (depth only), npy; comma-separated or repeated",
+    )
+    p.add_argument(
+        "--colormap",
+        "-c",
+        choices=COLORMAPS,
+        default="inferno",
+        metavar="NAME",
+        help=f"depth PNG colours: {', '.join(COLORMAPS)} (default inferno)",
+    )
     p.add_argument("--recursive", "-r", action="store_true", help="also the images in subfolders")
     p.add_argument("--overwrite", action="store_true", help="redo every image, replacing existing outputs")
-    p.add_argument("--address", metavar="ADDR",
-                   help="the Ray cluster: auto, ray://HOST:PORT or HOST:PORT (default: start a local Ray)")
-    p.add_argument("--workers", "-w", type=positive_int, metavar="N",
-                   help="model workers (default: one per node with CPUs)")
-    p.add_argument("--cpus-per-worker", type=_positive_number, metavar="N",
-                   help="CPUs (and threads) of each worker (default: the most that lets every worker be placed)")
-    p.add_argument("--start-timeout", type=_positive_number, default=START_TIMEOUT, metavar="SECONDS",
-                   help=f"fail when the workers have not started (model loaded) within this time, e.g. because "
-                        f"other jobs hold the cluster's CPUs (default {START_TIMEOUT:g})")
-    p.add_argument("--batch-size", "-b", type=positive_int, default=1, metavar="N",
-                   help="images per forward pass (default 1)")
+    p.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="the Ray cluster: auto, ray://HOST:PORT or HOST:PORT (default: start a local Ray)",
+    )
+    p.add_argument(
+        "--workers", "-w", type=positive_int, metavar="N", help="model workers (default: one per node with CPUs)"
+    )
+    p.add_argument(
+        "--cpus-per-worker",
+        type=_positive_number,
+        metavar="N",
+        help="CPUs (and threads) of each worker (default: the most that lets every worker be placed)",
+    )
+    p.add_argument(
+        "--start-timeout",
+        type=_positive_number,
+        default=START_TIMEOUT,
+        metavar="SECONDS",
+        help=f"fail when the workers have not started (model loaded) within this time, e.g. because "
+        f"other jobs hold the cluster's CPUs (default {START_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--batch-size", "-b", type=positive_int, default=1, metavar="N", help="images per forward pass (default 1)"
+    )
     p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="compute dtype (default: the checkpoint's)")
     p.add_argument("--flip-tta", action="store_true", help="also predict each image mirrored and average the two")
     talk = p.add_mutually_exclusive_group()
@@ -141,8 +184,9 @@ def _start(ray, args) -> bool:
 
             ray.init(address="local", num_cpus=cpu_count(), logging_level=level)  # a new one, never another's
     except (ConnectionError, RuntimeError, ValueError, OSError) as e:
-        raise UsageError(f"cannot {'connect to Ray at ' + args.address if args.address else 'start Ray'}: "
-                         f"{first_line(e)}") from None
+        raise UsageError(
+            f"cannot {'connect to Ray at ' + args.address if args.address else 'start Ray'}: {first_line(e)}"
+        ) from None
     return True
 
 
@@ -245,12 +289,25 @@ def _run(ray, args, inputs: Inputs, jobs: list, console: Console, tally: Tally) 
     ray.data.DataContext.get_current().enable_progress_bars = not args.quiet
     if args.quiet:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-    options = dict(model=args.model, dtype=args.dtype, batch_size=args.batch_size, flip_tta=args.flip_tta,
-                   threads=max(1, int(tally.cpus)), filesystem=inputs.filesystem, colormap=args.colormap,
-                   overwrite=args.overwrite, verbose=args.verbose)
+    options = dict(
+        model=args.model,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        flip_tta=args.flip_tta,
+        threads=max(1, int(tally.cpus)),
+        filesystem=inputs.filesystem,
+        colormap=args.colormap,
+        overwrite=args.overwrite,
+        verbose=args.verbose,
+    )
     dataset = ray.data.from_items(rows).map_batches(
-        OutputWriter, fn_constructor_kwargs=options, num_cpus=tally.cpus, batch_size=args.batch_size,
-        batch_format="numpy", **_actor_pool(ray, tally.workers))
+        OutputWriter,
+        fn_constructor_kwargs=options,
+        num_cpus=tally.cpus,
+        batch_size=args.batch_size,
+        batch_format="numpy",
+        **_actor_pool(ray, tally.workers),
+    )
     dataset.context.wait_for_min_actors_s = max(1, int(round(args.start_timeout)))
     start = time.perf_counter()
     try:
@@ -273,22 +330,28 @@ def _missing_outputs(tally: Tally) -> list[Path]:
 
 
 def _workers(tally: Tally) -> str:
-    return (f"{tally.workers} worker{'s' if tally.workers != 1 else ''}, "
-            f"{tally.cpus:g} CPU{'s' if tally.cpus != 1 else ''} each")
+    return (
+        f"{tally.workers} worker{'s' if tally.workers != 1 else ''}, "
+        f"{tally.cpus:g} CPU{'s' if tally.cpus != 1 else ''} each"
+    )
 
 
 def _summary(tally: Tally, skipped: int) -> str:
     rate = tally.written / tally.seconds if tally.seconds > 0 else 0.0
-    text = (f"{tally.written} image{'s' if tally.written != 1 else ''} written in {tally.seconds:.1f} s "
-            f"({rate:.2f} images/s; {_workers(tally)})")
+    text = (
+        f"{tally.written} image{'s' if tally.written != 1 else ''} written in {tally.seconds:.1f} s "
+        f"({rate:.2f} images/s; {_workers(tally)})"
+    )
     if skipped:
         text += f"; {skipped} skipped (all outputs exist)"
     return text
 
 
 def _interrupted(e: KeyboardInterrupt, console: Console, written: int) -> int:
-    console.error(f"{interrupt_name(e)} after {written} image(s) (finished outputs kept, no partial files; "
-                  "the same command does the rest)")
+    console.error(
+        f"{interrupt_name(e)} after {written} image(s) (finished outputs kept, no partial files; "
+        "the same command does the rest)"
+    )
     return interrupt_status(e)
 
 
@@ -302,10 +365,21 @@ def main(argv: list[str] | None = None) -> int:
         ray = _import_ray()
         inputs = collect(args, console)
         task = _check_model(args, console)
-        work = plan(argparse.Namespace(format=[args.format], output=None, output_dir=args.output,
-                                       output_dir_flag="--output", overlay=False,
-                                       overwrite=args.overwrite, skip_existing=not args.overwrite,
-                                       recursive=inputs.mirror, input_dir=[inputs.base]), inputs.paths, task)
+        work = plan(
+            argparse.Namespace(
+                format=[args.format],
+                output=None,
+                output_dir=args.output,
+                output_dir_flag="--output",
+                overlay=False,
+                overwrite=args.overwrite,
+                skip_existing=not args.overwrite,
+                recursive=inputs.mirror,
+                input_dir=[inputs.base],
+            ),
+            inputs.paths,
+            task,
+        )
         stale = remove_stale_temps(t for job in work.jobs for _, t in job.outputs)
         if stale:
             console.detail(f"removed {stale} temporary file(s) left by an earlier, killed run")
@@ -330,9 +404,11 @@ def main(argv: list[str] | None = None) -> int:
             return _interrupted(e, console, tally.written)
         except Exception as e:  # noqa: BLE001  (a worker's failure, as Ray wraps it)
             if type(e).__name__ == "GetTimeoutError" and not tally.written:
-                console.error(f"the Ray workers did not start within {args.start_timeout:g} s ({_workers(tally)}; "
-                              f"the cluster has {_free_cpus(ray)} CPUs free now): other work holds the CPUs, or "
-                              "the model loads slowly (--start-timeout)")
+                console.error(
+                    f"the Ray workers did not start within {args.start_timeout:g} s ({_workers(tally)}; "
+                    f"the cluster has {_free_cpus(ray)} CPUs free now): other work holds the CPUs, or "
+                    "the model loads slowly (--start-timeout)"
+                )
                 return EXIT_ERROR
             console.error(f"the Ray job failed after {tally.written} image(s): {_root_cause(e)}")
             return EXIT_SOME_FAILED if tally.written else EXIT_ERROR
@@ -342,8 +418,10 @@ def main(argv: list[str] | None = None) -> int:
 
     missing = _missing_outputs(tally)
     if missing:
-        console.error(f"{len(missing)} file(s) the workers wrote are not in {args.output} here, e.g. {missing[0]}; "
-                      "--output must be a folder every Ray node shares, at the same path")
+        console.error(
+            f"{len(missing)} file(s) the workers wrote are not in {args.output} here, e.g. {missing[0]}; "
+            "--output must be a folder every Ray node shares, at the same path"
+        )
         return EXIT_ERROR
     if tally.written:
         console.info(_summary(tally, len(work.skipped)))
@@ -351,8 +429,10 @@ def main(argv: list[str] | None = None) -> int:
         console.info(f"{len(work.skipped)} image(s) skipped (all outputs exist in {args.output})")
     failed = tally.failed + len(work.rejected)
     if failed:
-        console.error(f"{failed} of {len(inputs.paths)} images failed (see above)"
-                      + ("; the others were written" if tally.written else ""))
+        console.error(
+            f"{failed} of {len(inputs.paths)} images failed (see above)"
+            + ("; the others were written" if tally.written else "")
+        )
         return EXIT_SOME_FAILED if tally.written or work.skipped else EXIT_ERROR
     return EXIT_OK
 

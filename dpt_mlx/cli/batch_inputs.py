@@ -34,8 +34,11 @@ class Inputs:
 
 def _is_image_name(relative: PurePosixPath) -> bool:
     """Whether a file (by its path below the input's base) is an input: an image, not hidden, not an output."""
-    return (relative.suffix.lower() in IMAGE_EXTENSIONS and not relative.name.endswith(OUTPUT_SUFFIXES)
-            and not any(part.startswith(".") for part in relative.parts))
+    return (
+        relative.suffix.lower() in IMAGE_EXTENSIONS
+        and not relative.name.endswith(OUTPUT_SUFFIXES)
+        and not any(part.startswith(".") for part in relative.parts)
+    )
 
 
 def _uri_inputs(uri: str, recursive: bool) -> Inputs:
@@ -69,7 +72,7 @@ def _uri_inputs(uri: str, recursive: bool) -> Inputs:
 def _glob_base(pattern: str) -> str:
     """The folder of a glob pattern above its first wildcard."""
     parts = Path(pattern).parts
-    static = parts[:next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))]
+    static = parts[: next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))]
     return str(Path(*static)) if static else "."
 
 
@@ -84,8 +87,11 @@ def collect(args, console: Console) -> Inputs:
         base, mirror = expanded, args.recursive
     elif glob.has_magic(expanded):
         base, mirror = _glob_base(expanded), True
-        paths = sorted(Path(p) for p in glob.glob(expanded, recursive=args.recursive)
-                       if os.path.isfile(p) and _is_image_name(PurePosixPath(Path(p).relative_to(base).as_posix())))
+        paths = sorted(
+            Path(p)
+            for p in glob.glob(expanded, recursive=args.recursive)
+            if os.path.isfile(p) and _is_image_name(PurePosixPath(Path(p).relative_to(base).as_posix()))
+        )
         if not paths:
             raise UsageError(f"--input {text} matches no images (looked for {' '.join(IMAGE_EXTENSIONS)})")
     elif os.path.isfile(expanded):

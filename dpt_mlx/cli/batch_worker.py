@@ -26,8 +26,10 @@ from .predict_outputs import Job, write_outputs
 
 def job_row(job: Job, name: str, source: str) -> dict[str, str]:
     """The row that sends one planned image to the workers."""
-    planned = {"outputs": [[kind, str(target)] for kind, target in job.outputs],
-               "replace": sorted(str(t) for t in job.replace)}
+    planned = {
+        "outputs": [[kind, str(target)] for kind, target in job.outputs],
+        "replace": sorted(str(t) for t in job.replace),
+    }
     return {"path": name, "source": source, "job": json.dumps(planned)}
 
 
@@ -46,8 +48,7 @@ class OutputWriter(DepthPredictor):
     class of a segmentation map in ``details``. The other arguments are DepthPredictor's.
     """
 
-    def __init__(self, model: Any, colormap: str = "inferno", overwrite: bool = False, verbose: bool = False,
-                 **kwargs):
+    def __init__(self, model: Any, colormap: str = "inferno", overwrite: bool = False, verbose: bool = False, **kwargs):
         super().__init__(model, image_column="source", path_column="path", errors="record", **kwargs)
         self.options = SimpleNamespace(colormap=colormap, overwrite=overwrite, verbose=verbose, alpha=0.5)
 
@@ -70,5 +71,8 @@ class OutputWriter(DepthPredictor):
             else:
                 details[i] = "\n".join([f"{names[i]} -> {', '.join(str(t) for _, t in job.outputs)}"] + lines)
             images[i] = None
-        return {"path": np.array(names, dtype=object), "error": np.array(errors, dtype=object),
-                "details": np.array(details, dtype=object)}
+        return {
+            "path": np.array(names, dtype=object),
+            "error": np.array(errors, dtype=object),
+            "details": np.array(details, dtype=object),
+        }

@@ -15,16 +15,35 @@ def build_parser() -> ArgumentParser:
         prog="convert.py",
         description="Convert a transformers DPT / Depth Anything checkpoint into a dpt_mlx checkpoint.",
     )
-    p.add_argument("--hf-path", required=True, help="Hugging Face Hub repo id or local transformers checkpoint directory")
+    p.add_argument(
+        "--hf-path", required=True, help="Hugging Face Hub repo id or local transformers checkpoint directory"
+    )
     p.add_argument("--mlx-path", required=True, help="output directory (must not exist unless --overwrite)")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default=None,
-                   help="store the weights in this dtype (default: as in the source)")
-    p.add_argument("--quantize", action="store_true",
-                   help="store the transformer's linear layers with --q-bits-bit weights (dpt_mlx.io.quantize)")
-    p.add_argument("--q-bits", type=int, choices=[4, 8], default=8,
-                   help="bits per weight with --quantize (default 8; 4-bit is smaller but lossy: see README)")
-    p.add_argument("--q-group-size", type=int, choices=[32, 64, 128], default=64,
-                   help="weights sharing one scale and offset with --quantize (default 64)")
+    p.add_argument(
+        "--dtype",
+        choices=tuple(DTYPES),
+        default=None,
+        help="store the weights in this dtype (default: as in the source)",
+    )
+    p.add_argument(
+        "--quantize",
+        action="store_true",
+        help="store the transformer's linear layers with --q-bits-bit weights (dpt_mlx.io.quantize)",
+    )
+    p.add_argument(
+        "--q-bits",
+        type=int,
+        choices=[4, 8],
+        default=8,
+        help="bits per weight with --quantize (default 8; 4-bit is smaller but lossy: see README)",
+    )
+    p.add_argument(
+        "--q-group-size",
+        type=int,
+        choices=[32, 64, 128],
+        default=64,
+        help="weights sharing one scale and offset with --quantize (default 64)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
     return p
@@ -36,8 +55,16 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     report = {}
     try:
-        out = convert(args.hf_path, args.mlx_path, dtype=args.dtype, overwrite=args.overwrite,
-                      quantize=args.quantize, q_bits=args.q_bits, q_group_size=args.q_group_size, report=report)
+        out = convert(
+            args.hf_path,
+            args.mlx_path,
+            dtype=args.dtype,
+            overwrite=args.overwrite,
+            quantize=args.quantize,
+            q_bits=args.q_bits,
+            q_group_size=args.q_group_size,
+            report=report,
+        )
     except (DPTError, ValueError, OSError) as e:
         print_error(e, args.verbose)
         return EXIT_ERROR

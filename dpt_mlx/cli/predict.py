@@ -22,8 +22,16 @@ from ..errors import DPTError, UsageError
 from ..io.checkpoint import DTYPES
 from ..io.files import remove_stale_temps, remove_unchanged, temp_files
 from ..processing.visualize import COLORMAPS
-from .console import (EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, Console, command, interrupt_name, interrupt_status,
-                      positive_int)
+from .console import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    Console,
+    command,
+    interrupt_name,
+    interrupt_status,
+    positive_int,
+)
 from .predict_outputs import Plan, collect_inputs, depth_kind, plan
 from .predict_points import add_point_options, check_points
 from .predict_prompt import add_prompt_options, assign_prompts
@@ -84,8 +92,9 @@ def _formats(text: str) -> list[str]:
     names = [t.strip().lower() for t in text.split(",") if t.strip()]
     bad = [n for n in names if n not in FORMATS + VIDEO_FORMATS]
     if bad or not names:
-        raise argparse.ArgumentTypeError(f"invalid format {text!r}; choose from {', '.join(FORMATS)} "
-                                         f"(--video: mp4, npz, png16; comma-separated)")
+        raise argparse.ArgumentTypeError(
+            f"invalid format {text!r}; choose from {', '.join(FORMATS)} (--video: mp4, npz, png16; comma-separated)"
+        )
     return names
 
 
@@ -115,69 +124,132 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     inputs = p.add_argument_group("inputs")
-    inputs.add_argument("--image", "-i", metavar="PATH", nargs="+", action="extend", default=[],
-                        help="image file(s) or http(s) URLs; repeat or list several")
-    inputs.add_argument("--input-dir", metavar="DIR", action="append", default=[],
-                        help="every image in DIR (.jpg .jpeg .png .bmp .gif .tif .tiff .webp .ppm .pgm .pnm "
-                             ".heic .heif; not recursive without --recursive)")
-    inputs.add_argument("--recursive", action="store_true",
-                        help="--input-dir: also the images in its subfolders (hidden ones skipped, folder links "
-                             "not followed); outputs keep the folder structure under --output-dir")
-    inputs.add_argument("--image-list", metavar="FILE", action="append", default=[],
-                        help="a text file of image paths or URLs, one a line (# comments and blank lines "
-                             "ignored; relative to the file's folder); - reads stdin")
-    inputs.add_argument("--model", "-m", default=DEFAULT_MODEL,
-                        help="Hugging Face Hub repo id or local checkpoint directory (transformers or converted); "
-                             f"default {DEFAULT_MODEL}. Depth or segmentation follows from the checkpoint")
-    inputs.add_argument("--video", metavar="PATH",
-                        help="a video: writes <name>_depth.mp4 (--format mp4, npz, png16); depth models only")
+    inputs.add_argument(
+        "--image",
+        "-i",
+        metavar="PATH",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="image file(s) or http(s) URLs; repeat or list several",
+    )
+    inputs.add_argument(
+        "--input-dir",
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="every image in DIR (.jpg .jpeg .png .bmp .gif .tif .tiff .webp .ppm .pgm .pnm "
+        ".heic .heif; not recursive without --recursive)",
+    )
+    inputs.add_argument(
+        "--recursive",
+        action="store_true",
+        help="--input-dir: also the images in its subfolders (hidden ones skipped, folder links "
+        "not followed); outputs keep the folder structure under --output-dir",
+    )
+    inputs.add_argument(
+        "--image-list",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="a text file of image paths or URLs, one a line (# comments and blank lines "
+        "ignored; relative to the file's folder); - reads stdin",
+    )
+    inputs.add_argument(
+        "--model",
+        "-m",
+        default=DEFAULT_MODEL,
+        help="Hugging Face Hub repo id or local checkpoint directory (transformers or converted); "
+        f"default {DEFAULT_MODEL}. Depth or segmentation follows from the checkpoint",
+    )
+    inputs.add_argument(
+        "--video", metavar="PATH", help="a video: writes <name>_depth.mp4 (--format mp4, npz, png16); depth models only"
+    )
 
     outputs = p.add_argument_group("outputs")
     where = outputs.add_mutually_exclusive_group()
-    where.add_argument("--output", "-o", metavar="FILE",
-                       help="output file, for one image and one output kind (.png or .npy)")
-    where.add_argument("--output-dir", "-d", metavar="DIR",
-                       help="directory for the outputs (created if needed); default: beside each input")
-    outputs.add_argument("--format", "-f", type=_formats, action="append", metavar="FMT",
-                         help="png (default: colour-mapped depth / palette class map), png16 (16-bit grayscale "
-                              "depth, mode I;16), npy (float32 depth / class ids at the input size), ply (3D point "
-                              "cloud of metric depth); comma-separated or repeated for several")
-    outputs.add_argument("--colormap", "-c", choices=COLORMAPS, default="inferno", metavar="NAME",
-                         help=f"depth colours for png and overlay: {', '.join(COLORMAPS)} (default inferno; "
-                              "gray writes an 8-bit grayscale PNG)")
-    outputs.add_argument("--overlay", action="store_true",
-                         help="also write the depth colours or class colours blended over the photo")
-    outputs.add_argument("--alpha", type=_alpha, default=0.5, metavar="A",
-                         help="opacity of the colours in --overlay, 0..1 (default 0.5)")
-    outputs.add_argument("--stabilize", action="store_true",
-                         help="--video mp4: align each frame's depth to the previous ones and use one "
-                              "normalisation range for the video (less flicker)")
-    outputs.add_argument("--no-audio", action="store_true",
-                         help="--video mp4: leave out the input's audio (by default its first audio track is "
-                              "copied as it is)")
+    where.add_argument(
+        "--output", "-o", metavar="FILE", help="output file, for one image and one output kind (.png or .npy)"
+    )
+    where.add_argument(
+        "--output-dir",
+        "-d",
+        metavar="DIR",
+        help="directory for the outputs (created if needed); default: beside each input",
+    )
+    outputs.add_argument(
+        "--format",
+        "-f",
+        type=_formats,
+        action="append",
+        metavar="FMT",
+        help="png (default: colour-mapped depth / palette class map), png16 (16-bit grayscale "
+        "depth, mode I;16), npy (float32 depth / class ids at the input size), ply (3D point "
+        "cloud of metric depth); comma-separated or repeated for several",
+    )
+    outputs.add_argument(
+        "--colormap",
+        "-c",
+        choices=COLORMAPS,
+        default="inferno",
+        metavar="NAME",
+        help=f"depth colours for png and overlay: {', '.join(COLORMAPS)} (default inferno; "
+        "gray writes an 8-bit grayscale PNG)",
+    )
+    outputs.add_argument(
+        "--overlay", action="store_true", help="also write the depth colours or class colours blended over the photo"
+    )
+    outputs.add_argument(
+        "--alpha", type=_alpha, default=0.5, metavar="A", help="opacity of the colours in --overlay, 0..1 (default 0.5)"
+    )
+    outputs.add_argument(
+        "--stabilize",
+        action="store_true",
+        help="--video mp4: align each frame's depth to the previous ones and use one "
+        "normalisation range for the video (less flicker)",
+    )
+    outputs.add_argument(
+        "--no-audio",
+        action="store_true",
+        help="--video mp4: leave out the input's audio (by default its first audio track is copied as it is)",
+    )
     existing = outputs.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    existing.add_argument("--skip-existing", action="store_true",
-                          help="skip an image whose requested outputs all exist; an image with only some "
-                               "of them is done again, replacing those")
+    existing.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip an image whose requested outputs all exist; an image with only some "
+        "of them is done again, replacing those",
+    )
 
     add_point_options(p)
     add_prompt_options(p)
 
     run = p.add_argument_group("running")
-    run.add_argument("--batch-size", "-b", type=positive_int, default=1, metavar="N",
-                     help="images per forward pass; images are batched when they have the same size after "
-                          "preprocessing (default 1)")
-    run.add_argument("--dtype", choices=tuple(DTYPES), default=None,
-                     help="compute dtype (default: the checkpoint's)")
-    run.add_argument("--flip-tta", action="store_true",
-                     help="also predict each image mirrored left-right and average the two (test-time "
-                          "augmentation, as ZoeDepth's evaluation does): twice the model time per image")
+    run.add_argument(
+        "--batch-size",
+        "-b",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="images per forward pass; images are batched when they have the same size after preprocessing (default 1)",
+    )
+    run.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="compute dtype (default: the checkpoint's)")
+    run.add_argument(
+        "--flip-tta",
+        action="store_true",
+        help="also predict each image mirrored left-right and average the two (test-time "
+        "augmentation, as ZoeDepth's evaluation does): twice the model time per image",
+    )
     run.add_argument("--version", action="version", version=f"dpt_mlx {_version()}")
     talk = run.add_mutually_exclusive_group()
     talk.add_argument("--quiet", "-q", action="store_true", help="print errors only")
-    talk.add_argument("--verbose", "-v", action="store_true",
-                      help="more detail: model, preprocessing, per-image timing and value ranges; tracebacks on errors")
+    talk.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="more detail: model, preprocessing, per-image timing and value ranges; tracebacks on errors",
+    )
     return p
 
 
@@ -198,20 +270,26 @@ def _load(args, console: Console):
     for note in predictor.notes:
         console.detail(note)
     config = predictor.config
-    console.detail(f"model {args.model}: {type(predictor.model).__name__} ({predictor.task}), "
-                   f"{getattr(config, 'backbone_type', getattr(config, 'model_type', '?'))} backbone, "
-                   f"dtype {str(predictor.model.dtype).replace('mlx.core.', '')}, loaded in {seconds:.2f} s")
+    console.detail(
+        f"model {args.model}: {type(predictor.model).__name__} ({predictor.task}), "
+        f"{getattr(config, 'backbone_type', getattr(config, 'model_type', '?'))} backbone, "
+        f"dtype {str(predictor.model.dtype).replace('mlx.core.', '')}, loaded in {seconds:.2f} s"
+    )
     processor = predictor.image_processor
-    console.detail(f"preprocessing: size {processor.size}, keep_aspect_ratio={processor.keep_aspect_ratio}, "
-                   f"ensure_multiple_of={processor.ensure_multiple_of}")
+    console.detail(
+        f"preprocessing: size {processor.size}, keep_aspect_ratio={processor.keep_aspect_ratio}, "
+        f"ensure_multiple_of={processor.ensure_multiple_of}"
+    )
     return predictor, seconds
 
 
 def _summary(runner: Runner, work: Plan, predictor, seconds: float, load_seconds: float) -> str:
     per_image = seconds / max(1, runner.written + runner.failed)
     plural = "s" if runner.written != 1 else ""
-    summary = (f"{runner.written} image{plural} written in {seconds + load_seconds:.2f} s "
-               f"(model load {load_seconds:.2f} s, {per_image:.2f} s/image)")
+    summary = (
+        f"{runner.written} image{plural} written in {seconds + load_seconds:.2f} s "
+        f"(model load {load_seconds:.2f} s, {per_image:.2f} s/image)"
+    )
     if work.skipped:
         summary += f"; {_skipped(work)}"
     if predictor.task == "depth-estimation":
@@ -276,8 +354,10 @@ def main(argv: list[str] | None = None) -> int:
         runner.run(work.jobs)
     except KeyboardInterrupt as e:
         console.bar.close()
-        console.error(f"{interrupt_name(e)} after {runner.written} of {todo} images "
-                      "(finished outputs kept, no partial files left; --skip-existing continues)")
+        console.error(
+            f"{interrupt_name(e)} after {runner.written} of {todo} images "
+            "(finished outputs kept, no partial files left; --skip-existing continues)"
+        )
         return interrupt_status(e)
     seconds = time.perf_counter() - start
     stale = remove_unchanged(leftovers)
@@ -290,8 +370,10 @@ def main(argv: list[str] | None = None) -> int:
         console.info(_skipped(work))
     if runner.failed:
         if len(paths) > 1:
-            console.error(f"{runner.failed} of {len(paths)} images failed (see above)"
-                          + ("; the others were written" if runner.written else ""))
+            console.error(
+                f"{runner.failed} of {len(paths)} images failed (see above)"
+                + ("; the others were written" if runner.written else "")
+            )
         return EXIT_SOME_FAILED if runner.written or work.skipped else EXIT_ERROR
     return EXIT_OK
 

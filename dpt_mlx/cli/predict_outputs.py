@@ -105,8 +105,9 @@ def directory_images(name: str, console: Console, recursive: bool = False) -> li
         raise UsageError(f"cannot list {name}: {e.strerror or e}") from None
     ours = [p for p in found if p.name.endswith(OUTPUT_SUFFIXES)]
     if ours:
-        console.detail(f"skipping {len(ours)} file(s) in {name} named like dpt-mlx outputs "
-                       f"({', '.join(OUTPUT_SUFFIXES)})")
+        console.detail(
+            f"skipping {len(ours)} file(s) in {name} named like dpt-mlx outputs ({', '.join(OUTPUT_SUFFIXES)})"
+        )
     found = [p for p in found if p not in ours]
     if not found:
         raise UsageError(f"no images in {name} (looked for {' '.join(IMAGE_EXTENSIONS)})")
@@ -126,8 +127,9 @@ def _list_file(name: str) -> list[Path | str]:
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot read --image-list {name}: {getattr(e, 'strerror', None) or e}") from None
     lines = [line.strip() for line in text.splitlines()]
-    entries = [line if is_url(line) else base / os.path.expanduser(line)
-               for line in lines if line and not line.startswith("#")]
+    entries = [
+        line if is_url(line) else base / os.path.expanduser(line) for line in lines if line and not line.startswith("#")
+    ]
     if not entries:
         raise UsageError(f"--image-list {name} names no images")
     return entries
@@ -161,8 +163,9 @@ def _kinds(args, task: str) -> list[str]:
     kinds = list(dict.fromkeys(formats))
     for depth_only in ("png16", "ply"):
         if task == "segmentation" and depth_only in kinds:
-            raise UsageError(f"--format {depth_only} is for depth models; this model does segmentation "
-                             "(use png or npy)")
+            raise UsageError(
+                f"--format {depth_only} is for depth models; this model does segmentation (use png or npy)"
+            )
     if args.overlay:
         kinds.append("overlay")
     return kinds
@@ -172,8 +175,9 @@ def _check_output_file(args, paths: list[Path], kinds: list[str]) -> None:
     if len(paths) != 1:
         raise UsageError(f"--output names one file but there are {len(paths)} images; use --output-dir")
     if len(kinds) != 1:
-        raise UsageError(f"--output names one file but {len(kinds)} outputs were asked for "
-                         f"({', '.join(kinds)}); use --output-dir")
+        raise UsageError(
+            f"--output names one file but {len(kinds)} outputs were asked for ({', '.join(kinds)}); use --output-dir"
+        )
     want = {"npy": ".npy", "ply": ".ply"}.get(kinds[0], ".png")
     if Path(args.output).suffix.lower() != want:
         raise UsageError(f"--output {args.output}: a {kinds[0]} output needs a {want} file name")
@@ -296,7 +300,7 @@ def write_depth(job: Job, depth: np.ndarray, args, predictor) -> list[str]:
         "depth_min": repr(low),
         "depth_max": repr(high),
         "description": f"{depth_kind(predictor.config, job.prompt is not None)}, min-max normalised per image: "
-                       "depth = value / max_value * (depth_max - depth_min) + depth_min",
+        "depth = value / max_value * (depth_max - depth_min) + depth_min",
     }
     for kind, target in job.outputs:
         replace = may_replace(args, job, target)
@@ -326,9 +330,11 @@ def _class_lines(classes: np.ndarray, id2label: dict, verbose: bool) -> list[str
     shown = rows if verbose else [r for r in rows if r[2] >= MIN_SHARE] or rows[:1]
     lines = [f"    {share * 100:5.1f}%  {name} ({i})" for i, name, share in shown]
     if len(shown) < len(rows):
-        rest = sum(r[2] for r in rows[len(shown):])
-        lines.append(f"    {rest * 100:5.1f}%  {len(rows) - len(shown)} more classes under "
-                     f"{MIN_SHARE * 100:g}% each (--verbose lists them)")
+        rest = sum(r[2] for r in rows[len(shown) :])
+        lines.append(
+            f"    {rest * 100:5.1f}%  {len(rows) - len(shown)} more classes under "
+            f"{MIN_SHARE * 100:g}% each (--verbose lists them)"
+        )
     return lines
 
 

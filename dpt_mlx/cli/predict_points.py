@@ -33,13 +33,21 @@ def add_point_options(parser: argparse.ArgumentParser) -> None:
     """--focal-length / --fov (one of them) and --depth-kind, for --format ply."""
     group = parser.add_argument_group("point clouds (--format ply)")
     camera = group.add_mutually_exclusive_group()
-    camera.add_argument("--focal-length", type=_positive_float, metavar="PX",
-                        help="focal length in pixels of the input image (default: from the photo's EXIF, "
-                             "else a 60 degree horizontal field of view)")
+    camera.add_argument(
+        "--focal-length",
+        type=_positive_float,
+        metavar="PX",
+        help="focal length in pixels of the input image (default: from the photo's EXIF, "
+        "else a 60 degree horizontal field of view)",
+    )
     camera.add_argument("--fov", type=_fov, metavar="DEG", help="horizontal field of view in degrees")
-    group.add_argument("--depth-kind", choices=("relative", "metric"), default=None,
-                       help="what the model's depth is, where its config cannot say (e.g. DPT-DINOv2 NYU/KITTI "
-                            "or a fine-tuned checkpoint predict metres: metric); default: from the config")
+    group.add_argument(
+        "--depth-kind",
+        choices=("relative", "metric"),
+        default=None,
+        help="what the model's depth is, where its config cannot say (e.g. DPT-DINOv2 NYU/KITTI "
+        "or a fine-tuned checkpoint predict metres: metric); default: from the config",
+    )
 
 
 def is_metric(config, args) -> bool:
@@ -66,9 +74,11 @@ def check_points(args, predictor) -> None:
     if predictor.task != "depth-estimation":
         raise UsageError("--format ply is for depth models; this model does segmentation")
     if not is_metric(predictor.config, args):
-        raise UsageError(f"--format ply needs metric depth, but {args.model} predicts relative depth (no scale); "
-                         f"use a metric model such as {METRIC_EXAMPLE}, or pass --depth-kind metric if this "
-                         "checkpoint's depth is in metres")
+        raise UsageError(
+            f"--format ply needs metric depth, but {args.model} predicts relative depth (no scale); "
+            f"use a metric model such as {METRIC_EXAMPLE}, or pass --depth-kind metric if this "
+            "checkpoint's depth is in metres"
+        )
     from ..processing.points import require_plyfile
 
     try:
@@ -84,8 +94,10 @@ def write_points(job, depth: np.ndarray, target, args, predictor, overwrite: boo
     h, w = depth.shape
     camera = P.camera_intrinsics(job.path, w, focal_length=args.focal_length, fov=args.fov, height=h)
     xyz, rgb = P.depth_to_points(depth, camera, image=job.image)
-    comments = [f"dpt_mlx {predictor.source}",
-                "OpenCV camera: +x right, +y down, +z forward; units of the depth (metres for metric models)",
-                f"fx {camera.fx!r} fy {camera.fy!r} cx {camera.cx!r} cy {camera.cy!r} ({camera.source})"]
+    comments = [
+        f"dpt_mlx {predictor.source}",
+        "OpenCV camera: +x right, +y down, +z forward; units of the depth (metres for metric models)",
+        f"fx {camera.fx!r} fy {camera.fy!r} cx {camera.cx!r} cy {camera.cy!r} ({camera.source})",
+    ]
     P.save_ply(xyz, target, rgb, comments=comments, overwrite=overwrite)
     return f"{len(xyz)} points, {camera.describe()}"

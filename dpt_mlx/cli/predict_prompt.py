@@ -20,13 +20,24 @@ from .predict_points import _positive_float
 
 def add_prompt_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("depth prompts (Prompt Depth Anything)")
-    group.add_argument("--prompt-depth", metavar="PATH", nargs="+", action="extend", default=[],
-                       help="low-resolution metric depth for each image (e.g. iPhone LiDAR): one file per image, "
-                            "in order, or a folder holding <image name>.npy|.png|.tif; .npy and float TIFF are "
-                            "metres, integer PNG/TIFF millimetres")
-    group.add_argument("--prompt-depth-scale", type=_positive_float, metavar="M", default=None,
-                       help="metres per stored prompt value, overriding the file's convention "
-                            "(e.g. 0.001 for a millimetre .npy, 1 for a metre PNG)")
+    group.add_argument(
+        "--prompt-depth",
+        metavar="PATH",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="low-resolution metric depth for each image (e.g. iPhone LiDAR): one file per image, "
+        "in order, or a folder holding <image name>.npy|.png|.tif; .npy and float TIFF are "
+        "metres, integer PNG/TIFF millimetres",
+    )
+    group.add_argument(
+        "--prompt-depth-scale",
+        type=_positive_float,
+        metavar="M",
+        default=None,
+        help="metres per stored prompt value, overriding the file's convention "
+        "(e.g. 0.001 for a millimetre .npy, 1 for a metre PNG)",
+    )
 
 
 def _in_folder(folder: Path, image: Path, root: Path | None) -> Path | None:
@@ -53,8 +64,10 @@ def assign_prompts(args, jobs, predictor) -> list[str]:
         if missing:
             raise UsageError(f"--prompt-depth: no such file: {missing[0]}")
         if len(given) != len(jobs):
-            raise UsageError(f"--prompt-depth names {len(given)} file(s) for {len(jobs)} image(s); give one per "
-                             "image, in order, or a folder of prompts named like the images")
+            raise UsageError(
+                f"--prompt-depth names {len(given)} file(s) for {len(jobs)} image(s); give one per "
+                "image, in order, or a folder of prompts named like the images"
+            )
         for job, path in zip(jobs, given):
             job.prompt = path
         return []
@@ -65,8 +78,9 @@ def assign_prompts(args, jobs, predictor) -> list[str]:
         root = next((r for r in roots if image.is_relative_to(r)), None)
         job.prompt = _in_folder(folder, image, root)
         if job.prompt is None:
-            rejected.append(f"{job.path}: no depth prompt for it in {folder} "
-                            f"(looked for {image.stem}{'|'.join(PROMPT_EXTENSIONS)})")
+            rejected.append(
+                f"{job.path}: no depth prompt for it in {folder} (looked for {image.stem}{'|'.join(PROMPT_EXTENSIONS)})"
+            )
         else:
             kept.append(job)
     jobs[:] = kept

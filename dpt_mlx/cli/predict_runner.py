@@ -58,8 +58,7 @@ class Runner:
         try:
             prompts = None if batch[0].prompt_pixels is None else np.stack([j.prompt_pixels for j in batch])
             with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, once per image
-                results = self.predictor.forward(np.stack([j.pixels for j in batch]), [j.size for j in batch],
-                                                 prompts)
+                results = self.predictor.forward(np.stack([j.pixels for j in batch]), [j.size for j in batch], prompts)
         except (ValueError, OSError) as e:
             for job in batch:
                 self.fail(job.path, f"inference failed: {e}")
@@ -70,8 +69,11 @@ class Runner:
             job.pixels = job.prompt_pixels = None
             if not np.isfinite(result).all():
                 job.image = None
-                self.fail(job.path, "inference failed: the model's output overflowed float32 when resized to the "
-                                    "image's size (NaN or inf); the checkpoint's weights may be damaged")
+                self.fail(
+                    job.path,
+                    "inference failed: the model's output overflowed float32 when resized to the "
+                    "image's size (NaN or inf); the checkpoint's weights may be damaged",
+                )
                 continue
             details = self._write(job, result)
             if details is not None:
@@ -94,8 +96,7 @@ class Runner:
         show = self.console.info if self.predictor.task == "image-segmentation" else self.console.detail
         for line in details:
             show(line)
-        self.console.detail(f"    {job.size[1]}x{job.size[0]}, model {seconds:.3f} s/image "
-                            f"(batch of {batch_size})")
+        self.console.detail(f"    {job.size[1]}x{job.size[0]}, model {seconds:.3f} s/image (batch of {batch_size})")
         self.console.advance()
 
     def run(self, jobs: list[Job]) -> None:

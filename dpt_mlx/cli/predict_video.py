@@ -177,10 +177,14 @@ class Png16Output:
         from ..processing import visualize as V
 
         image, low, high = V.depth_png16(depth)
-        text = {"Software": "dpt_mlx", "model": self.source, "depth_min": repr(low), "depth_max": repr(high),
-                "time": repr(seconds),
-                "description": "min-max normalised per frame: depth = value / 65535 * (depth_max - depth_min) "
-                               "+ depth_min"}
+        text = {
+            "Software": "dpt_mlx",
+            "model": self.source,
+            "depth_min": repr(low),
+            "depth_max": repr(high),
+            "time": repr(seconds),
+            "description": "min-max normalised per frame: depth = value / 65535 * (depth_max - depth_min) + depth_min",
+        }
         V.save_png(image, Path(self.tmp) / f"frame_{self.count:06d}.png", text)
         self.count += 1
 
@@ -217,12 +221,18 @@ def _check(args) -> tuple[Path, list[str]]:
     """The video and the formats asked for; UsageError for options that do not go with --video."""
     if args.image or args.input_dir or args.image_list:
         raise UsageError("--video cannot be combined with --image, --input-dir or --image-list; run them separately")
-    for flag, given in (("--output", args.output), ("--overlay", args.overlay),
-                        ("--skip-existing", args.skip_existing), ("--recursive", args.recursive),
-                        ("--focal-length", args.focal_length), ("--fov", args.fov)):
+    for flag, given in (
+        ("--output", args.output),
+        ("--overlay", args.overlay),
+        ("--skip-existing", args.skip_existing),
+        ("--recursive", args.recursive),
+        ("--focal-length", args.focal_length),
+        ("--fov", args.fov),
+    ):
         if given:
-            raise UsageError(f"{flag} is not supported with --video" + ("; use --output-dir" if flag == "--output"
-                                                                         else ""))
+            raise UsageError(
+                f"{flag} is not supported with --video" + ("; use --output-dir" if flag == "--output" else "")
+            )
     formats = list(dict.fromkeys(f for group in (args.format or [["mp4"]]) for f in group))
     bad = [f for f in formats if f not in VIDEO_FORMATS]
     if bad:
@@ -328,8 +338,11 @@ def run_video(args) -> int:
             e = f"{e.filename} appeared while this run was writing it (another run?); use --overwrite to replace it"
         elif isinstance(e, OSError) and e.filename and e.strerror:
             name = Path(e.filename)  # a hidden temporary name means no file could be made in its folder
-            e = (f"cannot write in {name.parent}: {e.strerror}" if name.name.startswith(".")
-                 and name.name.endswith(TEMP_SUFFIX) else f"{name}: {e.strerror}")
+            e = (
+                f"cannot write in {name.parent}: {e.strerror}"
+                if name.name.startswith(".") and name.name.endswith(TEMP_SUFFIX)
+                else f"{name}: {e.strerror}"
+            )
         console.error(str(e) + ("; no output written" if outputs else ""))
         return EXIT_ERROR
     except BaseException:
@@ -347,9 +360,11 @@ def run_video(args) -> int:
         console.info(f"frames turned {reader.rotation} degrees clockwise (the video's display rotation)")
     if reader.resized:
         console.info(f"{reader.resized} frames scaled to {width}x{height} (the video changes resolution)")
-    console.info(f"{frames} frames {width}x{height} at {float(reader.rate):.6g} fps in {seconds + load_seconds:.2f} s "
-                 f"(model load {load_seconds:.2f} s, {seconds / frames:.3f} s/frame)"
-                 + ("; mp4 stabilised" if args.stabilize and "mp4" in formats else ""))
+    console.info(
+        f"{frames} frames {width}x{height} at {float(reader.rate):.6g} fps in {seconds + load_seconds:.2f} s "
+        f"(model load {load_seconds:.2f} s, {seconds / frames:.3f} s/frame)"
+        + ("; mp4 stabilised" if args.stabilize and "mp4" in formats else "")
+    )
     sys.stdout.flush()
     return EXIT_OK
 

@@ -31,15 +31,25 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..errors import DPTError, UsageError
+from ..models.losses import SILOG, SSI
 from ..training.checkpoints import find_checkpoint, holds_run, read_state, run_dir_of
 from ..training.loop import Resume, RunResult, RunSpec, TrainingOptions, run
-from ..models.losses import SILOG, SSI
-from .console import (EXIT_ERROR, EXIT_OK, ArgumentParser, ProgressBar, command, interrupt_name, interrupt_status,
-                      positive_int, print_error)
+from .console import (
+    EXIT_ERROR,
+    EXIT_OK,
+    ArgumentParser,
+    ProgressBar,
+    command,
+    interrupt_name,
+    interrupt_status,
+    positive_int,
+    print_error,
+)
 
 
 def _number(kind, low=None, high=None, low_open=False, what=""):
     """argparse type: a finite ``kind`` in [low, high] (``low`` excluded with ``low_open``)."""
+
     def parse(text: str):
         try:
             value = kind(text)
@@ -61,45 +71,105 @@ def _model_and_data(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and data")
     g.add_argument("--model", "-m", help="Hugging Face Hub repo id or local checkpoint directory to start from")
     g.add_argument("--data", metavar="DIR", help="data directory: DIR/images + DIR/depth or DIR/masks")
-    g.add_argument("--output", "-o", metavar="DIR",
-                   help="run directory: checkpoints go to DIR/checkpoint-<step>, the final model to DIR "
-                        "(default with --resume: the resumed run's directory)")
-    g.add_argument("--resume", metavar="DIR",
-                   help="continue a run: a checkpoint-<step> directory, or a run directory (its latest checkpoint)")
+    g.add_argument(
+        "--output",
+        "-o",
+        metavar="DIR",
+        help="run directory: checkpoints go to DIR/checkpoint-<step>, the final model to DIR "
+        "(default with --resume: the resumed run's directory)",
+    )
+    g.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue a run: a checkpoint-<step> directory, or a run directory (its latest checkpoint)",
+    )
     g.add_argument("--overwrite", action="store_true", help="allow an --output that already holds a run")
-    g.add_argument("--target", choices=("depth", "disparity"), default=None,
-                   help="what depth files hold (default depth; relative models train on disparity = 1 / depth)")
-    g.add_argument("--depth-scale", type=POSITIVE, default=None,
-                   metavar="S", help="multiply depth file values by S to get metres (default 1; 0.001 for mm)")
-    g.add_argument("--val-split", type=_number(float, 0, 0.9, what="a fraction in [0, 0.9]"), default=None,
-                   metavar="F", help="fraction of the images held out for validation (default 0.1)")
+    g.add_argument(
+        "--target",
+        choices=("depth", "disparity"),
+        default=None,
+        help="what depth files hold (default depth; relative models train on disparity = 1 / depth)",
+    )
+    g.add_argument(
+        "--depth-scale",
+        type=POSITIVE,
+        default=None,
+        metavar="S",
+        help="multiply depth file values by S to get metres (default 1; 0.001 for mm)",
+    )
+    g.add_argument(
+        "--val-split",
+        type=_number(float, 0, 0.9, what="a fraction in [0, 0.9]"),
+        default=None,
+        metavar="F",
+        help="fraction of the images held out for validation (default 0.1)",
+    )
 
 
 def _training(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=positive_int, default=None, help="default 10")
-    t.add_argument("--batch-size", "-b", type=positive_int, default=None,
-                   help="default 4 (a batch holds images of one preprocessed size)")
+    t.add_argument(
+        "--batch-size",
+        "-b",
+        type=positive_int,
+        default=None,
+        help="default 4 (a batch holds images of one preprocessed size)",
+    )
     t.add_argument("--lr", type=POSITIVE, default=None, help="peak learning rate of AdamW (default 5e-5)")
-    t.add_argument("--weight-decay", type=NON_NEGATIVE, default=None,
-                   help="AdamW decoupled weight decay (default 0.01)")
-    t.add_argument("--warmup", type=_number(float, 0, 1, what="a fraction in [0, 1]"), default=None,
-                   help="fraction of the steps with a linear warm-up from 0 (default 0.05); cosine decay to 0 after")
-    t.add_argument("--max-grad-norm", type=NON_NEGATIVE, default=None,
-                   help="clip the global gradient norm (default 1; 0 turns clipping off)")
-    t.add_argument("--loss", choices=(SSI, SILOG), default=None,
-                   help="depth loss (default: silog for metric checkpoints, ssi otherwise)")
-    t.add_argument("--freeze-backbone", action="store_true", default=None,
-                   help="train the neck and head only (the backbone gets no gradients and runs in eval mode)")
-    t.add_argument("--freeze-batch-norm", action="store_true", default=None,
-                   help="keep BatchNorm layers on their running statistics")
-    t.add_argument("--gradient-checkpointing", action="store_true", default=None,
-                   help="recompute each transformer layer in the backward pass: less memory (-20 to -50%% peak "
-                        "measured), one more forward pass of the encoder per step")
-    t.add_argument("--seed", type=_number(int, 0, what="a non-negative integer"), default=None,
-                   help="seed of the split, the data order and dropout (default 0)")
-    t.add_argument("--keep-checkpoints", type=positive_int, default=None,
-                   metavar="N", help="keep the N latest checkpoints (default 1)")
+    t.add_argument(
+        "--weight-decay", type=NON_NEGATIVE, default=None, help="AdamW decoupled weight decay (default 0.01)"
+    )
+    t.add_argument(
+        "--warmup",
+        type=_number(float, 0, 1, what="a fraction in [0, 1]"),
+        default=None,
+        help="fraction of the steps with a linear warm-up from 0 (default 0.05); cosine decay to 0 after",
+    )
+    t.add_argument(
+        "--max-grad-norm",
+        type=NON_NEGATIVE,
+        default=None,
+        help="clip the global gradient norm (default 1; 0 turns clipping off)",
+    )
+    t.add_argument(
+        "--loss",
+        choices=(SSI, SILOG),
+        default=None,
+        help="depth loss (default: silog for metric checkpoints, ssi otherwise)",
+    )
+    t.add_argument(
+        "--freeze-backbone",
+        action="store_true",
+        default=None,
+        help="train the neck and head only (the backbone gets no gradients and runs in eval mode)",
+    )
+    t.add_argument(
+        "--freeze-batch-norm",
+        action="store_true",
+        default=None,
+        help="keep BatchNorm layers on their running statistics",
+    )
+    t.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        default=None,
+        help="recompute each transformer layer in the backward pass: less memory (-20 to -50%% peak "
+        "measured), one more forward pass of the encoder per step",
+    )
+    t.add_argument(
+        "--seed",
+        type=_number(int, 0, what="a non-negative integer"),
+        default=None,
+        help="seed of the split, the data order and dropout (default 0)",
+    )
+    t.add_argument(
+        "--keep-checkpoints",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="keep the N latest checkpoints (default 1)",
+    )
     t.add_argument("--quiet", "-q", action="store_true", help="print errors and the final line only")
 
 
@@ -107,9 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m dpt_mlx.train",
         description="Fine-tune a DPT or Depth Anything checkpoint with MLX on images with depth maps\n"
-                    "(scale-and-shift-invariant loss for relative depth, scale-invariant log loss for\n"
-                    "metric depth) or segmentation masks (cross-entropy, as transformers). Formulas:\n"
-                    "dpt_mlx/models/losses.py.",
+        "(scale-and-shift-invariant loss for relative depth, scale-invariant log loss for\n"
+        "metric depth) or segmentation masks (cross-entropy, as transformers). Formulas:\n"
+        "dpt_mlx/models/losses.py.",
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -138,8 +208,9 @@ def _run_dir(args: argparse.Namespace, resume: Resume | None) -> Path:
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--output {run_dir} is a file")
     if resume is None and not args.overwrite and holds_run(run_dir):
-        raise UsageError(f"{run_dir} already holds a training run; use --resume {run_dir}, another --output, "
-                         "or --overwrite")
+        raise UsageError(
+            f"{run_dir} already holds a training run; use --resume {run_dir}, another --output, or --overwrite"
+        )
     return run_dir
 
 
@@ -167,6 +238,7 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
 
 def train(args: argparse.Namespace) -> RunResult:
     """Train as the parsed command line (``build_parser().parse_args``) says."""
+
     def progress(total: int, label: str) -> ProgressBar:
         return ProgressBar(total, label, enabled=not args.quiet, unit="step")
 

@@ -2,12 +2,13 @@
 
 The models are plain MLX and run as they are on Metal, CUDA and the CPU. On the CPU,
 :func:`accelerate` (which the checkpoint loader calls on every model it loads) swaps layers for
-CPU layers with the same arrays (:mod:`dpt_mlx.cpu.layers`, :mod:`dpt_mlx.cpu.blocks`), which compute through compiled MLX
-primitives (:mod:`dpt_mlx.cpu.native`, built from ``csrc/``): fused attention, linear layers and
-convolutions with their bias, activation and residual in the product's epilogue, threaded
-LayerNorm, activations and resizes, all on one thread pool with a single-threaded BLAS inside it
-(Intel's MKL linked in on x86-64 Intel CPUs, else OpenBLAS). Parameter paths, checkpoints and gradients are unchanged, and no op of MLX is modified: other
-code in the process gets MLX's ops exactly as they were installed. The one process-wide setting
+CPU layers with the same arrays (:mod:`dpt_mlx.cpu.layers`, :mod:`dpt_mlx.cpu.blocks`), which
+compute through compiled MLX primitives (:mod:`dpt_mlx.cpu.native`, built from ``csrc/``): fused
+attention, linear layers and convolutions with their bias, activation and residual in the
+product's epilogue, threaded LayerNorm, activations and resizes, all on one thread pool with a
+single-threaded BLAS inside it (Intel's oneMKL linked in on x86-64 Intel CPUs, else OpenBLAS).
+Parameter paths, checkpoints and gradients are unchanged, and no op of MLX is modified: other code
+in the process gets MLX's ops exactly as they were installed. The one process-wide setting
 it changes is the size of MLX's CPU buffer cache (:func:`cache_limit`, once, unless the user set
 their own).
 
@@ -28,8 +29,19 @@ import mlx.nn as nn
 from . import native
 from .memory import before_pass, max_cache_limit
 
-__all__ = ["PASS_PIXELS", "accelerate", "before_pass", "blas_info", "cpu_info", "enabled", "images_per_pass",
-           "is_accelerated", "max_cache_limit", "on_cpu", "set_threads"]
+__all__ = [
+    "PASS_PIXELS",
+    "accelerate",
+    "before_pass",
+    "blas_info",
+    "cpu_info",
+    "enabled",
+    "images_per_pass",
+    "is_accelerated",
+    "max_cache_limit",
+    "on_cpu",
+    "set_threads",
+]
 
 FAST_KERNELS_ENV_VAR = "DPT_MLX_FAST_KERNELS"
 PASS_PIXELS = 518 * 518  # on the CPU a forward pass takes this many input pixels, or one image
@@ -71,8 +83,11 @@ def cpu_info() -> dict:
     path runs, or None.
     """
     module = native.kernels() if sys.platform.startswith("linux") else None
-    note = native.unavailable() if sys.platform.startswith("linux") else (
-        f"no CPU kernels on {sys.platform}: MLX's own ops run (Metal on macOS)")
+    note = (
+        native.unavailable()
+        if sys.platform.startswith("linux")
+        else (f"no CPU kernels on {sys.platform}: MLX's own ops run (Metal on macOS)")
+    )
     if note is None and not enabled():
         note = f"{FAST_KERNELS_ENV_VAR}=0: MLX's own ops run"
     return {

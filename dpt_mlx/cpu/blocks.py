@@ -8,15 +8,14 @@ in for a given module (this module's blocks, or the single layers of :mod:`dpt_m
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from .. import layers
 from ..backbones import beit, bit, dinov2, swinv2, transformer, vit
-from .layers import (SINGLE, SINGLE_LAYERS, PatchConvTranspose2d, _act_name, _moved, conv, kernels, linear,
-                     on_cpu)
+from .layers import SINGLE, SINGLE_LAYERS, PatchConvTranspose2d, _act_name, _moved, conv, kernels, linear, on_cpu
 from .layers import Conv2d as _Conv2d
 from .memory import before_pass
 
@@ -31,8 +30,9 @@ class BitBottleneckLayer(bit.BitBottleneckLayer):
             return super().__call__(x)
         shortcut = self.downsample(x) if self.downsample is not None else x
         h = self.norm2(self.conv2(self.norm1(self.conv1(x))))
-        return kernels().group_norm(self.conv3(h), norm.get("weight"), norm.get("bias"), norm.num_groups, norm.eps,
-                                    act, shortcut)
+        return kernels().group_norm(
+            self.conv3(h), norm.get("weight"), norm.get("bias"), norm.num_groups, norm.eps, act, shortcut
+        )
 
 
 # ------------------------------------------------------------------------ fused blocks
@@ -231,7 +231,7 @@ def with_cache_policy(neck: nn.Module) -> nn.Module:
     return _moved(neck, _with_mixin(type(neck), _CachePolicy))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _with_mixin(cls: type, mixin: type) -> type:
     """``cls`` with ``mixin``'s call in front (the CPU layer of a model block)."""
     return type(cls.__name__, (mixin, cls), {"__module__": __name__, "__doc__": mixin.__doc__})
@@ -267,5 +267,16 @@ def fast_layer(layer: nn.Module) -> nn.Module:
     return layer
 
 
-FAST_LAYERS = (*SINGLE_LAYERS, Intermediate, Swinv2Intermediate, Dinov2MLP, PreActResidualLayer, ViTLayer, Dinov2Layer,
-               BeitLayer, BeitSelfAttention, BitBottleneckLayer, *_MIXINS.values())
+FAST_LAYERS = (
+    *SINGLE_LAYERS,
+    Intermediate,
+    Swinv2Intermediate,
+    Dinov2MLP,
+    PreActResidualLayer,
+    ViTLayer,
+    Dinov2Layer,
+    BeitLayer,
+    BeitSelfAttention,
+    BitBottleneckLayer,
+    *_MIXINS.values(),
+)

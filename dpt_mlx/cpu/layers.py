@@ -40,8 +40,14 @@ def _act_name(module: nn.Module) -> str | None:
 def _weight(layer: nn.Module) -> mx.array:
     """A linear layer's (out, in) weight; a quantised layer's is dequantised for this call only."""
     if isinstance(layer, nn.QuantizedLinear):
-        return mx.dequantize(layer["weight"], layer["scales"], layer.get("biases"), group_size=layer.group_size,
-                             bits=layer.bits, mode=layer.mode)
+        return mx.dequantize(
+            layer["weight"],
+            layer["scales"],
+            layer.get("biases"),
+            group_size=layer.group_size,
+            bits=layer.bits,
+            mode=layer.mode,
+        )
     return layer["weight"]
 
 
@@ -113,8 +119,17 @@ class Conv2d(nn.Conv2d):
 
 def conv(layer: nn.Conv2d, x: mx.array, pre_relu: bool = False, act: str = "none", residual=None) -> mx.array:
     """``residual + act(layer(relu(x) if pre_relu else x))`` through the kernels."""
-    return kernels().conv2d(x, layer["weight"], layer.get("bias"), _pair(layer.stride), _pair(layer.padding),
-                            _pair(layer.dilation), pre_relu, act, residual)
+    return kernels().conv2d(
+        x,
+        layer["weight"],
+        layer.get("bias"),
+        _pair(layer.stride),
+        _pair(layer.padding),
+        _pair(layer.dilation),
+        pre_relu,
+        act,
+        residual,
+    )
 
 
 class _Standardized:
@@ -136,8 +151,9 @@ class WeightStandardizedConv2d(bit.WeightStandardizedConv2d):
         if held is not None and held.weight is self.weight and held.standardized.dtype == dtype:
             return held.standardized
         w = self.weight.astype(mx.float32)  # (O, kH, kW, I): statistics over all but O
-        w = ((w - w.mean(axis=(1, 2, 3), keepdims=True)) * mx.rsqrt(w.var(axis=(1, 2, 3), keepdims=True) + self.eps)
-             ).astype(dtype)
+        w = (
+            (w - w.mean(axis=(1, 2, 3), keepdims=True)) * mx.rsqrt(w.var(axis=(1, 2, 3), keepdims=True) + self.eps)
+        ).astype(dtype)
         if not self.training:
             self.__dict__["_held"] = _Standardized(self.weight, w)
         return w
@@ -153,8 +169,17 @@ class WeightStandardizedConv2d(bit.WeightStandardizedConv2d):
                 x = bit.pad_same(x, self.kernel, self.stride[0], self.dilation)
             else:
                 padding = (ph // 2, pw // 2)
-        return kernels().conv2d(x, self._standardized(x.dtype), self.get("bias"), _pair(self.stride), padding,
-                                _pair(self.dilation), False, "none", None)
+        return kernels().conv2d(
+            x,
+            self._standardized(x.dtype),
+            self.get("bias"),
+            _pair(self.stride),
+            padding,
+            _pair(self.dilation),
+            False,
+            "none",
+            None,
+        )
 
 
 class GroupNormActivation(bit.GroupNormActivation):
@@ -174,9 +199,14 @@ class PatchConvTranspose2d(nn.ConvTranspose2d):
     @staticmethod
     def applies(layer: nn.ConvTranspose2d) -> bool:
         k = tuple(layer.weight.shape[1:3])
-        return (_pair(layer.stride) == k and k[0] == k[1] and _pair(layer.padding) == (0, 0)
-                and _pair(layer.dilation) == (1, 1) and _pair(layer.output_padding) == (0, 0)
-                and getattr(layer, "groups", 1) == 1)
+        return (
+            _pair(layer.stride) == k
+            and k[0] == k[1]
+            and _pair(layer.padding) == (0, 0)
+            and _pair(layer.dilation) == (1, 1)
+            and _pair(layer.output_padding) == (0, 0)
+            and getattr(layer, "groups", 1) == 1
+        )
 
     def __call__(self, x: mx.array) -> mx.array:
         if not on_cpu():
@@ -223,5 +253,15 @@ SINGLE = {
     bit.GroupNormActivation: GroupNormActivation,
 }
 
-SINGLE_LAYERS = (Linear, QuantizedLinear, LayerNorm, GELU, Attention, Conv2d, PatchConvTranspose2d, Resize,
-                 WeightStandardizedConv2d, GroupNormActivation)
+SINGLE_LAYERS = (
+    Linear,
+    QuantizedLinear,
+    LayerNorm,
+    GELU,
+    Attention,
+    Conv2d,
+    PatchConvTranspose2d,
+    Resize,
+    WeightStandardizedConv2d,
+    GroupNormActivation,
+)

@@ -152,15 +152,20 @@ def _load() -> dict:
         module = importlib.import_module("dpt_mlx.cpu._kernels")
     except ImportError as exc:
         if "_kernels" in str(exc) and "No module named" in str(exc):
-            why = ("the CPU kernels were not built (no C++ compiler when dpt_mlx was installed?); "
-                   "MLX's own ops run: reinstall with g++ present for the fast CPU path")
+            why = (
+                "the CPU kernels were not built (no C++ compiler when dpt_mlx was installed?); "
+                "MLX's own ops run: reinstall with g++ present for the fast CPU path"
+            )
         else:
             why = f"the CPU kernels do not load ({str(exc).splitlines()[0]}); MLX's own ops run"
         return {"module": None, "why": why}
     running = mx.__version__.split(".dev")[0]
     if module.built_with_mlx != running:
-        return {"module": None, "why": f"the CPU kernels were built for mlx {module.built_with_mlx} but mlx {running} "
-                                       "is installed; MLX's own ops run until dpt_mlx is reinstalled"}
+        return {
+            "module": None,
+            "why": f"the CPU kernels were built for mlx {module.built_with_mlx} but mlx {running} "
+            "is installed; MLX's own ops run until dpt_mlx is reinstalled",
+        }
     why = _open_blas(module)
     if why:
         return {"module": None, "why": why}

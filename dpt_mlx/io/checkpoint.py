@@ -26,8 +26,19 @@ from .files import atomic_write, atomic_write_text, umask_mode
 from .hub import HubOptions, resolve
 from .quantize import Quantization, prepare
 
-__all__ = ["DTYPES", "HubOptions", "cast_model", "load_pretrained", "load_strict", "parse_dtype", "pick_dtype",
-           "read_weights", "save_pretrained", "umask_mode", "weight_files"]
+__all__ = [
+    "DTYPES",
+    "HubOptions",
+    "cast_model",
+    "load_pretrained",
+    "load_strict",
+    "parse_dtype",
+    "pick_dtype",
+    "read_weights",
+    "save_pretrained",
+    "umask_mode",
+    "weight_files",
+]
 
 MLX_FORMAT = "mlx"
 WEIGHTS_NAME = "model.safetensors"
@@ -35,8 +46,24 @@ INDEX_NAME = "model.safetensors.index.json"
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 MAX_HEADER = 100 * 2**20  # bytes: the safetensors format's own limit on the JSON header
 # safetensors dtype -> bytes per element
-ITEM_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
-              "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8, "C64": 8}
+ITEM_SIZES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "U16": 2,
+    "I16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "U32": 4,
+    "I32": 4,
+    "F32": 4,
+    "U64": 8,
+    "I64": 8,
+    "F64": 8,
+    "C64": 8,
+}
 
 
 def parse_dtype(dtype) -> mx.Dtype | None:
@@ -65,14 +92,18 @@ def _shard_map(index: Path) -> dict[str, str]:
         raise CheckpointError(f"cannot read {index}: {getattr(e, 'strerror', None) or first_line(e)}") from None
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise CheckpointError(f"{index} is not a safetensors index: it needs a \"weight_map\" object mapping tensor "
-                              "names to shard file names")
+        raise CheckpointError(
+            f'{index} is not a safetensors index: it needs a "weight_map" object mapping tensor '
+            "names to shard file names"
+        )
     if not weight_map:
         raise CheckpointError(f"{index} names no tensors")
     for key, shard in weight_map.items():
         if shard in ("", ".", "..") or os.path.basename(shard) != shard or os.path.isabs(shard):
-            raise CheckpointError(f"{index} puts tensor {key} in {shard!r}, which is not a file name in "
-                                  f"{index.parent}; a shard must lie beside its index")
+            raise CheckpointError(
+                f"{index} puts tensor {key} in {shard!r}, which is not a file name in "
+                f"{index.parent}; a shard must lie beside its index"
+            )
     return weight_map
 
 
@@ -114,7 +145,11 @@ def check_safetensors(path: Path) -> None:
             raise _damaged(path, f"it is cut short ({size} bytes, not even the header's length)")
         (length,) = struct.unpack("<Q", f.read(8))
         if length > min(size - 8, MAX_HEADER):
-            what = "longer than the format allows" if length > MAX_HEADER else f"but the file has {size - 8} bytes after it"
+            what = (
+                "longer than the format allows"
+                if length > MAX_HEADER
+                else f"but the file has {size - 8} bytes after it"
+            )
             raise _damaged(path, f"its header claims {length} bytes, {what} (cut short?)")
         raw = f.read(length)
     try:
@@ -138,26 +173,34 @@ def check_safetensors(path: Path) -> None:
         end = stop
     if end != data_size:
         what = "cut short" if end > data_size else "followed by bytes that belong to no tensor"
-        raise _damaged(path, f"the header describes {end} bytes of tensor data but the file holds {data_size} "
-                             f"({what})")
+        raise _damaged(path, f"the header describes {end} bytes of tensor data but the file holds {data_size} ({what})")
 
 
 def _span(path: Path, key: str, entry) -> tuple[int, int, str]:
     """(begin, end, key) of one tensor's header entry, checked against its dtype and shape."""
     ok = isinstance(entry, dict) and isinstance(entry.get("dtype"), str) and isinstance(entry.get("shape"), list)
     offsets = entry.get("data_offsets") if ok else None
-    ints = isinstance(offsets, list) and len(offsets) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in offsets + entry["shape"])
+    ints = (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in offsets + entry["shape"])
+    )
     if not ints:
-        raise _damaged(path, f"the header's entry for tensor {key} is not "
-                             "{\"dtype\", \"shape\", \"data_offsets\"} with non-negative integers")
+        raise _damaged(
+            path,
+            f"the header's entry for tensor {key} is not "
+            '{"dtype", "shape", "data_offsets"} with non-negative integers',
+        )
     item = ITEM_SIZES.get(entry["dtype"])
     if item is None:
         raise _damaged(path, f"tensor {key} has unknown dtype {entry['dtype']!r}")
     begin, stop = offsets
     if stop - begin != math.prod(entry["shape"]) * item:
-        raise _damaged(path, f"tensor {key} of shape {tuple(entry['shape'])} and dtype {entry['dtype']} needs "
-                             f"{math.prod(entry['shape']) * item} bytes but the header gives it {stop - begin}")
+        raise _damaged(
+            path,
+            f"tensor {key} of shape {tuple(entry['shape'])} and dtype {entry['dtype']} needs "
+            f"{math.prod(entry['shape']) * item} bytes but the header gives it {stop - begin}",
+        )
     return begin, stop, key
 
 
@@ -191,13 +234,16 @@ def _check_shard(index: Path, shard: Path, data: dict, weight_map: dict[str, str
     listed = {k for k, v in weight_map.items() if v == shard.name}
     absent = sorted(listed - set(data))
     if absent:
-        raise CheckpointError(f"{index} puts tensor {absent[0]} in {shard.name}, which does not hold it "
-                              "(the index and its shards disagree)")
+        raise CheckpointError(
+            f"{index} puts tensor {absent[0]} in {shard.name}, which does not hold it "
+            "(the index and its shards disagree)"
+        )
     extra = sorted(set(data) - listed)
     if extra:
         where = f"puts it in {weight_map[extra[0]]}" if extra[0] in weight_map else "does not list it"
-        raise CheckpointError(f"{shard} holds tensor {extra[0]} but {index.name} {where} "
-                              "(the index and its shards disagree)")
+        raise CheckpointError(
+            f"{shard} holds tensor {extra[0]} but {index.name} {where} (the index and its shards disagree)"
+        )
 
 
 def load_strict(model: nn.Module, weights: dict[str, mx.array]) -> None:
@@ -219,8 +265,10 @@ def load_strict(model: nn.Module, weights: dict[str, mx.array]) -> None:
         floating = mx.issubdtype(expected[key].dtype, mx.floating)
         if mx.issubdtype(value.dtype, mx.floating) != floating:  # half vs full precision is a cast, not an error
             kind = "a floating-point" if floating else f"an integer ({_dtype_name(expected[key].dtype)})"
-            raise CheckpointError(f"tensor {key} is {_dtype_name(value.dtype)} but the model has {kind} parameter "
-                                  "there; the checkpoint is damaged or from another model")
+            raise CheckpointError(
+                f"tensor {key} is {_dtype_name(value.dtype)} but the model has {kind} parameter "
+                "there; the checkpoint is damaged or from another model"
+            )
     model.update(tree_unflatten(list(weights.items())))
 
 
@@ -260,8 +308,10 @@ def load_pretrained(path_or_repo_id, model_class, dtype=None, hub: HubOptions | 
     except (OverflowError, MemoryError, ValueError) as e:  # sizes no array can have
         if isinstance(e, CheckpointError):
             raise
-        raise CheckpointError(f"{directory / 'config.json'} describes a {model_class.__name__} that cannot be built "
-                              f"({first_line(e)}); its sizes are wrong") from None
+        raise CheckpointError(
+            f"{directory / 'config.json'} describes a {model_class.__name__} that cannot be built "
+            f"({first_line(e)}); its sizes are wrong"
+        ) from None
     quantization = _quantization(directory)
     mlx_format = metadata.get("format") == MLX_FORMAT
     if quantization is not None:

@@ -41,8 +41,16 @@ from ..models import load_model
 from ..pipelines import load_processor
 from ..processing.image_processor import CONFIG_NAME as PROCESSOR_CONFIG
 from .checkpoint import load_pretrained, parse_dtype, save_pretrained
-from .files import (STALE_SECONDS, make_parent, output_lock, publish_directory, remove_tree, signals_deferred,
-                    umask_mode, why)
+from .files import (
+    STALE_SECONDS,
+    make_parent,
+    output_lock,
+    publish_directory,
+    remove_tree,
+    signals_deferred,
+    umask_mode,
+    why,
+)
 from .hub import resolve
 from .quantize import VERIFY_TOLERANCE, Quantization, quantize_model
 
@@ -75,16 +83,26 @@ def verify(reference, converted, seed: int = 0) -> float:
     if not np.isfinite(a).all():  # a NaN would fail the check below with "relative error nan"
         dtype = str(reference.dtype).removeprefix("mlx.core.")
         hint = "; convert to bfloat16 or float32 instead" if dtype == "float16" else ""
-        raise CheckpointError(f"the model's output is not finite in {dtype} (it overflows or the weights are broken)"
-                              f"{hint}")
+        raise CheckpointError(
+            f"the model's output is not finite in {dtype} (it overflows or the weights are broken){hint}"
+        )
     b = np.array(_first_output(converted(x)).astype(mx.float32))
     if a.shape != b.shape:
         raise DPTError(f"converted model output shape {b.shape} differs from the source's {a.shape}")
     return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12))
 
 
-def convert(hf_path, mlx_path, dtype=None, overwrite: bool = False, verify_tol: float = 1e-6,
-            quantize: bool = False, q_bits: int = 8, q_group_size: int = 64, report: dict | None = None) -> Path:
+def convert(
+    hf_path,
+    mlx_path,
+    dtype=None,
+    overwrite: bool = False,
+    verify_tol: float = 1e-6,
+    quantize: bool = False,
+    q_bits: int = 8,
+    q_group_size: int = 64,
+    report: dict | None = None,
+) -> Path:
     """Convert ``hf_path`` (local dir or hub id) into ``mlx_path``; returns the output directory.
 
     With ``quantize`` the transformer's linear layers are stored with ``q_bits``-bit weights in
@@ -138,8 +156,9 @@ def _inside(source: Path, target: Path) -> bool:
         return False
 
 
-def _write(model, reference, spec, source: Path, target: Path, overwrite: bool, verify_tol: float,
-           report: dict) -> None:
+def _write(
+    model, reference, spec, source: Path, target: Path, overwrite: bool, verify_tol: float, report: dict
+) -> None:
     """Write, load back and verify the checkpoint in a work directory, then publish it as ``target``."""
     try:
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}{WORK_MARK}"))
@@ -172,8 +191,9 @@ def _write(model, reference, spec, source: Path, target: Path, overwrite: bool, 
             try:
                 old = publish_directory(tmp, target, overwrite)
             except FileExistsError:
-                raise DPTError(f"{target} appeared while this conversion was writing it; use --overwrite to "
-                               "replace it") from None
+                raise DPTError(
+                    f"{target} appeared while this conversion was writing it; use --overwrite to replace it"
+                ) from None
             except OSError as e:
                 raise DPTError(f"cannot publish {target}: {why(e)}") from None
             report["published"] = True

@@ -143,7 +143,7 @@ def temp_entries(targets: Iterable[str | os.PathLike]) -> Iterator[os.DirEntry]:
         for entry in entries:
             if not entry.name.startswith(".") or not entry.name.endswith(TEMP_SUFFIX):
                 continue
-            target = entry.name[1:-len(TEMP_SUFFIX)].rsplit(".", 1)[0]
+            target = entry.name[1 : -len(TEMP_SUFFIX)].rsplit(".", 1)[0]
             if target in names and is_temp_of(entry.name, target):
                 yield entry
 

@@ -125,8 +125,9 @@ def resolve_file(path_or_repo_id, filename: str, hub: HubOptions | None = None) 
     if os.path.isdir(source):
         path = Path(source) / filename
         if not path.is_file():
-            raise CheckpointError(f"{source} has no {filename}; save one with save_pretrained or copy it from "
-                                  "the model repo")
+            raise CheckpointError(
+                f"{source} has no {filename}; save one with save_pretrained or copy it from the model repo"
+            )
         return path
     if os.path.isfile(source):
         return Path(source)

@@ -20,9 +20,13 @@ DROP = (
     re.compile(r"\.num_batches_tracked$"),  # BatchNorm step counter
     re.compile(r"(^|\.)relative_position_index$"),  # BEiT/Swinv2 index tables: recomputed from the config
     re.compile(r"(^|\.)relative_coords_table$"),  # Swinv2 continuous position table: recomputed
-    re.compile(r"embeddings\.backbone\.bit\.norm\."),  # DPT-Hybrid pre-activation BiT's final norm: feeds no feature map
+    re.compile(
+        r"embeddings\.backbone\.bit\.norm\."
+    ),  # DPT-Hybrid pre-activation BiT's final norm: feeds no feature map
     re.compile(r"^backbone\.beit\.layernorm\."),  # BEiT final norm (use_mean_pooling=False): feeds no DPT feature
-    re.compile(r"\.log_binomial_transform\.(k_idx|k_minus_1|K_minus_1)$"),  # ZoeDepth bin indices: constants, recomputed
+    re.compile(
+        r"\.log_binomial_transform\.(k_idx|k_minus_1|K_minus_1)$"
+    ),  # ZoeDepth bin indices: constants, recomputed
 )
 
 # (pattern, replacement) renames, applied in order to every key.

@@ -7,6 +7,15 @@ from .prompt_depth_anything import PromptDepthAnythingForDepthEstimation
 from .registry import MODEL_CLASSES, load_model, model_class_for
 from .zoedepth import ZoeDepthForDepthEstimation
 
-__all__ = ["MODEL_CLASSES", "DPTForDepthEstimation", "DPTForSemanticSegmentation", "DPTModel",
-           "DepthAnythingForDepthEstimation", "PreTrainedModel", "PromptDepthAnythingForDepthEstimation",
-           "ZoeDepthForDepthEstimation", "load_model", "model_class_for"]
+__all__ = [
+    "MODEL_CLASSES",
+    "DPTForDepthEstimation",
+    "DPTForSemanticSegmentation",
+    "DPTModel",
+    "DepthAnythingForDepthEstimation",
+    "PreTrainedModel",
+    "PromptDepthAnythingForDepthEstimation",
+    "ZoeDepthForDepthEstimation",
+    "load_model",
+    "model_class_for",
+]

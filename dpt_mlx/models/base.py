@@ -20,20 +20,33 @@ class PreTrainedModel(nn.Module):
     head_kind: str | None = None
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id, dtype=None, *, torch_dtype=None, revision=None, token=None,
-                        cache_dir=None, local_files_only: bool = False, **unknown):
+    def from_pretrained(
+        cls,
+        path_or_repo_id,
+        dtype=None,
+        *,
+        torch_dtype=None,
+        revision=None,
+        token=None,
+        cache_dir=None,
+        local_files_only: bool = False,
+        **unknown,
+    ):
         """Load a transformers or dpt_mlx checkpoint: a local directory or a Hugging Face Hub repo id.
 
         ``torch_dtype`` is an alias of ``dtype`` (as transformers users write it); ``revision``,
         ``token``, ``cache_dir`` and ``local_files_only`` go to huggingface_hub.
         """
         if unknown:
-            raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected keyword argument(s) "
-                            f"{', '.join(sorted(unknown))}")
-        hub = checkpoint.HubOptions(revision=revision, token=token, cache_dir=cache_dir,
-                                    local_files_only=local_files_only)
-        return checkpoint.load_pretrained(path_or_repo_id, cls, dtype=checkpoint.pick_dtype(dtype, torch_dtype),
-                                          hub=hub)
+            raise TypeError(
+                f"{cls.__name__}.from_pretrained() got unexpected keyword argument(s) {', '.join(sorted(unknown))}"
+            )
+        hub = checkpoint.HubOptions(
+            revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only
+        )
+        return checkpoint.load_pretrained(
+            path_or_repo_id, cls, dtype=checkpoint.pick_dtype(dtype, torch_dtype), hub=hub
+        )
 
     @classmethod
     def build(cls, config, weights: dict) -> PreTrainedModel:

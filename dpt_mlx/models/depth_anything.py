@@ -15,8 +15,8 @@ from ..backbones import build_backbone
 from ..config import DepthAnythingConfig
 from ..layers import Resize
 from ..outputs import DepthEstimatorOutput
-from .losses import model_depth_loss
 from .base import PreTrainedModel
+from .losses import model_depth_loss
 from .neck import DPTNeck
 
 
@@ -64,8 +64,14 @@ class DepthAnythingForDepthEstimation(PreTrainedModel):
         self.neck = DPTNeck(config, config.reassemble_hidden_size, upsample_to_next=True)
         self.head = DepthAnythingDepthEstimationHead(config)
 
-    def __call__(self, pixel_values, labels=None, output_hidden_states: bool = False,
-                 output_attentions: bool = False, loss_type: str | None = None):
+    def __call__(
+        self,
+        pixel_values,
+        labels=None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        loss_type: str | None = None,
+    ):
         """``labels`` (B, H, W) give ``loss`` (the reference raises NotImplementedError): "silog" for
         metric checkpoints (labels in metres), "ssi" for relative ones (labels are disparities);
         ``loss_type`` overrides. See dpt_mlx.losses."""

@@ -7,16 +7,15 @@ reference's layouts. Inside, everything runs channels-last.
 
 from __future__ import annotations
 
-
 from ..backbones import backbone_spec, build_backbone
 from ..backbones.vit import Pooler, ViTBackbone, ViTConfig
 from ..config import DPTConfig
 from ..errors import UnsupportedModelError
 from ..ops import to_nchw
 from ..outputs import BaseModelOutputWithPooling, DepthEstimatorOutput, SemanticSegmenterOutput
-from .losses import check_segmentation_labels, model_depth_loss, semantic_segmentation_loss
 from .base import PreTrainedModel
 from .heads import DepthEstimationHead, SemanticSegmentationHead
+from .losses import check_segmentation_labels, model_depth_loss, semantic_segmentation_loss
 from .neck import DPTNeck
 
 # The checkpoints keep the ViT / hybrid encoder under "dpt." and every other backbone under "backbone.".
@@ -32,7 +31,9 @@ class DPTModel(PreTrainedModel, ViTBackbone):
     def __init__(self, config: DPTConfig, add_pooling_layer: bool = True):
         ViTBackbone.__init__(self, ViTConfig.from_dpt(config))
         self.config = config
-        self.pooler = Pooler(config.hidden_size, config.pooler_output_size, config.pooler_act) if add_pooling_layer else None
+        self.pooler = (
+            Pooler(config.hidden_size, config.pooler_output_size, config.pooler_act) if add_pooling_layer else None
+        )
 
     @classmethod
     def build(cls, config, weights: dict) -> DPTModel:
@@ -85,6 +86,7 @@ class DPTDensePredictor(PreTrainedModel):
         feats = self.encoder_module(self._prepare(pixel_values), output_attentions=output_attentions)
         return self.neck(feats.features, feats.grid), feats
 
+
 class DPTForDepthEstimation(DPTDensePredictor):
     """DPT with the depth head: ``predicted_depth`` is (B, H, W)."""
 
@@ -94,8 +96,14 @@ class DPTForDepthEstimation(DPTDensePredictor):
         super().__init__(config)
         self.head = DepthEstimationHead(config)
 
-    def __call__(self, pixel_values, labels=None, output_hidden_states: bool = False,
-                 output_attentions: bool = False, loss_type: str | None = None):
+    def __call__(
+        self,
+        pixel_values,
+        labels=None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        loss_type: str | None = None,
+    ):
         """``labels`` (B, H, W), in the prediction's space (disparity for relative depth), give ``loss``:
         ``loss_type`` "ssi" (default; MiDaS scale-and-shift-invariant) or "silog" (default when
         ``config.depth_estimation_type == "metric"``); see dpt_mlx.losses. The reference raises
@@ -124,10 +132,11 @@ class DPTForSemanticSegmentation(DPTDensePredictor):
             )
         super().__init__(config)
         self.head = SemanticSegmentationHead(config, config.semantic_classifier_dropout, upsample=True)
-        self.auxiliary_head = SemanticSegmentationHead(config, 0.1, upsample=False) if config.use_auxiliary_head else None
+        self.auxiliary_head = (
+            SemanticSegmentationHead(config, 0.1, upsample=False) if config.use_auxiliary_head else None
+        )
 
-    def __call__(self, pixel_values, labels=None, output_hidden_states: bool = False,
-                 output_attentions: bool = False):
+    def __call__(self, pixel_values, labels=None, output_hidden_states: bool = False, output_attentions: bool = False):
         """``labels`` (B, H, W) class ids give transformers' ``loss``: logits and auxiliary logits
         upsampled to the labels' size (bilinear, align_corners=False), cross-entropy over pixels
         not equal to ``semantic_loss_ignore_index``, plus ``auxiliary_loss_weight`` times the

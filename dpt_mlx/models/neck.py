@@ -114,8 +114,13 @@ class FeatureFusionLayer(nn.Module):
         if prompt_depth:
             self.prompt_depth_layer = PromptDepthLayer(channels)
 
-    def __call__(self, x: mx.array, residual: mx.array | None = None, size: tuple[int, int] | None = None,
-                 prompt_depth: mx.array | None = None):
+    def __call__(
+        self,
+        x: mx.array,
+        residual: mx.array | None = None,
+        size: tuple[int, int] | None = None,
+        prompt_depth: mx.array | None = None,
+    ):
         if residual is not None:
             if residual.shape != x.shape:
                 residual = self.resample(residual, x.shape[1:3], "bilinear", align_corners=False)
@@ -160,8 +165,14 @@ class DPTNeck(nn.Module):
     """Reassemble (unless the backbone is hierarchical), 3x3 convs to fusion width, fuse (with a prompt
     depth map in every fusion layer when built with ``prompt_depth``)."""
 
-    def __init__(self, config, hidden_size: int, reassemble: bool = True, upsample_to_next: bool = False,
-                 prompt_depth: bool = False):
+    def __init__(
+        self,
+        config,
+        hidden_size: int,
+        reassemble: bool = True,
+        upsample_to_next: bool = False,
+        prompt_depth: bool = False,
+    ):
         super().__init__()
         self.num_stages = len(config.neck_hidden_sizes)
         self.reassemble_stage = ReassembleStage(config, hidden_size) if reassemble else None
@@ -171,8 +182,9 @@ class DPTNeck(nn.Module):
         ]
         self.fusion_stage = FeatureFusionStage(config, upsample_to_next, prompt_depth)
 
-    def __call__(self, hidden_states: list[mx.array], grid: tuple[int, int] | None = None,
-                 prompt_depth: mx.array | None = None) -> list[mx.array]:
+    def __call__(
+        self, hidden_states: list[mx.array], grid: tuple[int, int] | None = None, prompt_depth: mx.array | None = None
+    ) -> list[mx.array]:
         if len(hidden_states) != self.num_stages:
             raise ValueError(f"the neck expects {self.num_stages} feature maps, got {len(hidden_states)}")
         if self.reassemble_stage is not None:

@@ -23,9 +23,9 @@ import numpy as np
 from ..backbones import build_backbone
 from ..config import PromptDepthAnythingConfig
 from ..outputs import DepthEstimatorOutput
-from .losses import SILOG, model_depth_loss
 from .base import PreTrainedModel
 from .depth_anything import DepthAnythingDepthEstimationHead
+from .losses import SILOG, model_depth_loss
 from .neck import DPTNeck
 
 
@@ -40,15 +40,23 @@ class PromptDepthAnythingForDepthEstimation(PreTrainedModel):
     def __init__(self, config: PromptDepthAnythingConfig):
         super().__init__()
         if not isinstance(config, PromptDepthAnythingConfig):
-            raise TypeError(f"PromptDepthAnythingForDepthEstimation needs a PromptDepthAnythingConfig, "
-                            f"got {type(config).__name__}")
+            raise TypeError(
+                f"PromptDepthAnythingForDepthEstimation needs a PromptDepthAnythingConfig, got {type(config).__name__}"
+            )
         self.config = config
         self.backbone = build_backbone(config)
         self.neck = DPTNeck(config, config.reassemble_hidden_size, upsample_to_next=True, prompt_depth=True)
         self.head = DepthAnythingDepthEstimationHead(config, max_depth=1.0)
 
-    def __call__(self, pixel_values, prompt_depth=None, labels=None, output_hidden_states: bool = False,
-                 output_attentions: bool = False, loss_type: str | None = None):
+    def __call__(
+        self,
+        pixel_values,
+        prompt_depth=None,
+        labels=None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        loss_type: str | None = None,
+    ):
         """``labels`` (B, H, W) are depths in the prediction's unit (metres with a prompt); they give
         ``loss`` ("silog" unless ``loss_type`` says otherwise; the reference raises NotImplementedError)."""
         x = self._prepare(pixel_values)
@@ -73,13 +81,16 @@ class PromptDepthAnythingForDepthEstimation(PreTrainedModel):
         if not isinstance(prompt_depth, mx.array):
             prompt_depth = mx.array(np.asarray(prompt_depth, dtype=np.float32))
         if prompt_depth.ndim != 4 or tuple(prompt_depth.shape[:2]) != (batch, 1) or 0 in prompt_depth.shape:
-            raise ValueError(f"prompt_depth must have shape ({batch}, 1, height, width) for {batch} image(s), "
-                             f"got {tuple(prompt_depth.shape)}")
+            raise ValueError(
+                f"prompt_depth must have shape ({batch}, 1, height, width) for {batch} image(s), "
+                f"got {tuple(prompt_depth.shape)}"
+            )
         prompt = prompt_depth.astype(mx.float32).reshape(batch, *prompt_depth.shape[2:], 1)  # one channel: NCHW -> NHWC
         low = prompt.min(axis=(1, 2, 3), keepdims=True)
         high = prompt.max(axis=(1, 2, 3), keepdims=True)
         # The reference divides by (max - min) regardless and returns NaN; say why instead.
         if not (mx.all(high > low) & mx.all(mx.isfinite(prompt))).item():
-            raise ValueError("prompt_depth must be finite and vary within each image (its min and max set the "
-                             "output's range)")
+            raise ValueError(
+                "prompt_depth must be finite and vary within each image (its min and max set the output's range)"
+            )
         return ((prompt - low) / (high - low)).astype(self.dtype), low[..., 0], high[..., 0]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..io import checkpoint
 from ..errors import UnsupportedModelError
+from ..io import checkpoint
 from .base import PreTrainedModel
 from .depth_anything import DepthAnythingForDepthEstimation
 from .dpt import DPTForDepthEstimation, DPTForSemanticSegmentation, DPTModel
@@ -46,5 +46,9 @@ def load_model(path_or_repo_id, dtype=None, *, torch_dtype=None, **hub_options) 
     ``hub_options`` are those of ``from_pretrained``: ``revision``, ``token``, ``cache_dir``,
     ``local_files_only``.
     """
-    return checkpoint.load_pretrained(path_or_repo_id, model_class_for, dtype=checkpoint.pick_dtype(dtype, torch_dtype),
-                                      hub=checkpoint.HubOptions(**hub_options))
+    return checkpoint.load_pretrained(
+        path_or_repo_id,
+        model_class_for,
+        dtype=checkpoint.pick_dtype(dtype, torch_dtype),
+        hub=checkpoint.HubOptions(**hub_options),
+    )

@@ -27,8 +27,14 @@ from ..layers import Resize
 from ..outputs import ZoeDepthDepthEstimatorOutput
 from .base import PreTrainedModel
 from .neck import DPTNeck
-from .zoedepth_bins import (AttractorLayer, ConditionalLogBinomialSoftmax, MLPClassifier, PatchTransformerEncoder,
-                            Projector, SeedBinRegressor)
+from .zoedepth_bins import (
+    AttractorLayer,
+    ConditionalLogBinomialSoftmax,
+    MLPClassifier,
+    PatchTransformerEncoder,
+    Projector,
+    SeedBinRegressor,
+)
 
 MULTI_DOMAIN_ATTRACTORS = 16  # the reference builds the multi-domain attractors with their default count
 NUM_DOMAINS = 2  # the reference's domain classifier has two outputs
@@ -102,10 +108,12 @@ class ZoeDepthMetricDepthEstimationHead(nn.Module):
         self.seed_bin_regressor = SeedBinRegressor(config, n_bins, 256, self.min_depth, self.max_depth)
         self.seed_projector = Projector(config.bottleneck_features, dim)
         self.projectors = [Projector(config.fusion_hidden_size, dim) for _ in range(4)]
-        self.attractors = [AttractorLayer(config, n, self.min_depth, self.max_depth, self.normed)
-                           for n in config.num_attractors]
-        self.conditional_log_binomial = ConditionalLogBinomialSoftmax(config, config.num_relative_features + 1, dim,
-                                                                      n_bins)
+        self.attractors = [
+            AttractorLayer(config, n, self.min_depth, self.max_depth, self.normed) for n in config.num_attractors
+        ]
+        self.conditional_log_binomial = ConditionalLogBinomialSoftmax(
+            config, config.num_relative_features + 1, dim, n_bins
+        )
         self.resample = Resize()
 
     def __call__(self, last, bottleneck, feature_blocks, relative_depth):
@@ -136,13 +144,16 @@ class ZoeDepthMultipleMetricDepthEstimationHeads(nn.Module):
         self.seed_projector = Projector(config.bottleneck_features, dim, mlp)
         self.projectors = [Projector(config.fusion_hidden_size, dim, mlp) for _ in range(4)]
         self.attractors = {
-            name: [AttractorLayer(config, MULTI_DOMAIN_ATTRACTORS, c["min_depth"], c["max_depth"], self.normed)
-                   for _ in config.num_attractors]
+            name: [
+                AttractorLayer(config, MULTI_DOMAIN_ATTRACTORS, c["min_depth"], c["max_depth"], self.normed)
+                for _ in config.num_attractors
+            ]
             for name, c in self._configurations.items()
         }
         self.conditional_log_binomial = {
-            name: ConditionalLogBinomialSoftmax(config, config.num_relative_features, dim, c["n_bins"],
-                                                bottleneck_factor=4)
+            name: ConditionalLogBinomialSoftmax(
+                config, config.num_relative_features, dim, c["n_bins"], bottleneck_factor=4
+            )
             for name, c in self._configurations.items()
         }
         self.resample = Resize()
@@ -155,8 +166,9 @@ class ZoeDepthMultipleMetricDepthEstimationHeads(nn.Module):
         conf = self._configurations[name]
         bins = {"seed": self.seed_bin_regressors[name], "attractors": self.attractors[name]}
         embedding, centers = _refine(self, bins, x, feature_blocks, conf["min_depth"], conf["max_depth"])
-        return _expected_depth(self.conditional_log_binomial[name], self.resample, last, embedding, centers), \
-            domain_logits
+        return _expected_depth(
+            self.conditional_log_binomial[name], self.resample, last, embedding, centers
+        ), domain_logits
 
 
 class ZoeDepthForDepthEstimation(PreTrainedModel):
@@ -179,8 +191,7 @@ class ZoeDepthForDepthEstimation(PreTrainedModel):
         head = ZoeDepthMultipleMetricDepthEstimationHeads if config.multi_domain else ZoeDepthMetricDepthEstimationHead
         self.metric_head = head(config)
 
-    def __call__(self, pixel_values, labels=None, output_hidden_states: bool = False,
-                 output_attentions: bool = False):
+    def __call__(self, pixel_values, labels=None, output_hidden_states: bool = False, output_attentions: bool = False):
         """``labels`` are refused: the reference implements no ZoeDepth loss."""
         if labels is not None:
             raise NotImplementedError("ZoeDepth has no training loss (nor in transformers); call it without labels")

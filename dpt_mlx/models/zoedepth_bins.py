@@ -207,8 +207,9 @@ class PatchTransformerEncoder(nn.Module):
     def __init__(self, config, layers_run: int = 4):
         super().__init__()
         self.layers_run = layers_run
-        self.embedding_convPxP = nn.Conv2d(config.bottleneck_features, config.patch_transformer_hidden_size,
-                                           kernel_size=1)
+        self.embedding_convPxP = nn.Conv2d(
+            config.bottleneck_features, config.patch_transformer_hidden_size, kernel_size=1
+        )
         self.transformer_encoder = [PatchTransformerLayer(config) for _ in range(config.num_patch_transformer_layers)]
 
     def __call__(self, x: mx.array) -> mx.array:

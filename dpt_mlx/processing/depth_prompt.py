@@ -45,11 +45,14 @@ def _read_array(path: str) -> tuple[np.ndarray, float]:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as image:
             if image.width * image.height > MAX_PROMPT_PIXELS:
-                raise ImageError(f"{path}: the depth prompt is {image.width}x{image.height}; "
-                                 f"at most {MAX_PROMPT_PIXELS} pixels")
+                raise ImageError(
+                    f"{path}: the depth prompt is {image.width}x{image.height}; at most {MAX_PROMPT_PIXELS} pixels"
+                )
             if image.mode not in ("I;16", "I;16B", "I;16L", "I", "F", "L"):
-                raise ImageError(f"{path}: a depth prompt must be a one-channel image (16-bit, 32-bit or float), "
-                                 f"got mode {image.mode}")
+                raise ImageError(
+                    f"{path}: a depth prompt must be a one-channel image (16-bit, 32-bit or float), "
+                    f"got mode {image.mode}"
+                )
             array = np.array(image)
     return array.astype(np.float64), (1.0 if image.mode == "F" else MILLIMETRES)
 

@@ -28,8 +28,20 @@ from ..errors import ImageError, first_line
 from .transforms import as_numpy, check_image_array
 
 HEIF_EXTENSIONS = (".heic", ".heif")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm",
-                    *HEIF_EXTENSIONS)
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".pnm",
+    *HEIF_EXTENSIONS,
+)
 MAX_DOWNLOAD = 50 * 2**20  # bytes: a larger URL is refused
 URL_TIMEOUT = 30.0  # seconds
 
@@ -53,8 +65,9 @@ def _heif_opener(source: Any, required: bool) -> None:
         import pillow_heif
     except ImportError:
         if required:
-            raise ImageError(f'{source}: reading HEIC/HEIF images needs pillow-heif: '
-                             f'pip install "dpt_mlx[heic]"') from None
+            raise ImageError(
+                f'{source}: reading HEIC/HEIF images needs pillow-heif: pip install "dpt_mlx[heic]"'
+            ) from None
         return
     if not getattr(pillow_heif, "_dpt_mlx_registered", False):
         pillow_heif.register_heif_opener()
@@ -225,5 +238,4 @@ def list_images(directory: str | os.PathLike, recursive: bool = False) -> list[P
     return found
 
 
-__all__ = ["HEIF_EXTENSIONS", "IMAGE_EXTENSIONS", "decode_image", "is_url", "list_images", "load_image",
-           "url_name"]
+__all__ = ["HEIF_EXTENSIONS", "IMAGE_EXTENSIONS", "decode_image", "is_url", "list_images", "load_image", "url_name"]

@@ -103,8 +103,9 @@ def _focal_from_exif(tags: dict, stored: tuple[int, int], width: int, height: in
     return focal_mm / sensor_width_mm * across, "EXIF FocalLength + sensor size"
 
 
-def camera_intrinsics(image: Any, width: int, focal_length: float | None = None, fov: float | None = None,
-                      height: int | None = None) -> CameraIntrinsics:
+def camera_intrinsics(
+    image: Any, width: int, focal_length: float | None = None, fov: float | None = None, height: int | None = None
+) -> CameraIntrinsics:
     """The camera for a depth map ``width`` x ``height`` pixels made from ``image`` (a path or PIL image).
 
     The focal length, in pixels of that size: ``focal_length`` itself; else from ``fov`` (horizontal,
@@ -213,8 +214,13 @@ def require_plyfile():
     return plyfile
 
 
-def save_ply(points: np.ndarray, path: str | os.PathLike, colors: np.ndarray | None = None,
-             comments: list[str] | None = None, overwrite: bool = True) -> None:
+def save_ply(
+    points: np.ndarray,
+    path: str | os.PathLike,
+    colors: np.ndarray | None = None,
+    comments: list[str] | None = None,
+    overwrite: bool = True,
+) -> None:
     """Write a binary little-endian PLY (vertex x y z float32, red green blue uchar) atomically;
     ``overwrite=False``: FileExistsError rather than replacing a file of that name (io/files.atomic_write)."""
     from ..io.files import atomic_write
@@ -230,6 +236,7 @@ def save_ply(points: np.ndarray, path: str | os.PathLike, colors: np.ndarray | N
         colors = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
         vertex["red"], vertex["green"], vertex["blue"] = colors[:, 0], colors[:, 1], colors[:, 2]
     comments = [c.replace("°", " degree").encode("ascii", "replace").decode() for c in comments or []]  # PLY: ASCII
-    data = plyfile.PlyData([plyfile.PlyElement.describe(vertex, "vertex")], text=False, byte_order="<",
-                           comments=comments)
+    data = plyfile.PlyData(
+        [plyfile.PlyElement.describe(vertex, "vertex")], text=False, byte_order="<", comments=comments
+    )
     atomic_write(path, data.write, overwrite=overwrite)

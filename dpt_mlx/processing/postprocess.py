@@ -47,9 +47,7 @@ def _is_side(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)) and value >= 1
 
 
-def check_target_sizes(
-    target_sizes: Any, batch: int, what: str, kind: str = "target"
-) -> list[tuple[int, int] | None]:
+def check_target_sizes(target_sizes: Any, batch: int, what: str, kind: str = "target") -> list[tuple[int, int] | None]:
     """One (height, width) or ``None`` per item of a batch of ``batch`` ``what``; ``None`` -> all ``None``.
     ``kind`` names the sizes in errors (``"source"`` for ``source_sizes``)."""
     if target_sizes is None:
@@ -132,7 +130,7 @@ def segment(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """
     if np.ndim(logits) != 3:
         raise ValueError(f"logits must have shape (classes, height, width), got {np.shape(logits)}")
-    (height, width), = check_target_sizes([size], 1, "logits")
+    ((height, width),) = check_target_sizes([size], 1, "logits")
     logits = np.asarray(logits, dtype=np.float32)
     if not np.isfinite(logits).all():
         raise ValueError("logits contain NaN or inf; no class map can be made from them")
@@ -143,11 +141,11 @@ def segment(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     out = np.empty((height, width), dtype=np.int64)
     band = max(1, _BAND_BYTES // (4 * channels * max(width, w)))
     for top in range(0, height, band):
-        a = wh[top:top + band] @ rows  # (b, w*C): resized along the height
+        a = wh[top : top + band] @ rows  # (b, w*C): resized along the height
         b = a.shape[0]
         a = np.ascontiguousarray(a.reshape(b, w, channels).transpose(1, 0, 2)).reshape(w, b * channels)
         scores = (ww @ a).reshape(width, b, channels)  # resized along the width
-        out[top:top + b] = scores.argmax(axis=-1).T
+        out[top : top + b] = scores.argmax(axis=-1).T
     return out
 
 

@@ -68,7 +68,9 @@ class ImageProcessorBase:
 
     def _set_options(self, given: Mapping[str, Any]) -> None:
         """Set every option from ``given`` (``None`` or absent: the default), checked."""
-        options = {name: given[name] if given.get(name) is not None else self._defaults[name] for name in self._defaults}
+        options = {
+            name: given[name] if given.get(name) is not None else self._defaults[name] for name in self._defaults
+        }
         for name, value in self._validate(options).items():
             setattr(self, name, value)
 

@@ -37,7 +37,10 @@ def validate_prompt_depth_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """Check the options and return them normalised (as :func:`validate_options` does DPT's)."""
     scale = options["prompt_scale_to_meter"]
     if not (
-        isinstance(scale, numbers.Real) and not isinstance(scale, (bool, np.bool_)) and math.isfinite(scale) and scale > 0
+        isinstance(scale, numbers.Real)
+        and not isinstance(scale, (bool, np.bool_))
+        and math.isfinite(scale)
+        and scale > 0
     ):
         raise ValueError(
             f"prompt_scale_to_meter={scale!r} is invalid; use a positive number (0.001 for prompts in millimetres)"
@@ -130,7 +133,9 @@ class PromptDepthAnythingImageProcessor(ImageProcessorBase):
             if len(prompts) != len(pixel_values):
                 raise ValueError(f"got {len(prompts)} prompt depths for {len(pixel_values)} images; pass one per image")
             scale = opts["prompt_scale_to_meter"]
-            data["prompt_depth"] = collate("prompt_depth", [prompt_to_meters(p, scale) for p in prompts], return_tensors)
+            data["prompt_depth"] = collate(
+                "prompt_depth", [prompt_to_meters(p, scale) for p in prompts], return_tensors
+            )
         return data
 
     preprocess = __call__

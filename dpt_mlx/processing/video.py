@@ -80,8 +80,9 @@ def upright(rgb: np.ndarray, rotation: float, matrix: np.ndarray | None) -> np.n
         return np.rot90(rgb, -1)[::-1] if m[3] < 0 else np.rot90(rgb, 1)
     if theta == 0:
         return rgb[::-1] if m[4] < 0 else rgb
-    raise UsageError(f"the video is displayed rotated by {theta} degrees; only multiples of 90 are supported "
-                     "(re-encode it upright)")
+    raise UsageError(
+        f"the video is displayed rotated by {theta} degrees; only multiples of 90 are supported (re-encode it upright)"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,8 +128,9 @@ class VideoReader:
             raise UsageError(f"{self.path} has no video stream")
         self.stream = stream = self.container.streams.video[0]
         if stream.codec_context is None:
-            raise UsageError(f"cannot read video {self.path}: its video stream has no decodable codec "
-                             "(truncated or damaged?)")
+            raise UsageError(
+                f"cannot read video {self.path}: its video stream has no decodable codec (truncated or damaged?)"
+            )
         stream.thread_type = "AUTO"
         self.rate = Fraction(stream.average_rate or stream.guessed_rate or 25)
         self.frames = int(stream.frames or 0)
@@ -184,8 +186,10 @@ class VideoReader:
             return rgb
         h0, w0 = self.size
         if abs(width / height - w0 / h0) > ASPECT_TOLERANCE * (w0 / h0):
-            raise UsageError(f"{self.path} changes shape at frame {index}: {width}x{height} after {w0}x{h0}; "
-                             "re-encode it at one size")
+            raise UsageError(
+                f"{self.path} changes shape at frame {index}: {width}x{height} after {w0}x{h0}; "
+                "re-encode it at one size"
+            )
         from PIL import Image
 
         self.resized += 1
@@ -310,8 +314,9 @@ def mux_audio(video: str, source: str, target: str) -> str | None:
                         if packet.dts is not None:  # not the end-of-stream marker
                             yield float(packet.dts * packet.time_base), order, packet
 
-                for _, _, packet in heapq.merge(timed(picture, video_in, 0), timed(sound, audio, 1),
-                                                key=lambda item: item[:2]):
+                for _, _, packet in heapq.merge(
+                    timed(picture, video_in, 0), timed(sound, audio, 1), key=lambda item: item[:2]
+                ):
                     packet.stream = outs[packet.stream.type]
                     out.mux(packet)
         except av.FFmpegError as e:  # before ValueError: some FFmpeg errors are ValueErrors too

@@ -77,7 +77,6 @@ _ADE20K = (
     "5cff0000e0ff70e0ff46b8a0a300ff9900ff47ff00ff00a3ffcc00ff008f00ffeb85ff00ff00ebf500ffff007afff500"
     "0abed4d6ff0000ccff1400ffffff000099ff0029ff00ffcc2900ff29ff00ad00ff00f5ff4700ff7a00ff00ffb8005cff"
     "b8ff000085ffffd60019c2c266ff005c00ff"
-
 )
 
 
@@ -193,7 +192,7 @@ def color_classes(classes: np.ndarray, num_labels: int) -> np.ndarray:
     palette = segmentation_palette(num_labels)
     classes = np.asarray(classes)
     if classes.size and classes.max() >= len(palette):
-        palette = np.concatenate([palette, voc_palette(int(classes.max()) + 1)[len(palette):]])
+        palette = np.concatenate([palette, voc_palette(int(classes.max()) + 1)[len(palette) :]])
     return palette[classes]
 
 
@@ -232,8 +231,9 @@ def png_info(text: dict[str, str] | None) -> PngInfo | None:
     return info
 
 
-def save_png(image: Image.Image, path: str | os.PathLike, text: dict[str, str] | None = None,
-             overwrite: bool = True) -> None:
+def save_png(
+    image: Image.Image, path: str | os.PathLike, text: dict[str, str] | None = None, overwrite: bool = True
+) -> None:
     """Write a PNG atomically, with optional tEXt metadata; ``overwrite=False``: FileExistsError rather
     than replacing a file of that name (see io/files.atomic_write)."""
     info = png_info(text)

@@ -210,7 +210,7 @@ class ZoeDepthImageProcessor(ImageProcessorBase):
             if source is not None:
                 pad_h, pad_w = padding(*source) if do_remove_padding else (0, 0)
                 one = _bicubic(one, (source[0] + 2 * pad_h, source[1] + 2 * pad_w))
-                one = one[pad_h:one.shape[0] - pad_h, pad_w:one.shape[1] - pad_w]
+                one = one[pad_h : one.shape[0] - pad_h, pad_w : one.shape[1] - pad_w]
             if target is not None:
                 one = _bicubic(one, target)
             results.append({"predicted_depth": np.array(one, dtype=np.float32)})

@@ -30,8 +30,16 @@ from mlx.utils import tree_flatten, tree_map_with_path
 
 from ..errors import DPTError, UsageError, first_line
 from ..io.checkpoint import save_pretrained
-from ..io.files import make_parent, output_lock, publish_directory, remove_tree, signals_deferred, why
-from ..io.files import atomic_write, atomic_write_text
+from ..io.files import (
+    atomic_write,
+    atomic_write_text,
+    make_parent,
+    output_lock,
+    publish_directory,
+    remove_tree,
+    signals_deferred,
+    why,
+)
 from ..processing.image_processor import CONFIG_NAME
 
 STATE_NAME, OPTIMIZER_NAME = "trainer_state.json", "optimizer.safetensors"
@@ -56,8 +64,9 @@ def save_checkpoint(run_dir: Path, model, processor, optimizer, state: dict, kee
             save_pretrained(model, tmp)
             processor.save_pretrained(tmp)
             flat = dict(tree_flatten(optimizer.state))
-            atomic_write(tmp / OPTIMIZER_NAME,
-                         lambda f: mx.save_safetensors(f, flat, metadata={"format": "mlx-optimizer"}))
+            atomic_write(
+                tmp / OPTIMIZER_NAME, lambda f: mx.save_safetensors(f, flat, metadata={"format": "mlx-optimizer"})
+            )
             atomic_write_text(tmp / STATE_NAME, json.dumps(state, indent=2, sort_keys=True) + "\n")
             with signals_deferred():  # Ctrl-C or SIGTERM: once the checkpoint is in place
                 old = publish_directory(tmp, target, overwrite=True)
@@ -127,7 +136,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     found = []
     if run_dir.is_dir():
         for p in run_dir.iterdir():
-            suffix = p.name[len(CHECKPOINT_PREFIX):]
+            suffix = p.name[len(CHECKPOINT_PREFIX) :]
             if p.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() and (p / STATE_NAME).is_file():
                 found.append((int(suffix), p))
     return [p for _, p in sorted(found)]

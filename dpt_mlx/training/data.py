@@ -197,8 +197,17 @@ class TargetReader:
     class), then padded like the image (depth with 0, masks with the ignore index).
     """
 
-    def __init__(self, task: str, processor, disparity: bool, normalize: bool, target: str, depth_scale: float,
-                 ignore_index: int, num_labels: int | None = None):
+    def __init__(
+        self,
+        task: str,
+        processor,
+        disparity: bool,
+        normalize: bool,
+        target: str,
+        depth_scale: float,
+        ignore_index: int,
+        num_labels: int | None = None,
+    ):
         self.task, self.processor, self.disparity, self.normalize = task, processor, disparity, normalize
         self.target, self.depth_scale, self.ignore_index = target, depth_scale, ignore_index
         self.num_labels = num_labels
@@ -236,8 +245,10 @@ class TargetReader:
         values = raw.astype(np.float64) * self.depth_scale
         valid = np.isfinite(values) & (values > 0)
         if not valid.any():  # it would train with a loss of 0 and teach nothing
-            raise DataError(f"{path} has no valid depth pixel (every value is 0, negative, NaN or inf); "
-                            "fix the file or remove the image")
+            raise DataError(
+                f"{path} has no valid depth pixel (every value is 0, negative, NaN or inf); "
+                "fix the file or remove the image"
+            )
         if self.disparity and self.target == "depth":
             values = 1.0 / np.where(valid, values, 1.0)
         values = np.where(valid, values, 0.0)
@@ -256,8 +267,10 @@ class TargetReader:
             labels = reduce_labels(labels)
         if (labels == self.ignore_index).all():  # it would train with a loss of 0 and teach nothing
             reduced = " after do_reduce_labels (0 becomes the ignore index)" if self.processor.do_reduce_labels else ""
-            raise DataError(f"{path} has no labelled pixel: every pixel is the ignore index {self.ignore_index}"
-                            f"{reduced}; fix the mask or remove the image")
+            raise DataError(
+                f"{path} has no labelled pixel: every pixel is the ignore index {self.ignore_index}"
+                f"{reduced}; fix the mask or remove the image"
+            )
         if self.num_labels is not None:
             self._check_classes(labels, path)
         return labels
@@ -295,7 +308,7 @@ class Batches:
             indices = list(indices)
             if rng is not None:
                 rng.shuffle(indices)
-            batches += [indices[i:i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
+            batches += [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
         if rng is not None:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches

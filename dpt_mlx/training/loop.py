@@ -24,13 +24,21 @@ from mlx.utils import tree_flatten
 from ..errors import DPTError, UsageError
 from ..io.hub import resolve
 from ..models import load_model
+from ..models.losses import SSI, default_depth_loss
 from ..pipelines import DEPTH as DEPTH_TASK
 from ..pipelines import load_processor, task_of
 from ..processing.image_processor import DPTImageProcessor
-from .checkpoints import (STATE_FORMAT, export_final, holds_run, list_checkpoints, remove_stale_checkpoints,
-                          restore_optimizer, run_lock, save_checkpoint)
+from .checkpoints import (
+    STATE_FORMAT,
+    export_final,
+    holds_run,
+    list_checkpoints,
+    remove_stale_checkpoints,
+    restore_optimizer,
+    run_lock,
+    save_checkpoint,
+)
 from .data import DEPTH, SEGMENTATION, Batches, TargetReader, find_samples, split_samples
-from ..models.losses import SSI, default_depth_loss
 from .metrics import evaluate, format_metrics
 
 
@@ -139,8 +147,10 @@ def enable_gradient_checkpointing(model) -> int:
     for _, module in backbone_of(model).named_modules():
         if isinstance(module, nn.Module) and hasattr(module, "gradient_checkpointing"):
             module.gradient_checkpointing = True
-            count += sum(not any(isinstance(m, nn.Dropout) and getattr(m, "p", 1.0) > 0 for _, m in layer.named_modules())
-                         for layer in module.layer)
+            count += sum(
+                not any(isinstance(m, nn.Dropout) and getattr(m, "p", 1.0) > 0 for _, m in layer.named_modules())
+                for layer in module.layer
+            )
     return count
 
 
@@ -168,9 +178,10 @@ def prepare(spec: RunSpec) -> Setup:
     opts = spec.options
     source = spec.resume.checkpoint if spec.resume is not None else resolve(spec.model)
     model = load_model(source, dtype="float32")
-    untrainable = {"zoedepth": "ZoeDepth has no training loss (neither in transformers)",
-                   "prompt_depth_anything": "Prompt Depth Anything trains on depth prompts, which the trainer "
-                                            "does not read"}.get(getattr(model.config, "model_type", None))
+    untrainable = {
+        "zoedepth": "ZoeDepth has no training loss (neither in transformers)",
+        "prompt_depth_anything": "Prompt Depth Anything trains on depth prompts, which the trainer does not read",
+    }.get(getattr(model.config, "model_type", None))
     if untrainable:
         raise UsageError(f"{untrainable}; fine-tune a DPT or Depth Anything checkpoint instead")
     task = DEPTH if task_of(model) == DEPTH_TASK else SEGMENTATION
@@ -185,14 +196,23 @@ def prepare(spec: RunSpec) -> Setup:
         raise UsageError("--loss chooses a depth loss; segmentation models use cross-entropy")
     ignore_index = int(getattr(config, "semantic_loss_ignore_index", 255))
     num_labels = int(getattr(config, "num_labels", 0) or 0) if task == SEGMENTATION else None
-    reader = TargetReader(task, processor, disparity, loss_type == SSI, opts.target, opts.depth_scale,
-                          ignore_index, num_labels)
+    reader = TargetReader(
+        task, processor, disparity, loss_type == SSI, opts.target, opts.depth_scale, ignore_index, num_labels
+    )
     train, val = split_samples(find_samples(Path(opts.data), task), opts.val_split, opts.seed)
     train_batches = Batches(train, processor, reader, opts.batch_size)
     total_steps = len(train_batches) * opts.epochs
     optimizer = build_optimizer(opts.lr, opts.weight_decay, total_steps, int(round(opts.warmup * total_steps)))
-    return Setup(model, processor, task, loss_type, train_batches, Batches(val, processor, reader, opts.batch_size),
-                 optimizer, note)
+    return Setup(
+        model,
+        processor,
+        task,
+        loss_type,
+        train_batches,
+        Batches(val, processor, reader, opts.batch_size),
+        optimizer,
+        note,
+    )
 
 
 def _resume(state: dict, resume: Resume, s: Setup, quiet: bool) -> None:
@@ -204,16 +224,27 @@ def _resume(state: dict, resume: Resume, s: Setup, quiet: bool) -> None:
     if int(s.optimizer.state["step"].item()) != int(saved["step"]):
         raise UsageError(f"{checkpoint}: optimizer step and trainer state disagree; the checkpoint is damaged")
     if saved.get("steps_per_epoch") not in (None, len(s.train)):
-        _log(quiet, f"note: the data now gives {len(s.train)} steps per epoch "
-                    f"(the checkpoint's run had {saved['steps_per_epoch']})")
+        _log(
+            quiet,
+            f"note: the data now gives {len(s.train)} steps per epoch "
+            f"(the checkpoint's run had {saved['steps_per_epoch']})",
+        )
     state.update(epoch=int(saved["epoch"]), step=int(saved["step"]), history=list(saved.get("history", [])))
     _log(quiet, f"resuming {checkpoint} at epoch {state['epoch']}, step {state['step']}")
 
 
 def _start_state(spec: RunSpec, s: Setup) -> dict:
     """The trainer state at the start: fresh, or the resumed checkpoint's."""
-    state = {"format": STATE_FORMAT, "version": 1, "epoch": 0, "step": 0, "history": [], "task": s.task,
-             "loss_type": s.loss_type, "options": asdict(spec.options)}
+    state = {
+        "format": STATE_FORMAT,
+        "version": 1,
+        "epoch": 0,
+        "step": 0,
+        "history": [],
+        "task": s.task,
+        "loss_type": s.loss_type,
+        "options": asdict(spec.options),
+    }
     if spec.resume is not None:
         _resume(state, spec.resume, s, spec.quiet)
     state["steps_per_epoch"] = len(s.train)
@@ -227,9 +258,11 @@ def _validate(s: Setup) -> dict:
 
 def _summary(s: Setup) -> str:
     n_params = sum(v.size for _, v in tree_flatten(s.model.trainable_parameters()))
-    return (f"{s.task} model {type(s.model).__name__}, {n_params / 1e6:.2f} M trainable parameters; "
-            f"{len(s.train.samples)} training / {len(s.val.samples)} validation images; "
-            f"{len(s.train)} steps per epoch" + (f"; loss {s.loss_type}" if s.task == DEPTH else ""))
+    return (
+        f"{s.task} model {type(s.model).__name__}, {n_params / 1e6:.2f} M trainable parameters; "
+        f"{len(s.train.samples)} training / {len(s.val.samples)} validation images; "
+        f"{len(s.train)} steps per epoch" + (f"; loss {s.loss_type}" if s.task == DEPTH else "")
+    )
 
 
 def _train_epoch(s: Setup, opts: TrainingOptions, loss_and_grad, state: dict, epoch: int, bar) -> float:
@@ -264,14 +297,19 @@ def _train(spec: RunSpec, s: Setup, state: dict, progress: ProgressFactory) -> N
     for epoch in range(state["epoch"] + 1, opts.epochs + 1):
         start = time.perf_counter()
         bar = progress(len(s.train), f"epoch {epoch}/{opts.epochs}")
-        metrics = {"epoch": epoch, "train_loss": _train_epoch(s, opts, loss_and_grad, state, epoch, bar),
-                   **_validate(s)}
+        metrics = {
+            "epoch": epoch,
+            "train_loss": _train_epoch(s, opts, loss_and_grad, state, epoch, bar),
+            **_validate(s),
+        }
         metrics["seconds"] = round(time.perf_counter() - start, 3)
         state["history"].append(metrics)
         state["epoch"] = epoch
         saved_to = save_checkpoint(spec.run_dir, s.model, s.processor, s.optimizer, state, opts.keep_checkpoints)
-        _log(spec.quiet, f"epoch {epoch}/{opts.epochs}  {format_metrics(metrics)}  ({metrics['seconds']:.1f} s) "
-                         f"-> {saved_to}")
+        _log(
+            spec.quiet,
+            f"epoch {epoch}/{opts.epochs}  {format_metrics(metrics)}  ({metrics['seconds']:.1f} s) -> {saved_to}",
+        )
 
 
 def run(spec: RunSpec, progress: ProgressFactory | None = None) -> RunResult:
@@ -295,8 +333,11 @@ def run(spec: RunSpec, progress: ProgressFactory | None = None) -> RunResult:
         for stale in remove_stale_checkpoints(spec.run_dir, every=locked):
             _log(quiet, f"removed {stale.name}, an incomplete checkpoint an interrupted run left")
         if state["epoch"] >= opts.epochs:
-            _log(quiet, f"the checkpoint is at epoch {state['epoch']} of {opts.epochs}; nothing to train "
-                        "(pass a larger --epochs)")
+            _log(
+                quiet,
+                f"the checkpoint is at epoch {state['epoch']} of {opts.epochs}; nothing to train "
+                "(pass a larger --epochs)",
+            )
             return _finish(spec, s, state)
         if state["epoch"] == 0 and not state["history"]:
             before = _validate(s)
@@ -316,8 +357,10 @@ def _claim(spec: RunSpec) -> None:
     if spec.resume is not None or not holds_run(spec.run_dir):
         return
     if not spec.overwrite:
-        raise UsageError(f"{spec.run_dir} already holds a training run; use --resume {spec.run_dir}, another "
-                         "--output, or --overwrite")
+        raise UsageError(
+            f"{spec.run_dir} already holds a training run; use --resume {spec.run_dir}, another "
+            "--output, or --overwrite"
+        )
     for old in list_checkpoints(spec.run_dir):
         shutil.rmtree(old)
 

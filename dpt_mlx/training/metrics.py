@@ -8,12 +8,18 @@ import warnings
 import mlx.core as mx
 import numpy as np
 
-from .data import DEPTH, SEGMENTATION, Batches, DataError
 from ..models.losses import resize_to
+from .data import DEPTH, SEGMENTATION, Batches, DataError
 
 DELTA_THRESHOLD = 1.25
-METRIC_NAMES = {"train_loss": "train_loss", "val_loss": "val_loss", "abs_rel": "AbsRel", "delta1": "delta<1.25",
-                "miou": "mIoU", "pixel_acc": "pixel_acc"}  # key -> printed name, in printing order
+METRIC_NAMES = {
+    "train_loss": "train_loss",
+    "val_loss": "val_loss",
+    "abs_rel": "AbsRel",
+    "delta1": "delta<1.25",
+    "miou": "mIoU",
+    "pixel_acc": "pixel_acc",
+}  # key -> printed name, in printing order
 
 
 def depth_metrics(prediction: np.ndarray, target: np.ndarray, align: bool, disparity: bool) -> dict[str, float] | None:
@@ -69,8 +75,10 @@ def _segmentation_scores(confusion: np.ndarray) -> dict[str, float]:
     tp = np.diag(confusion).astype(np.float64)
     union = confusion.sum(0) + confusion.sum(1) - tp
     present = union > 0
-    return {"miou": float((tp[present] / union[present]).mean()) if present.any() else 0.0,
-            "pixel_acc": float(tp.sum() / max(confusion.sum(), 1))}
+    return {
+        "miou": float((tp[present] / union[present]).mean()) if present.any() else 0.0,
+        "pixel_acc": float(tp.sum() / max(confusion.sum(), 1)),
+    }
 
 
 def evaluate(model, batches: Batches, loss_type: str | None) -> dict[str, float]:
@@ -106,8 +114,10 @@ def evaluate(model, batches: Batches, loss_type: str | None) -> dict[str, float]
             result["delta1"] = float(np.mean([m["delta1"] for m in per_image]))
     elif task == SEGMENTATION:
         if count and not confusion.sum():
-            raise DataError("no validation mask has a labelled pixel at the processed size (all are the ignore "
-                            f"index {reader.ignore_index}); mIoU and pixel accuracy cannot be computed")
+            raise DataError(
+                "no validation mask has a labelled pixel at the processed size (all are the ignore "
+                f"index {reader.ignore_index}); mIoU and pixel accuracy cannot be computed"
+            )
         result.update(_segmentation_scores(confusion))
     return result
 
@@ -116,11 +126,16 @@ def _check_scored(scored: int, count: int) -> None:
     """Say so when validation images have too few valid depth pixels to be scored: a DataError when
     none has, a warning when some are left out of the depth metrics."""
     if count and not scored:
-        raise DataError(f"none of the {count} validation images has two valid depth pixels at the processed "
-                        "size; AbsRel and delta<1.25 cannot be computed")
+        raise DataError(
+            f"none of the {count} validation images has two valid depth pixels at the processed "
+            "size; AbsRel and delta<1.25 cannot be computed"
+        )
     if scored < count:
-        warnings.warn(f"dpt_mlx: {count - scored} of {count} validation images have fewer than two valid depth "
-                      "pixels at the processed size; the depth metrics leave them out", stacklevel=3)
+        warnings.warn(
+            f"dpt_mlx: {count - scored} of {count} validation images have fewer than two valid depth "
+            "pixels at the processed size; the depth metrics leave them out",
+            stacklevel=3,
+        )
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
