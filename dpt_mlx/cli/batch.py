@@ -43,7 +43,7 @@ from .console import (
     positive_int,
     signals_interrupt,
 )
-from .predict_outputs import plan
+from .predict_outputs import OutputOptions, plan
 
 DEFAULT_MODEL = "Intel/dpt-large"
 FORMATS = ("png", "png16", "npy")
@@ -365,21 +365,16 @@ def main(argv: list[str] | None = None) -> int:
         ray = _import_ray()
         inputs = collect(args, console)
         task = _check_model(args, console)
-        work = plan(
-            argparse.Namespace(
-                format=[args.format],
-                output=None,
-                output_dir=args.output,
-                output_dir_flag="--output",
-                overlay=False,
-                overwrite=args.overwrite,
-                skip_existing=not args.overwrite,
-                recursive=inputs.mirror,
-                input_dir=[inputs.base],
-            ),
-            inputs.paths,
-            task,
+        options = OutputOptions(
+            formats=tuple(args.format),
+            output_dir=args.output,
+            output_dir_flag="--output",
+            overwrite=args.overwrite,
+            skip_existing=not args.overwrite,
+            recursive=inputs.mirror,
+            input_dirs=(inputs.base,),
         )
+        work = plan(options, inputs.paths, task)
         stale = remove_stale_temps(t for job in work.jobs for _, t in job.outputs)
         if stale:
             console.detail(f"removed {stale} temporary file(s) left by an earlier, killed run")

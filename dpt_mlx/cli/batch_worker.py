@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from ..ray import DepthPredictor
-from .predict_outputs import Job, write_outputs
+from .predict_outputs import Job, OutputOptions, write_outputs
 
 
 def job_row(job: Job, name: str, source: str) -> dict[str, str]:
@@ -50,7 +49,7 @@ class OutputWriter(DepthPredictor):
 
     def __init__(self, model: Any, colormap: str = "inferno", overwrite: bool = False, verbose: bool = False, **kwargs):
         super().__init__(model, image_column="source", path_column="path", errors="record", **kwargs)
-        self.options = SimpleNamespace(colormap=colormap, overwrite=overwrite, verbose=verbose, alpha=0.5)
+        self.options = OutputOptions(colormap=colormap, overwrite=overwrite, verbose=verbose)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         names = self.names(batch, len(batch["source"]))

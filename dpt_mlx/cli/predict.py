@@ -32,7 +32,7 @@ from .console import (
     interrupt_status,
     positive_int,
 )
-from .predict_outputs import Plan, collect_inputs, depth_kind, plan
+from .predict_outputs import OutputOptions, Plan, collect_inputs, depth_kind, plan
 from .predict_points import add_point_options, check_points
 from .predict_prompt import add_prompt_options, assign_prompts
 from .predict_runner import Runner
@@ -330,8 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         task = "depth" if predictor.task == "depth-estimation" else "segmentation"
         if task == "segmentation" and args.colormap != "inferno":
             console.detail("--colormap applies to depth only; segmentation uses the model's palette")
-        check_points(args, predictor)
-        work = plan(args, paths, task)
+        options = OutputOptions.from_args(args)
+        check_points(args, options, predictor)
+        work = plan(options, paths, task)
         work.rejected += assign_prompts(args, work.jobs, predictor)
         stale = remove_stale_temps(work.targets())
         if stale:
@@ -346,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
 
     todo = len(work.jobs) + len(work.rejected)
     console = Console(args.quiet, args.verbose, total=todo)
-    runner = Runner(args, predictor, console)
+    runner = Runner(args, options, predictor, console)
     for reason in work.rejected:
         runner.fail(None, reason)
     start = time.perf_counter()

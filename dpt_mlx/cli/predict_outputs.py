@@ -46,6 +46,46 @@ def shown(path) -> str:
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(path))
 
 
+@dataclass(frozen=True)
+class OutputOptions:
+    """What each image gets written and where, made once from a command's arguments
+    (:meth:`from_args`) or by a caller of its own (the Ray writer)."""
+
+    formats: tuple[str, ...] = ()  # --format, in order; empty: png (or what --output's suffix names)
+    output: str | None = None  # --output FILE: one image, one output
+    output_dir: str | None = None  # --output-dir; None: beside each input
+    output_dir_flag: str = "--output-dir"  # how the command calls it, for its messages
+    input_dirs: tuple[str, ...] = ()  # --input-dir folders: with recursive, mirrored below output_dir
+    recursive: bool = False
+    overlay: bool = False
+    alpha: float = 0.5
+    colormap: str = "inferno"
+    overwrite: bool = False
+    skip_existing: bool = False
+    verbose: bool = False  # every class of a segmentation map, not only the larger ones
+    focal_length: float | None = None  # the point clouds' camera
+    fov: float | None = None
+
+    @classmethod
+    def from_args(cls, args) -> OutputOptions:
+        """The predict command's options (``--format`` groups flattened)."""
+        return cls(
+            formats=tuple(f for group in (args.format or []) for f in group),
+            output=args.output,
+            output_dir=args.output_dir,
+            input_dirs=tuple(args.input_dir),
+            recursive=args.recursive,
+            overlay=args.overlay,
+            alpha=args.alpha,
+            colormap=args.colormap,
+            overwrite=args.overwrite,
+            skip_existing=args.skip_existing,
+            verbose=args.verbose,
+            focal_length=args.focal_length,
+            fov=args.fov,
+        )
+
+
 @dataclass
 class Job:
     """One input image: its output files, and while it is in flight the photo and the model input."""
@@ -155,10 +195,10 @@ def collect_inputs(args, console: Console) -> list[Path | str]:
 # Planning
 
 
-def _kinds(args, task: str) -> list[str]:
-    formats = [f for group in (args.format or []) for f in group]
+def _kinds(options: OutputOptions, task: str) -> list[str]:
+    formats = list(options.formats)
     if not formats:
-        suffix = Path(args.output).suffix.lower() if args.output else ""
+        suffix = Path(options.output).suffix.lower() if options.output else ""
         formats = [{".npy": "npy", ".ply": "ply"}.get(suffix, "png")]
     kinds = list(dict.fromkeys(formats))
     for depth_only in ("png16", "ply"):
@@ -166,12 +206,12 @@ def _kinds(args, task: str) -> list[str]:
             raise UsageError(
                 f"--format {depth_only} is for depth models; this model does segmentation (use png or npy)"
             )
-    if args.overlay:
+    if options.overlay:
         kinds.append("overlay")
     return kinds
 
 
-def _check_output_file(args, paths: list[Path], kinds: list[str]) -> None:
+def _check_output_file(options: OutputOptions, paths: list[Path], kinds: list[str]) -> None:
     if len(paths) != 1:
         raise UsageError(f"--output names one file but there are {len(paths)} images; use --output-dir")
     if len(kinds) != 1:
@@ -179,33 +219,33 @@ def _check_output_file(args, paths: list[Path], kinds: list[str]) -> None:
             f"--output names one file but {len(kinds)} outputs were asked for ({', '.join(kinds)}); use --output-dir"
         )
     want = {"npy": ".npy", "ply": ".ply"}.get(kinds[0], ".png")
-    if Path(args.output).suffix.lower() != want:
-        raise UsageError(f"--output {args.output}: a {kinds[0]} output needs a {want} file name")
+    if Path(options.output).suffix.lower() != want:
+        raise UsageError(f"--output {options.output}: a {kinds[0]} output needs a {want} file name")
 
 
-def _output_dir(args) -> Path | None:
+def _output_dir(options: OutputOptions) -> Path | None:
     """The --output-dir, created; checks that the directory of --output exists."""
-    out_dir = Path(os.path.expanduser(args.output_dir)) if args.output_dir else None
-    flag = getattr(args, "output_dir_flag", "--output-dir")  # the batch command calls it --output
+    out_dir = Path(os.path.expanduser(options.output_dir)) if options.output_dir else None
+    flag, name = options.output_dir_flag, options.output_dir
     if out_dir is not None:
         if out_dir.exists() and not out_dir.is_dir():
-            raise UsageError(f"{flag} {args.output_dir} exists and is not a directory")
+            raise UsageError(f"{flag} {name} exists and is not a directory")
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise UsageError(f"cannot create {flag} {args.output_dir}: {e.strerror or e}") from None
+            raise UsageError(f"cannot create {flag} {name}: {e.strerror or e}") from None
         if not os.access(out_dir, os.W_OK | os.X_OK):
-            raise UsageError(f"cannot write in {flag} {args.output_dir}: permission denied")
-    if args.output:
-        parent = Path(os.path.expanduser(args.output)).parent
+            raise UsageError(f"cannot write in {flag} {name}: permission denied")
+    if options.output:
+        parent = Path(os.path.expanduser(options.output)).parent
         if not parent.is_dir():
-            raise UsageError(f"the directory of --output {args.output} does not exist")
+            raise UsageError(f"the directory of --output {options.output} does not exist")
     return out_dir
 
 
-def may_replace(args, job: Job, target: Path) -> bool:
+def may_replace(options: OutputOptions, job: Job, target: Path) -> bool:
     """Whether writing ``target`` of ``job`` may replace a file of that name."""
-    return bool(args.overwrite) or target in job.replace
+    return options.overwrite or target in job.replace
 
 
 def _refusal(target: Path, inputs: set[str], claimed: dict[str, Path], overwrite: bool) -> str | None:
@@ -222,10 +262,10 @@ def _refusal(target: Path, inputs: set[str], claimed: dict[str, Path], overwrite
     return None
 
 
-def _subfolder(args, path: Path) -> Path:
+def _subfolder(options: OutputOptions, path: Path) -> Path:
     """--recursive: the folder of ``path`` below the --input-dir it was found in (mirrored in --output-dir)."""
-    if getattr(args, "recursive", False):
-        for name in args.input_dir:
+    if options.recursive:
+        for name in options.input_dirs:
             try:
                 return path.parent.relative_to(Path(os.path.expanduser(name)))
             except ValueError:
@@ -233,29 +273,29 @@ def _subfolder(args, path: Path) -> Path:
     return Path()
 
 
-def _target(args, out_dir: Path | None, path: Path | str, suffix: str) -> Path:
-    if args.output:
-        return Path(os.path.expanduser(args.output))
+def _target(options: OutputOptions, out_dir: Path | None, path: Path | str, suffix: str) -> Path:
+    if options.output:
+        return Path(os.path.expanduser(options.output))
     if is_url(path):  # collect_inputs made sure that there is an --output-dir
         return out_dir / (Path(url_name(path)).stem + suffix)
-    return (out_dir / _subfolder(args, path) if out_dir else path.parent) / (path.stem + suffix)
+    return (out_dir / _subfolder(options, path) if out_dir else path.parent) / (path.stem + suffix)
 
 
-def plan(args, paths: list[Path | str], task: str) -> Plan:
+def plan(options: OutputOptions, paths: list[Path | str], task: str) -> Plan:
     """The output files of every input (``task`` is "depth" or "segmentation")."""
-    kinds = _kinds(args, task)
-    if args.output:
-        _check_output_file(args, paths, kinds)
-    out_dir = _output_dir(args)
+    kinds = _kinds(options, task)
+    if options.output:
+        _check_output_file(options, paths, kinds)
+    out_dir = _output_dir(options)
     inputs = {os.path.realpath(p) for p in paths if not is_url(p)}
     claimed: dict[str, Path] = {}  # realpath of an output -> the input it is written for
-    skip = bool(getattr(args, "skip_existing", False))
+    skip = options.skip_existing
     result = Plan([], [])
     for path in paths:
         job, reason = Job(path), None
         for kind in kinds:
-            target = _target(args, out_dir, path, SUFFIXES[(task, kind)])
-            reason = _refusal(target, inputs, claimed, args.overwrite or skip)
+            target = _target(options, out_dir, path, SUFFIXES[(task, kind)])
+            reason = _refusal(target, inputs, claimed, options.overwrite or skip)
             if reason:
                 break
             job.outputs.append((kind, target))
@@ -289,7 +329,7 @@ def depth_kind(config, prompted: bool = False) -> str:
     return "relative inverse depth (larger = closer)"
 
 
-def write_depth(job: Job, depth: np.ndarray, args, predictor) -> list[str]:
+def write_depth(job: Job, depth: np.ndarray, options: OutputOptions, predictor) -> list[str]:
     """Write the depth outputs of ``job``; returns the lines that describe them (for --verbose)."""
     from ..processing import visualize as V
 
@@ -303,21 +343,21 @@ def write_depth(job: Job, depth: np.ndarray, args, predictor) -> list[str]:
         "depth = value / max_value * (depth_max - depth_min) + depth_min",
     }
     for kind, target in job.outputs:
-        replace = may_replace(args, job, target)
+        replace = may_replace(options, job, target)
         if kind == "png":
-            V.save_png(V.colorize_depth(depth, args.colormap), target, text, overwrite=replace)
+            V.save_png(V.colorize_depth(depth, options.colormap), target, text, overwrite=replace)
         elif kind == "png16":
             image, _, _ = V.depth_png16(depth)
             V.save_png(image, target, text, overwrite=replace)
         elif kind == "npy":
             V.save_npy(depth.astype(np.float32), target, overwrite=replace)
         elif kind == "overlay":
-            colors = V.colorize_depth(depth, args.colormap).convert("RGB")
-            V.save_png(V.overlay(job.image, colors, args.alpha), target, overwrite=replace)
+            colors = V.colorize_depth(depth, options.colormap).convert("RGB")
+            V.save_png(V.overlay(job.image, colors, options.alpha), target, overwrite=replace)
         elif kind == "ply":
             from .predict_points import write_points
 
-            job.note = write_points(job, depth, target, args, predictor, overwrite=replace)
+            job.note = write_points(job, depth, target, options, predictor, overwrite=replace)
         job.published.append(target)
     return [f"    depth range {low:.6g} .. {high:.6g}"]
 
@@ -338,13 +378,13 @@ def _class_lines(classes: np.ndarray, id2label: dict, verbose: bool) -> list[str
     return lines
 
 
-def write_segmentation(job: Job, classes: np.ndarray, args, predictor) -> list[str]:
+def write_segmentation(job: Job, classes: np.ndarray, options: OutputOptions, predictor) -> list[str]:
     """Write the segmentation outputs of ``job``; returns the lines listing its classes."""
     from ..processing import visualize as V
 
     num_labels = predictor.num_labels
     for kind, target in job.outputs:
-        replace = may_replace(args, job, target)
+        replace = may_replace(options, job, target)
         if kind == "png":
             text = {"Software": "dpt_mlx", "model": predictor.source}
             V.save_png(V.class_map_image(classes, num_labels), target, text, overwrite=replace)
@@ -352,12 +392,14 @@ def write_segmentation(job: Job, classes: np.ndarray, args, predictor) -> list[s
             V.save_npy(classes.astype(V.class_id_dtype(num_labels)), target, overwrite=replace)
         elif kind == "overlay":
             colors = V.color_classes(classes, num_labels)
-            V.save_png(V.overlay(job.image, colors, args.alpha), target, overwrite=replace)
+            V.save_png(V.overlay(job.image, colors, options.alpha), target, overwrite=replace)
         job.published.append(target)
-    return _class_lines(classes, predictor.id2label, args.verbose)
+    return _class_lines(classes, predictor.id2label, options.verbose)
 
 
-def write_outputs(job: Job, result: np.ndarray, args, predictor) -> tuple[list[str] | None, str | None]:
+def write_outputs(
+    job: Job, result: np.ndarray, options: OutputOptions, predictor
+) -> tuple[list[str] | None, str | None]:
     """Write every output of ``job`` (depth or class map ``result``), creating mirrored subfolders.
 
     Returns the lines that describe them and None, or None and the one-line reason nothing more was
@@ -373,10 +415,10 @@ def write_outputs(job: Job, result: np.ndarray, args, predictor) -> tuple[list[s
         for _, target in job.outputs:
             target.parent.mkdir(parents=True, exist_ok=True)  # --recursive: a mirrored subfolder
             if target.exists():
-                if not may_replace(args, job, target):
+                if not may_replace(options, job, target):
                     raise FileExistsError(CLASH.format(target))  # cheap early check; the writer decides
                 existed.add(target)
-        return write(job, result, args, predictor), None
+        return write(job, result, options, predictor), None
     except FileExistsError as e:
         return None, CLASH.format(shown(e.filename)) if e.filename else str(e)
     except (ValueError, OSError) as e:

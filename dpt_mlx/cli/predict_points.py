@@ -61,15 +61,16 @@ def is_metric(config, args) -> bool:
     return predicts_metres(config, prompted=bool(getattr(args, "prompt_depth", None)))
 
 
-def wants_points(args) -> bool:
-    """Whether --format (or an --output name) asks for a point cloud."""
-    formats = [f for group in (args.format or []) for f in group]
-    return "ply" in formats or (not formats and bool(args.output) and args.output.lower().endswith(".ply"))
+def wants_points(options) -> bool:
+    """Whether the output options' formats (or their --output name) ask for a point cloud."""
+    return "ply" in options.formats or (
+        not options.formats and bool(options.output) and options.output.lower().endswith(".ply")
+    )
 
 
-def check_points(args, predictor) -> None:
+def check_points(args, options, predictor) -> None:
     """UsageError unless --format ply can be written by this model (metric depth, plyfile installed)."""
-    if not wants_points(args):
+    if not wants_points(options):
         return
     if predictor.task != "depth-estimation":
         raise UsageError("--format ply is for depth models; this model does segmentation")
@@ -87,12 +88,12 @@ def check_points(args, predictor) -> None:
         raise UsageError(str(e)) from None
 
 
-def write_points(job, depth: np.ndarray, target, args, predictor, overwrite: bool) -> str:
+def write_points(job, depth: np.ndarray, target, options, predictor, overwrite: bool) -> str:
     """Write ``job``'s point cloud to ``target``; returns the note on its camera for the image's line."""
     from ..processing import points as P
 
     h, w = depth.shape
-    camera = P.camera_intrinsics(job.path, w, focal_length=args.focal_length, fov=args.fov, height=h)
+    camera = P.camera_intrinsics(job.path, w, focal_length=options.focal_length, fov=options.fov, height=h)
     xyz, rgb = P.depth_to_points(depth, camera, image=job.image)
     comments = [
         f"dpt_mlx {predictor.source}",

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from .console import Console
-from .predict_outputs import Job, shown, write_outputs
+from .predict_outputs import Job, OutputOptions, shown, write_outputs
 
 
 class Runner:
     """Runs the planned jobs with one predictor; counts the images written and failed."""
 
-    def __init__(self, args, predictor, console: Console):
-        self.args, self.predictor, self.console = args, predictor, console
+    def __init__(self, args, options: OutputOptions, predictor, console: Console):
+        self.args, self.options, self.predictor, self.console = args, options, predictor, console
         self.written, self.failed = 0, 0
         self.model_seconds = 0.0
 
@@ -82,7 +82,7 @@ class Runner:
     def _write(self, job: Job, result: np.ndarray) -> list[str] | None:
         """Write the outputs of one image; None (reported) when that fails."""
         try:
-            details, error = write_outputs(job, result, self.args, self.predictor)
+            details, error = write_outputs(job, result, self.options, self.predictor)
         finally:
             job.image = None
         if error is not None:
