@@ -551,7 +551,8 @@ def test_usage_errors_exit_2(args, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code == 2
-    assert "usage:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error:" in err and err.rstrip().endswith("(see --help)"), err
 
 
 def test_help_explains_normalisation_and_inverse_depth():

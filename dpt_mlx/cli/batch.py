@@ -38,6 +38,7 @@ from .console import (
     ArgumentParser,
     Console,
     command,
+    format_list,
     interrupt_name,
     interrupt_status,
     positive_int,
@@ -74,11 +75,7 @@ exit status: 0 all written (or skipped); 1 some images failed (reported, the res
   130 Ctrl-C; 143 SIGTERM."""
 
 
-def _formats(text: str) -> list[str]:
-    names = [t.strip().lower() for t in text.split(",") if t.strip()]
-    if not names or any(n not in FORMATS for n in names):
-        raise argparse.ArgumentTypeError(f"invalid format {text!r}; choose from {', '.join(FORMATS)} (comma-separated)")
-    return names
+_formats = format_list(FORMATS)
 
 
 def _positive_number(text: str) -> float:

@@ -26,8 +26,10 @@ from .console import (
     EXIT_ERROR,
     EXIT_OK,
     EXIT_SOME_FAILED,
+    ArgumentParser,
     Console,
     command,
+    format_list,
     interrupt_name,
     interrupt_status,
     positive_int,
@@ -88,14 +90,8 @@ examples:
 # Arguments
 
 
-def _formats(text: str) -> list[str]:
-    names = [t.strip().lower() for t in text.split(",") if t.strip()]
-    bad = [n for n in names if n not in FORMATS + VIDEO_FORMATS]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(
-            f"invalid format {text!r}; choose from {', '.join(FORMATS)} (--video: mp4, npz, png16; comma-separated)"
-        )
-    return names
+# the image formats, and --video's beside them (cli/predict_video.py checks which go with which)
+_formats = format_list(FORMATS + VIDEO_FORMATS, shown=FORMATS, note="--video: mp4, npz, png16; ")
 
 
 def _alpha(text: str) -> float:
@@ -115,9 +111,9 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The options; a usage error prints the usage and exits 2 (argparse's own error format)."""
+    """The options; a usage error is one line (pointing to --help) and exits 2, as in every command."""
     script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="dpt-mlx" if script.startswith("dpt-mlx") else "python -m dpt_mlx.generate",
         description=DESCRIPTION,
         epilog=EPILOG,
