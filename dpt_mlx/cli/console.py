@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import shutil
 import signal
 import sys
 import threading
-import time
 import traceback
 from contextlib import contextmanager
+
+from tqdm import tqdm
 
 EXIT_OK = 0  # everything done
 EXIT_SOME_FAILED = 1  # some items failed, the others were done
@@ -144,50 +144,51 @@ def positive_int(text: str) -> int:
 
 
 class ProgressBar:
-    """A one-line bar on stderr, drawn only when stderr is a terminal and there is more than one item.
+    """tqdm's bar on stderr, drawn only when stderr is a terminal and there is more than one item.
 
-    ``update(done, note)`` redraws it; ``clear()`` erases it (before printing a line); the bar
-    ends with a newline once ``done`` reaches ``total`` and is not drawn again after that, so that
-    what is printed next (a summary) stays the last thing on the terminal.
+    ``update(done, note)`` advances it (to ``done``, or by one) with ``note`` after the count;
+    ``clear()`` erases it before a line is printed and ``draw()`` puts it back; the finished bar
+    stays on its line, so that what is printed next (a summary) comes after it; ``close()`` erases
+    an unfinished one (an interrupted run).
     """
 
     def __init__(self, total: int, label: str = "", enabled: bool = True, unit: str = "item"):
-        self.total, self.label, self.unit = total, label, unit
-        self.enabled = enabled and total > 1 and sys.stderr.isatty()
-        self.done, self.note = 0, ""
-        self.finished = False  # the completed bar has been drawn, with its newline
-        self.start = time.perf_counter()
+        enabled = enabled and total > 1 and sys.stderr.isatty()
+        try:  # a terminal that reports no size (some ptys) gets 80x24: tqdm would draw nothing there
+            size = {"dynamic_ncols": True} if os.get_terminal_size(sys.stderr.fileno()).lines else {}
+        except (AttributeError, OSError, ValueError):
+            size = {}
+        size = size or {"ncols": 80, "nrows": 24}
+        self._bar = tqdm(total=total, desc=label or None, unit=unit, file=sys.stderr, **size) if enabled else None
+
+    @property
+    def enabled(self) -> bool:
+        return self._bar is not None
 
     def clear(self) -> None:
-        if self.enabled and not self.finished:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
+        if self._bar is not None:
+            self._bar.clear()
 
     def draw(self) -> None:
-        if not self.enabled or self.finished:
-            return
-        width = max(10, min(40, shutil.get_terminal_size((80, 20)).columns - 50))
-        filled = int(width * self.done / self.total)
-        elapsed = time.perf_counter() - self.start
-        rate = f"{elapsed / self.done:.2f} s/{self.unit}" if self.done else ""
-        eta = f"ETA {elapsed / self.done * (self.total - self.done):.0f}s" if self.done else ""
-        label = f"{self.label} " if self.label else ""
-        line = f"{label}[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {self.note} {rate} {eta}"
-        sys.stderr.write("\r\033[K" + " ".join(line.split()))
-        if self.done >= self.total:
-            sys.stderr.write("\n")
-            self.finished = True
-        sys.stderr.flush()
+        if self._bar is not None:
+            self._bar.refresh()
 
     def update(self, done: int | None = None, note: str = "") -> None:
-        self.done = self.done + 1 if done is None else done
-        self.note = note
-        self.draw()
+        bar = self._bar
+        if bar is None:
+            return
+        if note:
+            bar.set_postfix_str(note, refresh=False)
+        bar.update(1 if done is None else done - bar.n)
+        if bar.n >= bar.total:  # finished: kept on its line
+            bar.close()
+            self._bar = None
 
     def close(self) -> None:
-        """Erase an unfinished bar (an interrupted run)."""
-        self.clear()
-        self.enabled = False
+        if self._bar is not None:
+            self._bar.leave = False
+            self._bar.close()
+            self._bar = None
 
 
 class Console:
