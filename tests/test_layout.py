@@ -148,3 +148,20 @@ def test_ruff_passes(command):
         [sys.executable, "-m", "ruff", *command, str(ROOT)], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+
+
+def test_console_scripts_run_their_command_under_their_name(monkeypatch, capsys):
+    """Each console script of pyproject.toml loads its command's main, which names itself after
+    the script in its usage line."""
+    from importlib.metadata import distribution
+
+    scripts = {ep.name: ep for ep in distribution("dpt_mlx").entry_points if ep.group == "console_scripts"}
+    assert set(scripts) == {"dpt-mlx", "dpt-mlx-convert", "dpt-mlx-train", "dpt-mlx-batch"}
+    for name, entry in scripts.items():
+        monkeypatch.setattr(sys, "argv", [f"/usr/local/bin/{name}"])
+        try:
+            code = entry.load()(["--help"])
+        except SystemExit as exc:
+            code = exc.code
+        assert code == 0, name
+        assert capsys.readouterr().out.startswith(f"usage: {name} "), name

@@ -42,6 +42,7 @@ from .console import (
     interrupt_name,
     interrupt_status,
     positive_int,
+    program,
     signals_interrupt,
 )
 from .predict_outputs import OutputOptions, plan
@@ -90,7 +91,7 @@ def _positive_number(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
-        prog="python -m dpt_mlx.batch",
+        prog=program("python -m dpt_mlx.batch", "dpt-mlx-batch"),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Depth or segmentation maps for every image of a folder or bucket, with the "

@@ -111,6 +111,13 @@ def command(main):
     return run
 
 
+def program(module_form: str, script: str) -> str:
+    """The command's name for its messages: ``script`` when run as that console script (see
+    pyproject.toml), else how it is run from Python (``python -m ...``)."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return script if name == script else module_form
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose usage errors are one line and exit 2 (argparse prints the whole usage first)."""
 

@@ -7,12 +7,21 @@ import time
 from ..errors import DPTError
 from ..io.checkpoint import DTYPES
 from ..io.convert import convert
-from .console import EXIT_ERROR, EXIT_OK, ArgumentParser, command, interrupt_name, interrupt_status, print_error
+from .console import (
+    EXIT_ERROR,
+    EXIT_OK,
+    ArgumentParser,
+    command,
+    interrupt_name,
+    interrupt_status,
+    print_error,
+    program,
+)
 
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(
-        prog="convert.py",
+        prog=program("convert.py", "dpt-mlx-convert"),
         description="Convert a transformers DPT / Depth Anything checkpoint into a dpt_mlx checkpoint.",
     )
     p.add_argument(

@@ -33,6 +33,7 @@ from .console import (
     interrupt_name,
     interrupt_status,
     positive_int,
+    program,
 )
 from .predict_outputs import OutputOptions, Plan, collect_inputs, depth_kind, plan
 from .predict_points import add_point_options, check_points
@@ -112,9 +113,8 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The options; a usage error is one line (pointing to --help) and exits 2, as in every command."""
-    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     p = ArgumentParser(
-        prog="dpt-mlx" if script.startswith("dpt-mlx") else "python -m dpt_mlx.generate",
+        prog=program("python -m dpt_mlx.generate", "dpt-mlx"),
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -44,6 +44,7 @@ from .console import (
     interrupt_status,
     positive_int,
     print_error,
+    program,
 )
 
 
@@ -175,7 +176,7 @@ def _training(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
-        prog="python -m dpt_mlx.train",
+        prog=program("python -m dpt_mlx.train", "dpt-mlx-train"),
         description="Fine-tune a DPT or Depth Anything checkpoint with MLX on images with depth maps\n"
         "(scale-and-shift-invariant loss for relative depth, scale-invariant log loss for\n"
         "metric depth) or segmentation masks (cross-entropy, as transformers). Formulas:\n"
