@@ -9,32 +9,33 @@
     >>> seg = pipeline("image-segmentation")            # Intel/dpt-large-ade
     >>> [(m["label"], m["mask"]) for m in seg("photo.jpg")]
 
-The pieces the command line and training share live here too: :func:`load_predictor` (model +
-image processor, with defaults when a checkpoint has no preprocessor config) and
-:class:`Predictor` (preprocess, batched forward, post-process to each image's size).
-:func:`load_image` and :func:`list_images` are re-exported from :mod:`dpt_mlx.processing.images`.
+The pieces it is built on live below it: :class:`~dpt_mlx.predictor.Predictor` and
+:func:`~dpt_mlx.predictor.load_predictor` (model + image processor) in :mod:`dpt_mlx.predictor`,
+the choice of image processor in :mod:`dpt_mlx.processing.auto`; they, :func:`load_image` and
+:func:`list_images` (:mod:`dpt_mlx.processing.images`) can be imported from here too.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from .errors import CheckpointError, ImageError
-from .predictor import DEPTH, SEGMENTATION, Predictor, check_batch_size, predicts_metres, task_of  # noqa: F401
-from .processing.auto import processor_class_for
-from .processing.depth_prompt import read_prompt_depth
-from .processing.image_processor import (
-    CONFIG_NAME,
-    IMAGENET_DEFAULT_MEAN,
-    IMAGENET_DEFAULT_STD,
-    DPTImageProcessor,
+from .predictor import (  # noqa: F401  (load_predictor and the tasks: also imported from here)
+    DEFAULT_MODELS,
+    DEPTH,
+    SEGMENTATION,
+    Predictor,
+    check_batch_size,
+    load_predictor,
+    predicts_metres,
+    task_of,
 )
+from .processing.auto import default_processor, load_processor  # noqa: F401  (also imported from here)
+from .processing.depth_prompt import read_prompt_depth
 from .processing.images import (  # noqa: F401  (this module was their home)
     IMAGE_EXTENSIONS,
     _array_to_uint8,
@@ -42,119 +43,8 @@ from .processing.images import (  # noqa: F401  (this module was their home)
     list_images,
     load_image,
 )
-from .processing.prompt_depth_processor import PromptDepthAnythingImageProcessor
-from .processing.zoedepth_processor import ZoeDepthImageProcessor
 
-DEFAULT_MODELS = {DEPTH: "Intel/dpt-large", SEGMENTATION: "Intel/dpt-large-ade"}
-MAX_SIDE = 8192  # pixels: a model input side (or multiple, or divisor) beyond this is a damaged preprocessor config
 TASK_ALIASES = {"depth": DEPTH, "segmentation": SEGMENTATION, "semantic-segmentation": SEGMENTATION}
-
-# ----------------------------------------------------------------------------------------------
-# Model + processor
-
-
-def default_processor(config) -> tuple[Any, str]:
-    """Preprocessing for a checkpoint without preprocessor_config.json, and a line saying what it is.
-
-    ZoeDepth gets its own processor's defaults (384x512 kept in aspect, reflect padding);
-    DINOv2-based models (Depth Anything, Prompt Depth Anything, DPT-DINOv2) get Depth Anything's
-    settings: 518 pixels, aspect ratio kept, sides a multiple of 14, ImageNet mean/std. Everything
-    else gets DPT's: a square of the config's ``image_size``, bicubic, mean = std = 0.5.
-    """
-    model_type = getattr(config, "model_type", "dpt")
-    backbone = getattr(config, "backbone_type", None)
-    backbone_config = getattr(config, "backbone_config", None)
-    if isinstance(backbone_config, dict):
-        backbone = backbone or backbone_config.get("model_type")
-        inner_size = backbone_config.get("image_size")
-    else:
-        backbone = backbone or getattr(backbone_config, "model_type", None)
-        inner_size = getattr(backbone_config, "image_size", None)
-    if model_type == "zoedepth":
-        processor = ZoeDepthImageProcessor(ensure_multiple_of=32)  # the value the hub checkpoints set
-        what = "384x512, aspect ratio kept, multiple of 32, reflect padding, bilinear, mean/std 0.5"
-    elif "depth_anything" in model_type or backbone == "dinov2":
-        cls = PromptDepthAnythingImageProcessor if model_type == "prompt_depth_anything" else DPTImageProcessor
-        processor = cls(
-            size={"height": 518, "width": 518},
-            keep_aspect_ratio=True,
-            ensure_multiple_of=14,
-            resample=3,
-            image_mean=list(IMAGENET_DEFAULT_MEAN),
-            image_std=list(IMAGENET_DEFAULT_STD),
-        )
-        what = "518 px, aspect ratio kept, multiple of 14, bicubic, ImageNet mean/std"
-    else:
-        size = getattr(config, "image_size", None) if backbone in (None, "vit", "hybrid") else inner_size
-        size = size or getattr(config, "image_size", None) or 384
-        height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        processor = DPTImageProcessor(size={"height": height, "width": width}, resample=3)
-        what = f"{height}x{width}, bicubic, mean/std 0.5"
-    label = model_type if backbone in (None, "vit") else f"{model_type} ({backbone})"
-    return processor, f"defaults for {label}: {what}"
-
-
-def load_processor(directory: str | os.PathLike | None, config) -> tuple[DPTImageProcessor, str | None]:
-    """The checkpoint's preprocessor_config.json if it has one, else :func:`default_processor`.
-
-    Returns the processor and, when defaults were used, a line saying so.
-    """
-    path = Path(directory) / CONFIG_NAME if directory is not None else None
-    if path is not None and (path.exists() or path.is_symlink()):
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
-        cls = processor_class_for(saved if isinstance(saved, dict) else None, getattr(config, "model_type", None))
-        processor = cls.from_pretrained(directory)
-        _check_sizes(processor, path)
-        return processor, None
-    processor, what = default_processor(config)
-    where = f"{directory}" if directory is not None else "the model"
-    return processor, f"no {CONFIG_NAME} in {where}; using {what}"
-
-
-def _check_sizes(processor, path: Path) -> None:
-    """A CheckpointError when a saved preprocessor config asks for inputs no model is run at (a
-    100000-pixel side would exhaust memory while resizing the first image)."""
-    size = processor.size if isinstance(processor.size, dict) else {"size": processor.size}
-    values = {f"size[{k!r}]": v for k, v in size.items()}
-    for name in ("ensure_multiple_of", "size_divisor"):
-        values[name] = getattr(processor, name, None)
-    for name, value in values.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > MAX_SIDE:
-            raise CheckpointError(f"{path}: {name}={value!r} is invalid: more than {MAX_SIDE} pixels")
-
-
-def load_predictor(
-    model: Any = None, dtype=None, image_processor: Any = None, task: str | None = None, flip: bool = False
-) -> Predictor:
-    """A :class:`Predictor` for a checkpoint (hub repo id or local directory) or a loaded model;
-    ``flip=True`` averages each prediction with that of the mirrored image."""
-    from .io.hub import resolve
-    from .models import load_model
-
-    note = None
-    if model is None:
-        model = DEFAULT_MODELS[task or DEPTH]
-    if isinstance(model, (str, os.PathLike)):
-        directory = resolve(model)
-        net = load_model(directory, dtype=dtype)
-    else:
-        directory, net = None, model
-        if dtype is not None:
-            from . import cpu
-            from .io.checkpoint import cast_model, parse_dtype
-
-            cast_model(net, parse_dtype(dtype))
-            cpu.accelerate(net)
-    if image_processor is None:
-        image_processor, note = load_processor(directory, net.config)
-    predictor = Predictor(net, image_processor, flip=flip)
-    predictor.notes = [note] if note else []
-    predictor.source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
-    return predictor
-
 
 # ----------------------------------------------------------------------------------------------
 # Pipelines

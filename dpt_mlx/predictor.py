@@ -9,6 +9,7 @@ ZoeDepth with its padding removal).
 from __future__ import annotations
 
 import numbers
+import os
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -19,10 +20,12 @@ from PIL import Image
 
 from .cpu import images_per_pass
 from .errors import UnsupportedModelError
+from .processing.auto import load_processor
 from .processing.zoedepth_processor import ZoeDepthImageProcessor
 
 DEPTH = "depth-estimation"
 SEGMENTATION = "image-segmentation"
+DEFAULT_MODELS = {DEPTH: "Intel/dpt-large", SEGMENTATION: "Intel/dpt-large-ade"}
 
 
 def task_of(model) -> str:
@@ -204,3 +207,33 @@ class Predictor:
                 for i, result in zip(chunk, self.forward(batch, sizes, prompt)):
                     results[i] = result
         return results  # type: ignore[return-value]
+
+
+def load_predictor(
+    model: Any = None, dtype=None, image_processor: Any = None, task: str | None = None, flip: bool = False
+) -> Predictor:
+    """A :class:`Predictor` for a checkpoint (hub repo id or local directory) or a loaded model;
+    ``flip=True`` averages each prediction with that of the mirrored image."""
+    from .io.hub import resolve
+    from .models import load_model
+
+    note = None
+    if model is None:
+        model = DEFAULT_MODELS[task or DEPTH]
+    if isinstance(model, (str, os.PathLike)):
+        directory = resolve(model)
+        net = load_model(directory, dtype=dtype)
+    else:
+        directory, net = None, model
+        if dtype is not None:
+            from . import cpu
+            from .io.checkpoint import cast_model, parse_dtype
+
+            cast_model(net, parse_dtype(dtype))
+            cpu.accelerate(net)
+    if image_processor is None:
+        image_processor, note = load_processor(directory, net.config)
+    predictor = Predictor(net, image_processor, flip=flip)
+    predictor.notes = [note] if note else []
+    predictor.source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
+    return predictor

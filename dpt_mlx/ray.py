@@ -130,7 +130,7 @@ def _read_bytes(filesystem, path: str, name: str) -> bytes:
 
 
 def read_image(item: Any, name: Any = None, filesystem=None) -> Any:
-    """One image column entry -> an RGB PIL image, as :func:`dpt_mlx.pipelines.load_image` reads it.
+    """One image column entry -> an RGB PIL image, as :func:`dpt_mlx.processing.images.load_image` reads it.
 
     ``item``: a decoded array, encoded bytes, or a path string (read with ``filesystem``, a
     ``pyarrow.fs.FileSystem``, when given; a ``scheme://`` URI through ``pyarrow.fs``; else a local
@@ -206,8 +206,7 @@ class DepthPredictor:
         errors: str = "raise",
         error_column: str = "error",
     ):
-        from .pipelines import load_predictor
-        from .predictor import DEPTH, check_batch_size
+        from .predictor import DEPTH, check_batch_size, load_predictor
         from .processing.visualize import class_id_dtype
 
         if errors not in ERRORS:

@@ -21,7 +21,6 @@ import pytest
 from PIL import Image
 from test_video import ckpt, decode, encode, leftovers, moving, run  # noqa: F401 - ckpt is a fixture
 
-from dpt_mlx.cli import predict_video
 from dpt_mlx.io import files
 from dpt_mlx.pipelines import load_predictor
 from dpt_mlx.processing import video, visualize
@@ -503,14 +502,14 @@ def test_two_runs_into_one_output_one_wins(ckpt, clip_dir):
 
 def test_output_taken_meanwhile_publishes_none_of_the_others(ckpt, clip_dir, monkeypatch, capsys):
     clip, out = clip_dir
-    real = predict_video._publish_exclusive
+    real = files._publish_exclusive
 
     def another_run_first(tmp, target):
         if Path(target).suffix == ".npz":
             Path(target).write_bytes(b"another run's")
         real(tmp, target)
 
-    monkeypatch.setattr(predict_video, "_publish_exclusive", another_run_first)
+    monkeypatch.setattr(files, "_publish_exclusive", another_run_first)
     assert run("--video", clip, "-m", ckpt["depth"], "-d", out, "-f", "mp4,npz,png16") == 2
     line = one_error_line(capsys)
     assert "walk_depth.npz appeared while this run was writing it" in line

@@ -241,7 +241,7 @@ def _check_model(args, console: Console) -> str:
     ("depth" or "segmentation") names the outputs."""
     import mlx.core as mx
 
-    from ..pipelines import load_predictor
+    from ..predictor import load_predictor
 
     if args.quiet:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

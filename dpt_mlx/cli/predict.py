@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(args, console: Console):
     """The predictor for --model, and the seconds it took to load; --verbose describes it."""
-    from ..pipelines import load_predictor
+    from ..predictor import load_predictor
 
     if args.quiet:  # errors only: no download bars, no warnings (blas_info() keeps the BLAS notes)
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -134,7 +134,7 @@ def _image_file(name: str) -> Path | str:
 
 
 def directory_images(name: str, console: Console, recursive: bool = False) -> list[Path]:
-    from ..pipelines import IMAGE_EXTENSIONS, list_images
+    from ..processing.images import IMAGE_EXTENSIONS, list_images
 
     directory = Path(os.path.expanduser(name))
     if not directory.is_dir():

@@ -29,8 +29,8 @@ class Runner:
     def prepare(self, job: Job) -> bool:
         """Read and preprocess the image of ``job``; False (reported) when it cannot be."""
         from ..errors import ImageError
-        from ..pipelines import load_image
         from ..processing.depth_prompt import read_prompt_depth
+        from ..processing.images import load_image
 
         try:
             image = load_image(job.path)

@@ -39,34 +39,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DPTError, UsageError
-from ..io.files import TEMP_SUFFIX, _publish_exclusive, remove_stale_temps, signals_deferred, umask_mode
+from ..io import files
+from ..io.files import TEMP_SUFFIX, discard, remove_stale_temps, signals_deferred, temp_beside, umask_mode
 from .console import EXIT_ERROR, EXIT_OK, Console, interrupt_name, interrupt_status
 
 VIDEO_FORMATS = ("mp4", "npz", "png16")
 SUFFIXES = {"mp4": "_depth.mp4", "npz": "_depth.npz", "png16": "_depth16"}
 _CHUNK = 16 * 2**20  # bytes copied at a time into the npz
-
-
-def _temp_name(target: Path) -> str:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX)
-    os.close(fd)
-    return tmp
-
-
-def _publish(tmp: str, target: Path, overwrite: bool) -> None:
-    os.chmod(tmp, umask_mode(0o666))
-    if overwrite:
-        os.replace(tmp, target)
-    else:
-        _publish_exclusive(tmp, target)
-
-
-def _unlink(path: str | None) -> None:
-    if path:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
 
 
 class Mp4Output:
@@ -76,11 +55,11 @@ class Mp4Output:
         self.target, self.colormap = target, args.colormap
         self.source = reader.path if reader.audio and not getattr(args, "no_audio", False) else None
         self.notes: list[str] = []
-        self.tmp, self.muxed, self.writer = _temp_name(target), None, None
+        self.tmp, self.muxed, self.writer = temp_beside(target), None, None
         try:
             self.writer = VideoWriter(self.tmp, reader.size, reader.rate)
         except BaseException:
-            _unlink(self.tmp)
+            discard(self.tmp)
             raise
         self.stabilizer = Stabilizer() if args.stabilize else None
         self.pending: list[float] = []  # times of the frames the stabiliser holds back
@@ -104,37 +83,37 @@ class Mp4Output:
             self._encode(self.stabilizer.flush())
         self.writer.close()
         if self.source:
-            self.muxed = _temp_name(self.target)
+            self.muxed = temp_beside(self.target)
             note = mux_audio(self.tmp, self.source, self.muxed)
             if note:
                 self.notes.append(f"{self.target.name} written without audio: {note}")
-                _unlink(self.muxed)
+                discard(self.muxed)
                 self.muxed = None
             else:
-                _unlink(self.tmp)
+                discard(self.tmp)
                 self.tmp, self.muxed = self.muxed, None
 
     def publish(self, overwrite: bool) -> None:
-        _publish(self.tmp, self.target, overwrite)
+        files.publish(self.tmp, self.target, overwrite)
 
     def unpublish(self) -> None:
-        _unlink(self.target)
+        discard(self.target)
 
     def discard(self) -> None:
         if self.writer:
             self.writer.abort()
-        _unlink(self.tmp)
-        _unlink(self.muxed)
+        discard(self.tmp)
+        discard(self.muxed)
 
 
 class NpzOutput:
     def __init__(self, target: Path, reader, args):
         self.target, self.size = target, reader.size
-        self.raw_path, self.tmp = _temp_name(target), None
+        self.raw_path, self.tmp = temp_beside(target), None
         try:
             self.raw = open(self.raw_path, "wb")
         except BaseException:
-            _unlink(self.raw_path)
+            discard(self.raw_path)
             raise
         self.times: list[float] = []
 
@@ -144,7 +123,7 @@ class NpzOutput:
 
     def complete(self) -> None:
         self.raw.close()
-        self.tmp = _temp_name(self.target)
+        self.tmp = temp_beside(self.target)
         shape = (len(self.times), *self.size)
         with zipfile.ZipFile(self.tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
             with archive.open("depth.npy", "w", force_zip64=True) as f, open(self.raw_path, "rb") as raw:
@@ -153,18 +132,18 @@ class NpzOutput:
                 shutil.copyfileobj(raw, f, _CHUNK)
             with archive.open("times.npy", "w") as f:
                 np.save(f, np.asarray(self.times, dtype=np.float64))
-        _unlink(self.raw_path)
+        discard(self.raw_path)
 
     def publish(self, overwrite: bool) -> None:
-        _publish(self.tmp, self.target, overwrite)
+        files.publish(self.tmp, self.target, overwrite)
 
     def unpublish(self) -> None:
-        _unlink(self.target)
+        discard(self.target)
 
     def discard(self) -> None:
         self.raw.close()
-        _unlink(self.raw_path)
-        _unlink(self.tmp)
+        discard(self.raw_path)
+        discard(self.tmp)
 
 
 class Png16Output:
@@ -264,7 +243,7 @@ def _targets(args, path: Path, formats: list[str], made: list[Path]) -> dict[str
 def _predictor(args, console: Console):
     import warnings
 
-    from ..pipelines import load_predictor
+    from ..predictor import load_predictor
 
     if args.quiet:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

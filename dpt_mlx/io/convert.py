@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import CheckpointError, DPTError
 from ..models import load_model
-from ..pipelines import load_processor
+from ..processing.auto import load_processor
 from ..processing.image_processor import CONFIG_NAME as PROCESSOR_CONFIG
 from .checkpoint import load_pretrained, parse_dtype, save_pretrained
 from .files import (

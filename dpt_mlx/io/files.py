@@ -91,6 +91,35 @@ def _publish_exclusive(tmp: str, path: Path) -> None:
     os.unlink(tmp)
 
 
+def temp_beside(target: str | os.PathLike) -> str:
+    """A new, empty hidden temporary file beside ``target`` (``.<name>.<random>.tmp``), for a writer
+    that fills it in its own way before :func:`publish`; its path."""
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX)
+    os.close(fd)
+    return tmp
+
+
+def publish(tmp: str, target: str | os.PathLike, overwrite: bool) -> None:
+    """Rename the finished temporary file ``tmp`` to ``target``: replacing it (and keeping its
+    mode) with ``overwrite``, else only if the name is still free (FileExistsError otherwise)."""
+    target = Path(target)
+    os.chmod(tmp, _file_mode(target) if overwrite else umask_mode(0o666))
+    if overwrite:
+        os.replace(tmp, target)
+    else:
+        _publish_exclusive(tmp, target)
+
+
+def discard(path: str | os.PathLike | None) -> None:
+    """Remove a temporary file if it is there (``None``: nothing)."""
+    if path:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
 def atomic_write(path: str | os.PathLike, write: Callable, text: bool = False, overwrite: bool = True) -> None:
     """Call ``write(file_object)`` on a temporary file beside ``path``, then publish it as ``path``.
 
@@ -104,17 +133,9 @@ def atomic_write(path: str | os.PathLike, write: Callable, text: bool = False, o
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
         with os.fdopen(fd, "w" if text else "wb", **({"encoding": "utf-8"} if text else {})) as f:
             write(f)
-        os.chmod(tmp, _file_mode(path) if overwrite else umask_mode(0o666))
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            _publish_exclusive(tmp, path)
+        publish(tmp, path, overwrite)
     except BaseException:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+        discard(tmp)
         raise
 
 

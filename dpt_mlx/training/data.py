@@ -21,8 +21,8 @@ from PIL import Image
 
 from ..errors import DPTError
 from ..errors import first_line as reason
-from ..pipelines import list_images, load_image
 from ..processing.image_processor import resize_output_size
+from ..processing.images import list_images, load_image
 from ..processing.transforms import center_pad, reduce_labels
 
 DEPTH, SEGMENTATION = "depth", "segmentation"

@@ -25,8 +25,9 @@ from ..errors import DPTError, UsageError
 from ..io.hub import resolve
 from ..models import load_model
 from ..models.losses import SSI, default_depth_loss
-from ..pipelines import DEPTH as DEPTH_TASK
-from ..pipelines import load_processor, task_of
+from ..predictor import DEPTH as DEPTH_TASK
+from ..predictor import task_of
+from ..processing.auto import load_processor
 from ..processing.image_processor import DPTImageProcessor
 from .checkpoints import (
     STATE_FORMAT,
