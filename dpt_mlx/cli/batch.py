@@ -18,6 +18,7 @@ failed); 130 / 143 interrupted (finished outputs are kept, a rerun goes on).
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -407,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_SOME_FAILED if tally.written else EXIT_ERROR
         finally:
             if started:
+                # Ray's objects left in the frames of an interrupted run (the dataset, its iterator)
+                # are freed while Ray still runs: freed after its shutdown, they end the process
+                # with status 1 instead of the one returned here.
+                gc.collect()
                 ray.shutdown()
 
     missing = _missing_outputs(tally)
