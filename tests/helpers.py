@@ -168,3 +168,17 @@ class TorchvisionResize:
         return torch.nn.functional.interpolate(
             image[None], size=list(size), mode=interpolation, align_corners=False, antialias=antialias
         )[0]
+
+
+# A tiny ViT DPT (4 layers, 32 wide, 32x32 input): the command-line, pipeline and Ray tests' checkpoint.
+TINY_DPT = dict(
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=37,
+    image_size=32,
+    patch_size=8,
+    backbone_out_indices=[0, 1, 2, 3],
+    neck_hidden_sizes=[8, 16, 24, 32],
+    fusion_hidden_size=16,
+)

@@ -9,8 +9,9 @@ import pytest
 import torch
 import transformers
 from helpers import TorchvisionResize, perturb, photo
+from model_configs import PDA_VARIANTS as VARIANTS
+from model_configs import pda_config, spread_head
 from PIL import Image
-from test_prompt_depth_anything import VARIANTS, pda_config, spread_head
 
 from dpt_mlx import pipeline
 from dpt_mlx.cli.predict import main
@@ -222,8 +223,8 @@ ZOE_PROCESSOR = dict(
 @pytest.fixture(scope="module")
 def zoe(tmp_path_factory):
     import transformers.models.zoedepth.image_processing_pil_zoedepth as reference_module
-    from test_zoedepth import VARIANTS as ZOE_VARIANTS
-    from test_zoedepth import make, zoe_config
+    from model_configs import ZOE_VARIANTS, zoe_config
+    from model_configs import make_zoedepth as make
 
     root = tmp_path_factory.mktemp("zoe")
     ref = make(root, zoe_config(**ZOE_VARIANTS["nyu-kitti"]), seed=2)

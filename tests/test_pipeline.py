@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from helpers import TINY_DPT as TINY
 from helpers import perturb, rel_err
 from PIL import Image
 
@@ -22,17 +23,6 @@ from dpt_mlx.processing.postprocess import segment
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "examples" / "images" / "coffee.jpg"
-TINY = dict(
-    hidden_size=32,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    intermediate_size=37,
-    image_size=32,
-    patch_size=8,
-    backbone_out_indices=[0, 1, 2, 3],
-    neck_hidden_sizes=[8, 16, 24, 32],
-    fusion_hidden_size=16,
-)
 
 
 @pytest.fixture(scope="module")

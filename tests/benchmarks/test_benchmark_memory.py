@@ -2,21 +2,10 @@
 
 import torch
 import transformers
+from helpers import TINY_DPT as TINY
 from helpers import perturb
 
 from benchmarks.memory import forward_memory
-
-TINY = dict(
-    hidden_size=32,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    intermediate_size=37,
-    image_size=32,
-    patch_size=8,
-    backbone_out_indices=[0, 1, 2, 3],
-    neck_hidden_sizes=[8, 16, 24, 32],
-    fusion_hidden_size=16,
-)
 
 
 def test_both_libraries_report_both_passes(tmp_path):

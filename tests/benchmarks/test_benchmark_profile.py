@@ -5,22 +5,11 @@ import mlx.nn as nn
 import numpy as np
 import torch
 import transformers
+from helpers import TINY_DPT as TINY
 from helpers import perturb
 
 import dpt_mlx
 from benchmarks.stages import STAGES, profile_pair, profile_table, stage_of
-
-TINY = dict(
-    hidden_size=32,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    intermediate_size=37,
-    image_size=32,
-    patch_size=8,
-    backbone_out_indices=[0, 1, 2, 3],
-    neck_hidden_sizes=[8, 16, 24, 32],
-    fusion_hidden_size=16,
-)
 
 
 def test_paths_name_their_stage():

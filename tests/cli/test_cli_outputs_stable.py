@@ -22,26 +22,16 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from helpers import TINY_DPT as TINY
 from helpers import perturb
+from model_configs import PDA_VARIANTS as VARIANTS
+from model_configs import depth_anything_config, pda_config
 from PIL import Image
-from test_depth_anything import depth_anything_config
-from test_prompt_depth_anything import VARIANTS, pda_config
-from test_video import encode
+from videos import encode
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PHOTO = ROOT / "examples" / "images" / "coffee.jpg"
 BASE = "0bc2bef828067225d1fa024c19d41632418262af"
-TINY = dict(
-    hidden_size=32,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    intermediate_size=37,
-    image_size=32,
-    patch_size=8,
-    backbone_out_indices=[0, 1, 2, 3],
-    neck_hidden_sizes=[8, 16, 24, 32],
-    fusion_hidden_size=16,
-)
 
 # Runs the examples given in a JSON file with one version of dpt_mlx: the installed one, or the
 # package folder in CLI_BASE (the installed one's import hooks removed so that it cannot answer).

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from helpers import TINY_DPT as TINY
 from helpers import perturb, rel_err
 from PIL import Image
 
@@ -24,19 +25,8 @@ from dpt_mlx.cli import predict as generate
 from dpt_mlx.cli.predict import main
 from dpt_mlx.processing import visualize
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PHOTO = ROOT / "examples" / "images" / "coffee.jpg"
-TINY = dict(
-    hidden_size=32,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    intermediate_size=37,
-    image_size=32,
-    patch_size=8,
-    backbone_out_indices=[0, 1, 2, 3],
-    neck_hidden_sizes=[8, 16, 24, 32],
-    fusion_hidden_size=16,
-)
 
 
 def _save(model, path: Path, **processor) -> Path:

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from helpers import TINY_DPT as TINY
 from PIL import Image
 
 import dpt_mlx
@@ -32,18 +33,7 @@ from dpt_mlx.io import files
 from dpt_mlx.processing import visualize
 from dpt_mlx.processing.images import load_image
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(
-    hidden_size=32,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    intermediate_size=37,
-    image_size=32,
-    patch_size=8,
-    backbone_out_indices=[0, 1, 2, 3],
-    neck_hidden_sizes=[8, 16, 24, 32],
-    fusion_hidden_size=16,
-)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import ray
 import ray.data  # noqa: F401  (here: its logging binds to the real stderr, not one test's capsys)
 import torch
 import transformers
+from helpers import TINY_DPT as TINY
 from helpers import perturb, photo
 from PIL import Image
 
@@ -28,19 +29,8 @@ from dpt_mlx.cli.console import Console
 from dpt_mlx.pipelines import load_image
 from dpt_mlx.ray import DepthPredictor, map_depth, read_image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PHOTO = ROOT / "examples" / "images" / "coffee.jpg"
-TINY = dict(
-    hidden_size=32,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    intermediate_size=37,
-    image_size=32,
-    patch_size=8,
-    backbone_out_indices=[0, 1, 2, 3],
-    neck_hidden_sizes=[8, 16, 24, 32],
-    fusion_hidden_size=16,
-)
 LABELS = {0: "wall", 1: "floor", 2: "table", 3: "cup", 4: "plate"}
 SIZES = [(48, 64), (61, 97), (40, 40), (75, 52)]  # (H, W): every one a different model input with keep_aspect_ratio
 ONE_THREAD = dict(os.environ, DPT_MLX_THREADS="1", OMP_NUM_THREADS="1")  # as a worker with one CPU computes

@@ -10,91 +10,23 @@ import os
 import av
 import numpy as np
 import pytest
-import torch
-import transformers
-from helpers import perturb
 from PIL import Image
+from videos import decode, encode, leftovers, moving, run, video_checkpoints
 
 from dpt_mlx.cli import predict_video
 from dpt_mlx.cli.predict import main
 from dpt_mlx.pipelines import load_predictor
 from dpt_mlx.processing import video, visualize
 
-TINY = dict(
-    hidden_size=32,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    intermediate_size=37,
-    image_size=32,
-    patch_size=8,
-    backbone_out_indices=[0, 1, 2, 3],
-    neck_hidden_sizes=[8, 16, 24, 32],
-    fusion_hidden_size=16,
-)
-
-
-def encode(path, frames, fps=12, options=None, rotation=None):
-    """Frames ((H, W, 3) uint8) -> an H.264 video at ``fps``, nearly lossless (crf 1), in the container
-    the suffix names; ``options`` for the muxer (``movflags``), ``rotation`` (degrees, hflip, vflip)
-    the display matrix a player applies."""
-    container = av.open(str(path), "w", options=options or {})
-    stream = container.add_stream("libx264", rate=fps)
-    stream.height, stream.width = frames[0].shape[:2]
-    stream.pix_fmt, stream.options = "yuv420p", {"crf": "1"}
-    if rotation:
-        degrees, hflip, vflip = rotation
-        stream.set_display_rotation(degrees, hflip=hflip, vflip=vflip)
-    for frame in frames:
-        for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    return path
-
-
-def decode(path):
-    """(frames as (H, W, 3) uint8, average rate) of a video."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        return [f.to_ndarray(format="rgb24") for f in container.decode(stream)], stream.average_rate
-
-
-def moving(n=24, width=64, height=48):
-    y, x = np.mgrid[:height, :width]
-    return [
-        np.stack([(x * 4 + i * 8) % 256, (y * 5 + i * 2) % 256, ((x + y + i * 3) * 2) % 256], -1).astype(np.uint8)
-        for i in range(n)
-    ]
-
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    out = {}
-    depth = perturb(transformers.DPTForDepthEstimation(transformers.DPTConfig(**TINY)), seed=1)
-    with torch.no_grad():  # keep the depth above the head's final ReLU, so that it varies over the image
-        depth.head.head[4].bias.fill_(1.0)
-    depth.save_pretrained(str(root / "depth"))
-    transformers.DPTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(str(root / "depth"))
-    seg = transformers.DPTForSemanticSegmentation(transformers.DPTConfig(**TINY, num_labels=3))
-    seg.save_pretrained(str(root / "seg"))
-    out["depth"], out["seg"] = str(root / "depth"), str(root / "seg")
-    return out
+    return video_checkpoints(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     return encode(tmp_path_factory.mktemp("clip") / "walk.mp4", moving())
-
-
-def run(*argv):
-    return main([str(a) for a in argv])
-
-
-def leftovers(directory):
-    return sorted(n for n in os.listdir(directory) if n.startswith("."))
 
 
 def test_mp4_frames_size_rate_and_colours(ckpt, clip, tmp_path):

@@ -19,13 +19,19 @@ import av
 import numpy as np
 import pytest
 from PIL import Image
-from test_video import ckpt, decode, encode, leftovers, moving, run  # noqa: F401 - ckpt is a fixture
+from videos import decode, encode, leftovers, moving, run, video_checkpoints
 
 from dpt_mlx.io import files
 from dpt_mlx.pipelines import load_predictor
 from dpt_mlx.processing import video, visualize
 
-ROOT = Path(__file__).resolve().parents[1]
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return video_checkpoints(tmp_path_factory.mktemp("ckpt"))
+
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------------------------

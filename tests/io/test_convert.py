@@ -12,14 +12,14 @@ import pytest
 import torch
 import transformers
 from helpers import open_final_relu, perturb, pixels
-from test_modeling import tiny_config
+from model_configs import tiny_config
 
 import dpt_mlx
 from dpt_mlx.cli.convert import main as convert_main
 from dpt_mlx.io import convert as conv
 from dpt_mlx.io.quantize import quantize_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

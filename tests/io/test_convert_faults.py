@@ -24,14 +24,14 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from test_modeling import tiny_config
+from model_configs import tiny_config
 
 import dpt_mlx
 from dpt_mlx.cli.convert import main as convert_main
 from dpt_mlx.io import convert as conv
 from dpt_mlx.io import files
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 180
 
 HOOK = """

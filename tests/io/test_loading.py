@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 import transformers
+from model_configs import tiny_config
 from safetensors.torch import load_file, save_file
-from test_modeling import tiny_config
 
 import dpt_mlx
 from dpt_mlx.errors import CheckpointError, UnsupportedModelError

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from helpers import rel_err
 from mlx.utils import tree_flatten
-from test_precision import build, output
+from model_configs import build_precision_checkpoint as build
+from model_configs import model_output as output
 
 import dpt_mlx
 from dpt_mlx.cpu.layers import QuantizedLinear
@@ -25,7 +26,7 @@ from dpt_mlx.errors import CheckpointError
 from dpt_mlx.io.quantize import Quantization, quantizable, quantize_model
 from dpt_mlx.models import load_model as load_pretrained
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def nbytes(tree) -> int:

@@ -8,6 +8,7 @@ import pytest
 import torch
 import transformers
 from helpers import TOL, open_final_relu, perturb, pixels, rel_err
+from model_configs import depth_anything_config
 
 import dpt_mlx
 from dpt_mlx.config import DepthAnythingConfig, config_from_dict
@@ -33,29 +34,6 @@ VARIANTS = {
 }
 # (H, W): the config grid (3x3), smaller non-square, larger and not a multiple of 14 (output 56x28).
 SHAPES = [(42, 42), (28, 42), (57, 29)]
-
-
-def depth_anything_config(out_indices, depth_estimation_type="relative", max_depth=1, **backbone_overrides):
-    backbone = transformers.Dinov2Config(
-        hidden_size=24,
-        num_hidden_layers=12,
-        num_attention_heads=2,
-        image_size=42,
-        patch_size=14,
-        out_indices=out_indices,
-        reshape_hidden_states=False,
-        **backbone_overrides,
-    )
-    return transformers.DepthAnythingConfig(
-        backbone_config=backbone,
-        patch_size=14,
-        reassemble_hidden_size=24,
-        neck_hidden_sizes=[6, 12, 24, 24],
-        fusion_hidden_size=16,
-        head_hidden_size=32,
-        depth_estimation_type=depth_estimation_type,
-        max_depth=max_depth,
-    )
 
 
 def make(tmp_path, variant, seed=0):

@@ -5,34 +5,12 @@ import pytest
 import torch
 import transformers
 from helpers import TOL, keep_depth_positive, perturb, pixels, rel_err
+from model_configs import PATCH, tiny_config
 
 import dpt_mlx
 from dpt_mlx.io.convert import convert
 
 pytestmark = pytest.mark.parity
-
-PATCH = 8
-
-
-def tiny_config(**overrides):
-    kwargs = dict(
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=48,
-        image_size=32,
-        patch_size=PATCH,
-        backbone_out_indices=[0, 1, 2, 3],
-        neck_hidden_sizes=[8, 16, 24, 32],
-        fusion_hidden_size=16,
-        num_labels=5,
-        hidden_act="gelu",
-        layer_norm_eps=1e-12,
-    )
-    kwargs.update(overrides)
-    config = transformers.DPTConfig(**kwargs)
-    config._attn_implementation = "eager"  # SDPA returns no attention probabilities
-    return config
 
 
 def make(cls, tmp_path, seed=0, **overrides):

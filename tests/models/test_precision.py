@@ -13,10 +13,11 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-import torch
-import transformers
-from helpers import open_final_relu, perturb, pixels, rel_err
+from helpers import rel_err
 from mlx.utils import tree_flatten
+from model_configs import PRECISION_KINDS as KINDS
+from model_configs import build_precision_checkpoint as build
+from model_configs import model_output as output
 
 import dpt_mlx
 from dpt_mlx import cpu, layers
@@ -24,74 +25,6 @@ from dpt_mlx.cpu import layers as cpu_layers
 from dpt_mlx.models import load_model as load_pretrained
 
 pytestmark = pytest.mark.parity  # on both paths: the half-precision layers differ between them
-
-
-def dpt_config(**overrides) -> transformers.DPTConfig:
-    kwargs = dict(
-        hidden_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=128,
-        image_size=32,
-        patch_size=8,
-        backbone_out_indices=[0, 1, 2, 3],
-        neck_hidden_sizes=[16, 32, 64, 64],
-        fusion_hidden_size=32,
-        num_labels=5,
-        layer_norm_eps=1e-12,
-    )
-    kwargs.update(overrides)
-    return transformers.DPTConfig(**kwargs)
-
-
-def depth_anything_config() -> transformers.DepthAnythingConfig:
-    backbone = transformers.Dinov2Config(
-        hidden_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        image_size=42,
-        patch_size=14,
-        out_indices=[1, 2, 3, 4],
-        reshape_hidden_states=False,
-    )
-    return transformers.DepthAnythingConfig(
-        backbone_config=backbone,
-        patch_size=14,
-        reassemble_hidden_size=64,
-        neck_hidden_sizes=[16, 32, 64, 64],
-        fusion_hidden_size=32,
-        head_hidden_size=16,
-    )
-
-
-# kind -> (reference class, config, input size)
-KINDS = {
-    "dpt": (transformers.DPTForDepthEstimation, lambda: dpt_config(), (32, 32)),  # the reference's DPT: square
-    "dpt-segmentation-bn": (
-        transformers.DPTForSemanticSegmentation,
-        lambda: dpt_config(use_batch_norm_in_fusion_residual=True),
-        (32, 32),
-    ),
-    "depth-anything": (transformers.DepthAnythingForDepthEstimation, depth_anything_config, (42, 56)),
-}
-
-
-def build(tmp_path, kind: str, seed: int = 0):
-    """Save a perturbed tiny reference checkpoint; return (directory, input pixels)."""
-    cls, config, (h, w) = KINDS[kind]
-    torch.manual_seed(seed)
-    ref = perturb(cls(config()), seed=seed)
-    x = pixels(2, h, w, seed=seed)
-    if kind != "dpt-segmentation-bn":
-        open_final_relu(ref, x)
-    path = tmp_path / kind
-    ref.save_pretrained(path)
-    return path, x
-
-
-def output(model, x) -> mx.array:
-    out = model(x)
-    return out.logits if "logits" in out else out.predicted_depth
 
 
 # max|half - f32| / max|f32| measured on these checkpoints (seed 0), float16 / bfloat16:

@@ -9,60 +9,16 @@ import pytest
 import torch
 import transformers
 from helpers import TOL, open_final_relu, perturb, pixels, rel_err
+from model_configs import PDA_VARIANTS as VARIANTS
+from model_configs import pda_config, spread_head
 
 import dpt_mlx
 from dpt_mlx.config import DepthAnythingConfig, PromptDepthAnythingConfig, config_from_dict
 from dpt_mlx.io.quantize import quantize_model
 
-# The hub checkpoints at reduced width, with their layer count, out_indices and flags (transformers'
-# convert_prompt_depth_anything_to_hf.py: Dinov2Config of facebook/dinov2-small / -large, apply_layernorm,
-# reshape_hidden_states False; depth_estimation_type "metric", max_depth null; reassemble_factors
-# [4, 2, 1, 0.5], head_hidden_size 32):
-#   depth-anything/prompt-depth-anything-vits-hf (and -vits-transparent-hf): 12 layers, out_indices
-#       [3, 6, 9, 12], hidden 384 -> 24, neck [48, 96, 192, 384] -> [6, 12, 24, 24], fusion 64 -> 16
-#   depth-anything/prompt-depth-anything-vitl-hf: 24 layers, out_indices [5, 12, 18, 24], hidden 1024 -> 32,
-#       neck [256, 512, 1024, 1024] -> [8, 16, 32, 32], fusion 256 -> 16, image_size 518 as on the hub
-# "relative" is the reference config's default (a ReLU head); no released checkpoint uses it.
-VARIANTS = {
-    "vits": dict(hidden=24, layers=12, out_indices=[3, 6, 9, 12], neck=[6, 12, 24, 24], image_size=42),
-    "vitl": dict(hidden=32, layers=24, out_indices=[5, 12, 18, 24], neck=[8, 16, 32, 32], image_size=518),
-    "vits-relative": dict(
-        hidden=24,
-        layers=12,
-        out_indices=[3, 6, 9, 12],
-        neck=[6, 12, 24, 24],
-        image_size=42,
-        depth_estimation_type="relative",
-        max_depth=1,
-    ),
-}
 # (image H, W, prompt h, w): square; non-square with an iPhone-LiDAR-like 192x256 prompt; a size that is no
 # multiple of 14 (output 56x28) with a small non-square prompt; a prompt smaller than the coarsest map.
 CASES = [(42, 42, 42, 42), (42, 56, 192, 256), (57, 29, 9, 5), (28, 42, 1, 2)]
-
-
-def pda_config(hidden, layers, out_indices, neck, image_size, depth_estimation_type="metric", max_depth=None):
-    backbone = transformers.Dinov2Config(
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        intermediate_size=4 * hidden,
-        image_size=image_size,
-        patch_size=14,
-        out_indices=out_indices,
-        apply_layernorm=True,
-        reshape_hidden_states=False,
-    )
-    return transformers.PromptDepthAnythingConfig(
-        backbone_config=backbone,
-        patch_size=14,
-        reassemble_hidden_size=hidden,
-        neck_hidden_sizes=neck,
-        fusion_hidden_size=16,
-        head_hidden_size=32,
-        depth_estimation_type=depth_estimation_type,
-        max_depth=max_depth,
-    )
 
 
 def prompts(batch, h, w, seed=0) -> np.ndarray:
@@ -70,21 +26,6 @@ def prompts(batch, h, w, seed=0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     lows, highs = [0.3, 1.0, 0.5], [2.5, 12.0, 4.0]
     return np.stack([rng.uniform(lows[i % 3], highs[i % 3], (1, h, w)) for i in range(batch)]).astype(np.float32)
-
-
-def spread_head(ref, x, prompt, spread=1.5):
-    """Rescale the head's last conv so its pre-activation has mean 0 and std ``spread`` on this input: the
-    sigmoid neither saturates nor stays linear around 0.5, and the ReLU passes about half the pixels."""
-    conv, seen = ref.head.conv3, []
-    hook = conv.register_forward_hook(lambda mod, inp, out: seen.append(out))
-    with torch.no_grad():
-        ref(torch.from_numpy(x), prompt_depth=torch.from_numpy(prompt))
-        hook.remove()
-        z = seen[0]
-        a = spread / float(z.std())
-        conv.weight.mul_(a)
-        conv.bias.copy_(a * (conv.bias - float(z.mean())))
-    return ref
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from helpers import TOL, perturb, pixels, rel_err
-from transformers.models.swinv2.modeling_swinv2 import Swinv2SelfAttention
+from helpers import TOL, pixels, rel_err
+from model_configs import KITTI, MULTI, NYU, zoe_config
+from model_configs import ZOE_VARIANTS as VARIANTS
+from model_configs import make_zoedepth as make
+from model_configs import zoe_beit_dict as beit_dict
 from transformers.models.zoedepth import modeling_zoedepth as ref_zoe
 
 import dpt_mlx
@@ -20,85 +23,8 @@ from dpt_mlx.errors import CheckpointError
 from dpt_mlx.io.quantize import quantize_model
 from dpt_mlx.models import zoedepth_bins as bins
 
-# The hub checkpoints (transformers' convert_zoedepth_to_hf.py) at reduced width: BEiT-L with per-layer
-# relative position bias, layer scale 0.1, token outputs every quarter of the layers (24 layers, stage6/12/18/24
-# -> 8 layers, stage2/4/6/8), image 384 / patch 16 (grid 24) -> 32 / 8 (grid 4); neck [256, 512, 1024, 1024] ->
-# [8, 16, 32, 32], fusion and bottleneck 256 -> 16, relative features 32 -> 8, bin embedding 128 -> 16; the
-# hub's 64 bins and attractors [16, 8, 4, 1]. The patch transformer of nyu-kitti keeps its 4 layers, 128 width
-# (the domain classifier requires it) and 4 heads; its intermediate 1024 -> 64.
-NYU = {"n_bins": 64, "min_depth": 0.001, "max_depth": 10.0, "name": "nyu"}
-KITTI = {"n_bins": 64, "min_depth": 0.001, "max_depth": 80.0, "name": "kitti"}
-MULTI = dict(
-    bin_configurations=[NYU, KITTI],
-    num_patch_transformer_layers=4,
-    patch_transformer_hidden_size=128,
-    patch_transformer_intermediate_size=64,
-    patch_transformer_num_attention_heads=4,
-)
-VARIANTS = {
-    "nyu": dict(bin_centers_type="softplus", bin_configurations=[NYU]),  # Intel/zoedepth-nyu
-    "kitti": dict(bin_centers_type="normed", bin_configurations=[KITTI]),  # Intel/zoedepth-kitti
-    "nyu-kitti": dict(bin_centers_type="softplus", **MULTI),  # Intel/zoedepth-nyu-kitti
-    "nyu-kitti-normed": dict(bin_centers_type="normed", **MULTI),
-}
 # (H, W): the config's grid (4x4), non-square (5x7), and not a multiple of the patch with an odd grid (5x4)
 SHAPES = [(32, 32), (40, 56), (44, 36)]
-HEAD_SCALE = 3.0  # perturbed random heads give a near-constant depth; this makes it vary across the image
-
-
-def beit_dict(**overrides):
-    backbone = dict(
-        model_type="beit",
-        hidden_size=32,
-        num_hidden_layers=8,
-        num_attention_heads=4,
-        intermediate_size=64,
-        image_size=32,
-        patch_size=8,
-        use_relative_position_bias=True,
-        layer_scale_init_value=0.1,
-        reshape_hidden_states=False,
-        out_features=["stage2", "stage4", "stage6", "stage8"],
-    )
-    backbone.update(overrides)
-    return backbone
-
-
-def zoe_config(backbone=None, **overrides):
-    kwargs = dict(
-        backbone_config=backbone or beit_dict(),
-        neck_hidden_sizes=[8, 16, 32, 32],
-        fusion_hidden_size=16,
-        bottleneck_features=16,
-        num_relative_features=8,
-        bin_embedding_dim=16,
-    )
-    kwargs.update(overrides)
-    return transformers.ZoeDepthConfig(**kwargs)
-
-
-def make(path, config, seed=0, x=None) -> torch.nn.Module:
-    """A perturbed reference (heads scaled, relative depth ReLU open on most pixels of ``x``), saved in ``path``."""
-    torch.manual_seed(seed)
-    ref = transformers.ZoeDepthForDepthEstimation(config)
-    ref.set_attn_implementation("eager")  # SDPA returns no attention probabilities
-    ref = perturb(ref, seed=seed)
-    with torch.no_grad():
-        for name, p in ref.named_parameters():
-            # the bins path only: scaled, the domain classifier's logits would amplify float32 rounding
-            if name.startswith(("metric_head.", "relative_head.")) and ".patch_transformer." not in name:
-                p.mul_(HEAD_SCALE)
-        for module in ref.modules():  # non-persistent buffers, rebuilt from the config on load
-            if isinstance(module, Swinv2SelfAttention):
-                module.relative_coords_table.copy_(module.create_coords_table_and_index()[0])
-    seen = []
-    hook = ref.relative_head.conv3.register_forward_hook(lambda mod, inp, out: seen.append(out))  # before its ReLU
-    with torch.no_grad():
-        ref(torch.from_numpy(pixels(2, 32, 32) if x is None else x))
-        hook.remove()
-        ref.relative_head.conv3.bias.sub_(torch.quantile(seen[0].flatten(), 0.1))  # relative depth > 0 on ~90%
-    ref.save_pretrained(path)
-    return ref
 
 
 def check_depth(got, expected, tol=TOL):

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from helpers import TINY_DPT as TINY
 from helpers import perturb
 from PIL import Image
 
@@ -25,19 +26,8 @@ from dpt_mlx.cli.predict import main
 from dpt_mlx.errors import ImageError
 from dpt_mlx.processing.images import list_images, load_image, url_name
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PHOTO = ROOT / "examples" / "images" / "coffee.jpg"
-TINY = dict(
-    hidden_size=32,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    intermediate_size=37,
-    image_size=32,
-    patch_size=8,
-    backbone_out_indices=[0, 1, 2, 3],
-    neck_hidden_sizes=[8, 16, 24, 32],
-    fusion_hidden_size=16,
-)
 ORIENTATION = 0x0112  # EXIF tag; 6 = "rotate 90° clockwise to display"
 
 

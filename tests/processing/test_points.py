@@ -12,16 +12,16 @@ import pytest
 import torch
 import transformers
 from helpers import perturb
+from model_configs import depth_anything_config
 from PIL import Image
 from plyfile import PlyData
-from test_depth_anything import depth_anything_config
 
 from dpt_mlx import depth_to_points
 from dpt_mlx.cli.predict import main
 from dpt_mlx.processing.images import load_image
 from dpt_mlx.processing.points import camera_intrinsics, focal_from_fov, save_ply
 
-PHOTO = Path(__file__).resolve().parents[1] / "examples" / "images" / "coffee.jpg"
+PHOTO = Path(__file__).resolve().parents[2] / "examples" / "images" / "coffee.jpg"
 
 
 def _loop_points(depth, fx, fy, cx, cy):

@@ -11,7 +11,7 @@ from pathlib import Path
 import mlx.core as mx
 import pytest
 from PIL import Image
-from test_train import make_depth_data, save_model
+from training_data import make_depth_data, save_model
 
 import dpt_mlx
 from dpt_mlx.cli import train as cli

@@ -1,0 +1,278 @@
+"""Tiny configs and perturbed checkpoints shaped like the hub's, shared by the tests of several
+modules (the reference's classes from transformers)."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import torch
+import transformers
+from helpers import open_final_relu, perturb, pixels
+from transformers.models.swinv2.modeling_swinv2 import Swinv2SelfAttention
+
+PATCH = 8
+
+
+def tiny_config(**overrides):
+    kwargs = dict(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=48,
+        image_size=32,
+        patch_size=PATCH,
+        backbone_out_indices=[0, 1, 2, 3],
+        neck_hidden_sizes=[8, 16, 24, 32],
+        fusion_hidden_size=16,
+        num_labels=5,
+        hidden_act="gelu",
+        layer_norm_eps=1e-12,
+    )
+    kwargs.update(overrides)
+    config = transformers.DPTConfig(**kwargs)
+    config._attn_implementation = "eager"  # SDPA returns no attention probabilities
+    return config
+
+
+def depth_anything_config(out_indices, depth_estimation_type="relative", max_depth=1, **backbone_overrides):
+    backbone = transformers.Dinov2Config(
+        hidden_size=24,
+        num_hidden_layers=12,
+        num_attention_heads=2,
+        image_size=42,
+        patch_size=14,
+        out_indices=out_indices,
+        reshape_hidden_states=False,
+        **backbone_overrides,
+    )
+    return transformers.DepthAnythingConfig(
+        backbone_config=backbone,
+        patch_size=14,
+        reassemble_hidden_size=24,
+        neck_hidden_sizes=[6, 12, 24, 24],
+        fusion_hidden_size=16,
+        head_hidden_size=32,
+        depth_estimation_type=depth_estimation_type,
+        max_depth=max_depth,
+    )
+
+
+# The hub checkpoints at reduced width, with their layer count, out_indices and flags (transformers'
+# convert_prompt_depth_anything_to_hf.py: Dinov2Config of facebook/dinov2-small / -large, apply_layernorm,
+# reshape_hidden_states False; depth_estimation_type "metric", max_depth null; reassemble_factors
+# [4, 2, 1, 0.5], head_hidden_size 32):
+#   depth-anything/prompt-depth-anything-vits-hf (and -vits-transparent-hf): 12 layers, out_indices
+#       [3, 6, 9, 12], hidden 384 -> 24, neck [48, 96, 192, 384] -> [6, 12, 24, 24], fusion 64 -> 16
+#   depth-anything/prompt-depth-anything-vitl-hf: 24 layers, out_indices [5, 12, 18, 24], hidden 1024 -> 32,
+#       neck [256, 512, 1024, 1024] -> [8, 16, 32, 32], fusion 256 -> 16, image_size 518 as on the hub
+# "relative" is the reference config's default (a ReLU head); no released checkpoint uses it.
+PDA_VARIANTS = {
+    "vits": dict(hidden=24, layers=12, out_indices=[3, 6, 9, 12], neck=[6, 12, 24, 24], image_size=42),
+    "vitl": dict(hidden=32, layers=24, out_indices=[5, 12, 18, 24], neck=[8, 16, 32, 32], image_size=518),
+    "vits-relative": dict(
+        hidden=24,
+        layers=12,
+        out_indices=[3, 6, 9, 12],
+        neck=[6, 12, 24, 24],
+        image_size=42,
+        depth_estimation_type="relative",
+        max_depth=1,
+    ),
+}
+
+
+def pda_config(hidden, layers, out_indices, neck, image_size, depth_estimation_type="metric", max_depth=None):
+    backbone = transformers.Dinov2Config(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=4 * hidden,
+        image_size=image_size,
+        patch_size=14,
+        out_indices=out_indices,
+        apply_layernorm=True,
+        reshape_hidden_states=False,
+    )
+    return transformers.PromptDepthAnythingConfig(
+        backbone_config=backbone,
+        patch_size=14,
+        reassemble_hidden_size=hidden,
+        neck_hidden_sizes=neck,
+        fusion_hidden_size=16,
+        head_hidden_size=32,
+        depth_estimation_type=depth_estimation_type,
+        max_depth=max_depth,
+    )
+
+
+def spread_head(ref, x, prompt, spread=1.5):
+    """Rescale the head's last conv so its pre-activation has mean 0 and std ``spread`` on this input: the
+    sigmoid neither saturates nor stays linear around 0.5, and the ReLU passes about half the pixels."""
+    conv, seen = ref.head.conv3, []
+    hook = conv.register_forward_hook(lambda mod, inp, out: seen.append(out))
+    with torch.no_grad():
+        ref(torch.from_numpy(x), prompt_depth=torch.from_numpy(prompt))
+        hook.remove()
+        z = seen[0]
+        a = spread / float(z.std())
+        conv.weight.mul_(a)
+        conv.bias.copy_(a * (conv.bias - float(z.mean())))
+    return ref
+
+
+# The hub checkpoints (transformers' convert_zoedepth_to_hf.py) at reduced width: BEiT-L with per-layer
+# relative position bias, layer scale 0.1, token outputs every quarter of the layers (24 layers, stage6/12/18/24
+# -> 8 layers, stage2/4/6/8), image 384 / patch 16 (grid 24) -> 32 / 8 (grid 4); neck [256, 512, 1024, 1024] ->
+# [8, 16, 32, 32], fusion and bottleneck 256 -> 16, relative features 32 -> 8, bin embedding 128 -> 16; the
+# hub's 64 bins and attractors [16, 8, 4, 1]. The patch transformer of nyu-kitti keeps its 4 layers, 128 width
+# (the domain classifier requires it) and 4 heads; its intermediate 1024 -> 64.
+NYU = {"n_bins": 64, "min_depth": 0.001, "max_depth": 10.0, "name": "nyu"}
+
+
+KITTI = {"n_bins": 64, "min_depth": 0.001, "max_depth": 80.0, "name": "kitti"}
+
+
+MULTI = dict(
+    bin_configurations=[NYU, KITTI],
+    num_patch_transformer_layers=4,
+    patch_transformer_hidden_size=128,
+    patch_transformer_intermediate_size=64,
+    patch_transformer_num_attention_heads=4,
+)
+
+
+ZOE_VARIANTS = {
+    "nyu": dict(bin_centers_type="softplus", bin_configurations=[NYU]),  # Intel/zoedepth-nyu
+    "kitti": dict(bin_centers_type="normed", bin_configurations=[KITTI]),  # Intel/zoedepth-kitti
+    "nyu-kitti": dict(bin_centers_type="softplus", **MULTI),  # Intel/zoedepth-nyu-kitti
+    "nyu-kitti-normed": dict(bin_centers_type="normed", **MULTI),
+}
+
+
+HEAD_SCALE = 3.0  # perturbed random heads give a near-constant depth; this makes it vary across the image
+
+
+def zoe_beit_dict(**overrides):
+    backbone = dict(
+        model_type="beit",
+        hidden_size=32,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        use_relative_position_bias=True,
+        layer_scale_init_value=0.1,
+        reshape_hidden_states=False,
+        out_features=["stage2", "stage4", "stage6", "stage8"],
+    )
+    backbone.update(overrides)
+    return backbone
+
+
+def zoe_config(backbone=None, **overrides):
+    kwargs = dict(
+        backbone_config=backbone or zoe_beit_dict(),
+        neck_hidden_sizes=[8, 16, 32, 32],
+        fusion_hidden_size=16,
+        bottleneck_features=16,
+        num_relative_features=8,
+        bin_embedding_dim=16,
+    )
+    kwargs.update(overrides)
+    return transformers.ZoeDepthConfig(**kwargs)
+
+
+def make_zoedepth(path, config, seed=0, x=None) -> torch.nn.Module:
+    """A perturbed reference (heads scaled, relative depth ReLU open on most pixels of ``x``), saved in ``path``."""
+    torch.manual_seed(seed)
+    ref = transformers.ZoeDepthForDepthEstimation(config)
+    ref.set_attn_implementation("eager")  # SDPA returns no attention probabilities
+    ref = perturb(ref, seed=seed)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            # the bins path only: scaled, the domain classifier's logits would amplify float32 rounding
+            if name.startswith(("metric_head.", "relative_head.")) and ".patch_transformer." not in name:
+                p.mul_(HEAD_SCALE)
+        for module in ref.modules():  # non-persistent buffers, rebuilt from the config on load
+            if isinstance(module, Swinv2SelfAttention):
+                module.relative_coords_table.copy_(module.create_coords_table_and_index()[0])
+    seen = []
+    hook = ref.relative_head.conv3.register_forward_hook(lambda mod, inp, out: seen.append(out))  # before its ReLU
+    with torch.no_grad():
+        ref(torch.from_numpy(pixels(2, 32, 32) if x is None else x))
+        hook.remove()
+        ref.relative_head.conv3.bias.sub_(torch.quantile(seen[0].flatten(), 0.1))  # relative depth > 0 on ~90%
+    ref.save_pretrained(path)
+    return ref
+
+
+def precision_dpt_config(**overrides) -> transformers.DPTConfig:
+    kwargs = dict(
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+        image_size=32,
+        patch_size=8,
+        backbone_out_indices=[0, 1, 2, 3],
+        neck_hidden_sizes=[16, 32, 64, 64],
+        fusion_hidden_size=32,
+        num_labels=5,
+        layer_norm_eps=1e-12,
+    )
+    kwargs.update(overrides)
+    return transformers.DPTConfig(**kwargs)
+
+
+def precision_depth_anything_config() -> transformers.DepthAnythingConfig:
+    backbone = transformers.Dinov2Config(
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        image_size=42,
+        patch_size=14,
+        out_indices=[1, 2, 3, 4],
+        reshape_hidden_states=False,
+    )
+    return transformers.DepthAnythingConfig(
+        backbone_config=backbone,
+        patch_size=14,
+        reassemble_hidden_size=64,
+        neck_hidden_sizes=[16, 32, 64, 64],
+        fusion_hidden_size=32,
+        head_hidden_size=16,
+    )
+
+
+# kind -> (reference class, config, input size)
+PRECISION_KINDS = {
+    "dpt": (
+        transformers.DPTForDepthEstimation,
+        lambda: precision_dpt_config(),
+        (32, 32),
+    ),  # the reference's DPT: square
+    "dpt-segmentation-bn": (
+        transformers.DPTForSemanticSegmentation,
+        lambda: precision_dpt_config(use_batch_norm_in_fusion_residual=True),
+        (32, 32),
+    ),
+    "depth-anything": (transformers.DepthAnythingForDepthEstimation, precision_depth_anything_config, (42, 56)),
+}
+
+
+def build_precision_checkpoint(tmp_path, kind: str, seed: int = 0):
+    """Save a perturbed tiny reference checkpoint; return (directory, input pixels)."""
+    cls, config, (h, w) = PRECISION_KINDS[kind]
+    torch.manual_seed(seed)
+    ref = perturb(cls(config()), seed=seed)
+    x = pixels(2, h, w, seed=seed)
+    if kind != "dpt-segmentation-bn":
+        open_final_relu(ref, x)
+    path = tmp_path / kind
+    ref.save_pretrained(path)
+    return path, x
+
+
+def model_output(model, x) -> mx.array:
+    out = model(x)
+    return out.logits if "logits" in out else out.predicted_depth
