@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 from PIL import Image
-from videos import decode, encode, leftovers, moving, run, video_checkpoints
+from videos import decode, encode, leftovers, moving, run
 
 from dpt_mlx.cli import predict_video
 from dpt_mlx.cli.predict import main
@@ -20,22 +20,17 @@ from dpt_mlx.processing import video, visualize
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return video_checkpoints(tmp_path_factory.mktemp("ckpt"))
-
-
-@pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     return encode(tmp_path_factory.mktemp("clip") / "walk.mp4", moving())
 
 
-def test_mp4_frames_size_rate_and_colours(ckpt, clip, tmp_path):
-    assert run("--video", clip, "-m", ckpt["depth"], "-d", tmp_path, "-b", "4", "-c", "turbo") == 0
+def test_mp4_frames_size_rate_and_colours(video_ckpt, clip, tmp_path):
+    assert run("--video", clip, "-m", video_ckpt["depth"], "-d", tmp_path, "-b", "4", "-c", "turbo") == 0
     out, rate = decode(tmp_path / "walk_depth.mp4")
     frames, in_rate = decode(clip)
     assert len(out) == len(frames) == 24 and rate == in_rate == 12
     assert out[0].shape == frames[0].shape == (48, 64, 3)
-    predictor = load_predictor(ckpt["depth"])
+    predictor = load_predictor(video_ckpt["depth"])
     for k in (0, 11, 23):
         depth = predictor.predict([Image.fromarray(frames[k])])[0]
         want = np.asarray(visualize.colorize_depth(depth, "turbo"))
@@ -45,11 +40,11 @@ def test_mp4_frames_size_rate_and_colours(ckpt, clip, tmp_path):
     assert leftovers(tmp_path) == []
 
 
-def test_npz_and_png16_match_the_image_path(ckpt, clip, tmp_path):
-    assert run("--video", clip, "-m", ckpt["depth"], "-d", tmp_path, "-f", "npz,png16", "-b", "3") == 0
+def test_npz_and_png16_match_the_image_path(video_ckpt, clip, tmp_path):
+    assert run("--video", clip, "-m", video_ckpt["depth"], "-d", tmp_path, "-f", "npz,png16", "-b", "3") == 0
     assert not (tmp_path / "walk_depth.mp4").exists()
     frames, _ = decode(clip)
-    want = load_predictor(ckpt["depth"]).predict([Image.fromarray(f) for f in frames], batch_size=3)
+    want = load_predictor(video_ckpt["depth"]).predict([Image.fromarray(f) for f in frames], batch_size=3)
     data = np.load(tmp_path / "walk_depth.npz")
     assert data["depth"].shape == (24, 48, 64) and data["depth"].dtype == np.float32
     np.testing.assert_allclose(data["times"], np.arange(24) / 12, atol=1e-6)
@@ -64,7 +59,7 @@ def test_npz_and_png16_match_the_image_path(ckpt, clip, tmp_path):
     assert leftovers(tmp_path) == []
 
 
-def test_odd_size_is_padded_to_even(ckpt, tmp_path):
+def test_odd_size_is_padded_to_even(video_ckpt, tmp_path):
     frames = [np.pad(f, ((0, 2), (0, 2), (0, 0)), mode="edge")[:49, :65] for f in moving(6)]
     path = tmp_path / "odd.mkv"
     container = av.open(str(path), "w")  # odd sides: a codec without yuv420p's even-size rule
@@ -76,25 +71,25 @@ def test_odd_size_is_padded_to_even(ckpt, tmp_path):
     for packet in stream.encode():
         container.mux(packet)
     container.close()
-    assert run("--video", path, "-m", ckpt["depth"], "-d", tmp_path, "-f", "mp4,npz") == 0
+    assert run("--video", path, "-m", video_ckpt["depth"], "-d", tmp_path, "-f", "mp4,npz") == 0
     out, _ = decode(tmp_path / "odd_depth.mp4")
     assert len(out) == 6 and out[0].shape == (50, 66, 3)
     assert np.load(tmp_path / "odd_depth.npz")["depth"].shape == (6, 49, 65)
 
 
-def test_existing_output_and_overwrite(ckpt, clip, tmp_path):
+def test_existing_output_and_overwrite(video_ckpt, clip, tmp_path):
     (tmp_path / "walk_depth.mp4").write_bytes(b"old")
-    assert run("--video", clip, "-m", ckpt["depth"], "-d", tmp_path) == 2
+    assert run("--video", clip, "-m", video_ckpt["depth"], "-d", tmp_path) == 2
     assert (tmp_path / "walk_depth.mp4").read_bytes() == b"old"
     (tmp_path / "walk_depth16").mkdir()
     (tmp_path / "walk_depth16" / "stale.png").write_bytes(b"x")
-    assert run("--video", clip, "-m", ckpt["depth"], "-d", tmp_path, "-f", "mp4,png16", "--overwrite") == 0
+    assert run("--video", clip, "-m", video_ckpt["depth"], "-d", tmp_path, "-f", "mp4,png16", "--overwrite") == 0
     assert len(decode(tmp_path / "walk_depth.mp4")[0]) == 24
     assert len(os.listdir(tmp_path / "walk_depth16")) == 24
     assert leftovers(tmp_path) == []
 
 
-def test_interrupt_leaves_nothing(ckpt, clip, tmp_path, monkeypatch, capsys):
+def test_interrupt_leaves_nothing(video_ckpt, clip, tmp_path, monkeypatch, capsys):
     calls = []
     forward = predict_video.Mp4Output.write
 
@@ -105,7 +100,7 @@ def test_interrupt_leaves_nothing(ckpt, clip, tmp_path, monkeypatch, capsys):
         forward(self, depth, seconds)
 
     monkeypatch.setattr(predict_video.Mp4Output, "write", write)
-    status = run("--video", clip, "-m", ckpt["depth"], "-d", tmp_path, "-f", "mp4,npz,png16", "-b", "2")
+    status = run("--video", clip, "-m", video_ckpt["depth"], "-d", tmp_path, "-f", "mp4,npz,png16", "-b", "2")
     assert status == 130 and len(calls) == 10
     assert os.listdir(tmp_path) == []
     assert "interrupted" in capsys.readouterr().err
@@ -116,7 +111,7 @@ def _flicker_of(path):
     return video.flicker(f[..., 0] / 255.0 for f in frames)
 
 
-def test_stabilize_lowers_flicker_on_a_static_noisy_clip(ckpt, tmp_path, monkeypatch):
+def test_stabilize_lowers_flicker_on_a_static_noisy_clip(video_ckpt, tmp_path, monkeypatch):
     """A still, noisy scene with a light flashing in one corner: per-frame normalisation rescales the
     whole map with every flash, the stabilised video keeps one range. Measured on the frames handed
     to the encoder: H.264's own rounding (a few levels, not the same from run to run) would drown
@@ -137,7 +132,7 @@ def test_stabilize_lowers_flicker_on_a_static_noisy_clip(ckpt, tmp_path, monkeyp
     flicker = {}
     for name, extra in (("plain", []), ("steady", ["--stabilize"])):
         encoded.clear()
-        assert run("--video", path, "-m", ckpt["depth"], "-d", tmp_path / name, "-c", "gray", *extra) == 0
+        assert run("--video", path, "-m", video_ckpt["depth"], "-d", tmp_path / name, "-c", "gray", *extra) == 0
         assert len(encoded) == len(decode(tmp_path / name / "still_depth.mp4")[0]) == 24
         flicker[name] = video.flicker(encoded)
     assert flicker["plain"] > 0.01, flicker  # the per-frame normalisation flickers visibly
@@ -169,29 +164,29 @@ def test_stabilizer_undoes_scale_and_shift():
         (["--fov", "60"], "--fov is not supported with --video"),
     ],
 )
-def test_usage_errors(ckpt, clip, tmp_path, capsys, extra, message):
-    assert run("--video", clip, "-m", ckpt["depth"], "-d", tmp_path, *extra) == 2
+def test_usage_errors(video_ckpt, clip, tmp_path, capsys, extra, message):
+    assert run("--video", clip, "-m", video_ckpt["depth"], "-d", tmp_path, *extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert os.listdir(tmp_path) == []
 
 
-def test_segmentation_model_is_a_usage_error(ckpt, clip, tmp_path, capsys):
-    assert run("--video", clip, "-m", ckpt["seg"], "-d", tmp_path) == 2
+def test_segmentation_model_is_a_usage_error(video_ckpt, clip, tmp_path, capsys):
+    assert run("--video", clip, "-m", video_ckpt["seg"], "-d", tmp_path) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs a depth model" in err[0]
     assert os.listdir(tmp_path) == []
 
 
-def test_video_formats_are_for_video_only(ckpt, tmp_path, capsys):
+def test_video_formats_are_for_video_only(video_ckpt, tmp_path, capsys):
     image = tmp_path / "a.png"
     Image.fromarray(moving(1)[0]).save(image)
     with pytest.raises(SystemExit) as e:
-        main(["--image", str(image), "-m", ckpt["depth"], "-f", "mp4"])
+        main(["--image", str(image), "-m", video_ckpt["depth"], "-f", "mp4"])
     assert e.value.code == 2
 
 
-def test_without_pyav_one_line(ckpt, clip, tmp_path, monkeypatch, capsys):
+def test_without_pyav_one_line(video_ckpt, clip, tmp_path, monkeypatch, capsys):
     import builtins
 
     real = builtins.__import__
@@ -202,6 +197,6 @@ def test_without_pyav_one_line(ckpt, clip, tmp_path, monkeypatch, capsys):
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_av)
-    assert run("--video", clip, "-m", ckpt["depth"], "-d", tmp_path) == 2
+    assert run("--video", clip, "-m", video_ckpt["depth"], "-d", tmp_path) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'pip install "dpt_mlx[video]"' in err[0]

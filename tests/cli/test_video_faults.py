@@ -19,17 +19,11 @@ import av
 import numpy as np
 import pytest
 from PIL import Image
-from videos import decode, encode, leftovers, moving, run, video_checkpoints
+from videos import decode, encode, leftovers, moving, run
 
 from dpt_mlx.io import files
 from dpt_mlx.pipelines import load_predictor
 from dpt_mlx.processing import video, visualize
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return video_checkpoints(tmp_path_factory.mktemp("ckpt"))
-
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -161,15 +155,15 @@ def test_reader_turns_frames_as_a_player_shows_them(tmp_path, degrees, hflip, vf
         assert np.abs(image.astype(np.float64) - want).mean() < 4  # yuv420p's colour halving only
 
 
-def test_portrait_phone_clip_is_predicted_and_written_upright(ckpt, tmp_path, capsys):
+def test_portrait_phone_clip_is_predicted_and_written_upright(video_ckpt, tmp_path, capsys):
     frames = scene(6)
     path = encode_rotated(tmp_path / "phone.mp4", frames, -90)  # stored 128x64, plays as 64x128
     out = tmp_path / "out"
-    assert run("--video", path, "-m", ckpt["depth"], "-d", out, "-f", "mp4,npz,png16", "-c", "turbo") == 0
+    assert run("--video", path, "-m", video_ckpt["depth"], "-d", out, "-f", "mp4,npz,png16", "-c", "turbo") == 0
     assert "turned 90 degrees clockwise" in capsys.readouterr().out
     with video.VideoReader(path) as reader:
         upright = [image for image, _ in reader]
-    want = load_predictor(ckpt["depth"]).predict(upright)
+    want = load_predictor(video_ckpt["depth"]).predict(upright)
     depth = np.load(out / "phone_depth.npz")["depth"]
     assert depth.shape == (6, 128, 64)
     np.testing.assert_allclose(depth, np.stack(want), rtol=1e-5, atol=1e-5)
@@ -203,10 +197,10 @@ def test_upright_handles_every_quarter_turn_and_refuses_others():
 # Timing and audio
 
 
-def test_variable_frame_rate_keeps_each_frame_time(ckpt, tmp_path):
+def test_variable_frame_rate_keeps_each_frame_time(video_ckpt, tmp_path):
     times = encode_vfr(tmp_path / "vfr.mp4", audio=None)
     assert np.diff(times).round(3).tolist()[:2] == [0.033, 0.1]
-    assert run("--video", tmp_path / "vfr.mp4", "-m", ckpt["depth"], "-d", tmp_path / "out", "-f", "mp4,npz") == 0
+    assert run("--video", tmp_path / "vfr.mp4", "-m", video_ckpt["depth"], "-d", tmp_path / "out", "-f", "mp4,npz") == 0
     with av.open(str(tmp_path / "out" / "vfr_depth.mp4")) as container:
         written = [frame.time for frame in container.decode(video=0)]
     assert len(written) == 12
@@ -222,25 +216,25 @@ def audio_packets(path):
         return stream.codec_context.name, float(stream.duration * stream.time_base), packets
 
 
-def test_audio_is_copied_as_it_is_unless_no_audio(ckpt, tmp_path):
+def test_audio_is_copied_as_it_is_unless_no_audio(video_ckpt, tmp_path):
     encode_vfr(tmp_path / "talk.mp4")
-    assert run("--video", tmp_path / "talk.mp4", "-m", ckpt["depth"], "-d", tmp_path / "out") == 0
+    assert run("--video", tmp_path / "talk.mp4", "-m", video_ckpt["depth"], "-d", tmp_path / "out") == 0
     codec, duration, packets = audio_packets(tmp_path / "out" / "talk_depth.mp4")
     source = audio_packets(tmp_path / "talk.mp4")
     assert codec == "aac" and len(packets) > 5
     assert (codec, duration, packets) == source  # the same packets at the same times: remuxed, not re-encoded
     assert len(decode(tmp_path / "out" / "talk_depth.mp4")[0]) == 12
-    assert run("--video", tmp_path / "talk.mp4", "-m", ckpt["depth"], "-d", tmp_path / "mute", "--no-audio") == 0
+    assert run("--video", tmp_path / "talk.mp4", "-m", video_ckpt["depth"], "-d", tmp_path / "mute", "--no-audio") == 0
     with av.open(str(tmp_path / "mute" / "talk_depth.mp4")) as container:
         assert not container.streams.audio and len(list(container.decode(video=0))) == 12
     assert leftovers(tmp_path / "out") == leftovers(tmp_path / "mute") == []
 
 
-def test_audio_an_mp4_cannot_hold_is_left_out_with_a_note(ckpt, tmp_path, capsys):
+def test_audio_an_mp4_cannot_hold_is_left_out_with_a_note(video_ckpt, tmp_path, capsys):
     encode_vfr(tmp_path / "phone.mov", audio="pcm_mulaw")
     with av.open(str(tmp_path / "phone.mov")) as container:
         assert container.streams.audio[0].codec_context.name == "pcm_mulaw"
-    assert run("--video", tmp_path / "phone.mov", "-m", ckpt["depth"], "-d", tmp_path / "out") == 0
+    assert run("--video", tmp_path / "phone.mov", "-m", video_ckpt["depth"], "-d", tmp_path / "out") == 0
     notes = [line for line in capsys.readouterr().out.splitlines() if "without audio" in line]
     assert notes == ["phone_depth.mp4 written without audio: mp4 cannot hold its pcm_mulaw audio"]
     with av.open(str(tmp_path / "out" / "phone_depth.mp4")) as container:
@@ -248,11 +242,11 @@ def test_audio_an_mp4_cannot_hold_is_left_out_with_a_note(ckpt, tmp_path, capsys
     assert leftovers(tmp_path / "out") == []
 
 
-def test_no_audio_is_for_video_only(ckpt, tmp_path):
+def test_no_audio_is_for_video_only(video_ckpt, tmp_path):
     image = tmp_path / "a.png"
     Image.fromarray(moving(1)[0]).save(image)
     with pytest.raises(SystemExit) as e:
-        run("--image", image, "-m", ckpt["depth"], "--no-audio")
+        run("--image", image, "-m", video_ckpt["depth"], "--no-audio")
     assert e.value.code == 2
 
 
@@ -328,13 +322,13 @@ MESSAGES = {
 
 
 @pytest.mark.parametrize("kind", list(BROKEN))
-def test_broken_video_is_one_line_and_nothing_written(ckpt, tmp_path, capsys, kind):
+def test_broken_video_is_one_line_and_nothing_written(video_ckpt, tmp_path, capsys, kind):
     source = tmp_path / "in"
     source.mkdir()
     BROKEN[kind](source / "clip")
     (path,) = source.iterdir()
     out = tmp_path / "out"
-    status = run("--video", path, "-m", ckpt["depth"], "-d", out, "-f", "mp4,npz,png16")
+    status = run("--video", path, "-m", video_ckpt["depth"], "-d", out, "-f", "mp4,npz,png16")
     line = one_error_line(capsys)
     assert status == 2
     assert path.name in line and MESSAGES.get(kind, "cannot read video") in line
@@ -343,7 +337,7 @@ def test_broken_video_is_one_line_and_nothing_written(ckpt, tmp_path, capsys, ki
 
 
 @pytest.mark.parametrize("name, first", [("late.mkv", 24), ("late.mp4", 24), ("whole.mkv", 0)])
-def test_whole_videos_that_start_late_are_not_taken_for_truncated(ckpt, tmp_path, name, first):
+def test_whole_videos_that_start_late_are_not_taken_for_truncated(video_ckpt, tmp_path, name, first):
     """A stream whose first frame is at 2 s: its stated end (Matroska's DURATION tag is where the track
     ends, mp4's duration is counted from the first frame) is met."""
     container = av.open(str(tmp_path / name), "w")
@@ -357,23 +351,23 @@ def test_whole_videos_that_start_late_are_not_taken_for_truncated(ckpt, tmp_path
     for packet in stream.encode():
         container.mux(packet)
     container.close()
-    assert run("--video", tmp_path / name, "-m", ckpt["depth"], "-d", tmp_path / "out", "-f", "npz") == 0
+    assert run("--video", tmp_path / name, "-m", video_ckpt["depth"], "-d", tmp_path / "out", "-f", "npz") == 0
     times = np.load(tmp_path / "out" / f"{Path(name).stem}_depth.npz")["times"]
     np.testing.assert_allclose(times, (first + np.arange(12)) / 12, atol=1e-3)
 
 
-def test_resolution_change_of_one_shape_is_scaled_to_the_first(ckpt, tmp_path, capsys):
+def test_resolution_change_of_one_shape_is_scaled_to_the_first(video_ckpt, tmp_path, capsys):
     path = encode_sizes(tmp_path / "stream.ts", [(64, 48), (32, 24)])
     assert [(f.shape[1], f.shape[0]) for f in decode(path)[0]] == [(64, 48)] * 6 + [(32, 24)] * 6
-    assert run("--video", path, "-m", ckpt["depth"], "-d", tmp_path / "out", "-f", "mp4,npz") == 0
+    assert run("--video", path, "-m", video_ckpt["depth"], "-d", tmp_path / "out", "-f", "mp4,npz") == 0
     assert "6 frames scaled to 64x48" in capsys.readouterr().out
     assert np.load(tmp_path / "out" / "stream_depth.npz")["depth"].shape == (12, 48, 64)
     assert [f.shape for f in decode(tmp_path / "out" / "stream_depth.mp4")[0]] == [(48, 64, 3)] * 12
 
 
-def test_resolution_change_of_shape_is_refused(ckpt, tmp_path, capsys):
+def test_resolution_change_of_shape_is_refused(video_ckpt, tmp_path, capsys):
     path = encode_sizes(tmp_path / "stream.ts", [(64, 48), (48, 48)])
-    status = run("--video", path, "-m", ckpt["depth"], "-d", tmp_path / "out", "-f", "mp4,npz,png16")
+    status = run("--video", path, "-m", video_ckpt["depth"], "-d", tmp_path / "out", "-f", "mp4,npz,png16")
     line = one_error_line(capsys)
     assert status == 2 and "changes shape at frame 6: 48x48 after 64x48" in line
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
@@ -383,7 +377,7 @@ def test_resolution_change_of_shape_is_refused(ckpt, tmp_path, capsys):
 # Killed, interrupted and concurrent runs; stale temporary folders
 
 
-def test_stale_temp_folders_of_the_targets_are_removed(ckpt, clip_dir):
+def test_stale_temp_folders_of_the_targets_are_removed(video_ckpt, clip_dir):
     clip, out = clip_dir
     out.mkdir()
     old = time.time() - 3600
@@ -395,7 +389,7 @@ def test_stale_temp_folders_of_the_targets_are_removed(ckpt, clip_dir):
         (folder / "frame_000000.png").write_bytes(b"x")
     for folder in (stale, other):
         os.utime(folder, (old, old))
-    assert run("--video", clip, "-m", ckpt["depth"], "-d", out, "-f", "png16") == 0
+    assert run("--video", clip, "-m", video_ckpt["depth"], "-d", out, "-f", "png16") == 0
     assert leftovers(out) == sorted([young.name, other.name])
     assert len(os.listdir(out / "walk_depth16")) == 24
 
@@ -452,9 +446,9 @@ def long_clip(tmp_path_factory):
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_mid_run_leaves_nothing(ckpt, long_clip, tmp_path, signum, status):
+def test_signal_mid_run_leaves_nothing(video_ckpt, long_clip, tmp_path, signum, status):
     out = tmp_path / "out"
-    process = _start(["--video", long_clip, "-m", ckpt["depth"], "-d", out, "-f", "mp4,npz,png16", "-q"])
+    process = _start(["--video", long_clip, "-m", video_ckpt["depth"], "-d", out, "-f", "mp4,npz,png16", "-q"])
     try:
         _wait_for_frames(out, process)
         process.send_signal(signum)
@@ -467,9 +461,9 @@ def test_signal_mid_run_leaves_nothing(ckpt, long_clip, tmp_path, signum, status
     assert sorted(os.listdir(long_clip.parent)) == ["walk.mp4"]
 
 
-def test_killed_run_leftovers_are_removed_by_the_next_run(ckpt, long_clip, tmp_path):
+def test_killed_run_leftovers_are_removed_by_the_next_run(video_ckpt, long_clip, tmp_path):
     out = tmp_path / "out"
-    process = _start(["--video", long_clip, "-m", ckpt["depth"], "-d", out, "-f", "mp4,npz,png16", "-q"])
+    process = _start(["--video", long_clip, "-m", video_ckpt["depth"], "-d", out, "-f", "mp4,npz,png16", "-q"])
     try:
         _wait_for_frames(out, process)
         process.send_signal(signal.SIGKILL)
@@ -482,13 +476,13 @@ def test_killed_run_leftovers_are_removed_by_the_next_run(ckpt, long_clip, tmp_p
     for name in left:
         os.utime(out / name, (old, old))
     clip = encode(tmp_path / "walk.mp4", moving())  # the same names, a short video
-    assert run("--video", clip, "-m", ckpt["depth"], "-d", out, "-f", "mp4,npz,png16") == 0
+    assert run("--video", clip, "-m", video_ckpt["depth"], "-d", out, "-f", "mp4,npz,png16") == 0
     assert leftovers(out) == [] and sorted(os.listdir(out)) == ["walk_depth.mp4", "walk_depth.npz", "walk_depth16"]
 
 
-def test_two_runs_into_one_output_one_wins(ckpt, clip_dir):
+def test_two_runs_into_one_output_one_wins(video_ckpt, clip_dir):
     clip, out = clip_dir
-    runs = [_start(["--video", clip, "-m", ckpt["depth"], "-d", out, "-f", "mp4,npz,png16"]) for _ in range(2)]
+    runs = [_start(["--video", clip, "-m", video_ckpt["depth"], "-d", out, "-f", "mp4,npz,png16"]) for _ in range(2)]
     results = []
     try:
         for process in runs:
@@ -506,7 +500,7 @@ def test_two_runs_into_one_output_one_wins(ckpt, clip_dir):
     assert len(os.listdir(out / "walk_depth16")) == 24 and leftovers(out) == []
 
 
-def test_output_taken_meanwhile_publishes_none_of_the_others(ckpt, clip_dir, monkeypatch, capsys):
+def test_output_taken_meanwhile_publishes_none_of_the_others(video_ckpt, clip_dir, monkeypatch, capsys):
     clip, out = clip_dir
     real = files._publish_exclusive
 
@@ -516,13 +510,13 @@ def test_output_taken_meanwhile_publishes_none_of_the_others(ckpt, clip_dir, mon
         real(tmp, target)
 
     monkeypatch.setattr(files, "_publish_exclusive", another_run_first)
-    assert run("--video", clip, "-m", ckpt["depth"], "-d", out, "-f", "mp4,npz,png16") == 2
+    assert run("--video", clip, "-m", video_ckpt["depth"], "-d", out, "-f", "mp4,npz,png16") == 2
     line = one_error_line(capsys)
     assert "walk_depth.npz appeared while this run was writing it" in line
     assert os.listdir(out) == ["walk_depth.npz"] and (out / "walk_depth.npz").read_bytes() == b"another run's"
 
 
-def test_unwritable_output_folder_is_one_line(ckpt, clip_dir, monkeypatch, capsys):
+def test_unwritable_output_folder_is_one_line(video_ckpt, clip_dir, monkeypatch, capsys):
     clip, out = clip_dir
     import tempfile
 
@@ -530,23 +524,23 @@ def test_unwritable_output_folder_is_one_line(ckpt, clip_dir, monkeypatch, capsy
         raise PermissionError(13, "Permission denied", os.path.join(dir, ".walk_depth.mp4.x1y2z3.tmp"))
 
     monkeypatch.setattr(tempfile, "mkstemp", refused)
-    assert run("--video", clip, "-m", ckpt["depth"], "-d", out) == 2
+    assert run("--video", clip, "-m", video_ckpt["depth"], "-d", out) == 2
     assert one_error_line(capsys) == f"error: cannot write in {out}: Permission denied"
     assert not out.exists()
 
 
-def test_output_folder_that_is_a_file(ckpt, clip_dir, capsys):
+def test_output_folder_that_is_a_file(video_ckpt, clip_dir, capsys):
     clip, out = clip_dir
     out.write_bytes(b"a file")
-    assert run("--video", clip, "-m", ckpt["depth"], "-d", out) == 2
+    assert run("--video", clip, "-m", video_ckpt["depth"], "-d", out) == 2
     assert "is a file, not a folder" in one_error_line(capsys)
     assert out.read_bytes() == b"a file"
 
 
-def test_non_ascii_names(ckpt, tmp_path):
+def test_non_ascii_names(video_ckpt, tmp_path):
     clip = encode(tmp_path / "café видео 動画.mp4", moving(6))
     out = tmp_path / "выход"
-    assert run("--video", clip, "-m", ckpt["depth"], "-d", out, "-f", "mp4,npz,png16") == 0
+    assert run("--video", clip, "-m", video_ckpt["depth"], "-d", out, "-f", "mp4,npz,png16") == 0
     assert sorted(os.listdir(out)) == [
         "café видео 動画_depth.mp4",
         "café видео 動画_depth.npz",
