@@ -88,7 +88,7 @@ def cpu_info() -> dict:
         if sys.platform.startswith("linux")
         else (f"no CPU kernels on {sys.platform}: MLX's own ops run (Metal on macOS)")
     )
-    if note is None and not enabled():
+    if not enabled():  # the user's choice, whatever else would keep the kernels from running
         note = f"{FAST_KERNELS_ENV_VAR}=0: MLX's own ops run"
     return {
         "kernels": module is not None and enabled(),
