@@ -166,13 +166,17 @@ class WeightStandardizedConv2d(nn.Conv2d):
     def out_size(self, size: int) -> int:
         return conv_out_size(size, self.kernel, self.stride[0], self.padding[0], self.dilation, self.dynamic)
 
-    def __call__(self, x: mx.array) -> mx.array:
-        if self.dynamic:
-            x = pad_same(x, self.kernel, self.stride[0], self.dilation)
+    def standardized_weight(self, dtype) -> mx.array:
+        """The kernel standardised per output channel (statistics in float32), in ``dtype``."""
         w = self.weight.astype(mx.float32)  # (O, kH, kW, I): statistics over all but O
         mean = w.mean(axis=(1, 2, 3), keepdims=True)
         var = w.var(axis=(1, 2, 3), keepdims=True)
-        w = ((w - mean) * mx.rsqrt(var + self.eps)).astype(x.dtype)
+        return ((w - mean) * mx.rsqrt(var + self.eps)).astype(dtype)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if self.dynamic:
+            x = pad_same(x, self.kernel, self.stride[0], self.dilation)
+        w = self.standardized_weight(x.dtype)
         y = mx.conv2d(x, w, self.stride, self.padding, self.dilation, self.groups)
         return y + self.bias if "bias" in self else y
 

@@ -150,10 +150,7 @@ class WeightStandardizedConv2d(bit.WeightStandardizedConv2d):
         held = self.__dict__.get("_held")
         if held is not None and held.weight is self.weight and held.standardized.dtype == dtype:
             return held.standardized
-        w = self.weight.astype(mx.float32)  # (O, kH, kW, I): statistics over all but O
-        w = (
-            (w - w.mean(axis=(1, 2, 3), keepdims=True)) * mx.rsqrt(w.var(axis=(1, 2, 3), keepdims=True) + self.eps)
-        ).astype(dtype)
+        w = self.standardized_weight(dtype)
         if not self.training:
             self.__dict__["_held"] = _Standardized(self.weight, w)
         return w
