@@ -4,8 +4,8 @@ Importing dpt_mlx has no side effects: MLX keeps its settings and its BLAS until
 loaded on the CPU (see dpt_mlx.cpu).
 """
 
-from .config import DepthAnythingConfig, DPTConfig, PromptDepthAnythingConfig
-from .config_zoedepth import ZoeDepthConfig
+from .configs.dpt import DepthAnythingConfig, DPTConfig, PromptDepthAnythingConfig
+from .configs.zoedepth import ZoeDepthConfig
 from .cpu import blas_info, cpu_info
 from .errors import CheckpointError, DPTError, ImageError, UnsupportedModelError
 from .models import (

@@ -4,7 +4,7 @@ import pytest
 import transformers
 
 from dpt_mlx import DPTConfig
-from dpt_mlx.config import load_config
+from dpt_mlx.configs.load import load_config
 from dpt_mlx.errors import CheckpointError, UnsupportedModelError
 
 

@@ -22,7 +22,7 @@ from dpt_mlx.backbones.beit import BeitConfig
 from dpt_mlx.backbones.bit import BitConfig
 from dpt_mlx.backbones.dinov2 import Dinov2Config
 from dpt_mlx.backbones.swinv2 import Swinv2Config
-from dpt_mlx.config import DepthAnythingConfig, DPTConfig
+from dpt_mlx.configs.dpt import DepthAnythingConfig, DPTConfig
 from dpt_mlx.errors import CheckpointError
 from dpt_mlx.io.convert import probe_size
 

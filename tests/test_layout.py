@@ -89,8 +89,8 @@ def _cycle() -> list[str] | None:
 def test_the_graph_check_finds_cycles():
     saved = dict(GRAPH)
     try:
-        GRAPH["dpt_mlx.ops"] = GRAPH["dpt_mlx.ops"] | {"dpt_mlx.config"}
-        GRAPH["dpt_mlx.config"] = GRAPH["dpt_mlx.config"] | {"dpt_mlx.ops"}
+        GRAPH["dpt_mlx.ops"] = GRAPH["dpt_mlx.ops"] | {"dpt_mlx.configs.dpt"}
+        GRAPH["dpt_mlx.configs.dpt"] = GRAPH["dpt_mlx.configs.dpt"] | {"dpt_mlx.ops"}
         assert _cycle() is not None
     finally:
         GRAPH.clear()

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 import dpt_mlx
-from dpt_mlx.config import DPTConfig
+from dpt_mlx.configs.dpt import DPTConfig
 from dpt_mlx.processing.image_processor import DPTImageProcessor
 
 SIZE = 32

@@ -31,7 +31,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..config_utils import BaseConfig, align_out_features, check_act, pair, stage_names
+from ..configs.base import BaseConfig, align_out_features, check_act, pair, stage_names
 from ..errors import UnsupportedModelError
 from ..layers import Dropout
 from ..ops import interpolate

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..config_utils import BaseConfig, align_out_features, check_act, pair, stage_names
+from ..configs.base import BaseConfig, align_out_features, check_act, pair, stage_names
 from ..errors import UnsupportedModelError
 from ..layers import activation
 from .transformer import resize_position_embeddings, with_cls_token

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..config_utils import BaseConfig, align_out_features, check_act, pair, stage_names
+from ..configs.base import BaseConfig, align_out_features, check_act, pair, stage_names
 from ..layers import Dropout, activation
 from ..outputs import BackboneFeatures
 from .transformer import Attention, PatchEmbeddings, resize_position_embeddings, run_layers, with_cls_token

@@ -12,7 +12,7 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..config_utils import pair
+from ..configs.base import pair
 from ..layers import Dropout, ScaledDotProductAttention, activation, dropout_active
 from ..ops import interpolate
 

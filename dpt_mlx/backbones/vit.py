@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..config_utils import BaseConfig, pair
+from ..configs.base import BaseConfig, pair
 from ..layers import Dropout, activation
 from ..outputs import BackboneFeatures
 from .bit import BitConfig, HybridEmbeddings

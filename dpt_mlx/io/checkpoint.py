@@ -19,7 +19,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from .. import cpu
-from ..config import load_config
+from ..configs.load import load_config
 from ..errors import CheckpointError, first_line
 from . import weights as W
 from .files import atomic_write, atomic_write_text, umask_mode

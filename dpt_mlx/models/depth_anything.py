@@ -12,7 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..backbones import build_backbone
-from ..config import DepthAnythingConfig
+from ..configs.dpt import DepthAnythingConfig
 from ..layers import Resize
 from ..outputs import DepthEstimatorOutput
 from .base import PreTrainedModel

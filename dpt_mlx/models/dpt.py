@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..backbones import backbone_spec, build_backbone
 from ..backbones.vit import Pooler, ViTBackbone, ViTConfig
-from ..config import DPTConfig
+from ..configs.dpt import DPTConfig
 from ..errors import UnsupportedModelError
 from ..ops import to_nchw
 from ..outputs import BaseModelOutputWithPooling, DepthEstimatorOutput, SemanticSegmenterOutput

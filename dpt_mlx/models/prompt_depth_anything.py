@@ -21,7 +21,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..backbones import build_backbone
-from ..config import PromptDepthAnythingConfig
+from ..configs.dpt import PromptDepthAnythingConfig
 from ..outputs import DepthEstimatorOutput
 from .base import PreTrainedModel
 from .depth_anything import DepthAnythingDepthEstimationHead

@@ -22,7 +22,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..backbones import backbone_spec, build_backbone
-from ..config_zoedepth import PATCH_TRANSFORMER_LAYERS_RUN, ZoeDepthConfig
+from ..configs.zoedepth import PATCH_TRANSFORMER_LAYERS_RUN, ZoeDepthConfig
 from ..layers import Resize
 from ..outputs import ZoeDepthDepthEstimatorOutput
 from .base import PreTrainedModel

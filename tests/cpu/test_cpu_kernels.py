@@ -334,7 +334,7 @@ def test_fused_blocks_match_the_plain_model(kind):
     """Whole models with every CPU layer and fused block (ViT/DINOv2 blocks, fusion layers, heads)
     against the same model as written, in inference and in training mode (where they defer)."""
     import dpt_mlx
-    from dpt_mlx.config import DepthAnythingConfig, DPTConfig
+    from dpt_mlx.configs.dpt import DepthAnythingConfig, DPTConfig
 
     if kind == "dpt":
         config = DPTConfig(

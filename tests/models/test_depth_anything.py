@@ -11,7 +11,8 @@ from helpers import TOL, open_final_relu, perturb, pixels, rel_err
 from model_configs import depth_anything_config
 
 import dpt_mlx
-from dpt_mlx.config import DepthAnythingConfig, config_from_dict
+from dpt_mlx.configs.dpt import DepthAnythingConfig
+from dpt_mlx.configs.load import config_from_dict
 
 # The hub checkpoints at reduced width: same layer count, out_indices and flags as the -small-hf
 # configs (Dinov2 12 layers, image_size 518 -> 42 here, apply_layernorm default True,

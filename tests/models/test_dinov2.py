@@ -13,7 +13,8 @@ from helpers import TOL, perturb, pixels, rel_err
 import dpt_mlx
 from dpt_mlx.backbones import build_backbone
 from dpt_mlx.backbones.dinov2 import Dinov2Backbone, Dinov2Config
-from dpt_mlx.config import DPTConfig, config_from_dict
+from dpt_mlx.configs.dpt import DPTConfig
+from dpt_mlx.configs.load import config_from_dict
 from dpt_mlx.io import weights as W
 from dpt_mlx.io.checkpoint import load_strict, read_weights
 

@@ -8,7 +8,7 @@ from helpers import TOL, keep_depth_positive, perturb, pixels, rel_err
 
 import dpt_mlx
 from dpt_mlx import cpu
-from dpt_mlx.config import DPTConfig
+from dpt_mlx.configs.dpt import DPTConfig
 from dpt_mlx.io import weights as W
 from dpt_mlx.io.checkpoint import load_strict
 

@@ -26,8 +26,9 @@ import transformers
 from helpers import TOL, perturb, pixels, rel_err
 
 import dpt_mlx
-from dpt_mlx.backbones.bit import BitBackbone
-from dpt_mlx.config import BitConfig, DPTConfig, load_config
+from dpt_mlx.backbones.bit import BitBackbone, BitConfig
+from dpt_mlx.configs.dpt import DPTConfig
+from dpt_mlx.configs.load import load_config
 from dpt_mlx.io.weights import sanitize
 
 IMAGE = 64  # config.image_size of the tiny models: a 4x4 token grid

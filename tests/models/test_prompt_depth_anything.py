@@ -13,7 +13,8 @@ from model_configs import PDA_VARIANTS as VARIANTS
 from model_configs import pda_config, spread_head
 
 import dpt_mlx
-from dpt_mlx.config import DepthAnythingConfig, PromptDepthAnythingConfig, config_from_dict
+from dpt_mlx.configs.dpt import DepthAnythingConfig, PromptDepthAnythingConfig
+from dpt_mlx.configs.load import config_from_dict
 from dpt_mlx.io.quantize import quantize_model
 
 # (image H, W, prompt h, w): square; non-square with an iPhone-LiDAR-like 192x256 prompt; a size that is no

@@ -18,7 +18,7 @@ from transformers.models.zoedepth import modeling_zoedepth as ref_zoe
 
 import dpt_mlx
 from dpt_mlx.cli.convert import main as convert_main
-from dpt_mlx.config_zoedepth import ZOEDEPTH_BACKBONE_DEFAULTS, ZoeDepthConfig
+from dpt_mlx.configs.zoedepth import ZOEDEPTH_BACKBONE_DEFAULTS, ZoeDepthConfig
 from dpt_mlx.errors import CheckpointError
 from dpt_mlx.io.quantize import quantize_model
 from dpt_mlx.models import zoedepth_bins as bins
@@ -287,7 +287,7 @@ def test_config_defaults_match_reference():
     assert ours.predicts_metres and not ours.multi_domain
     # transformers' JSON (with its backbone_hidden_size and generic fields) reads back
     data = json.loads(zoe_config(**VARIANTS["nyu-kitti"]).to_json_string())
-    config = dpt_mlx.config.config_from_dict(data)
+    config = dpt_mlx.configs.load.config_from_dict(data)
     assert type(config) is ZoeDepthConfig and config.multi_domain
     assert ZoeDepthConfig.from_dict(config.to_dict()) == config
 

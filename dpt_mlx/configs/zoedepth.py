@@ -1,6 +1,6 @@
 """``ZoeDepthConfig``: transformers' ZoeDepth configuration (Intel/zoedepth-nyu, -kitti, -nyu-kitti).
 
-dpt_mlx.config imports this module (its ``CONFIG_CLASSES`` names it); it imports nothing from there.
+It shares the backbone and neck checks of dpt_mlx.configs.dpt.
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .config_checks import check_backbone, check_neck
-from .config_utils import BaseConfig, check_act
-from .errors import UnsupportedModelError
+from ..errors import UnsupportedModelError
+from .base import BaseConfig, check_act
+from .dpt import check_backbone, check_neck
 
 # The BEiT-L backbone when a config has none (transformers' ZoeDepthConfig.sub_configs_defaults; other
 # fields: BeitConfig's). The hub checkpoints' backbones are this one.

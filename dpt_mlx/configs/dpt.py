@@ -1,4 +1,4 @@
-"""Model configurations, built from a transformers ``config.json``.
+"""DPT, Depth Anything and Prompt Depth Anything configs, and the backbone and neck checks they share.
 
 The dataclasses carry the reference's field names and defaults so that a config written
 by transformers reads back unchanged. ``from_dict`` ignores keys it does not know (the
@@ -7,19 +7,58 @@ many generic ``PretrainedConfig`` fields) and validates the rest.
 
 from __future__ import annotations
 
-import json
-import os
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backbones.bit import HYBRID_BIT_DEFAULTS, BitConfig
-from .config_checks import check_backbone, check_neck, in_backbone_config, json_type
-from .config_utils import BaseConfig, check_act, pair
-from .config_zoedepth import ZoeDepthConfig
-from .errors import CheckpointError, UnsupportedModelError
+from ..backbones import backbone_spec
+from ..backbones.bit import HYBRID_BIT_DEFAULTS, BitConfig
+from ..errors import UnsupportedModelError
+from .base import BaseConfig, check_act, pair
 
 READOUT_TYPES = ("ignore", "add", "project")
 MAX_LABELS = 65536  # a bound for a num_labels given without id2label (the labels are made one by one)
+
+
+def in_backbone_config(build: Callable[[], Any]):
+    """``build()``, its ValueError prefixed with ``backbone_config:`` (its type kept)."""
+    try:
+        return build()
+    except ValueError as e:
+        raise type(e)(f"backbone_config: {e}") from None
+
+
+def check_backbone(config):
+    """The backbone's own config (``backbone_spec(config).config``), built at config load so that a
+    bad ``backbone_config`` fails there and not when the model is built."""
+    own_vit = config.backbone_config is None or getattr(config, "is_hybrid", False)  # from the config's own fields
+    if not own_vit and config.backbone_type in ("vit", "hybrid"):
+        raise UnsupportedModelError(
+            f"backbone_config model_type {config.backbone_type!r} is not supported; use beit, dinov2 or swinv2"
+        )
+    spec = backbone_spec(config)  # UnsupportedModelError for an unknown model_type
+    return spec.config(config) if own_vit else in_backbone_config(lambda: spec.config(config))
+
+
+def check_neck(config, reassemble: bool = True) -> None:
+    """The neck fields shared by DPT and Depth Anything configs: lengths, factors, head index."""
+    if reassemble:
+        if len(config.reassemble_factors) != len(config.neck_hidden_sizes):
+            raise ValueError(
+                f"reassemble_factors ({len(config.reassemble_factors)} values) and neck_hidden_sizes "
+                f"({len(config.neck_hidden_sizes)} values) must have the same length"
+            )
+        for f in config.reassemble_factors:
+            inverse = 1 / f if f > 0 else math.inf
+            if not math.isfinite(inverse) or (f > 1 and f != int(f)) or (f < 1 and inverse != int(inverse)):
+                raise ValueError(
+                    f"reassemble factor {f} in reassemble_factors={config.reassemble_factors} must be "
+                    "a positive integer or 1/integer"
+                )
+    n = len(config.neck_hidden_sizes)
+    if not -n <= config.head_in_index < n:
+        raise ValueError(f"head_in_index={config.head_in_index} out of range for {n} neck stages")
 
 
 @dataclass
@@ -324,42 +363,3 @@ class PromptDepthAnythingConfig(DepthAnythingConfig):
     def predicts_metres(self) -> bool:
         """True: with a prompt (in metres, e.g. LiDAR) the predicted depth is in metres."""
         return True
-
-
-CONFIG_CLASSES: dict[str, type[BaseConfig]] = {
-    "dpt": DPTConfig,
-    "depth_anything": DepthAnythingConfig,
-    "prompt_depth_anything": PromptDepthAnythingConfig,
-    "zoedepth": ZoeDepthConfig,
-}
-
-
-def config_from_dict(data: dict[str, Any]) -> BaseConfig:
-    """Build the config class that ``data['model_type']`` names."""
-    if not isinstance(data, dict):
-        raise ValueError(f"expected a JSON object, got {json_type(data)}")
-    model_type = data.get("model_type", "dpt")
-    if not isinstance(model_type, str) or model_type not in CONFIG_CLASSES:
-        raise UnsupportedModelError(
-            f"model_type {model_type!r} is not supported; supported: {', '.join(sorted(CONFIG_CLASSES))}"
-        )
-    return CONFIG_CLASSES[model_type].from_dict(data)
-
-
-def load_config(path: str | os.PathLike) -> BaseConfig:
-    """Read a ``config.json`` file; errors name the file and what is wrong with it."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(f"no config.json in {os.path.dirname(path) or '.'}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {json_type(data)}")
-    try:
-        return config_from_dict(data)
-    except UnsupportedModelError:
-        raise
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"invalid config {path}: {e}") from None

@@ -1,6 +1,6 @@
 """What every config dataclass shares: ``from_dict`` / ``to_dict`` and the field checks.
 
-The model configs (dpt_mlx.config) and the backbone configs (dpt_mlx.backbones) build on this
+The model configs (dpt_mlx.configs) and the backbone configs (dpt_mlx.backbones) build on this
 module; it imports neither.
 """
 
@@ -15,6 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 ACTIVATIONS = ("gelu", "relu", "silu", "swish", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "quick_gelu", "tanh")
+
+
+def json_type(value) -> str:
+    """A JSON value's type as an error message names it."""
+    return "null" if value is None else type(value).__name__
 
 
 def pair(value, name: str | None = None) -> tuple[int, int]:
