@@ -36,15 +36,18 @@ Importing this module does not import ray; only the workers' Ray context is read
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import ImageError, first_line
 from .processing.images import decode_image, is_url, load_image
+from .processing.writers import Job, OutputOptions, write_outputs
 
 DEPTH_COLUMN = "predicted_depth"
 SEGMENTATION_COLUMN = "segmentation"
@@ -359,3 +362,68 @@ def map_depth(
     )
     out.context.wait_for_min_actors_s = max(1, int(round(start_timeout)))
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The batch command's stage: workers that write the files
+
+
+def job_row(job: Job, name: str, source: str) -> dict[str, str]:
+    """The row that sends one planned image to the workers."""
+    planned = {
+        "outputs": [[kind, str(target)] for kind, target in job.outputs],
+        "replace": sorted(str(t) for t in job.replace),
+    }
+    return {"path": name, "source": source, "job": json.dumps(planned)}
+
+
+def _job(name: str, text: str) -> Job:
+    planned = json.loads(text)
+    job = Job(Path(name))
+    job.outputs = [(kind, Path(target)) for kind, target in planned["outputs"]]
+    job.replace = {Path(t) for t in planned["replace"]}
+    return job
+
+
+class OutputWriter(DepthPredictor):
+    """``map_batches`` class of ``python -m dpt_mlx.batch``: a :class:`DepthPredictor` that writes files.
+
+    Workers write the outputs themselves, with the writers of ``dpt-mlx`` (processing/writers.py: the
+    same files, PNG text chunks and atomic publish-or-fail), so only one short row per image goes
+    back to the driver; the output folder must be one that every node sees at the same path. A row
+    in: ``path`` (the image's name in messages), ``source`` (what the worker opens) and ``job``
+    (:func:`job_row`: the planned outputs as [kind, file] pairs, and the files it may replace). A
+    row out: ``path``, ``error`` ("" when every file was written) and ``details`` (``--verbose``).
+
+    ``colormap``: the depth PNG's colours; ``overwrite``: replace existing files; ``verbose``: every
+    class of a segmentation map in ``details``. The other arguments are DepthPredictor's.
+    """
+
+    def __init__(self, model: Any, colormap: str = "inferno", overwrite: bool = False, verbose: bool = False, **kwargs):
+        super().__init__(model, image_column="source", path_column="path", errors="record", **kwargs)
+        self.options = OutputOptions(colormap=colormap, overwrite=overwrite, verbose=verbose)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        names = self.names(batch, len(batch["source"]))
+        images, errors = self.read(batch["source"], names)
+        details = [""] * len(names)
+        done = [i for i, image in enumerate(images) if image is not None]
+        try:
+            maps = self.predict([images[i] for i in done])
+        except ValueError as e:  # a broken model's NaN output: every image of the batch fails
+            for i in done:
+                errors[i] = f"{names[i]}: inference failed: {e}"
+            maps, done = [], []
+        for i, result in zip(done, maps):
+            job = _job(names[i], batch["job"][i])
+            lines, error = write_outputs(job, result, self.options, self.predictor)
+            if error is not None:
+                errors[i] = error
+            else:
+                details[i] = "\n".join([f"{names[i]} -> {', '.join(str(t) for _, t in job.outputs)}"] + lines)
+            images[i] = None
+        return {
+            "path": np.array(names, dtype=object),
+            "error": np.array(errors, dtype=object),
+            "details": np.array(details, dtype=object),
+        }

@@ -7,7 +7,7 @@
 It writes what ``dpt-mlx --input-dir DIR --output-dir OUT`` writes, under the same names, and is
 resumable: an image whose outputs all exist is skipped before anything is sent to Ray, and one
 with only some of them is done again (as ``dpt-mlx --skip-existing``). The Ray workers write the
-files (cli/batch_worker.py), so with ``--address`` the output folder must be shared by every node.
+files (dpt_mlx/ray.py's OutputWriter), so with ``--address`` the output folder must be shared by every node.
 
 Exit status: 0 everything written or skipped; 1 some images failed (each reported, the others
 written); 2 nothing done (a usage error, ray not installed, no images, a model that does not
@@ -30,8 +30,8 @@ from ..errors import DPTError, UsageError, first_line
 from ..io.checkpoint import DTYPES
 from ..io.files import remove_stale_temps
 from ..processing.visualize import COLORMAPS
-from ..ray import START_TIMEOUT, check_cpus, cluster_cpus
-from .batch_inputs import Inputs, collect
+from ..processing.writers import OutputOptions
+from ..ray import START_TIMEOUT, OutputWriter, check_cpus, cluster_cpus, job_row
 from .console import (
     EXIT_ERROR,
     EXIT_OK,
@@ -40,13 +40,12 @@ from .console import (
     Console,
     command,
     format_list,
-    interrupt_name,
-    interrupt_status,
+    interrupt_note,
     positive_int,
     program,
     signals_interrupt,
 )
-from .predict_outputs import OutputOptions, plan
+from .inputs import Inputs, collect_batch_inputs, plan
 
 DEFAULT_MODEL = "Intel/dpt-large"
 FORMATS = ("png", "png16", "npy")
@@ -268,8 +267,6 @@ class Tally:
 
 def _run(ray, args, inputs: Inputs, jobs: list, console: Console, tally: Tally) -> None:
     """Every job on Ray Data workers; each image's result counted (and reported) as it comes back."""
-    from .batch_worker import OutputWriter, job_row
-
     nodes = _node_cpus()
     tally.workers, tally.cpus = placement(nodes, args.workers, args.cpus_per_worker)
     try:
@@ -346,26 +343,19 @@ def _summary(tally: Tally, skipped: int) -> str:
     return text
 
 
-def _interrupted(e: KeyboardInterrupt, console: Console, written: int) -> int:
-    console.error(
-        f"{interrupt_name(e)} after {written} image(s) (finished outputs kept, no partial files; "
-        "the same command does the rest)"
-    )
-    return interrupt_status(e)
-
-
-@command  # SIGTERM / SIGHUP as Ctrl-C; a closed stdout ends quietly
+@command  # exit statuses, SIGTERM / SIGHUP as Ctrl-C, a closed stdout: cli/console.py
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # usage errors exit 2 here
-    args.format = [f for group in (args.format or [["png"]]) for f in group]
+    formats = tuple(f for group in (args.format or [["png"]]) for f in group)
     console = Console(args.quiet, args.verbose)
     tally = Tally()
-    try:
+    kept = "(finished outputs kept, no partial files; the same command does the rest)"
+    with interrupt_note(lambda: f"after {tally.written} image(s) {kept}"):
         ray = _import_ray()
-        inputs = collect(args, console)
+        inputs = collect_batch_inputs(args.input, args.recursive, console)
         task = _check_model(args, console)
         options = OutputOptions(
-            formats=tuple(args.format),
+            formats=formats,
             output_dir=args.output,
             output_dir_flag="--output",
             overwrite=args.overwrite,
@@ -377,42 +367,12 @@ def main(argv: list[str] | None = None) -> int:
         stale = remove_stale_temps(t for job in work.jobs for _, t in job.outputs)
         if stale:
             console.detail(f"removed {stale} temporary file(s) left by an earlier, killed run")
-    except DPTError as e:  # UsageError included
-        console.error(str(e))
-        return EXIT_ERROR
-    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP
-        return _interrupted(e, console, 0)
-    for reason in work.rejected:
-        console.error(reason)
-
-    if work.jobs:
-        started = False
-        try:
-            started = _start(ray, args)
-            with signals_interrupt():  # again: ray.init put in its own SIGTERM handler, which exits at once
-                _run(ray, args, inputs, work.jobs, console, tally)
-        except DPTError as e:
-            console.error(str(e))
-            return EXIT_ERROR
-        except KeyboardInterrupt as e:
-            return _interrupted(e, console, tally.written)
-        except Exception as e:  # noqa: BLE001  (a worker's failure, as Ray wraps it)
-            if type(e).__name__ == "GetTimeoutError" and not tally.written:
-                console.error(
-                    f"the Ray workers did not start within {args.start_timeout:g} s ({_workers(tally)}; "
-                    f"the cluster has {_free_cpus(ray)} CPUs free now): other work holds the CPUs, or "
-                    "the model loads slowly (--start-timeout)"
-                )
-                return EXIT_ERROR
-            console.error(f"the Ray job failed after {tally.written} image(s): {_root_cause(e)}")
-            return EXIT_SOME_FAILED if tally.written else EXIT_ERROR
-        finally:
-            if started:
-                # Ray's objects left in the frames of an interrupted run (the dataset, its iterator)
-                # are freed while Ray still runs: freed after its shutdown, they end the process
-                # with status 1 instead of the one returned here.
-                gc.collect()
-                ray.shutdown()
+        for reason in work.rejected:
+            console.error(reason)
+        if work.jobs:
+            status = _run_on_ray(ray, args, inputs, work.jobs, console, tally)
+            if status is not None:
+                return status
 
     missing = _missing_outputs(tally)
     if missing:
@@ -433,6 +393,36 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_SOME_FAILED if tally.written or work.skipped else EXIT_ERROR
     return EXIT_OK
+
+
+def _run_on_ray(ray, args, inputs: Inputs, jobs: list, console: Console, tally: Tally) -> int | None:
+    """Start (or join) Ray, run the jobs and shut down what this started; the exit status when the
+    run failed as a whole, else None."""
+    started = False
+    try:
+        started = _start(ray, args)
+        with signals_interrupt():  # again: ray.init put in its own SIGTERM handler, which exits at once
+            _run(ray, args, inputs, jobs, console, tally)
+    except DPTError:
+        raise
+    except Exception as e:  # noqa: BLE001  (a worker's failure, as Ray wraps it)
+        if type(e).__name__ == "GetTimeoutError" and not tally.written:
+            console.error(
+                f"the Ray workers did not start within {args.start_timeout:g} s ({_workers(tally)}; "
+                f"the cluster has {_free_cpus(ray)} CPUs free now): other work holds the CPUs, or "
+                "the model loads slowly (--start-timeout)"
+            )
+            return EXIT_ERROR
+        console.error(f"the Ray job failed after {tally.written} image(s): {_root_cause(e)}")
+        return EXIT_SOME_FAILED if tally.written else EXIT_ERROR
+    finally:
+        if started:
+            # Ray's objects left in the frames of an interrupted run (the dataset, its iterator)
+            # are freed while Ray still runs: freed after its shutdown, they end the process
+            # with status 1 instead of the one returned here.
+            gc.collect()
+            ray.shutdown()
+    return None
 
 
 if __name__ == "__main__":

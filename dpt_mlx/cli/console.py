@@ -4,11 +4,14 @@ and one signal policy.
 Results go to stdout, errors and the progress bar to stderr. An error is one line (``error: ...``);
 ``--verbose`` adds the traceback of the exception being handled.
 
-Signals: inside :func:`command`, SIGTERM (kill, systemd, job schedulers) and SIGHUP take the path of
-Ctrl-C: they raise :class:`Interrupted`, a KeyboardInterrupt, so the same ``except KeyboardInterrupt``
-cleans up (temporary files removed, the run's counts reported), and :func:`interrupt_status` gives the
-shell's status for it: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP. A closed stdout (``| head``)
-ends the command quietly with status 141, as a command killed by SIGPIPE.
+Exit statuses and interrupts are decided here, in :func:`command`, for every command: a
+:class:`~dpt_mlx.errors.DPTError` that reaches it is one ``error:`` line and status 2 (nothing done);
+SIGTERM (kill, systemd, job schedulers) and SIGHUP take the path of Ctrl-C: they raise
+:class:`Interrupted`, a KeyboardInterrupt, so the code that was running cleans up on its way out
+(temporary files removed), :func:`interrupt_note` adds what the run had done by then, and the command
+ends with one line and the shell's status for the signal: 130 for SIGINT, 143 for SIGTERM, 129 for
+SIGHUP. A closed stdout (``| head``) ends the command quietly with status 141, as a command killed by
+SIGPIPE.
 """
 
 from __future__ import annotations
@@ -20,9 +23,13 @@ import signal
 import sys
 import threading
 import traceback
+import weakref
+from collections.abc import Callable
 from contextlib import contextmanager
 
 from tqdm import tqdm
+
+from ..errors import DPTError
 
 EXIT_OK = 0  # everything done
 EXIT_SOME_FAILED = 1  # some items failed, the others were done
@@ -96,14 +103,35 @@ def _quiet_stdout() -> None:
         pass  # not a real file (a test's capture): nothing will flush it at exit
 
 
+@contextmanager
+def interrupt_note(describe: Callable[[], str]):
+    """While inside, an interruption's last line gets ``describe()`` after "interrupted" (what the
+    run had done, what it kept)."""
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        e.add_note(describe())
+        raise
+
+
 def command(main):
-    """Decorate a command's ``main(argv) -> int``: the signal policy above, and a quiet end on a closed stdout."""
+    """Decorate a command's ``main(argv) -> int`` with the exit policy above: a DPTError is one line and
+    status 2, an interruption one line (with its :func:`interrupt_note`) and 128 + the signal, a closed
+    stdout a quiet 141."""
 
     @functools.wraps(main)
     def run(*args, **kwargs) -> int:
         try:
             with signals_interrupt():
                 return main(*args, **kwargs)
+        except DPTError as e:  # UsageError included
+            ProgressBar.close_all()
+            print_error(e, Console.verbose_errors)
+            return EXIT_ERROR
+        except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP
+            ProgressBar.close_all()
+            print_error(" ".join([interrupt_name(e), *getattr(e, "__notes__", ())]))
+            return interrupt_status(e)
         except BrokenPipeError:
             _quiet_stdout()
             return EXIT_BROKEN_PIPE
@@ -150,6 +178,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
 class ProgressBar:
     """tqdm's bar on stderr, drawn only when stderr is a terminal and there is more than one item.
 
@@ -159,8 +198,12 @@ class ProgressBar:
     an unfinished one (an interrupted run).
     """
 
+    _open: weakref.WeakSet = weakref.WeakSet()  # unfinished bars, erased before a command's last line
+
     def __init__(self, total: int, label: str = "", enabled: bool = True, unit: str = "item"):
         enabled = enabled and total > 1 and sys.stderr.isatty()
+        if enabled:
+            ProgressBar._open.add(self)
         try:  # a terminal that reports no size (some ptys) gets 80x24: tqdm would draw nothing there
             size = {"dynamic_ncols": True} if os.get_terminal_size(sys.stderr.fileno()).lines else {}
         except (AttributeError, OSError, ValueError):
@@ -197,12 +240,21 @@ class ProgressBar:
             self._bar.close()
             self._bar = None
 
+    @classmethod
+    def close_all(cls) -> None:
+        """Erase every unfinished bar (the run ends early)."""
+        for bar in list(cls._open):
+            bar.close()
+
 
 class Console:
     """stdout for results, stderr for errors; a progress bar over ``total`` items, redrawn around every line."""
 
+    verbose_errors = False  # the last console's --verbose: tracebacks with the command's last error too
+
     def __init__(self, quiet: bool, verbose: bool, total: int = 0, unit: str = "img"):
         self.quiet, self.verbose = quiet, verbose
+        Console.verbose_errors = verbose
         self.bar = ProgressBar(total, enabled=not quiet, unit=unit)
 
     def info(self, message: str) -> None:

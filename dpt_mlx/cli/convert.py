@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import time
 
-from ..errors import DPTError
 from ..io.checkpoint import DTYPES
 from ..io.convert import convert
 from .console import (
     EXIT_ERROR,
     EXIT_OK,
     ArgumentParser,
+    Console,
     command,
-    interrupt_name,
-    interrupt_status,
+    interrupt_note,
     print_error,
     program,
 )
@@ -58,31 +57,33 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-@command  # SIGTERM / SIGHUP as Ctrl-C: the work directory is removed, the target left as it was (io/convert.py)
-def main(argv=None) -> int:
+@command  # exit statuses, SIGTERM / SIGHUP as Ctrl-C (cli/console.py): the work directory is removed,
+def main(argv=None) -> int:  # the target left as it was (io/convert.py)
     args = build_parser().parse_args(argv)
+    Console(quiet=False, verbose=args.verbose)
     start = time.perf_counter()
     report = {}
+
+    def interrupted() -> str:
+        if report.get("published"):  # it came as the converted model was being put in place
+            return f"after {args.mlx_path} was written (the conversion is complete)"
+        return f"(nothing was written to {args.mlx_path})"
+
     try:
-        out = convert(
-            args.hf_path,
-            args.mlx_path,
-            dtype=args.dtype,
-            overwrite=args.overwrite,
-            quantize=args.quantize,
-            q_bits=args.q_bits,
-            q_group_size=args.q_group_size,
-            report=report,
-        )
-    except (DPTError, ValueError, OSError) as e:
+        with interrupt_note(interrupted):
+            out = convert(
+                args.hf_path,
+                args.mlx_path,
+                dtype=args.dtype,
+                overwrite=args.overwrite,
+                quantize=args.quantize,
+                q_bits=args.q_bits,
+                q_group_size=args.q_group_size,
+                report=report,
+            )
+    except (ValueError, OSError) as e:
         print_error(e, args.verbose)
         return EXIT_ERROR
-    except KeyboardInterrupt as e:
-        if report.get("published"):  # it came as the converted model was being put in place
-            print_error(f"{interrupt_name(e)} after {args.mlx_path} was written (the conversion is complete)")
-        else:
-            print_error(f"{interrupt_name(e)}; nothing was written to {args.mlx_path}")
-        return interrupt_status(e)
     note = ""
     if args.quantize:
         note = f", {args.q_bits}-bit: {report['quantization_error']:.2g} relative error vs unquantized"

@@ -17,11 +17,15 @@ import os
 import sys
 import time
 import warnings
+from pathlib import Path
 
-from ..errors import DPTError, UsageError
+import numpy as np
+
+from ..errors import ImageError, UsageError
 from ..io.checkpoint import DTYPES
 from ..io.files import remove_stale_temps, remove_unchanged, temp_files
 from ..processing.visualize import COLORMAPS
+from ..processing.writers import Job, OutputOptions, depth_kind, shown, write_outputs
 from .console import (
     EXIT_ERROR,
     EXIT_OK,
@@ -30,19 +34,17 @@ from .console import (
     Console,
     command,
     format_list,
-    interrupt_name,
-    interrupt_status,
+    interrupt_note,
+    positive_float,
     positive_int,
     program,
 )
-from .predict_outputs import OutputOptions, Plan, collect_inputs, depth_kind, plan
-from .predict_points import add_point_options, check_points
-from .predict_prompt import add_prompt_options, assign_prompts
-from .predict_runner import Runner
+from .inputs import Plan, assign_prompts, collect_inputs, plan
 
 DEFAULT_MODEL = "Intel/dpt-large"
+METRIC_EXAMPLE = "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf"
 FORMATS = ("png", "png16", "npy", "ply")
-VIDEO_FORMATS = ("mp4", "npz")  # with png16: --video's formats (cli/predict_video.py)
+VIDEO_FORMATS = ("mp4", "npz")  # with png16: --video's formats (cli/video.py)
 
 DESCRIPTION = """\
 Predict depth (DPT, Depth Anything) or semantic segmentation (DPT-ADE) for images with MLX.
@@ -91,7 +93,7 @@ examples:
 # Arguments
 
 
-# the image formats, and --video's beside them (cli/predict_video.py checks which go with which)
+# the image formats, and --video's beside them (cli/video.py checks which go with which)
 _formats = format_list(FORMATS + VIDEO_FORMATS, shown=FORMATS, note="--video: mp4, npz, png16; ")
 
 
@@ -103,6 +105,56 @@ def _alpha(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}")
     return value
+
+
+def _fov(text: str) -> float:
+    value = positive_float(text)
+    if value >= 180:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 180 degrees, got {text!r}")
+    return value
+
+
+def _add_point_options(parser: argparse.ArgumentParser) -> None:
+    """--focal-length / --fov (one of them) and --depth-kind, for --format ply."""
+    group = parser.add_argument_group("point clouds (--format ply)")
+    camera = group.add_mutually_exclusive_group()
+    camera.add_argument(
+        "--focal-length",
+        type=positive_float,
+        metavar="PX",
+        help="focal length in pixels of the input image (default: from the photo's EXIF, "
+        "else a 60 degree horizontal field of view)",
+    )
+    camera.add_argument("--fov", type=_fov, metavar="DEG", help="horizontal field of view in degrees")
+    group.add_argument(
+        "--depth-kind",
+        choices=("relative", "metric"),
+        default=None,
+        help="what the model's depth is, where its config cannot say (e.g. DPT-DINOv2 NYU/KITTI "
+        "or a fine-tuned checkpoint predict metres: metric); default: from the config",
+    )
+
+
+def _add_prompt_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("depth prompts (Prompt Depth Anything)")
+    group.add_argument(
+        "--prompt-depth",
+        metavar="PATH",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="low-resolution metric depth for each image (e.g. iPhone LiDAR): one file per image, "
+        "in order, or a folder holding <image name>.npy|.png|.tif; .npy and float TIFF are "
+        "metres, integer PNG/TIFF millimetres",
+    )
+    group.add_argument(
+        "--prompt-depth-scale",
+        type=positive_float,
+        metavar="M",
+        default=None,
+        help="metres per stored prompt value, overriding the file's convention "
+        "(e.g. 0.001 for a millimetre .npy, 1 for a metre PNG)",
+    )
 
 
 def _version() -> str:
@@ -218,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
         "of them is done again, replacing those",
     )
 
-    add_point_options(p)
-    add_prompt_options(p)
+    _add_point_options(p)
+    _add_prompt_options(p)
 
     run = p.add_argument_group("running")
     run.add_argument(
@@ -253,6 +305,171 @@ def build_parser() -> argparse.ArgumentParser:
 # Running
 
 
+def output_options(args: argparse.Namespace) -> OutputOptions:
+    """What each image gets written and where, from the parsed arguments (``--format`` groups flattened)."""
+    return OutputOptions(
+        formats=tuple(f for group in (args.format or []) for f in group),
+        output=args.output,
+        output_dir=args.output_dir,
+        input_dirs=tuple(args.input_dir),
+        recursive=args.recursive,
+        overlay=args.overlay,
+        alpha=args.alpha,
+        colormap=args.colormap,
+        overwrite=args.overwrite,
+        skip_existing=args.skip_existing,
+        verbose=args.verbose,
+        focal_length=args.focal_length,
+        fov=args.fov,
+        stabilize=args.stabilize,
+        audio=not args.no_audio,
+    )
+
+
+def _is_metric(config, depth_kind_arg: str | None, prompted: bool) -> bool:
+    """Whether the depth is metric: --depth-kind, else the model (a metric config, ZoeDepth, or
+    Prompt Depth Anything given --prompt-depth)."""
+    from ..predictor import predicts_metres
+
+    if depth_kind_arg is not None:
+        return depth_kind_arg == "metric"
+    return predicts_metres(config, prompted=prompted)
+
+
+def _wants_points(options: OutputOptions) -> bool:
+    """Whether the output options' formats (or their --output name) ask for a point cloud."""
+    return "ply" in options.formats or (
+        not options.formats and bool(options.output) and options.output.lower().endswith(".ply")
+    )
+
+
+def _check_points(args: argparse.Namespace, options: OutputOptions, predictor) -> None:
+    """UsageError unless --format ply can be written by this model (metric depth, plyfile installed)."""
+    if not _wants_points(options):
+        return
+    if predictor.task != "depth-estimation":
+        raise UsageError("--format ply is for depth models; this model does segmentation")
+    if not _is_metric(predictor.config, args.depth_kind, bool(args.prompt_depth)):
+        raise UsageError(
+            f"--format ply needs metric depth, but {args.model} predicts relative depth (no scale); "
+            f"use a metric model such as {METRIC_EXAMPLE}, or pass --depth-kind metric if this "
+            "checkpoint's depth is in metres"
+        )
+    from ..processing.points import require_plyfile
+
+    try:
+        require_plyfile()
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+
+
+class Runner:
+    """Runs the planned jobs with one predictor: reads each image, batches images of the same model-input
+    size, runs the model, writes the outputs and reports each image (or its failure); counts them."""
+
+    def __init__(self, options: OutputOptions, predictor, console: Console, batch_size: int = 1, prompt_scale=None):
+        self.options, self.predictor, self.console = options, predictor, console
+        self.batch_size, self.prompt_scale = batch_size, prompt_scale
+        self.written, self.failed = 0, 0
+        self.model_seconds = 0.0
+
+    def fail(self, path: Path | None, message: str) -> None:
+        """Report one image that could not be done; ``path`` prefixes the message when given."""
+        self.failed += 1
+        self.console.error(f"{shown(path)}: {message}" if path is not None else message)
+        self.console.advance()
+
+    def prepare(self, job: Job) -> bool:
+        """Read and preprocess the image of ``job``; False (reported) when it cannot be."""
+        from ..processing.depth_prompt import read_prompt_depth
+        from ..processing.images import load_image
+
+        try:
+            image = load_image(job.path)
+        except (ImageError, OSError) as e:
+            self.fail(None, str(e))  # load_image's messages name the file
+            return False
+        try:
+            if job.prompt is None:
+                job.pixels = self.predictor.preprocess(image)
+            else:
+                prompt = read_prompt_depth(job.prompt, self.prompt_scale)  # metres
+                job.pixels, job.prompt_pixels = self.predictor.preprocess_with_prompt(image, prompt, 1.0)
+        except ImageError as e:  # the depth prompt's file
+            self.fail(job.path, str(e))
+            return False
+        except ValueError as e:
+            self.fail(job.path, f"cannot preprocess: {e}")
+            return False
+        job.image, job.size = image, (image.height, image.width)
+        return True
+
+    def run_batch(self, batch: list[Job]) -> None:
+        """One forward pass over ``batch`` (same input size), then every image's outputs."""
+        start = time.perf_counter()
+        try:
+            prompts = None if batch[0].prompt_pixels is None else np.stack([j.prompt_pixels for j in batch])
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, once per image
+                results = self.predictor.forward(np.stack([j.pixels for j in batch]), [j.size for j in batch], prompts)
+        except (ValueError, OSError) as e:
+            for job in batch:
+                self.fail(job.path, f"inference failed: {e}")
+            return
+        seconds = time.perf_counter() - start
+        self.model_seconds += seconds
+        for job, result in zip(batch, results):
+            job.pixels = job.prompt_pixels = None
+            if not np.isfinite(result).all():
+                job.image = None
+                self.fail(
+                    job.path,
+                    "inference failed: the model's output overflowed float32 when resized to the "
+                    "image's size (NaN or inf); the checkpoint's weights may be damaged",
+                )
+                continue
+            details = self._write(job, result)
+            if details is not None:
+                self._report(job, details, seconds / len(batch), len(batch))
+
+    def _write(self, job: Job, result: np.ndarray) -> list[str] | None:
+        """Write the outputs of one image; None (reported) when that fails."""
+        try:
+            details, error = write_outputs(job, result, self.options, self.predictor)
+        finally:
+            job.image = None
+        if error is not None:
+            self.fail(None, error)
+        return details
+
+    def _report(self, job: Job, details: list[str], seconds: float, batch_size: int) -> None:
+        self.written += 1
+        names = ", ".join(shown(t) for _, t in job.outputs)
+        self.console.info(f"{shown(job.path)} -> {names}" + (f" ({job.note})" if job.note else ""))
+        show = self.console.info if self.predictor.task == "image-segmentation" else self.console.detail
+        for line in details:
+            show(line)
+        self.console.detail(f"    {job.size[1]}x{job.size[0]}, model {seconds:.3f} s/image (batch of {batch_size})")
+        self.console.advance()
+
+    def run(self, jobs: list[Job]) -> None:
+        """Every job, in batches of --batch-size images whose model inputs have the same shape."""
+        size = self.batch_size
+        pending: dict[tuple, list[Job]] = {}  # input (and prompt) shapes -> jobs waiting for a batch
+        for job in jobs:
+            if not self.prepare(job):
+                continue
+            key = (job.pixels.shape, None if job.prompt_pixels is None else job.prompt_pixels.shape)
+            bucket = pending.setdefault(key, [])
+            bucket.append(job)
+            if len(bucket) >= size:
+                self.run_batch(pending.pop(key))
+            elif sum(len(b) for b in pending.values()) >= 4 * size:  # bound memory with many shapes
+                largest = max(pending, key=lambda k: len(pending[k]))
+                self.run_batch(pending.pop(largest))
+        for key in list(pending):
+            self.run_batch(pending.pop(key))
+
+
 def _load(args, console: Console):
     """The predictor for --model, and the seconds it took to load; --verbose describes it."""
     from ..predictor import load_predictor
@@ -279,7 +496,7 @@ def _load(args, console: Console):
     return predictor, seconds
 
 
-def _summary(runner: Runner, work: Plan, predictor, seconds: float, load_seconds: float) -> str:
+def _summary(args, runner: Runner, work: Plan, predictor, seconds: float, load_seconds: float) -> str:
     per_image = seconds / max(1, runner.written + runner.failed)
     plural = "s" if runner.written != 1 else ""
     summary = (
@@ -289,9 +506,9 @@ def _summary(runner: Runner, work: Plan, predictor, seconds: float, load_seconds
     if work.skipped:
         summary += f"; {_skipped(work)}"
     if predictor.task == "depth-estimation":
-        summary += f"; depth is {depth_kind(predictor.config, bool(runner.args.prompt_depth))}"
-        if getattr(runner.args, "depth_kind", None):
-            summary += f" (taken as {runner.args.depth_kind}: --depth-kind)"
+        summary += f"; depth is {depth_kind(predictor.config, bool(args.prompt_depth))}"
+        if args.depth_kind:
+            summary += f" (taken as {args.depth_kind}: --depth-kind)"
         if any(k in ("png", "png16", "overlay") for k, _ in work.jobs[0].outputs):
             summary += ", PNGs are min-max normalised per image"
         if predictor.flip:
@@ -303,66 +520,53 @@ def _skipped(work: Plan) -> str:
     return f"{len(work.skipped)} image{'s' if len(work.skipped) != 1 else ''} skipped (all outputs exist)"
 
 
-@command  # SIGTERM / SIGHUP as Ctrl-C; a closed stdout ends quietly
+@command  # exit statuses, SIGTERM / SIGHUP as Ctrl-C, a closed stdout: cli/console.py
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors exit 2 here
     if args.video:
         if args.prompt_depth:
             parser.error("--prompt-depth is for images, not --video")
-        from .predict_video import run_video
+        from .video import run_video
 
-        return run_video(args)
+        return run_video(args, output_options(args))
     if not args.image and not args.input_dir and not args.image_list:
         parser.error("give at least one --image, an --input-dir, an --image-list or a --video")
     if args.stabilize or args.no_audio or any(f in VIDEO_FORMATS for group in args.format or [] for f in group):
         parser.error("--stabilize, --no-audio and --format mp4 / npz are for --video")
     console = Console(args.quiet, args.verbose)
-    try:
-        paths = collect_inputs(args, console)
-        if args.output and len(paths) != 1:
-            raise UsageError(f"--output names one file but there are {len(paths)} images; use --output-dir")
-        predictor, load_seconds = _load(args, console)
-        task = "depth" if predictor.task == "depth-estimation" else "segmentation"
-        if task == "segmentation" and args.colormap != "inferno":
-            console.detail("--colormap applies to depth only; segmentation uses the model's palette")
-        options = OutputOptions.from_args(args)
-        check_points(args, options, predictor)
-        work = plan(options, paths, task)
-        work.rejected += assign_prompts(args, work.jobs, predictor)
-        stale = remove_stale_temps(work.targets())
-        if stale:
-            console.detail(f"removed {stale} temporary file(s) left by an earlier, killed run")
-        leftovers = temp_files(work.targets())  # younger ones: removed at the end if nobody writes them
-    except DPTError as e:  # UsageError included
-        console.error(str(e))
-        return EXIT_ERROR
-    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP
-        print(f"\n{interrupt_name(e)}", file=sys.stderr)
-        return interrupt_status(e)
+    options = output_options(args)
+    paths = collect_inputs(args.image, args.input_dir, args.image_list, options, console)
+    if args.output and len(paths) != 1:
+        raise UsageError(f"--output names one file but there are {len(paths)} images; use --output-dir")
+    predictor, load_seconds = _load(args, console)
+    task = "depth" if predictor.task == "depth-estimation" else "segmentation"
+    if task == "segmentation" and args.colormap != "inferno":
+        console.detail("--colormap applies to depth only; segmentation uses the model's palette")
+    _check_points(args, options, predictor)
+    work = plan(options, paths, task)
+    work.rejected += assign_prompts(args.prompt_depth, args.input_dir, work.jobs, predictor)
+    stale = remove_stale_temps(work.targets())
+    if stale:
+        console.detail(f"removed {stale} temporary file(s) left by an earlier, killed run")
+    leftovers = temp_files(work.targets())  # younger ones: removed at the end if nobody writes them
 
     todo = len(work.jobs) + len(work.rejected)
     console = Console(args.quiet, args.verbose, total=todo)
-    runner = Runner(args, options, predictor, console)
+    runner = Runner(options, predictor, console, args.batch_size, args.prompt_depth_scale)
     for reason in work.rejected:
         runner.fail(None, reason)
     start = time.perf_counter()
-    try:
+    progress = f"of {todo} images (finished outputs kept, no partial files left; --skip-existing continues)"
+    with interrupt_note(lambda: f"after {runner.written} {progress}"):
         runner.run(work.jobs)
-    except KeyboardInterrupt as e:
-        console.bar.close()
-        console.error(
-            f"{interrupt_name(e)} after {runner.written} of {todo} images "
-            "(finished outputs kept, no partial files left; --skip-existing continues)"
-        )
-        return interrupt_status(e)
     seconds = time.perf_counter() - start
     stale = remove_unchanged(leftovers)
     if stale:
         console.detail(f"removed {stale} temporary file(s) left by an earlier, killed run")
 
     if runner.written:
-        console.info(_summary(runner, work, predictor, seconds, load_seconds))
+        console.info(_summary(args, runner, work, predictor, seconds, load_seconds))
     elif work.skipped:
         console.info(_skipped(work))
     if runner.failed:

@@ -30,7 +30,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from ..errors import DPTError, UsageError
+from ..errors import UsageError
 from ..models.losses import SILOG, SSI
 from ..training.checkpoints import find_checkpoint, holds_run, read_state, run_dir_of
 from ..training.loop import Resume, RunResult, RunSpec, TrainingOptions, run
@@ -40,8 +40,7 @@ from .console import (
     ArgumentParser,
     ProgressBar,
     command,
-    interrupt_name,
-    interrupt_status,
+    interrupt_note,
     positive_int,
     print_error,
     program,
@@ -246,22 +245,20 @@ def train(args: argparse.Namespace) -> RunResult:
     return run(spec_from_args(args), progress)
 
 
-@command  # SIGTERM / SIGHUP as Ctrl-C; a closed stdout ends quietly
+@command  # exit statuses, SIGTERM / SIGHUP as Ctrl-C, a closed stdout: cli/console.py
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # usage errors (one line, status 2), --help (0): returned, not raised
         return int(e.code or 0)
     try:
-        train(args)
+        with interrupt_note(lambda: "(the last complete checkpoint is kept)"):
+            train(args)
     except BrokenPipeError:
         raise  # stdout closed: command() ends quietly
-    except (DPTError, OSError) as e:  # OSError: disk full, permissions: the user's to fix
+    except OSError as e:  # disk full, permissions: the user's to fix
         print_error(e)
         return EXIT_ERROR
-    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP
-        print(f"\n{interrupt_name(e)} (the last complete checkpoint is kept)", file=sys.stderr)
-        return interrupt_status(e)
     return EXIT_OK
 
 

@@ -4,7 +4,6 @@ what is missing, and bad inputs are one-line errors."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
@@ -24,8 +23,9 @@ from helpers import perturb, photo
 from PIL import Image
 
 import dpt_mlx
-from dpt_mlx.cli import batch, batch_inputs
+from dpt_mlx.cli import batch
 from dpt_mlx.cli.console import Console
+from dpt_mlx.cli.inputs import collect_batch_inputs
 from dpt_mlx.pipelines import load_image
 from dpt_mlx.ray import DepthPredictor, map_depth, read_image
 
@@ -542,7 +542,7 @@ def test_python_m_dpt_mlx_batch_errors_and_import_without_ray(tmp_path):
         timeout=120,
     )
     assert run.returncode == 2 and run.stderr == f"error: --input {tmp_path / 'nowhere'}: no such folder or file\n"
-    check = "import sys, dpt_mlx, dpt_mlx.ray, dpt_mlx.cli.batch, dpt_mlx.cli.batch_worker; print('ray' in sys.modules)"
+    check = "import sys, dpt_mlx, dpt_mlx.ray, dpt_mlx.cli.batch, dpt_mlx.cli.inputs; print('ray' in sys.modules)"
     assert (
         subprocess.run(
             [sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120
@@ -555,8 +555,8 @@ def test_glob_inputs_mirror_the_folders_below_the_pattern(tmp_path):
     for sub in ("a", "b/c"):
         _folder(tmp_path / "in" / sub)
     (tmp_path / "in" / "a" / "photo1_depth.png").write_bytes(b"an output of an earlier run")
-    args = argparse.Namespace(input=str(tmp_path / "in" / "**" / "photo1.*"), recursive=True)
-    inputs = batch_inputs.collect(args, Console(quiet=True, verbose=False))
+    pattern = str(tmp_path / "in" / "**" / "photo1.*")
+    inputs = collect_batch_inputs(pattern, recursive=True, console=Console(quiet=True, verbose=False))
     assert inputs.paths == [tmp_path / "in" / "a" / "photo1.png", tmp_path / "in" / "b" / "c" / "photo1.png"]
     assert inputs.base == str(tmp_path / "in") and inputs.mirror
 

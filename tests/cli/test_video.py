@@ -13,10 +13,9 @@ import pytest
 from PIL import Image
 from videos import decode, encode, leftovers, moving, run
 
-from dpt_mlx.cli import predict_video
 from dpt_mlx.cli.predict import main
 from dpt_mlx.pipelines import load_predictor
-from dpt_mlx.processing import video, visualize
+from dpt_mlx.processing import video, visualize, writers
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +90,7 @@ def test_existing_output_and_overwrite(video_ckpt, clip, tmp_path):
 
 def test_interrupt_leaves_nothing(video_ckpt, clip, tmp_path, monkeypatch, capsys):
     calls = []
-    forward = predict_video.Mp4Output.write
+    forward = writers.Mp4Output.write
 
     def write(self, depth, seconds):
         calls.append(1)
@@ -99,7 +98,7 @@ def test_interrupt_leaves_nothing(video_ckpt, clip, tmp_path, monkeypatch, capsy
             raise KeyboardInterrupt
         forward(self, depth, seconds)
 
-    monkeypatch.setattr(predict_video.Mp4Output, "write", write)
+    monkeypatch.setattr(writers.Mp4Output, "write", write)
     status = run("--video", clip, "-m", video_ckpt["depth"], "-d", tmp_path, "-f", "mp4,npz,png16", "-b", "2")
     assert status == 130 and len(calls) == 10
     assert os.listdir(tmp_path) == []

@@ -1,4 +1,5 @@
-"""The predict command's video path: ``--video in.mp4`` -> in_depth.mp4 / in_depth.npz / in_depth16/.
+"""The predict command's video path: ``--video in.mp4`` -> in_depth.mp4 / in_depth.npz / in_depth16/
+(the writers: processing/writers.py).
 
 One pass, as a stream: frames are decoded, batched (``--batch-size``), predicted, post-processed to the
 frame size and handed to each output at once, so memory holds one batch of frames, not the video.
@@ -27,173 +28,19 @@ finish publishes) the ones already published are taken back and the run exits 2 
 
 from __future__ import annotations
 
-import errno
 import os
-import shutil
 import sys
-import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DPTError, UsageError
-from ..io import files
-from ..io.files import TEMP_SUFFIX, discard, remove_stale_temps, signals_deferred, temp_beside, umask_mode
-from .console import EXIT_ERROR, EXIT_OK, Console, interrupt_name, interrupt_status
+from ..io.files import TEMP_SUFFIX, remove_stale_temps
+from ..processing.writers import VIDEO_OUTPUTS, VIDEO_SUFFIXES, OutputOptions, discard_outputs, publish_together
+from .console import EXIT_ERROR, EXIT_OK, Console
 
-VIDEO_FORMATS = ("mp4", "npz", "png16")
-SUFFIXES = {"mp4": "_depth.mp4", "npz": "_depth.npz", "png16": "_depth16"}
-_CHUNK = 16 * 2**20  # bytes copied at a time into the npz
-
-
-class Mp4Output:
-    def __init__(self, target: Path, reader, args):
-        from ..processing.video import Stabilizer, VideoWriter
-
-        self.target, self.colormap = target, args.colormap
-        self.source = reader.path if reader.audio and not getattr(args, "no_audio", False) else None
-        self.notes: list[str] = []
-        self.tmp, self.muxed, self.writer = temp_beside(target), None, None
-        try:
-            self.writer = VideoWriter(self.tmp, reader.size, reader.rate)
-        except BaseException:
-            discard(self.tmp)
-            raise
-        self.stabilizer = Stabilizer() if args.stabilize else None
-        self.pending: list[float] = []  # times of the frames the stabiliser holds back
-
-    def _encode(self, units) -> None:
-        from ..processing.video import colorize
-
-        for unit in units:
-            self.writer.write(colorize(unit, self.colormap), self.pending.pop(0))
-
-    def write(self, depth: np.ndarray, seconds: float) -> None:
-        from ..processing.visualize import normalize_depth
-
-        self.pending.append(seconds)
-        self._encode(self.stabilizer.push(depth) if self.stabilizer else [normalize_depth(depth)[0]])
-
-    def complete(self) -> None:
-        from ..processing.video import mux_audio
-
-        if self.stabilizer:
-            self._encode(self.stabilizer.flush())
-        self.writer.close()
-        if self.source:
-            self.muxed = temp_beside(self.target)
-            note = mux_audio(self.tmp, self.source, self.muxed)
-            if note:
-                self.notes.append(f"{self.target.name} written without audio: {note}")
-                discard(self.muxed)
-                self.muxed = None
-            else:
-                discard(self.tmp)
-                self.tmp, self.muxed = self.muxed, None
-
-    def publish(self, overwrite: bool) -> None:
-        files.publish(self.tmp, self.target, overwrite)
-
-    def unpublish(self) -> None:
-        discard(self.target)
-
-    def discard(self) -> None:
-        if self.writer:
-            self.writer.abort()
-        discard(self.tmp)
-        discard(self.muxed)
-
-
-class NpzOutput:
-    def __init__(self, target: Path, reader, args):
-        self.target, self.size = target, reader.size
-        self.raw_path, self.tmp = temp_beside(target), None
-        try:
-            self.raw = open(self.raw_path, "wb")
-        except BaseException:
-            discard(self.raw_path)
-            raise
-        self.times: list[float] = []
-
-    def write(self, depth: np.ndarray, seconds: float) -> None:
-        self.raw.write(np.ascontiguousarray(depth, dtype=np.float32).tobytes())
-        self.times.append(seconds)
-
-    def complete(self) -> None:
-        self.raw.close()
-        self.tmp = temp_beside(self.target)
-        shape = (len(self.times), *self.size)
-        with zipfile.ZipFile(self.tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-            with archive.open("depth.npy", "w", force_zip64=True) as f, open(self.raw_path, "rb") as raw:
-                header = {"descr": "<f4", "fortran_order": False, "shape": shape}
-                np.lib.format.write_array_header_1_0(f, header)
-                shutil.copyfileobj(raw, f, _CHUNK)
-            with archive.open("times.npy", "w") as f:
-                np.save(f, np.asarray(self.times, dtype=np.float64))
-        discard(self.raw_path)
-
-    def publish(self, overwrite: bool) -> None:
-        files.publish(self.tmp, self.target, overwrite)
-
-    def unpublish(self) -> None:
-        discard(self.target)
-
-    def discard(self) -> None:
-        self.raw.close()
-        discard(self.raw_path)
-        discard(self.tmp)
-
-
-class Png16Output:
-    def __init__(self, target: Path, reader, args):
-        self.target, self.source = target, args.model
-        self.tmp = tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX)
-        self.count = 0
-
-    def write(self, depth: np.ndarray, seconds: float) -> None:
-        from ..processing import visualize as V
-
-        image, low, high = V.depth_png16(depth)
-        text = {
-            "Software": "dpt_mlx",
-            "model": self.source,
-            "depth_min": repr(low),
-            "depth_max": repr(high),
-            "time": repr(seconds),
-            "description": "min-max normalised per frame: depth = value / 65535 * (depth_max - depth_min) + depth_min",
-        }
-        V.save_png(image, Path(self.tmp) / f"frame_{self.count:06d}.png", text)
-        self.count += 1
-
-    def complete(self) -> None:
-        os.chmod(self.tmp, umask_mode(0o777))
-
-    def publish(self, overwrite: bool) -> None:
-        old = None
-        if self.target.exists():
-            if not overwrite:
-                raise FileExistsError(17, "appeared while this run was writing it", str(self.target))
-            old = tempfile.mkdtemp(dir=self.target.parent, prefix=f".{self.target.name}.", suffix=TEMP_SUFFIX)
-            os.replace(self.target, old)  # renames the old folder onto the (empty) reservation
-        try:
-            os.rename(self.tmp, self.target)  # fails if a non-empty folder of that name appeared meanwhile
-        except OSError as e:
-            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
-                raise
-            raise FileExistsError(errno.EEXIST, "appeared while this run was writing it", str(self.target)) from None
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-
-    def unpublish(self) -> None:
-        shutil.rmtree(self.target, ignore_errors=True)
-
-    def discard(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-OUTPUTS = {"mp4": Mp4Output, "npz": NpzOutput, "png16": Png16Output}
+VIDEO_FORMATS = tuple(VIDEO_SUFFIXES)
 
 
 def _check(args) -> tuple[Path, list[str]]:
@@ -231,7 +78,7 @@ def _targets(args, path: Path, formats: list[str], made: list[Path]) -> dict[str
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"--output-dir {directory} is a file, not a folder")
     directory.mkdir(parents=True, exist_ok=True)
-    targets = {f: directory / f"{path.stem}{SUFFIXES[f]}" for f in formats}
+    targets = {f: directory / f"{path.stem}{VIDEO_SUFFIXES[f]}" for f in formats}
     for target in targets.values():
         if target.resolve() == path.resolve():
             raise UsageError(f"{target} is the input video; choose another --output-dir")
@@ -281,7 +128,7 @@ def stream(reader, predictor, outputs: list, batch_size: int, console: Console) 
     return done
 
 
-def run_video(args) -> int:
+def run_video(args, options: OutputOptions) -> int:
     """The whole --video run; returns the exit status."""
     from ..processing.video import VideoReader, require_av
 
@@ -299,20 +146,19 @@ def run_video(args) -> int:
         predictor, load_seconds = _predictor(args, console)
         console = Console(args.quiet, args.verbose, total=reader.frames, unit="frame")
         for f in formats:
-            outputs.append(OUTPUTS[f](targets[f], reader, args))
+            outputs.append(VIDEO_OUTPUTS[f](targets[f], reader, options, predictor.source))
         start = time.perf_counter()
         frames = stream(reader, predictor, outputs, args.batch_size, console)
         for output in outputs:
             output.complete()
-        publish(outputs, args.overwrite)
+        publish_together(outputs, args.overwrite)
         seconds = time.perf_counter() - start
     except KeyboardInterrupt as e:
-        console.bar.close()
-        _discard(outputs, made)
-        console.error(f"{interrupt_name(e)}; no output written")
-        return interrupt_status(e)
+        discard_outputs(outputs, made)
+        e.add_note("(no output written)")
+        raise
     except (DPTError, FileExistsError, OSError, ValueError) as e:
-        _discard(outputs, made)
+        discard_outputs(outputs, made)
         if isinstance(e, FileExistsError) and e.filename:
             e = f"{e.filename} appeared while this run was writing it (another run?); use --overwrite to replace it"
         elif isinstance(e, OSError) and e.filename and e.strerror:
@@ -325,7 +171,7 @@ def run_video(args) -> int:
         console.error(str(e) + ("; no output written" if outputs else ""))
         return EXIT_ERROR
     except BaseException:
-        _discard(outputs, made)
+        discard_outputs(outputs, made)
         raise
     finally:
         if reader is not None:
@@ -346,36 +192,3 @@ def run_video(args) -> int:
     )
     sys.stdout.flush()
     return EXIT_OK
-
-
-def publish(outputs: list, overwrite: bool) -> None:
-    """Publish every finished output, or none: signals wait until all are out, and when one cannot be
-    published (its name appeared meanwhile: another run) or a signal came, those already published are
-    taken back before the error goes on."""
-    published = []
-    try:
-        with signals_deferred():
-            for output in outputs:
-                output.publish(overwrite)
-                published.append(output)
-    except BaseException:
-        for output in published:
-            output.unpublish()
-        raise
-
-
-def _discard(outputs: list, made: list[Path]) -> None:
-    """Remove every output's temporary files and the (still empty) folders made for them; a second
-    interruption while doing so does not stop it."""
-    for output in outputs:
-        while True:
-            try:
-                output.discard()
-                break
-            except KeyboardInterrupt:
-                continue
-    for directory in made:
-        try:
-            directory.rmdir()
-        except OSError:  # not empty (something else was put there), or gone
-            break
