@@ -45,3 +45,26 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.longrepr = f"parity test was skipped ({reason}); parity tests must run"
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared tiny models and checkpoints (the builders are in helpers.py and model_configs.py)
+
+
+@pytest.fixture(scope="session")
+def make_tiny_dpt():
+    """``make_tiny_dpt(seed=1, **config_overrides)``: a perturbed tiny transformers DPT depth model."""
+    from helpers import tiny_dpt
+
+    return tiny_dpt
+
+
+@pytest.fixture(scope="session")
+def tiny_dpt_dir(tmp_path_factory, make_tiny_dpt) -> Path:
+    """A saved tiny DPT depth checkpoint (seed 1) with a fixed 32x32 processor, for tests that only read it."""
+    import transformers
+
+    path = tmp_path_factory.mktemp("tiny_dpt") / "depth"
+    make_tiny_dpt(seed=1).save_pretrained(str(path))
+    transformers.DPTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(str(path))
+    return path

@@ -182,3 +182,12 @@ TINY_DPT = dict(
     neck_hidden_sizes=[8, 16, 24, 32],
     fusion_hidden_size=16,
 )
+
+
+def tiny_dpt(seed: int = 1, **overrides) -> torch.nn.Module:
+    """The perturbed tiny transformers DPT depth model (TINY_DPT, ``overrides`` on top) for ``seed``;
+    the same weights every time for the same arguments."""
+    import transformers
+
+    torch.manual_seed(0)
+    return perturb(transformers.DPTForDepthEstimation(transformers.DPTConfig(**{**TINY_DPT, **overrides})), seed=seed)

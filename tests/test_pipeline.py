@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 from helpers import TINY_DPT as TINY
-from helpers import perturb, rel_err
+from helpers import perturb, rel_err, tiny_dpt
 from PIL import Image
 
 import dpt_mlx
@@ -30,7 +30,7 @@ def ckpt(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
     torch.manual_seed(0)
     processor = transformers.DPTImageProcessorPil(size={"height": 32, "width": 32})
-    depth = perturb(transformers.DPTForDepthEstimation(transformers.DPTConfig(**TINY)), seed=4)
+    depth = tiny_dpt(seed=4)
     with torch.no_grad():  # keep the depth above the head's final ReLU, so that it varies over the image
         depth.head.head[4].bias.fill_(1.0)
     depth.save_pretrained(str(root / "depth"))

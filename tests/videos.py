@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import transformers
 from helpers import TINY_DPT as TINY
-from helpers import perturb
+from helpers import tiny_dpt
 
 from dpt_mlx.cli.predict import main
 
@@ -61,7 +61,7 @@ def video_checkpoints(root):
     """A tiny depth DPT (with its processor) and a 3-class segmentation DPT under ``root``: name -> path."""
     torch.manual_seed(0)
     out = {}
-    depth = perturb(transformers.DPTForDepthEstimation(transformers.DPTConfig(**TINY)), seed=1)
+    depth = tiny_dpt(seed=1)
     with torch.no_grad():  # keep the depth above the head's final ReLU, so that it varies over the image
         depth.head.head[4].bias.fill_(1.0)
     depth.save_pretrained(str(root / "depth"))

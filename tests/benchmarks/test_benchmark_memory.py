@@ -1,18 +1,11 @@
 """The benchmark's memory measurement: a fresh process per library, the first and the second pass."""
 
-import torch
-import transformers
-from helpers import TINY_DPT as TINY
-from helpers import perturb
-
 from benchmarks.memory import forward_memory
 
 
-def test_both_libraries_report_both_passes(tmp_path):
-    torch.manual_seed(0)
-    perturb(transformers.DPTForDepthEstimation(transformers.DPTConfig(**TINY))).save_pretrained(str(tmp_path))
+def test_both_libraries_report_both_passes(tiny_dpt_dir):
     for framework in ("mlx", "torch"):
-        m = forward_memory(framework, str(tmp_path), 2, (256, 256), "float32")
+        m = forward_memory(framework, str(tiny_dpt_dir), 2, (256, 256), "float32")
         assert m.error is None, m.error
         assert m.weights_mib > 0 and m.rss_after_load_mib > 0
         assert 0 <= m.rss_added_mib <= m.rss_added_second_mib  # the peak only grows

@@ -4,9 +4,6 @@ leaves the models as they were."""
 import mlx.nn as nn
 import numpy as np
 import torch
-import transformers
-from helpers import TINY_DPT as TINY
-from helpers import perturb
 
 import dpt_mlx
 from benchmarks.stages import STAGES, profile_pair, profile_table, stage_of
@@ -39,9 +36,8 @@ def test_paths_name_their_stage():
     assert set(cases.values()) <= set(STAGES)
 
 
-def test_profile_adds_up_and_restores_the_classes():
-    torch.manual_seed(0)
-    ref = perturb(transformers.DPTForDepthEstimation(transformers.DPTConfig(**TINY)), seed=1)
+def test_profile_adds_up_and_restores_the_classes(make_tiny_dpt):
+    ref = make_tiny_dpt(seed=1)
     ours = dpt_mlx.DPTForDepthEstimation(dpt_mlx.DPTConfig.from_dict(ref.config.to_dict()))
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
     before = {cls: cls.__dict__.get("__call__") for cls in (nn.Linear, nn.Conv2d, type(ours))}

@@ -23,7 +23,7 @@ import pytest
 import torch
 import transformers
 from helpers import TINY_DPT as TINY
-from helpers import perturb
+from helpers import perturb, tiny_dpt
 from model_configs import PDA_VARIANTS as VARIANTS
 from model_configs import depth_anything_config, pda_config
 from PIL import Image
@@ -60,7 +60,7 @@ json.dump(codes, open(sys.argv[2], "w"))
 def _checkpoints(root: Path) -> dict[str, str]:
     out = {}
     torch.manual_seed(0)
-    depth = perturb(transformers.DPTForDepthEstimation(transformers.DPTConfig(**TINY)), seed=1)
+    depth = tiny_dpt(seed=1)
     with torch.no_grad():
         depth.head.head[4].bias.fill_(1.0)
     depth.save_pretrained(root / "depth")

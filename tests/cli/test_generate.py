@@ -18,7 +18,7 @@ import pytest
 import torch
 import transformers
 from helpers import TINY_DPT as TINY
-from helpers import perturb, rel_err
+from helpers import perturb, rel_err, tiny_dpt
 from PIL import Image
 
 from dpt_mlx.cli import predict as generate
@@ -43,7 +43,7 @@ def ckpt(tmp_path_factory):
     torch.manual_seed(0)
     square = dict(size={"height": 32, "width": 32})
     out = {}
-    depth = perturb(transformers.DPTForDepthEstimation(transformers.DPTConfig(**TINY)), seed=1)
+    depth = tiny_dpt(seed=1)
     with torch.no_grad():  # keep the depth above the head's final ReLU, so that it varies over the image
         depth.head.head[4].bias.fill_(1.0)
     out["depth"] = _save(depth, root / "depth", **square)

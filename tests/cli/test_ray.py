@@ -19,7 +19,7 @@ import ray.data  # noqa: F401  (here: its logging binds to the real stderr, not 
 import torch
 import transformers
 from helpers import TINY_DPT as TINY
-from helpers import perturb, photo
+from helpers import perturb, photo, tiny_dpt
 from PIL import Image
 
 import dpt_mlx
@@ -52,7 +52,7 @@ def ckpt(tmp_path_factory):
     and 5-label segmentation."""
     root = tmp_path_factory.mktemp("ckpt")
     torch.manual_seed(0)
-    depth = perturb(transformers.DPTForDepthEstimation(transformers.DPTConfig(**TINY)), seed=6)
+    depth = tiny_dpt(seed=6)
     with torch.no_grad():  # keep the depth above the head's final ReLU, so that it varies over the image
         depth.head.head[4].bias.fill_(1.0)
     depth.save_pretrained(str(root / "depth"))

@@ -16,10 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import transformers
-from helpers import TINY_DPT as TINY
-from helpers import perturb
 from PIL import Image
 
 from dpt_mlx.cli.predict import main
@@ -32,14 +28,9 @@ ORIENTATION = 0x0112  # EXIF tag; 6 = "rotate 90° clockwise to display"
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    """A tiny perturbed depth checkpoint with a fixed 32x32 model input."""
-    path = tmp_path_factory.mktemp("ckpt") / "depth"
-    torch.manual_seed(0)
-    model = perturb(transformers.DPTForDepthEstimation(transformers.DPTConfig(**TINY)), seed=1)
-    model.save_pretrained(str(path))
-    transformers.DPTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(str(path))
-    return path
+def ckpt(tiny_dpt_dir):
+    """The shared tiny depth checkpoint with a fixed 32x32 model input (conftest.py)."""
+    return tiny_dpt_dir
 
 
 def _run(args, capsys):
