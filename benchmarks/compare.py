@@ -1,7 +1,8 @@
 """Speed, memory and precision of dpt_mlx against transformers, on the same weights. Run from the
 source tree (it needs the test extras: torch and transformers):
 
-    python -m benchmarks.compare                                   # every model, batch 1
+    python -m benchmarks.compare                                   # every model but depth-pro, batch 1
+    python -m benchmarks.compare --models depth-pro --runs 1 --no-precision   # Depth Pro (minutes on a CPU)
     python -m benchmarks.compare --models dpt-large --batch-sizes 1,4,8 --runs 5
     python -m benchmarks.compare --no-precision --threads 1 --json out.json
     python -m benchmarks.compare --models depth-anything-small --profile --no-precision --no-memory
@@ -47,7 +48,16 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
-from benchmarks.models import MODELS, BenchOptions, ModelResult, bench_model, blas_name, format_mib, sgemm_peak_gflops
+from benchmarks.models import (
+    DEFAULT_MODELS,
+    MODELS,
+    BenchOptions,
+    ModelResult,
+    bench_model,
+    blas_name,
+    format_mib,
+    sgemm_peak_gflops,
+)
 from dpt_mlx import cpu
 from dpt_mlx.cli.console import EXIT_ERROR, EXIT_OK, ArgumentParser, positive_int, print_error
 from dpt_mlx.cpu import blas_info
@@ -226,7 +236,12 @@ def write_json(path: str, machine: Machine, results: list[ModelResult]) -> None:
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from: {', '.join(MODELS)}")
+    slow = [name for name in MODELS if name not in DEFAULT_MODELS]
+    p.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help=f"comma-separated, from: {', '.join(MODELS)} (default: all but the slow {', '.join(slow)})",
+    )
     p.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default: 1)")
     p.add_argument("--runs", type=int, default=3, help="timed runs per model and batch size, after one warm-up")
     p.add_argument(

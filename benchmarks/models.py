@@ -20,7 +20,7 @@ import mlx.core as mx
 import numpy as np
 
 from benchmarks.memory import ForwardMemory, bench_inputs, forward_memory, weights_mib
-from benchmarks.specs import MODELS, ModelSpec  # noqa: F401  (MODELS: the command's list)
+from benchmarks.specs import DEFAULT_MODELS, MODELS, ModelSpec  # noqa: F401  (the command's lists)
 from dpt_mlx.cpu import blas_info
 from dpt_mlx.io.quantize import quantize_model
 from dpt_mlx.models import load_model
@@ -82,6 +82,7 @@ def build_pair(spec: ModelSpec, directory: str, seed: int = 0):
         "depth_anything": transformers.DepthAnythingForDepthEstimation,
         "zoedepth": transformers.ZoeDepthForDepthEstimation,
         "prompt_depth_anything": transformers.PromptDepthAnythingForDepthEstimation,
+        "depth_pro": transformers.DepthProForDepthEstimation,
     }.get(config.model_type, transformers.DPTForDepthEstimation)
     ref = init_like_trained(cls(config), spec.input_size, seed)
     ref.save_pretrained(directory)
@@ -387,7 +388,7 @@ def bench_model(spec: ModelSpec, options: BenchOptions, log, peak_gflops: float 
             result.profile = profile_model(
                 ours, ref, spec.name, bench_inputs(ours.config.model_type, 1, spec.input_size), tdtype, log
             )
-        if options.folder_images and spec.prompt_size is None:
+        if options.folder_images and spec.prompt_size is None and spec.folder_run:
             from benchmarks.folder import folder_run
 
             result.folder = folder_run(

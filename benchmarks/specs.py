@@ -17,6 +17,8 @@ class ModelSpec:
     input_note: str
     config: Callable[[], object] = field(repr=False)
     prompt_size: tuple[int, int] | None = None  # (h, w) of the depth prompt (Prompt Depth Anything)
+    default: bool = True  # in the command's default list (the slow ones are run by name)
+    folder_run: bool = True  # --folder-run applies (transformers' pipeline can run its image processor here)
 
 
 def _dinov2(out_indices, apply_layernorm):
@@ -186,6 +188,28 @@ def _prompt_depth_anything_vits():
     )
 
 
+def _depth_pro():
+    import transformers
+
+    # transformers' convert_depth_pro_weights_to_hf.py: one DINOv2-L/16 at 384 pixels (no mask token) for the
+    # patch, image and field-of-view encoders; every other field the config's default (apple/DepthPro-hf)
+    encoder = {
+        "model_type": "dinov2",
+        "num_hidden_layers": 24,
+        "patch_size": 16,
+        "hidden_size": 1024,
+        "num_attention_heads": 16,
+        "image_size": 384,
+        "use_mask_token": False,
+    }
+    return transformers.DepthProConfig(
+        image_model_config=dict(encoder),
+        patch_model_config=dict(encoder),
+        fov_model_config=dict(encoder),
+        use_fov_model=True,
+    )
+
+
 MODELS = {
     spec.name: spec
     for spec in [
@@ -236,5 +260,17 @@ MODELS = {
             _prompt_depth_anything_vits,
             prompt_size=(192, 256),
         ),
+        # Not in the default list: three ViT-L encoders (37 passes of 577 tokens an image) take minutes a
+        # forward pass on a small CPU, and transformers' Depth Pro image processor needs torchvision.
+        ModelSpec(
+            "depth-pro",
+            "apple/DepthPro-hf",
+            (1536, 1536),
+            "DepthProImageProcessor: normalised, then resized to 1536x1536",
+            _depth_pro,
+            default=False,
+            folder_run=False,
+        ),
     ]
 }
+DEFAULT_MODELS = [name for name, spec in MODELS.items() if spec.default]

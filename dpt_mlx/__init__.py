@@ -1,15 +1,17 @@
-"""dpt_mlx: DPT, Depth Anything, ZoeDepth and Prompt Depth Anything in MLX, with transformers' API.
+"""dpt_mlx: DPT, Depth Anything, ZoeDepth, Prompt Depth Anything and Depth Pro in MLX, with transformers' API.
 
 Importing dpt_mlx has no side effects: MLX keeps its settings and its BLAS until a model is
 loaded on the CPU (see dpt_mlx.cpu).
 """
 
+from .configs.depth_pro import DepthProConfig
 from .configs.dpt import DepthAnythingConfig, DPTConfig, PromptDepthAnythingConfig
 from .configs.zoedepth import ZoeDepthConfig
 from .cpu import blas_info, cpu_info
 from .errors import CheckpointError, DPTError, ImageError, UnsupportedModelError
 from .models import (
     DepthAnythingForDepthEstimation,
+    DepthProForDepthEstimation,
     DPTForDepthEstimation,
     DPTForSemanticSegmentation,
     DPTModel,
@@ -21,6 +23,7 @@ from .models.losses import scale_shift_invariant_loss, semantic_segmentation_los
 from .outputs import (
     BaseModelOutputWithPooling,
     DepthEstimatorOutput,
+    DepthProDepthEstimatorOutput,
     SemanticSegmenterOutput,
     ZoeDepthDepthEstimatorOutput,
 )
@@ -38,6 +41,9 @@ __all__ = [
     "DepthAnythingConfig",
     "DepthAnythingForDepthEstimation",
     "DepthEstimatorOutput",
+    "DepthProConfig",
+    "DepthProDepthEstimatorOutput",
+    "DepthProForDepthEstimation",
     "DPTConfig",
     "DPTError",
     "DPTFeatureExtractor",

@@ -16,13 +16,18 @@ import numpy as np
 _CUBIC_A = -0.75
 
 
-def _source_coords(in_size: int, out_size: int, align_corners: bool, dtype=np.float64) -> np.ndarray:
-    dst = np.arange(out_size, dtype=dtype)
+def _source_coords(
+    in_size: int, out_size: int, align_corners: bool, dtype=np.float64, step: float | None = None
+) -> np.ndarray:
+    """Where each output pixel samples the input, in ``dtype``. In float32 the scale is divided in
+    float32 and ``(i + 0.5) * scale - 0.5`` rounded once, as PyTorch's CPU kernels compute it for a
+    float32 tensor (a fused multiply-add)."""
+    dst = np.arange(out_size, dtype=np.float64)
     if align_corners:
-        scale = dtype((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
-        return dst * scale
-    scale, half = dtype(in_size / out_size), dtype(0.5)
-    return (dst + half) * scale - half
+        scale = dtype(in_size - 1) / dtype(out_size - 1) if out_size > 1 else dtype(0.0)
+        return (dst * np.float64(scale)).astype(dtype)
+    scale = dtype(in_size) / dtype(out_size) if step is None else dtype(step)
+    return ((dst + 0.5) * np.float64(scale) - 0.5).astype(dtype)
 
 
 def _cubic_weights(t: np.ndarray) -> np.ndarray:
@@ -40,16 +45,25 @@ def _cubic_weights(t: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=256)
 def interpolation_matrix(
-    in_size: int, out_size: int, mode: str, align_corners: bool, float32_positions: bool = False
+    in_size: int,
+    out_size: int,
+    mode: str,
+    align_corners: bool,
+    float32_positions: bool = False,
+    step: float | None = None,
 ) -> np.ndarray:
     """The (out_size, in_size) float32 matrix that resamples one axis like PyTorch.
 
     ``float32_positions``: compute the sampling positions in float32, as PyTorch's CPU kernels
-    do for a float32 tensor (else in float64, closer to the exact positions).
+    do for a float32 tensor (else in float64, closer to the exact positions). ``step``: input
+    pixels per output pixel, where PyTorch is given a ``scale_factor`` (it then samples
+    ``1 / scale_factor`` apart, not ``in_size / out_size``); not with ``align_corners``.
     """
     if in_size < 1 or out_size < 1:
         raise ValueError(f"cannot resize an axis of size {in_size} to {out_size}")
-    src = _source_coords(in_size, out_size, align_corners, np.float32 if float32_positions else np.float64)
+    if step is not None and align_corners:
+        raise ValueError("a sampling step applies only with align_corners=False")
+    src = _source_coords(in_size, out_size, align_corners, np.float32 if float32_positions else np.float64, step)
     rows = np.arange(out_size)
     weights = np.zeros((out_size, in_size), dtype=np.float64)
     if mode == "bilinear":
@@ -58,12 +72,12 @@ def interpolation_matrix(
         i0 = np.floor(src).astype(np.int64)
         i0 = np.minimum(i0, in_size - 1)
         i1 = np.minimum(i0 + 1, in_size - 1)
-        lam = src - i0
-        np.add.at(weights, (rows, i0), 1.0 - lam)
+        lam = src - i0.astype(src.dtype)  # in the positions' precision, as PyTorch
+        np.add.at(weights, (rows, i0), 1 - lam)
         np.add.at(weights, (rows, i1), lam)
     elif mode == "bicubic":
         i0 = np.floor(src).astype(np.int64)
-        taps = _cubic_weights(src - i0)
+        taps = _cubic_weights(src - i0.astype(src.dtype))
         for k, offset in enumerate((-1, 0, 1, 2)):
             idx = np.clip(i0 + offset, 0, in_size - 1)
             np.add.at(weights, (rows, idx), taps[:, k])
@@ -77,19 +91,23 @@ def interpolate(
     size: tuple[int, int],
     mode: str = "bilinear",
     align_corners: bool = False,
+    step: tuple[float, float] | None = None,
 ) -> mx.array:
-    """Resize an NHWC array to ``size`` = (height, width) like ``F.interpolate`` on NCHW."""
+    """Resize an NHWC array to ``size`` = (height, width) like ``F.interpolate`` on NCHW; ``step`` =
+    (1 / scale_h, 1 / scale_w) where ``F.interpolate`` is given a ``scale_factor`` instead of a size
+    (see :func:`interpolation_matrix`)."""
     b, h, w, c = x.shape
     out_h, out_w = int(size[0]), int(size[1])
+    step_h, step_w = (None, None) if step is None else (float(step[0]), float(step[1]))
     dtype = x.dtype
     if dtype in (mx.float16, mx.bfloat16):
         x = x.astype(mx.float32)  # resampled in float32, as PyTorch accumulates half-precision resizes
     # Plain matmuls, no einsum: ~25% faster on the CPU (no transposed copies).
-    if out_h != h:
-        wh = mx.array(interpolation_matrix(h, out_h, mode, align_corners), dtype=x.dtype)
+    if out_h != h or step_h not in (None, 1.0):
+        wh = mx.array(interpolation_matrix(h, out_h, mode, align_corners, step=step_h), dtype=x.dtype)
         x = (wh @ x.reshape(b, h, w * c)).reshape(b, out_h, w, c)  # (oh, h) @ (B, h, w*c)
-    if out_w != w:
-        ww = mx.array(interpolation_matrix(w, out_w, mode, align_corners), dtype=x.dtype)
+    if out_w != w or step_w not in (None, 1.0):
+        ww = mx.array(interpolation_matrix(w, out_w, mode, align_corners, step=step_w), dtype=x.dtype)
         x = ww @ x  # (ow, w) @ (B, oh, w, c), broadcast over B and oh
     return x.astype(dtype)
 

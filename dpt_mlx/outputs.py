@@ -55,6 +55,18 @@ class ZoeDepthDepthEstimatorOutput(ModelOutput):
 
 
 @dataclass
+class DepthProDepthEstimatorOutput(ModelOutput):
+    """``DepthEstimatorOutput`` with ``field_of_view`` (B,): Depth Pro's estimate in degrees, when the
+    model has its field-of-view head (else None). ``predicted_depth`` is canonical inverse depth."""
+
+    loss: mx.array | None = None
+    predicted_depth: mx.array | None = None
+    field_of_view: mx.array | None = None
+    hidden_states: tuple[mx.array, ...] | None = None
+    attentions: tuple[mx.array, ...] | None = None
+
+
+@dataclass
 class SemanticSegmenterOutput(ModelOutput):
     loss: mx.array | None = None
     logits: mx.array | None = None

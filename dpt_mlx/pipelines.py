@@ -28,6 +28,7 @@ from .predictor import (  # noqa: F401  (load_predictor and the tasks: also impo
     DEFAULT_MODELS,
     DEPTH,
     SEGMENTATION,
+    Camera,
     Predictor,
     check_batch_size,
     load_predictor,
@@ -86,6 +87,7 @@ class _Pipeline:
         batch_size: int | None = None,
         prompt_depth: Any = None,
         prompt_scale_to_meter: float | None = None,
+        focal_length: Any = None,
     ):
         """``batch_size``: images per forward pass for this call (default the pipeline's).
 
@@ -94,10 +96,17 @@ class _Pipeline:
         0.001: millimetres), or a file path (:func:`dpt_mlx.processing.depth_prompt.read_prompt_depth`:
         ``.npy`` / float TIFF in metres, integer PNG / TIFF in millimetres, unless
         ``prompt_scale_to_meter`` says otherwise).
+
+        ``focal_length`` (Depth Pro): the camera's known focal length in pixels of the image's width
+        (one number for every image, or a list with one per image, None for unknown), used instead of
+        the model's estimate to scale the depth.
         """
         batch_size = self.batch_size if batch_size is None else check_batch_size(batch_size)
         single = not isinstance(images, (list, tuple))
         pil = [load_image(x) for x in ([images] if single else images)]
+        focal_lengths = None
+        if focal_length is not None:
+            focal_lengths = list(focal_length) if isinstance(focal_length, (list, tuple)) else [focal_length] * len(pil)
         prompts, scales = None, None
         if prompt_depth is not None:
             given = list(prompt_depth) if isinstance(prompt_depth, (list, tuple)) else [prompt_depth]
@@ -109,11 +118,11 @@ class _Pipeline:
                 else:
                     prompts.append(p)
                     scales.append(prompt_scale_to_meter)
-        maps = self.predictor.predict(pil, batch_size, prompts, scales)
-        results = [self.format(m) for m in maps]
+        maps = self.predictor.predict(pil, batch_size, prompts, scales, focal_lengths)
+        results = [self.format(m, camera) for m, camera in zip(maps, self.predictor.cameras)]
         return results[0] if single else results
 
-    def format(self, result: np.ndarray):
+    def format(self, result: np.ndarray, camera: Camera | None = None):
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -125,14 +134,22 @@ class DepthEstimationPipeline(_Pipeline):
 
     ``predicted_depth`` is the model's output resized (bicubic) to the image's size; for DPT and
     relative Depth Anything it is relative inverse depth (larger = closer), for metric models
-    (ZoeDepth, metric Depth Anything, Prompt Depth Anything with a prompt) metres.
+    (ZoeDepth, metric Depth Anything, Prompt Depth Anything with a prompt, Depth Pro) metres.
     ``depth`` is it min-max normalised to 0..255.
+
+    Depth Pro's results also hold ``field_of_view`` (degrees) and ``focal_length`` (pixels of the
+    image's width), the model's estimates or the ``focal_length`` given and the field of view it
+    implies (None without a field-of-view head or a known focal length); transformers' pipeline
+    drops them.
     """
 
     task = DEPTH
 
-    def format(self, result: np.ndarray) -> dict[str, Any]:
-        return {"predicted_depth": result, "depth": depth_image(result)}
+    def format(self, result: np.ndarray, camera: Camera | None = None) -> dict[str, Any]:
+        out = {"predicted_depth": result, "depth": depth_image(result)}
+        if camera is not None:
+            out.update(field_of_view=camera.field_of_view, focal_length=camera.focal_length)
+        return out
 
 
 class ImageSegmentationPipeline(_Pipeline):
@@ -141,7 +158,7 @@ class ImageSegmentationPipeline(_Pipeline):
 
     task = SEGMENTATION
 
-    def format(self, result: np.ndarray) -> list[dict[str, Any]]:
+    def format(self, result: np.ndarray, camera: Camera | None = None) -> list[dict[str, Any]]:
         id2label = self.predictor.id2label
         annotation = []
         for label in np.unique(result):

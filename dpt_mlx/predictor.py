@@ -3,7 +3,8 @@
 What the pipelines, the command line and the video and batch runners share: preprocessing
 (with a depth prompt for Prompt Depth Anything), a batched forward pass, optional flip
 test-time augmentation, the NaN check, and post-processing to each image's size (for
-ZoeDepth with its padding removal).
+ZoeDepth with its padding removal; for Depth Pro with its field of view, or a known focal
+length, turned into metric depth, and the camera kept beside the maps in ``Predictor.cameras``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import numbers
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,11 +23,22 @@ from PIL import Image
 from .cpu import images_per_pass
 from .errors import UnsupportedModelError
 from .processing.auto import load_processor
+from .processing.depth_pro_processor import DepthProImageProcessor, check_focal_lengths
 from .processing.zoedepth_processor import ZoeDepthImageProcessor
 
 DEPTH = "depth-estimation"
 SEGMENTATION = "image-segmentation"
 DEFAULT_MODELS = {DEPTH: "Intel/dpt-large", SEGMENTATION: "Intel/dpt-large-ade"}
+
+
+@dataclass(frozen=True)
+class Camera:
+    """What a model says about the camera of one image (Depth Pro): its horizontal field of view in
+    degrees and its focal length in pixels of the image's width (the model's estimate, or the focal
+    length it was given and the field of view that implies); None where the model gives none."""
+
+    field_of_view: float | None
+    focal_length: float | None
 
 
 def task_of(model) -> str:
@@ -53,6 +66,11 @@ def takes_prompt(model) -> bool:
     return getattr(model.config, "model_type", None) == "prompt_depth_anything"
 
 
+def gives_camera(model) -> bool:
+    """Whether the model's depth comes with a camera (Depth Pro: field of view and focal length)."""
+    return getattr(model.config, "model_type", None) == "depth_pro"
+
+
 def predicts_metres(config, prompted: bool = False) -> bool:
     """Whether a depth model's output is in metres: metric Depth Anything and ZoeDepth always,
     Prompt Depth Anything when it was given a prompt (its output is scaled to the prompt's range)."""
@@ -67,7 +85,11 @@ class Predictor:
     ``predict`` returns, per image and at the image's own size, the post-processed float32
     depth ((H, W); relative inverse depth for DPT: larger is closer; metres for metric models)
     or the int64 class map. ``flip=True`` also runs every image mirrored left-right and averages
-    the two predictions (test-time augmentation: twice the model time).
+    the two predictions (test-time augmentation: twice the model time; Depth Pro's field of view
+    is averaged too).
+
+    ``cameras`` holds, after each ``predict`` or ``forward``, one :class:`Camera` per image of that
+    call for a model that gives one (Depth Pro), else one None per image.
     """
 
     def __init__(self, model, image_processor, flip: bool = False):
@@ -78,6 +100,7 @@ class Predictor:
         self.flip = bool(flip)
         self.notes: list[str] = []
         self.source = type(model).__name__
+        self.cameras: list[Camera | None] = []
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -90,6 +113,10 @@ class Predictor:
     @property
     def takes_prompt(self) -> bool:
         return takes_prompt(self.model)
+
+    @property
+    def gives_camera(self) -> bool:
+        return self.task == DEPTH and gives_camera(self.model)
 
     def metric(self, prompted: bool = False) -> bool:
         return self.task == DEPTH and predicts_metres(self.config, prompted)
@@ -110,20 +137,30 @@ class Predictor:
         return out["pixel_values"][0], np.asarray(out["prompt_depth"][0], dtype=np.float32)
 
     def forward(
-        self, pixel_values: np.ndarray, sizes: Sequence[tuple[int, int]], prompt_depth: np.ndarray | None = None
+        self,
+        pixel_values: np.ndarray,
+        sizes: Sequence[tuple[int, int]],
+        prompt_depth: np.ndarray | None = None,
+        focal_lengths: Sequence[float | None] | None = None,
     ) -> list[np.ndarray]:
         """Run a batch of equal-shape pixel values (and prompts); post-process each result to its
-        (height, width)."""
+        (height, width). ``focal_lengths`` (Depth Pro): a known focal length in pixels of each image's
+        width, or None, used instead of the model's estimate. Sets ``cameras``."""
         n = len(pixel_values)
+        known = self._focal_lengths(focal_lengths, n)
         x, prompt = pixel_values, prompt_depth
         if self.flip:  # the mirrored batch rides along in the same forward pass (see _run)
             x = np.concatenate([x, x[..., ::-1]])
             prompt = None if prompt is None else np.concatenate([prompt, prompt[..., ::-1]])
-        result = self._run(x, prompt)
+        result, fov = self._run(x, prompt)
         self._check_finite(result)
+        if fov is not None:
+            self._check_finite(fov)
         flipped = None
         if self.flip:
             result, flipped = result[:n], result[n:]
+            fov = None if fov is None else (fov[:n] + fov[n:]) / 2
+        self.cameras = [None] * n
         if self.task == SEGMENTATION:
             if flipped is not None:
                 result = (result + flipped[..., ::-1]) / 2
@@ -136,33 +173,56 @@ class Predictor:
                 source_sizes=list(sizes),
                 outputs_flipped=None if flipped is None else SimpleNamespace(predicted_depth=flipped),
             )
+            return [d["predicted_depth"] for d in done]
+        if flipped is not None:
+            result = (result + flipped[..., ::-1]) / 2
+        if isinstance(self.image_processor, DepthProImageProcessor):  # metric depth from the camera
+            done = self.image_processor.post_process_depth_estimation(
+                SimpleNamespace(predicted_depth=result, field_of_view=fov),
+                target_sizes=list(sizes),
+                focal_lengths=known,
+            )
+            if self.gives_camera:
+                self.cameras = [Camera(_number(d["field_of_view"]), _number(d["focal_length"])) for d in done]
         else:
-            if flipped is not None:
-                result = (result + flipped[..., ::-1]) / 2
             done = self.image_processor.post_process_depth_estimation(
                 SimpleNamespace(predicted_depth=result), target_sizes=list(sizes)
             )
         return [d["predicted_depth"] for d in done]
 
-    def _run(self, x: np.ndarray, prompt: np.ndarray | None) -> mx.array:
-        """The model's depth or logits for a batch, evaluated. A multi-domain ZoeDepth picks one head
-        for a whole batch (from its domain classifier's vote over the batch, as the reference does),
-        so its images run one at a time: an image's depth never depends on the images beside it.
-        Elsewhere the batch runs in passes of :func:`dpt_mlx.cpu.images_per_pass` images, each
-        evaluated before the next starts (on the CPU, so that memory does not grow with the batch)."""
+    def _focal_lengths(self, focal_lengths: Sequence[float | None] | None, n: int) -> list[float | None] | None:
+        """Checked known focal lengths for ``n`` images, or None; only Depth Pro's depth takes them."""
+        if focal_lengths is None or all(f is None for f in focal_lengths):
+            return None
+        if not (self.gives_camera and isinstance(self.image_processor, DepthProImageProcessor)):
+            raise ValueError(
+                f"a focal length scales Depth Pro's depth only; {self.source} is not a Depth Pro checkpoint "
+                "(with its image processor)"
+            )
+        return check_focal_lengths(list(focal_lengths), n)
+
+    def _run(self, x: np.ndarray, prompt: np.ndarray | None) -> tuple[mx.array, mx.array | None]:
+        """The model's depth or logits for a batch, evaluated, and its field of view (Depth Pro) or None.
+        A multi-domain ZoeDepth picks one head for a whole batch (from its domain classifier's vote over
+        the batch, as the reference does), so its images run one at a time: an image's depth never
+        depends on the images beside it. Elsewhere the batch runs in passes of
+        :func:`dpt_mlx.cpu.images_per_pass` images, each evaluated before the next starts (on the CPU,
+        so that memory does not grow with the batch)."""
         step = 1 if getattr(self.config, "multi_domain", False) else images_per_pass(len(x), *x.shape[2:4])
         if step < len(x):
-            return mx.concatenate(
-                [
-                    self._run(x[i : i + step], None if prompt is None else prompt[i : i + step])
-                    for i in range(0, len(x), step)
-                ]
-            )
+            parts = [
+                self._run(x[i : i + step], None if prompt is None else prompt[i : i + step])
+                for i in range(0, len(x), step)
+            ]
+            fovs = [fov for _, fov in parts]
+            fov = None if fovs[0] is None else mx.concatenate(fovs)
+            return mx.concatenate([result for result, _ in parts]), fov
         kwargs = {} if prompt is None else {"prompt_depth": mx.array(np.ascontiguousarray(prompt))}
         outputs = self.model(mx.array(np.ascontiguousarray(x)), **kwargs)
         result = outputs.predicted_depth if self.task == DEPTH else outputs.logits
-        mx.eval(result)
-        return result
+        fov = getattr(outputs, "field_of_view", None) if self.task == DEPTH else None
+        mx.eval(result if fov is None else (result, fov))
+        return result, fov
 
     def _check_finite(self, output: mx.array) -> None:
         """A ValueError when a model output (batch first) holds NaN or inf: the model is broken, and
@@ -182,13 +242,22 @@ class Predictor:
         batch_size: int = 1,
         prompts: Sequence[Any] | None = None,
         prompt_scales: Sequence[float | None] | None = None,
+        focal_lengths: Sequence[float | None] | None = None,
     ) -> list[np.ndarray]:
         """All images, batched by equal preprocessed shape, results in input order. ``prompts``: one
         depth prompt per image (Prompt Depth Anything), or None; ``prompt_scales``: metres per prompt
-        unit for each (None: the processor's ``prompt_scale_to_meter``)."""
+        unit for each (None: the processor's ``prompt_scale_to_meter``); ``focal_lengths`` (Depth Pro):
+        a known focal length in pixels of each image's width, or None (the model's estimate). Sets
+        ``cameras``, in input order."""
         check_batch_size(batch_size)
         if prompts is not None and len(prompts) != len(images):
             raise ValueError(f"got {len(prompts)} prompt depth map(s) for {len(images)} image(s); give one per image")
+        if focal_lengths is not None:
+            if len(focal_lengths) != len(images):
+                raise ValueError(
+                    f"got {len(focal_lengths)} focal length(s) for {len(images)} image(s); give one per image"
+                )
+            self._focal_lengths(focal_lengths, len(images))  # a bad value fails before any model time
         if prompts is None:
             inputs = [(self.preprocess(image), None) for image in images]
         else:
@@ -198,15 +267,24 @@ class Predictor:
         for i, (p, q) in enumerate(inputs):
             groups.setdefault((p.shape, None if q is None else q.shape), []).append(i)
         results: list[np.ndarray | None] = [None] * len(images)
+        cameras: list[Camera | None] = [None] * len(images)
         for indices in groups.values():
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start : start + batch_size]
                 batch = np.stack([inputs[i][0] for i in chunk])
                 prompt = None if prompts is None else np.stack([inputs[i][1] for i in chunk])
                 sizes = [(images[i].height, images[i].width) for i in chunk]
-                for i, result in zip(chunk, self.forward(batch, sizes, prompt)):
+                known = None if focal_lengths is None else [focal_lengths[i] for i in chunk]
+                for i, result in zip(chunk, self.forward(batch, sizes, prompt, known)):
                     results[i] = result
+                for i, camera in zip(chunk, self.cameras):
+                    cameras[i] = camera
+        self.cameras = cameras
         return results  # type: ignore[return-value]
+
+
+def _number(value) -> float | None:
+    return None if value is None else float(value)
 
 
 def load_predictor(

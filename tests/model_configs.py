@@ -276,3 +276,91 @@ def build_precision_checkpoint(tmp_path, kind: str, seed: int = 0):
 def model_output(model, x) -> mx.array:
     out = model(x)
     return out.logits if "logits" in out else out.predicted_depth
+
+
+# ----------------------------------------------------------------------------------------------
+# Depth Pro
+
+# apple/DepthPro-hf (transformers' convert_depth_pro_weights_to_hf.py): the same DINOv2 for the patch, image
+# and field-of-view encoders (24 layers, 1024 wide, 16 heads, patch 16, image 384 = patch_size, no mask
+# token), hooks [11, 5], scaled images [0.25, 0.5, 1] with overlaps [0, 0.5, 0.25], the field-of-view model on.
+# At reduced width: hidden 1024 -> 32 (4 heads), 12 layers (the hooks need them), patch_size 384 -> 64 with
+# DINOv2 patch 16 -> 16 (a 4x4 token grid instead of 24x24, so the merge crop is capped at grid // 4 = 1),
+# fusion 256 -> 16, scaled_images_feature_dims [1024, 1024, 512] -> [32, 32, 16], intermediate_feature_dims
+# [256, 256] -> [16, 16] (= fusion: the last projection is the identity, as on the hub).
+# The other variants switch what the hub's does not: a merge crop below its cap (token grid 8), the
+# intermediate layers merged from patches of two scales, three ratios that do not halve, no field-of-view
+# head, BatchNorm in the fusion units without biases, a mask token, no hooks, one field-of-view layer.
+DEPTH_PRO_VARIANTS = {
+    "hub": dict(
+        encoder=dict(num_hidden_layers=12, patch_size=16, use_mask_token=False),
+        patch_size=64,
+        intermediate_hook_ids=[11, 5],
+        intermediate_feature_dims=[16, 16],
+        scaled_images_feature_dims=[32, 32, 16],
+        use_fov_model=True,
+    ),
+    "no-fov-bn": dict(
+        encoder=dict(num_hidden_layers=4, patch_size=4),
+        patch_size=32,
+        intermediate_hook_ids=[3],
+        intermediate_feature_dims=[8],
+        scaled_images_ratios=[0.5, 0.75, 1],
+        scaled_images_overlap_ratios=[0.0, 0.5, 0.0],
+        scaled_images_feature_dims=[16, 8, 8],
+        merge_padding_value=1,
+        use_batch_norm_in_fusion_residual=True,
+        use_bias_in_fusion_residual=False,
+        use_fov_model=False,
+    ),
+    "two-scales": dict(
+        encoder=dict(num_hidden_layers=2, patch_size=8, use_mask_token=False),
+        patch_size=32,
+        intermediate_hook_ids=[],
+        intermediate_feature_dims=[],
+        scaled_images_ratios=[0.5, 1],
+        scaled_images_overlap_ratios=[0.25, 0.5],
+        scaled_images_feature_dims=[16, 16],
+        num_fov_head_layers=1,
+        use_fov_model=True,
+    ),
+}
+
+
+def depth_pro_config(encoder, **overrides) -> transformers.DepthProConfig:
+    """A tiny Depth Pro config: one DINOv2 shape (``encoder`` on a 32-wide, 4-head base) for all three encoders."""
+    sub = dict(model_type="dinov2", hidden_size=32, num_attention_heads=4, **encoder)
+    kwargs = dict(
+        fusion_hidden_size=16,
+        image_model_config=dict(sub),
+        patch_model_config=dict(sub),
+        fov_model_config=dict(sub),
+    )
+    kwargs.update(overrides)
+    return transformers.DepthProConfig(**kwargs)
+
+
+def _open_relus(model, convs, x, share: float = 0.9) -> None:
+    """Shift each conv's bias so that the ReLU after it passes ``share`` of its outputs on ``x`` (in order)."""
+    seen = []
+    for conv in convs:
+        seen.clear()  # copies: the reference's ReLUs after these convs work in place
+        hook = conv.register_forward_hook(lambda mod, inp, out: seen.append(out.clone()))
+        with torch.no_grad():
+            model(torch.from_numpy(x))
+            hook.remove()
+            conv.bias.sub_(torch.quantile(seen[0].flatten(), 1 - share))
+
+
+def make_depth_pro(path, config, x, seed=0) -> torch.nn.Module:
+    """A perturbed reference whose depth ReLU and field-of-view ReLUs are open on most of ``x``, saved in ``path``."""
+    torch.manual_seed(seed)
+    ref = transformers.DepthProForDepthEstimation(config)
+    ref.set_attn_implementation("eager")  # SDPA returns no attention probabilities
+    ref = perturb(ref, seed=seed)
+    if ref.fov_model is not None:
+        convs = [m for m in ref.fov_model.head.layers if isinstance(m, torch.nn.Conv2d)][:-1]
+        _open_relus(ref, [ref.fov_model.conv, *convs], x)
+    open_final_relu(ref, x)
+    ref.save_pretrained(path)
+    return ref

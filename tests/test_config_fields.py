@@ -22,6 +22,7 @@ from dpt_mlx.backbones.beit import BeitConfig
 from dpt_mlx.backbones.bit import BitConfig
 from dpt_mlx.backbones.dinov2 import Dinov2Config
 from dpt_mlx.backbones.swinv2 import Swinv2Config
+from dpt_mlx.configs.depth_pro import DepthProConfig
 from dpt_mlx.configs.dpt import DepthAnythingConfig, DPTConfig
 from dpt_mlx.errors import CheckpointError
 from dpt_mlx.io.convert import probe_size
@@ -136,8 +137,30 @@ FAMILIES = {
             head_hidden_size=16,
         ),
     ),
+    "depth_pro": (
+        DepthProConfig,
+        lambda: transformers.DepthProConfig(
+            patch_size=32,
+            fusion_hidden_size=16,
+            intermediate_hook_ids=[1],
+            intermediate_feature_dims=[8],
+            scaled_images_ratios=[0.5, 1],
+            scaled_images_overlap_ratios=[0.0, 0.5],
+            scaled_images_feature_dims=[16, 8],
+            use_fov_model=True,
+            **{
+                name: dict(
+                    model_type="dinov2", hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=8
+                )
+                for name in ("image_model_config", "patch_model_config", "fov_model_config")
+            },
+        ),
+    ),
 }
-MODEL = {"depth_anything": transformers.DepthAnythingForDepthEstimation}
+MODEL = {
+    "depth_anything": transformers.DepthAnythingForDepthEstimation,
+    "depth_pro": transformers.DepthProForDepthEstimation,
+}
 
 
 def base(family: str) -> dict:
@@ -167,7 +190,7 @@ def cases():
     """(family, field, value): the family's config with ``field`` (``backbone_config.x``: in there) set to value."""
     out = []
     for family, (cls, _) in FAMILIES.items():
-        where = "" if cls in (DPTConfig, DepthAnythingConfig) else "backbone_config."
+        where = "" if cls in (DPTConfig, DepthAnythingConfig, DepthProConfig) else "backbone_config."
         for name in sorted(cls.POSITIVE):
             out += [(family, where + name, v) for v in bad_values(cls, name)]
         out += [(family, where + name, "1, 2") for name in list_fields(cls)]
@@ -189,6 +212,11 @@ def cases():
         ("depth_anything", "backbone_config.out_indices", [1, 30]),
         ("depth_anything", "backbone_config.hidden_size", 32),
         ("depth_anything", "max_depth", "20"),
+        ("depth_pro", "patch_model_config.num_attention_heads", 3),
+        ("depth_pro", "fov_model_config.hidden_act", "gelu2"),
+        ("depth_pro", "image_model_config", "dinov2"),
+        ("depth_pro", "scaled_images_overlap_ratios", [0.0, 1.5]),
+        ("depth_pro", "intermediate_hook_ids", [2]),
     ]
     return out
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import CheckpointError, UnsupportedModelError
 from .base import BaseConfig, json_type
+from .depth_pro import DepthProConfig
 from .dpt import DepthAnythingConfig, DPTConfig, PromptDepthAnythingConfig
 from .zoedepth import ZoeDepthConfig
 
@@ -16,6 +17,7 @@ CONFIG_CLASSES: dict[str, type[BaseConfig]] = {
     "depth_anything": DepthAnythingConfig,
     "prompt_depth_anything": PromptDepthAnythingConfig,
     "zoedepth": ZoeDepthConfig,
+    "depth_pro": DepthProConfig,
 }
 
 

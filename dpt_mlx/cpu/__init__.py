@@ -45,6 +45,9 @@ __all__ = [
 
 FAST_KERNELS_ENV_VAR = "DPT_MLX_FAST_KERNELS"
 PASS_PIXELS = 518 * 518  # on the CPU a forward pass takes this many input pixels, or one image
+# the module each model runs once a pass, after its encoder (DPT's neck, Depth Pro's fusion stage): it sizes
+# MLX's buffer cache first (see :func:`dpt_mlx.cpu.memory.before_pass`)
+PASS_MODULES = ("neck", "fusion_stage")
 _noted: set[str] = set()
 
 
@@ -171,7 +174,9 @@ def accelerate(model: nn.Module) -> nn.Module:
                 model[key] = swapped
     from .blocks import with_cache_policy
 
-    if isinstance(model.get("neck"), nn.Module):
-        model["neck"] = with_cache_policy(model["neck"])
-        mx.reset_peak_memory()
+    for name in PASS_MODULES:
+        if isinstance(model.get(name), nn.Module):
+            model[name] = with_cache_policy(model[name])
+            mx.reset_peak_memory()
+            break
     return model

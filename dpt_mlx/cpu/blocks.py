@@ -185,6 +185,17 @@ class _ZoeDepthRelativeHead:
         return conv(self.conv3, features, act="relu")[..., 0], features
 
 
+class _DepthProHead:
+    """Depth Pro's head: conv1, 2x transposed convolution, conv2+ReLU, conv3+ReLU, fused (the two ReLUs
+    run on the full-resolution maps)."""
+
+    def __call__(self, x):
+        if not on_cpu():
+            return super().__call__(x)
+        x = self.deconv(conv(self.conv1, x))
+        return conv(self.conv3, conv(self.conv2, x, act="relu"), act="relu")[..., 0]
+
+
 class _FeatureFusionLayer:
     """A DPT fusion layer whose 1x1 projection runs before the resize instead of after: both are
     linear and a resize's weights sum to one, so the result is the same (to float32 rounding) at a
@@ -212,6 +223,7 @@ _MIXINS = {
     "dpt_mlx.models.depth_anything.DepthAnythingDepthEstimationHead": _DepthAnythingHead,
     "dpt_mlx.models.zoedepth.ZoeDepthRelativeDepthEstimationHead": _ZoeDepthRelativeHead,
     "dpt_mlx.models.neck.FeatureFusionLayer": _FeatureFusionLayer,
+    "dpt_mlx.models.depth_pro.DepthProDepthEstimationHead": _DepthProHead,
 }
 
 

@@ -29,7 +29,7 @@ DROP = (
     ),  # ZoeDepth bin indices: constants, recomputed
 )
 
-# (pattern, replacement) renames, applied in order to every key.
+# (pattern, replacement) renames, applied in order to every key (a replacement may be a function of the match).
 RENAMES = [
     # DPT readout projection: Sequential(Linear, GELU) -> ReadoutProject.dense
     (re.compile(r"readout_projects\.(\d+)\.0\."), r"readout_projects.\1.dense."),
@@ -41,6 +41,8 @@ RENAMES = [
     # ZoeDepth conditional log-binomial (one, or one per domain): Sequential(conv, GELU, conv, Softplus) -> conv1/conv2
     (re.compile(r"(\.conditional_log_binomial\.(?:[^.]+\.)?mlp)\.0\."), r"\1.conv1."),
     (re.compile(r"(\.conditional_log_binomial\.(?:[^.]+\.)?mlp)\.2\."), r"\1.conv2."),
+    # Depth Pro field-of-view head: ModuleList(conv, ReLU, ..., conv, ReLU, conv) -> convs (the even indices)
+    (re.compile(r"^fov_model\.head\.layers\.(\d+)\."), lambda m: f"fov_model.head.convs.{int(m.group(1)) // 2}."),
 ]
 
 # Renames of the head Sequentials, which differ between the depth and segmentation models.
@@ -50,6 +52,11 @@ HEAD_RENAMES = {
         (re.compile(r"^head\.head\.0\."), "head.conv1."),
         (re.compile(r"^head\.head\.2\."), "head.conv2."),
         (re.compile(r"^head\.head\.4\."), "head.conv3."),
+        # Depth Pro: ModuleList(conv, conv-transpose, conv, relu, conv, relu)
+        (re.compile(r"^head\.layers\.0\."), "head.conv1."),
+        (re.compile(r"^head\.layers\.1\."), "head.deconv."),
+        (re.compile(r"^head\.layers\.2\."), "head.conv2."),
+        (re.compile(r"^head\.layers\.4\."), "head.conv3."),
     ],
     "segmentation": [
         # Sequential(conv, batchnorm, relu, dropout, conv[, upsample]) for head and auxiliary_head

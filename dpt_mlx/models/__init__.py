@@ -1,7 +1,9 @@
-"""The task models: DPT (ViT, hybrid, DINOv2, BEiT, Swinv2 backbones), Depth Anything, Prompt Depth Anything."""
+"""The task models: DPT (ViT, hybrid, DINOv2, BEiT, Swinv2 backbones), Depth Anything, Prompt Depth Anything,
+ZoeDepth, Depth Pro."""
 
 from .base import PreTrainedModel
 from .depth_anything import DepthAnythingForDepthEstimation
+from .depth_pro import DepthProForDepthEstimation
 from .dpt import DPTForDepthEstimation, DPTForSemanticSegmentation, DPTModel
 from .prompt_depth_anything import PromptDepthAnythingForDepthEstimation
 from .registry import MODEL_CLASSES, load_model, model_class_for
@@ -13,6 +15,7 @@ __all__ = [
     "DPTForSemanticSegmentation",
     "DPTModel",
     "DepthAnythingForDepthEstimation",
+    "DepthProForDepthEstimation",
     "PreTrainedModel",
     "PromptDepthAnythingForDepthEstimation",
     "ZoeDepthForDepthEstimation",

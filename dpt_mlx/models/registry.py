@@ -6,6 +6,7 @@ from ..errors import UnsupportedModelError
 from ..io import checkpoint
 from .base import PreTrainedModel
 from .depth_anything import DepthAnythingForDepthEstimation
+from .depth_pro import DepthProForDepthEstimation
 from .dpt import DPTForDepthEstimation, DPTForSemanticSegmentation, DPTModel
 from .prompt_depth_anything import PromptDepthAnythingForDepthEstimation
 from .zoedepth import ZoeDepthForDepthEstimation
@@ -18,6 +19,7 @@ MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
     "DepthAnythingForDepthEstimation": DepthAnythingForDepthEstimation,
     "PromptDepthAnythingForDepthEstimation": PromptDepthAnythingForDepthEstimation,
     "ZoeDepthForDepthEstimation": ZoeDepthForDepthEstimation,
+    "DepthProForDepthEstimation": DepthProForDepthEstimation,
 }
 
 _SEGMENTATION_KEYS = ("auxiliary_head.", "head.head.1.", "head.batch_norm.")

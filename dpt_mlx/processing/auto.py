@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, UnsupportedModelError
+from .depth_pro_processor import DepthProImageProcessor
 from .image_processor import CONFIG_NAME, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, DPTImageProcessor
 from .processor_base import ImageProcessorBase
 from .prompt_depth_processor import PromptDepthAnythingImageProcessor
@@ -23,6 +24,7 @@ PROCESSOR_TYPES: dict[str, type[ImageProcessorBase]] = {
     "DPTFeatureExtractor": DPTImageProcessor,
     "ZoeDepthImageProcessor": ZoeDepthImageProcessor,
     "PromptDepthAnythingImageProcessor": PromptDepthAnythingImageProcessor,
+    "DepthProImageProcessor": DepthProImageProcessor,
 }
 # A model config's ``model_type`` -> its processor, for checkpoints without a preprocessor config.
 MODEL_TYPES: dict[str, type[ImageProcessorBase]] = {
@@ -30,6 +32,7 @@ MODEL_TYPES: dict[str, type[ImageProcessorBase]] = {
     "depth_anything": DPTImageProcessor,
     "zoedepth": ZoeDepthImageProcessor,
     "prompt_depth_anything": PromptDepthAnythingImageProcessor,
+    "depth_pro": DepthProImageProcessor,
 }
 _SUFFIXES = ("Fast", "Pil")
 MAX_SIDE = 8192  # pixels: a model input side (or multiple, or divisor) beyond this is a damaged preprocessor config
@@ -78,7 +81,8 @@ def processor_class_for(
 def default_processor(config) -> tuple[Any, str]:
     """Preprocessing for a checkpoint without preprocessor_config.json, and a line saying what it is.
 
-    ZoeDepth gets its own processor's defaults (384x512 kept in aspect, reflect padding);
+    ZoeDepth gets its own processor's defaults (384x512 kept in aspect, reflect padding); Depth
+    Pro its own at the config's input size (1536x1536 on the hub; normalised, then resized);
     DINOv2-based models (Depth Anything, Prompt Depth Anything, DPT-DINOv2) get Depth Anything's
     settings: 518 pixels, aspect ratio kept, sides a multiple of 14, ImageNet mean/std. Everything
     else gets DPT's: a square of the config's ``image_size``, bicubic, mean = std = 0.5.
@@ -92,6 +96,10 @@ def default_processor(config) -> tuple[Any, str]:
     else:
         backbone = backbone or getattr(backbone_config, "model_type", None)
         inner_size = getattr(backbone_config, "image_size", None)
+    if model_type == "depth_pro":
+        side = config.image_size
+        processor = DepthProImageProcessor(size={"height": side, "width": side})
+        return processor, f"defaults for depth_pro: {side}x{side}, normalised then resized (bilinear), mean/std 0.5"
     if model_type == "zoedepth":
         processor = ZoeDepthImageProcessor(ensure_multiple_of=32)  # the value the hub checkpoints set
         what = "384x512, aspect ratio kept, multiple of 32, reflect padding, bilinear, mean/std 0.5"
