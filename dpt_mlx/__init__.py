@@ -29,6 +29,7 @@ from .outputs import (
 )
 from .pipelines import pipeline
 from .processing.image_processor import DPTFeatureExtractor, DPTImageProcessor
+from .processing.mesh import depth_to_mesh
 from .processing.points import depth_to_points
 from .processing.prompt_depth_processor import PromptDepthAnythingImageProcessor
 from .processing.zoedepth_processor import ZoeDepthImageProcessor
@@ -58,6 +59,7 @@ __all__ = [
     "blas_info",
     "cpu_info",
     "depth_to_points",
+    "depth_to_mesh",
     "UnsupportedModelError",
     "ZoeDepthImageProcessor",
     "load_model",

@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import ImageError, UsageError
 from ..io.checkpoint import DTYPES
 from ..io.files import remove_stale_temps, remove_unchanged, temp_files
+from ..processing.mesh import DEFAULT_EDGE_THRESHOLD, DEFAULT_MAX_VERTICES
 from ..processing.visualize import COLORMAPS
 from ..processing.writers import Job, OutputOptions, depth_kind, shown, write_outputs
 from .console import (
@@ -43,7 +44,7 @@ from .inputs import Plan, assign_prompts, collect_inputs, plan
 
 DEFAULT_MODEL = "Intel/dpt-large"
 METRIC_EXAMPLE = "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf"
-FORMATS = ("png", "png16", "npy", "ply")
+FORMATS = ("png", "png16", "npy", "exr", "ply", "glb")
 VIDEO_FORMATS = ("mp4", "npz")  # with png16: --video's formats (cli/video.py)
 
 DESCRIPTION = """\
@@ -63,8 +64,9 @@ colours blended over the photo."""
 EPILOG = """\
 outputs (default: beside each input, or in --output-dir):
   depth:         <name>_depth.png (colour map), <name>_depth16.png (16-bit gray),
-                 <name>_depth.npy (float32), <name>_depth_overlay.png,
-                 <name>_points.ply (point cloud, metric depth only)
+                 <name>_depth.npy (float32), <name>_depth.exr (float32 OpenEXR),
+                 <name>_depth_overlay.png, <name>_points.ply (point cloud) and
+                 <name>_mesh.glb (textured mesh; both metric depth only)
   segmentation:  <name>_seg.png (palette, values = class ids), <name>_seg.npy (class ids),
                  <name>_seg_overlay.png
   Existing files are kept (that image fails) unless --overwrite; an input is never overwritten.
@@ -114,9 +116,29 @@ def _fov(text: str) -> float:
     return value
 
 
+def _edge_threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (0 <= value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0 (0 keeps every triangle), got {text!r}")
+    return value
+
+
+def _vertex_budget(text: str) -> int | None:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value != 0 and value < 4:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 4, or 0 for every pixel, got {text!r}")
+    return value or None
+
+
 def _add_point_options(parser: argparse.ArgumentParser) -> None:
-    """--focal-length / --fov (one of them) and --depth-kind, for --format ply."""
-    group = parser.add_argument_group("point clouds (--format ply)")
+    """--focal-length / --fov (one of them) and --depth-kind, for --format ply and glb; the mesh's options."""
+    group = parser.add_argument_group("point clouds and meshes (--format ply, glb)")
     camera = group.add_mutually_exclusive_group()
     camera.add_argument(
         "--focal-length",
@@ -132,6 +154,23 @@ def _add_point_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="what the model's depth is, where its config cannot say (e.g. DPT-DINOv2 NYU/KITTI "
         "or a fine-tuned checkpoint predict metres: metric); default: from the config",
+    )
+    group.add_argument(
+        "--mesh-edge-threshold",
+        type=_edge_threshold,
+        metavar="R",
+        default=DEFAULT_EDGE_THRESHOLD,
+        help="glb: drop the triangles whose depths differ by more than R times the nearest of them "
+        "(depth discontinuities: no faces stretched between foreground and background); "
+        f"default {DEFAULT_EDGE_THRESHOLD:g}, 0 keeps every triangle",
+    )
+    group.add_argument(
+        "--mesh-max-vertices",
+        type=_vertex_budget,
+        metavar="N",
+        default=DEFAULT_MAX_VERTICES,
+        help=f"glb: decimate larger photos on the pixel grid to at most N vertices (default {DEFAULT_MAX_VERTICES:,}: "
+        "a 12 MP photo gets every 5th pixel, a GLB of about 25 MB); 0 keeps every pixel",
     )
 
 
@@ -232,8 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="FMT",
         help="png (default: colour-mapped depth / palette class map), png16 (16-bit grayscale "
-        "depth, mode I;16), npy (float32 depth / class ids at the input size), ply (3D point "
-        "cloud of metric depth); comma-separated or repeated for several",
+        "depth, mode I;16), npy (float32 depth / class ids at the input size), exr (float32 depth, "
+        "OpenEXR), ply (3D point cloud of metric depth), glb (textured 3D mesh of metric depth); "
+        "comma-separated or repeated for several",
     )
     outputs.add_argument(
         "--colormap",
@@ -321,6 +361,8 @@ def output_options(args: argparse.Namespace) -> OutputOptions:
         verbose=args.verbose,
         focal_length=args.focal_length,
         fov=args.fov,
+        mesh_edge_threshold=args.mesh_edge_threshold,
+        mesh_max_vertices=args.mesh_max_vertices,
         stabilize=args.stabilize,
         audio=not args.no_audio,
     )
@@ -336,31 +378,47 @@ def _is_metric(config, depth_kind_arg: str | None, prompted: bool) -> bool:
     return predicts_metres(config, prompted=prompted)
 
 
-def _wants_points(options: OutputOptions) -> bool:
-    """Whether the output options' formats (or their --output name) ask for a point cloud."""
-    return "ply" in options.formats or (
-        not options.formats and bool(options.output) and options.output.lower().endswith(".ply")
+def _wants(options: OutputOptions, kind: str) -> bool:
+    """Whether the output options' formats (or their --output name) ask for output ``kind``."""
+    return kind in options.formats or (
+        not options.formats and bool(options.output) and options.output.lower().endswith(f".{kind}")
     )
 
 
+def _requirement(kind: str):
+    """The function that imports what output ``kind`` is written with (ImportError: how to install it)."""
+    from ..processing.exr import require_openexr
+    from ..processing.mesh import require_trimesh
+    from ..processing.points import require_plyfile
+
+    return {"ply": require_plyfile, "glb": require_trimesh, "exr": require_openexr}[kind]
+
+
 def _check_points(args: argparse.Namespace, options: OutputOptions, predictor) -> None:
-    """UsageError unless --format ply can be written by this model (metric depth, plyfile installed)."""
-    if not _wants_points(options):
+    """UsageError unless the point cloud, mesh and EXR asked for can be written: a depth model, metric
+    depth for ply and glb, their library installed (plyfile, trimesh, OpenEXR); glb and exr not to --output."""
+    wanted = [kind for kind in ("ply", "glb", "exr") if _wants(options, kind)]
+    if not wanted:
         return
-    if predictor.task != "depth-estimation":
-        raise UsageError("--format ply is for depth models; this model does segmentation")
-    if not _is_metric(predictor.config, args.depth_kind, bool(args.prompt_depth)):
+    named = [kind for kind in wanted if kind != "ply"]
+    if options.output and named:
         raise UsageError(
-            f"--format ply needs metric depth, but {args.model} predicts relative depth (no scale); "
+            f"--output names .png, .npy and .ply files; write --format {named[0]} with --output-dir or beside the image"
+        )
+    if predictor.task != "depth-estimation":
+        raise UsageError(f"--format {wanted[0]} is for depth models; this model does segmentation")
+    shapes = [kind for kind in wanted if kind in ("ply", "glb")]
+    if shapes and not _is_metric(predictor.config, args.depth_kind, bool(args.prompt_depth)):
+        raise UsageError(
+            f"--format {shapes[0]} needs metric depth, but {args.model} predicts relative depth (no scale); "
             f"use a metric model such as {METRIC_EXAMPLE}, or pass --depth-kind metric if this "
             "checkpoint's depth is in metres"
         )
-    from ..processing.points import require_plyfile
-
-    try:
-        require_plyfile()
-    except ImportError as e:
-        raise UsageError(str(e)) from None
+    for kind in wanted:
+        try:
+            _requirement(kind)()
+        except ImportError as e:
+            raise UsageError(str(e)) from None
 
 
 class Runner:

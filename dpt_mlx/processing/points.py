@@ -146,6 +146,45 @@ def _height(image: Any, width: int, stored: tuple[int, int] | None) -> int:
     return max(1, round(width * size[1] / size[0]))
 
 
+def pinhole(
+    shape: tuple[int, int], focal_length=None, fov: float | None = None, principal_point=None
+) -> CameraIntrinsics:
+    """The camera of a depth map of ``shape`` (H, W), from the arguments :func:`depth_to_points` takes.
+
+    ``focal_length``: a number (fx = fy), an (fx, fy) pair, or a :class:`CameraIntrinsics` (its
+    principal point too); or ``fov``, the horizontal field of view in degrees; with neither, 60
+    degrees. ``principal_point`` (cx, cy) defaults to (W/2, H/2). ValueError for both, or a focal
+    length that is not positive.
+    """
+    h, w = shape
+    if isinstance(focal_length, CameraIntrinsics):
+        if fov is not None:
+            raise ValueError("give a focal length or a field of view, not both")
+        fx, fy, source = focal_length.fx, focal_length.fy, focal_length.source
+        principal_point = principal_point or (focal_length.cx, focal_length.cy)
+    elif focal_length is not None:
+        if fov is not None:
+            raise ValueError("give a focal length or a field of view, not both")
+        fx, fy = (focal_length, focal_length) if np.ndim(focal_length) == 0 else tuple(focal_length)
+        source = "focal_length"
+    else:
+        fx = fy = focal_from_fov(DEFAULT_FOV if fov is None else fov, w)
+        source = "fov" if fov is not None else f"default ({DEFAULT_FOV:g}° horizontal field of view)"
+    if _positive(fx) is None or _positive(fy) is None:
+        raise ValueError(f"focal lengths must be positive, got fx={fx}, fy={fy}")
+    cx, cy = (w / 2.0, h / 2.0) if principal_point is None else map(float, principal_point)
+    return CameraIntrinsics(float(fx), float(fy), cx, cy, source)
+
+
+def back_project(z: np.ndarray, rows: np.ndarray, cols: np.ndarray, camera: CameraIntrinsics) -> np.ndarray:
+    """The (N, 3) float32 OpenCV-camera points of depths ``z`` (N,) at pixels (``rows``, ``cols``), each
+    taken at its centre: X = (u + 0.5 - cx) Z / fx, Y = (v + 0.5 - cy) Z / fy."""
+    z = np.asarray(z, dtype=np.float64)
+    x = (cols + 0.5 - camera.cx) * z / camera.fx
+    y = (rows + 0.5 - camera.cy) * z / camera.fy
+    return np.stack([x, y, z], axis=1).astype(np.float32)
+
+
 def depth_to_points(depth, focal_length=None, fov: float | None = None, image=None, principal_point=None):
     """Back-project a depth map (H, W) to an (N, 3) float32 XYZ cloud, one point per valid pixel.
 
@@ -160,28 +199,11 @@ def depth_to_points(depth, focal_length=None, fov: float | None = None, image=No
     if depth.ndim != 2:
         raise ValueError(f"expected a depth map of shape (H, W), got shape {depth.shape}")
     h, w = depth.shape
-    if isinstance(focal_length, CameraIntrinsics):
-        if fov is not None:
-            raise ValueError("give a focal length or a field of view, not both")
-        fx, fy = focal_length.fx, focal_length.fy
-        principal_point = principal_point or (focal_length.cx, focal_length.cy)
-    elif focal_length is not None:
-        if fov is not None:
-            raise ValueError("give a focal length or a field of view, not both")
-        fx, fy = (focal_length, focal_length) if np.ndim(focal_length) == 0 else tuple(focal_length)
-    else:
-        fx = fy = focal_from_fov(DEFAULT_FOV if fov is None else fov, w)
-    if _positive(fx) is None or _positive(fy) is None:
-        raise ValueError(f"focal lengths must be positive, got fx={fx}, fy={fy}")
-    cx, cy = (w / 2.0, h / 2.0) if principal_point is None else map(float, principal_point)
-
+    camera = pinhole((h, w), focal_length, fov, principal_point)
     z = depth.astype(np.float64)
     valid = np.isfinite(z) & (z > 0)
     v, u = np.nonzero(valid)  # row-major
-    z = z[v, u]
-    x = (u + 0.5 - cx) * z / float(fx)
-    y = (v + 0.5 - cy) * z / float(fy)
-    points = np.stack([x, y, z], axis=1).astype(np.float32)
+    points = back_project(z[v, u], v, u, camera)
     if image is None:
         return points
     rgb = _rgb(image)

@@ -6,10 +6,11 @@ the name is free, unless that file may be replaced (``--overwrite``, or an outpu
 left by an interrupted run with ``--skip-existing``); a file that appeared in the meantime (another
 run) is reported for that image, never clobbered, and an image is either written whole or not at all.
 
-Images: ``<name>_depth.png`` (colour map), ``_depth16.png``, ``_depth.npy``, ``_depth_overlay.png``,
-``_points.ply`` (metric depth), ``_seg.png`` / ``_seg.npy`` / ``_seg_overlay.png``. Videos: ``_depth.mp4``,
-``_depth.npz``, ``_depth16/`` (see :class:`Mp4Output`, :class:`NpzOutput`, :class:`Png16Output`), each
-written beside its target under a hidden name and published together when the whole video is done.
+Images: ``<name>_depth.png`` (colour map), ``_depth16.png``, ``_depth.npy``, ``_depth.exr``,
+``_depth_overlay.png``, ``_points.ply`` and ``_mesh.glb`` (metric depth), ``_seg.png`` / ``_seg.npy`` /
+``_seg_overlay.png``. Videos: ``_depth.mp4``, ``_depth.npz``, ``_depth16/`` (see :class:`Mp4Output`,
+:class:`NpzOutput`, :class:`Png16Output`), each written beside its target under a hidden name and
+published together when the whole video is done.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 
 from ..io import files
 from ..io.files import TEMP_SUFFIX, discard, signals_deferred, temp_beside, umask_mode
+from .mesh import DEFAULT_EDGE_THRESHOLD, DEFAULT_MAX_VERTICES
 
 CLASH = "{} appeared while this run was writing it (another run?); use --overwrite to replace it"
 MIN_SHARE = 0.005  # segmentation: classes under this share of the pixels are summed up in one line
@@ -38,6 +40,8 @@ SUFFIXES = {
     ("depth", "npy"): "_depth.npy",
     ("depth", "overlay"): "_depth_overlay.png",
     ("depth", "ply"): "_points.ply",
+    ("depth", "exr"): "_depth.exr",
+    ("depth", "glb"): "_mesh.glb",
     ("segmentation", "png"): "_seg.png",
     ("segmentation", "npy"): "_seg.npy",
     ("segmentation", "overlay"): "_seg_overlay.png",
@@ -71,8 +75,10 @@ class OutputOptions:
     overwrite: bool = False
     skip_existing: bool = False
     verbose: bool = False  # every class of a segmentation map, not only the larger ones
-    focal_length: float | None = None  # the point clouds' camera
+    focal_length: float | None = None  # the point clouds' and meshes' camera (camera_for)
     fov: float | None = None
+    mesh_edge_threshold: float = DEFAULT_EDGE_THRESHOLD  # glb: drop triangles across larger relative depth jumps
+    mesh_max_vertices: int | None = DEFAULT_MAX_VERTICES  # glb: decimate the grid to at most this many vertices
     stabilize: bool = False  # video: one depth range for the whole mp4 (processing/video.Stabilizer)
     audio: bool = True  # video: copy the input's audio into the mp4
 
@@ -87,7 +93,7 @@ class Job:
     image: object = None  # the PIL image, for overlays
     size: tuple[int, int] = (0, 0)  # (H, W) of the photo: the outputs' size
     pixels: np.ndarray | None = None  # the preprocessed (3, H', W') model input
-    note: str = ""  # said on the image's line (the point cloud's camera)
+    note: str = ""  # said on the image's line (the point cloud's or mesh's camera)
     published: list[Path] = field(default_factory=list)  # outputs written so far (while writing)
     prompt: Path | None = None  # --prompt-depth: the image's depth prompt file
     prompt_pixels: np.ndarray | None = None  # the (1, h, w) prompt in metres, while in flight
@@ -126,6 +132,7 @@ def write_depth(job: Job, depth: np.ndarray, options: OutputOptions, predictor) 
         "description": f"{depth_kind(predictor.config, job.prompt is not None)}, min-max normalised per image: "
         "depth = value / max_value * (depth_max - depth_min) + depth_min",
     }
+    shapes, camera = [], None  # what the ply / glb hold, and their camera (one for both: camera_for)
     for kind, target in job.outputs:
         replace = may_replace(options, job, target)
         if kind == "png":
@@ -138,9 +145,17 @@ def write_depth(job: Job, depth: np.ndarray, options: OutputOptions, predictor) 
         elif kind == "overlay":
             colors = V.colorize_depth(depth, options.colormap).convert("RGB")
             V.save_png(V.overlay(job.image, colors, options.alpha), target, overwrite=replace)
+        elif kind == "exr":
+            write_exr(job, depth, target, predictor, overwrite=replace)
         elif kind == "ply":
-            job.note = write_points(job, depth, target, options, predictor, overwrite=replace)
+            shape, camera = write_points(job, depth, target, options, predictor, overwrite=replace)
+            shapes.append(shape)
+        elif kind == "glb":
+            shape, camera = write_mesh(job, depth, target, options, predictor, overwrite=replace)
+            shapes.append(shape)
         job.published.append(target)
+    if camera is not None:
+        job.note = f"{', '.join(shapes)}, {camera.describe()}"
     return [f"    depth range {low:.6g} .. {high:.6g}"]
 
 
@@ -223,12 +238,58 @@ def _remove_created(job: Job, existed: set[Path]) -> None:
     job.published = []
 
 
-def write_points(job, depth: np.ndarray, target, options, predictor, overwrite: bool) -> str:
-    """Write ``job``'s point cloud to ``target``; returns the note on its camera for the image's line."""
+def camera_for(job: Job, depth: np.ndarray, options: OutputOptions):
+    """The camera that ``job``'s 3D outputs (point cloud, mesh) and the app's measurements back-project
+    with: a ``CameraIntrinsics`` in pixels of ``depth`` (the photo's size), its focal length from
+    --focal-length, else --fov, else the photo's EXIF, else the default field of view (points.camera_intrinsics);
+    its ``source`` says which, for the image's line."""
     from ..processing import points as P
 
     h, w = depth.shape
-    camera = P.camera_intrinsics(job.path, w, focal_length=options.focal_length, fov=options.fov, height=h)
+    return P.camera_intrinsics(job.path, w, focal_length=options.focal_length, fov=options.fov, height=h)
+
+
+def write_exr(job, depth: np.ndarray, target, predictor, overwrite: bool) -> None:
+    """Write ``job``'s depth as a float32 EXR (channel Z, the values as predicted), what they are in its header."""
+    from ..processing.exr import save_exr
+
+    attributes = {
+        "software": "dpt_mlx",
+        "model": predictor.source,
+        "depth": depth_kind(predictor.config, job.prompt is not None),
+    }
+    save_exr(depth, target, attributes, overwrite=overwrite)
+
+
+def write_mesh(job, depth: np.ndarray, target, options, predictor, overwrite: bool):
+    """Write ``job``'s textured mesh to ``target`` as GLB; returns (what it holds, its camera) for the image's line."""
+    from ..processing import mesh as M
+
+    camera = camera_for(job, depth, options)
+    mesh = M.depth_to_mesh(
+        depth,
+        image=job.image,
+        focal_length=camera,
+        edge_threshold=options.mesh_edge_threshold,
+        max_vertices=options.mesh_max_vertices,
+    )
+    extras = {
+        "generator": "dpt_mlx",
+        "model": predictor.source,
+        "depth": depth_kind(predictor.config, job.prompt is not None),
+        "camera": M.camera_note(camera),
+    }
+    M.save_glb(mesh, target, extras, overwrite=overwrite)
+    step = mesh.metadata["grid_step"]
+    grid = f" (a grid step of {step} pixels)" if step > 1 else ""
+    return f"mesh of {len(mesh.vertices)} vertices{grid}, {len(mesh.faces)} triangles", camera
+
+
+def write_points(job, depth: np.ndarray, target, options, predictor, overwrite: bool):
+    """Write ``job``'s point cloud to ``target``; returns (what it holds, its camera) for the image's line."""
+    from ..processing import points as P
+
+    camera = camera_for(job, depth, options)
     xyz, rgb = P.depth_to_points(depth, camera, image=job.image)
     comments = [
         f"dpt_mlx {predictor.source}",
@@ -236,7 +297,7 @@ def write_points(job, depth: np.ndarray, target, options, predictor, overwrite: 
         f"fx {camera.fx!r} fy {camera.fy!r} cx {camera.cx!r} cy {camera.cy!r} ({camera.source})",
     ]
     P.save_ply(xyz, target, rgb, comments=comments, overwrite=overwrite)
-    return f"{len(xyz)} points, {camera.describe()}"
+    return f"{len(xyz)} points", camera
 
 
 # ----------------------------------------------------------------------------------------------
