@@ -68,3 +68,15 @@ def tiny_dpt_dir(tmp_path_factory, make_tiny_dpt) -> Path:
     make_tiny_dpt(seed=1).save_pretrained(str(path))
     transformers.DPTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def depth_pro_reference():
+    """transformers' DepthProImageProcessor class (torchvision stood in where absent: depth_pro_reference.py)."""
+    from depth_pro_reference import install
+
+    patch = pytest.MonkeyPatch()
+    try:
+        yield install(patch)
+    finally:
+        patch.undo()

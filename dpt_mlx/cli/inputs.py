@@ -201,13 +201,16 @@ def collect_batch_inputs(text: str, recursive: bool, console: Console) -> Inputs
 # Outputs
 
 
+_BY_SUFFIX = {".npy": "npy", ".ply": "ply", ".glb": "glb", ".exr": "exr"}  # --output's name -> its format
+
+
 def _kinds(options: OutputOptions, task: str) -> list[str]:
     formats = list(options.formats)
     if not formats:
         suffix = Path(options.output).suffix.lower() if options.output else ""
-        formats = [{".npy": "npy", ".ply": "ply"}.get(suffix, "png")]
+        formats = [_BY_SUFFIX.get(suffix, "png")]
     kinds = list(dict.fromkeys(formats))
-    for depth_only in ("png16", "ply"):
+    for depth_only in ("png16", "ply", "glb", "exr"):
         if task == "segmentation" and depth_only in kinds:
             raise UsageError(
                 f"--format {depth_only} is for depth models; this model does segmentation (use png or npy)"
@@ -224,7 +227,7 @@ def _check_output_file(options: OutputOptions, paths: list[Path], kinds: list[st
         raise UsageError(
             f"--output names one file but {len(kinds)} outputs were asked for ({', '.join(kinds)}); use --output-dir"
         )
-    want = {"npy": ".npy", "ply": ".ply"}.get(kinds[0], ".png")
+    want = {kind: suffix for suffix, kind in _BY_SUFFIX.items()}.get(kinds[0], ".png")
     if Path(options.output).suffix.lower() != want:
         raise UsageError(f"--output {options.output}: a {kinds[0]} output needs a {want} file name")
 
@@ -275,18 +278,22 @@ def _subfolder(options: OutputOptions, path: Path) -> Path:
 
 
 def _target(options: OutputOptions, out_dir: Path | None, path: Path | str, suffix: str) -> Path:
-    if options.output:
-        return Path(os.path.expanduser(options.output))
+    if options.output:  # the one output, and a sidecar beside it with its own suffix
+        output = Path(os.path.expanduser(options.output))
+        return output.with_suffix(".json") if suffix.endswith(".json") else output
     if is_url(path):  # collect_inputs made sure that there is an --output-dir
         return out_dir / (Path(url_name(path)).stem + suffix)
     return (out_dir / _subfolder(options, path) if out_dir else path.parent) / (path.stem + suffix)
 
 
-def plan(options: OutputOptions, paths: list[Path | str], task: str) -> Plan:
-    """The output files of every input (``task`` is "depth" or "segmentation")."""
+def plan(options: OutputOptions, paths: list[Path | str], task: str, camera: bool = False) -> Plan:
+    """The output files of every input (``task`` is "depth" or "segmentation"); with ``camera`` (a model
+    that gives one: Depth Pro) an npy output gets a JSON sidecar with the camera beside it."""
     kinds = _kinds(options, task)
     if options.output:
         _check_output_file(options, paths, kinds)
+    if camera and "npy" in kinds:
+        kinds.append("camera")
     out_dir = _output_dir(options)
     inputs = {os.path.realpath(p) for p in paths if not is_url(p)}
     claimed: dict[str, Path] = {}  # realpath of an output -> the input it is written for

@@ -137,17 +137,26 @@ def _vertex_budget(text: str) -> int | None:
 
 
 def _add_point_options(parser: argparse.ArgumentParser) -> None:
-    """--focal-length / --fov (one of them) and --depth-kind, for --format ply and glb; the mesh's options."""
-    group = parser.add_argument_group("point clouds and meshes (--format ply, glb)")
+    """The camera (--focal-length / --fov, --no-exif) and --depth-kind, for --format ply and glb and for
+    Depth Pro's metric scale; the mesh's options."""
+    group = parser.add_argument_group(
+        "camera, point clouds and meshes (--format ply, glb; the focal length also scales Depth Pro's depth)"
+    )
     camera = group.add_mutually_exclusive_group()
     camera.add_argument(
         "--focal-length",
         type=positive_float,
         metavar="PX",
-        help="focal length in pixels of the input image (default: from the photo's EXIF, "
-        "else a 60 degree horizontal field of view)",
+        help="focal length in pixels of the input image (default: from the photo's EXIF, else Depth "
+        "Pro's own estimate, else a 60 degree horizontal field of view)",
     )
     camera.add_argument("--fov", type=_fov, metavar="DEG", help="horizontal field of view in degrees")
+    group.add_argument(
+        "--no-exif",
+        action="store_true",
+        help="ignore the photos' EXIF focal length (Depth Pro then uses its own estimate; other models' "
+        "point clouds a 60 degree field of view)",
+    )
     group.add_argument(
         "--depth-kind",
         choices=("relative", "metric"),
@@ -361,6 +370,7 @@ def output_options(args: argparse.Namespace) -> OutputOptions:
         verbose=args.verbose,
         focal_length=args.focal_length,
         fov=args.fov,
+        exif=not args.no_exif,
         mesh_edge_threshold=args.mesh_edge_threshold,
         mesh_max_vertices=args.mesh_max_vertices,
         stabilize=args.stabilize,
@@ -468,13 +478,19 @@ class Runner:
         try:
             prompts = None if batch[0].prompt_pixels is None else np.stack([j.prompt_pixels for j in batch])
             with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, once per image
-                results = self.predictor.forward(np.stack([j.pixels for j in batch]), [j.size for j in batch], prompts)
+                results = self.predictor.forward(
+                    np.stack([j.pixels for j in batch]), [j.size for j in batch], prompts, self._focal_lengths(batch)
+                )
         except (ValueError, OSError) as e:
             for job in batch:
                 self.fail(job.path, f"inference failed: {e}")
             return
         seconds = time.perf_counter() - start
         self.model_seconds += seconds
+        for job, camera in zip(batch, self.predictor.cameras):
+            if camera is not None and camera.focal_length is not None:
+                job.focal = job.focal or (camera.focal_length, "Depth Pro's estimate")
+                job.field_of_view = camera.field_of_view
         for job, result in zip(batch, results):
             job.pixels = job.prompt_pixels = None
             if not np.isfinite(result).all():
@@ -488,6 +504,19 @@ class Runner:
             details = self._write(job, result)
             if details is not None:
                 self._report(job, details, seconds / len(batch), len(batch))
+
+    def _focal_lengths(self, batch: list[Job]) -> list[float | None] | None:
+        """For a model whose depth takes a focal length (Depth Pro): each image's known one (--focal-length,
+        --fov, EXIF), kept in ``job.focal``, or None (the model's estimate); None for other models."""
+        if not self.predictor.gives_camera:
+            return None
+        from ..processing.points import known_focal_length
+
+        o = self.options
+        for job in batch:
+            height, width = job.size
+            job.focal = known_focal_length(job.path, width, height, o.focal_length, o.fov, o.exif)
+        return [None if job.focal is None else job.focal[0] for job in batch]
 
     def _write(self, job: Job, result: np.ndarray) -> list[str] | None:
         """Write the outputs of one image; None (reported) when that fails."""
@@ -547,10 +576,12 @@ def _load(args, console: Console):
         f"dtype {str(predictor.model.dtype).replace('mlx.core.', '')}, loaded in {seconds:.2f} s"
     )
     processor = predictor.image_processor
-    console.detail(
-        f"preprocessing: size {processor.size}, keep_aspect_ratio={processor.keep_aspect_ratio}, "
-        f"ensure_multiple_of={processor.ensure_multiple_of}"
+    resize = ", ".join(
+        f"{name}={getattr(processor, name)}"
+        for name in ("keep_aspect_ratio", "ensure_multiple_of")
+        if hasattr(processor, name)
     )
+    console.detail(f"preprocessing: size {getattr(processor, 'size', None)}" + (f", {resize}" if resize else ""))
     return predictor, seconds
 
 
@@ -602,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     if task == "segmentation" and args.colormap != "inferno":
         console.detail("--colormap applies to depth only; segmentation uses the model's palette")
     _check_points(args, options, predictor)
-    work = plan(options, paths, task)
+    work = plan(options, paths, task, camera=predictor.gives_camera)
     work.rejected += assign_prompts(args.prompt_depth, args.input_dir, work.jobs, predictor)
     stale = remove_stale_temps(work.targets())
     if stale:

@@ -103,33 +103,56 @@ def _focal_from_exif(tags: dict, stored: tuple[int, int], width: int, height: in
     return focal_mm / sensor_width_mm * across, "EXIF FocalLength + sensor size"
 
 
+def known_focal_length(
+    image: Any,
+    width: int,
+    height: int,
+    focal_length: float | None = None,
+    fov: float | None = None,
+    exif: bool = True,
+) -> tuple[float, str] | None:
+    """(focal length in pixels of a ``width`` x ``height`` map, where it came from) when something
+    other than a model says it: ``focal_length``, else ``fov`` (horizontal, degrees), else (with
+    ``exif``) the photo's EXIF focal length; None when none of them does."""
+    if focal_length is not None and fov is not None:
+        raise ValueError("give a focal length or a field of view, not both")
+    if focal_length is not None:
+        if _positive(focal_length) is None:
+            raise ValueError(f"the focal length must be a positive number of pixels, got {focal_length}")
+        return float(focal_length), "--focal-length"
+    if fov is not None:
+        return focal_from_fov(fov, width), "--fov"
+    if not exif:
+        return None
+    tags, stored = _exif(image)
+    return _focal_from_exif(tags, stored, width, height) if tags else None
+
+
 def camera_intrinsics(
-    image: Any, width: int, focal_length: float | None = None, fov: float | None = None, height: int | None = None
+    image: Any,
+    width: int,
+    focal_length: float | None = None,
+    fov: float | None = None,
+    height: int | None = None,
+    exif: bool = True,
+    estimate: tuple[float, str] | None = None,
 ) -> CameraIntrinsics:
     """The camera for a depth map ``width`` x ``height`` pixels made from ``image`` (a path or PIL image).
 
     The focal length, in pixels of that size: ``focal_length`` itself; else from ``fov`` (horizontal,
-    degrees); else EXIF FocalLengthIn35mmFilm f35 as ``f35 / 36 * longer side`` (36 mm being a full
-    frame's longer side); else EXIF FocalLength with FocalPlaneXResolution / FocalPlaneResolutionUnit
-    (the sensor's width); else a 60 degree horizontal field of view. ``height`` defaults to the
-    photo's aspect ratio at ``width``. The principal point is the centre.
+    degrees); else (with ``exif``) EXIF FocalLengthIn35mmFilm f35 as ``f35 / 36 * longer side`` (36 mm
+    being a full frame's longer side), or EXIF FocalLength with FocalPlaneXResolution /
+    FocalPlaneResolutionUnit (the sensor's width); else ``estimate`` (a model's: (pixels, its name));
+    else a 60 degree horizontal field of view. ``height`` defaults to the photo's aspect ratio at
+    ``width``. The principal point is the centre.
     """
-    if focal_length is not None and fov is not None:
-        raise ValueError("give a focal length or a field of view, not both")
-    tags, stored = _exif(image) if focal_length is None and fov is None else (None, None)
     if height is None:
+        stored = _exif(image)[1] if focal_length is None and fov is None else None
         height = _height(image, width, stored)
-    if focal_length is not None:
-        if _positive(focal_length) is None:
-            raise ValueError(f"the focal length must be a positive number of pixels, got {focal_length}")
-        fx, source = float(focal_length), "--focal-length"
-    elif fov is not None:
-        fx, source = focal_from_fov(fov, width), "--fov"
-    else:
-        found = _focal_from_exif(tags, stored, width, height) if tags else None
-        if found is None:
-            found = focal_from_fov(DEFAULT_FOV, width), f"default ({DEFAULT_FOV:g}° horizontal field of view)"
-        fx, source = found
+    found = known_focal_length(image, width, height, focal_length, fov, exif) or estimate
+    if found is None:
+        found = focal_from_fov(DEFAULT_FOV, width), f"default ({DEFAULT_FOV:g}° horizontal field of view)"
+    fx, source = found
     return CameraIntrinsics(fx, fx, width / 2.0, height / 2.0, source)
 
 

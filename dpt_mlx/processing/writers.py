@@ -16,6 +16,7 @@ published together when the whole video is done.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -42,6 +43,7 @@ SUFFIXES = {
     ("depth", "ply"): "_points.ply",
     ("depth", "exr"): "_depth.exr",
     ("depth", "glb"): "_mesh.glb",
+    ("depth", "camera"): "_depth.json",  # beside the npy of a model that gives a camera (Depth Pro)
     ("segmentation", "png"): "_seg.png",
     ("segmentation", "npy"): "_seg.npy",
     ("segmentation", "overlay"): "_seg_overlay.png",
@@ -77,6 +79,7 @@ class OutputOptions:
     verbose: bool = False  # every class of a segmentation map, not only the larger ones
     focal_length: float | None = None  # the point clouds' and meshes' camera (camera_for)
     fov: float | None = None
+    exif: bool = True  # the photo's EXIF focal length, when neither of those is given (--no-exif: not)
     mesh_edge_threshold: float = DEFAULT_EDGE_THRESHOLD  # glb: drop triangles across larger relative depth jumps
     mesh_max_vertices: int | None = DEFAULT_MAX_VERTICES  # glb: decimate the grid to at most this many vertices
     stabilize: bool = False  # video: one depth range for the whole mp4 (processing/video.Stabilizer)
@@ -97,6 +100,8 @@ class Job:
     published: list[Path] = field(default_factory=list)  # outputs written so far (while writing)
     prompt: Path | None = None  # --prompt-depth: the image's depth prompt file
     prompt_pixels: np.ndarray | None = None  # the (1, h, w) prompt in metres, while in flight
+    focal: tuple[float, str] | None = None  # Depth Pro: the focal length (px) its depth was made with, and from what
+    field_of_view: float | None = None  # Depth Pro: the horizontal field of view (degrees) of that focal length
 
 
 def may_replace(options: OutputOptions, job: Job, target: Path) -> bool:
@@ -131,6 +136,7 @@ def write_depth(job: Job, depth: np.ndarray, options: OutputOptions, predictor) 
         "depth_max": repr(high),
         "description": f"{depth_kind(predictor.config, job.prompt is not None)}, min-max normalised per image: "
         "depth = value / max_value * (depth_max - depth_min) + depth_min",
+        **camera_fields(job),
     }
     shapes, camera = [], None  # what the ply / glb hold, and their camera (one for both: camera_for)
     for kind, target in job.outputs:
@@ -147,6 +153,8 @@ def write_depth(job: Job, depth: np.ndarray, options: OutputOptions, predictor) 
             V.save_png(V.overlay(job.image, colors, options.alpha), target, overwrite=replace)
         elif kind == "exr":
             write_exr(job, depth, target, predictor, overwrite=replace)
+        elif kind == "camera":
+            write_camera(job, depth, target, predictor, overwrite=replace)
         elif kind == "ply":
             shape, camera = write_points(job, depth, target, options, predictor, overwrite=replace)
             shapes.append(shape)
@@ -156,6 +164,10 @@ def write_depth(job: Job, depth: np.ndarray, options: OutputOptions, predictor) 
         job.published.append(target)
     if camera is not None:
         job.note = f"{', '.join(shapes)}, {camera.describe()}"
+        if job.field_of_view is not None:
+            job.note += f" (field of view {job.field_of_view:.4g}°)"
+    else:
+        job.note = camera_line(job)
     return [f"    depth range {low:.6g} .. {high:.6g}"]
 
 
@@ -240,13 +252,53 @@ def _remove_created(job: Job, existed: set[Path]) -> None:
 
 def camera_for(job: Job, depth: np.ndarray, options: OutputOptions):
     """The camera that ``job``'s 3D outputs (point cloud, mesh) and the app's measurements back-project
-    with: a ``CameraIntrinsics`` in pixels of ``depth`` (the photo's size), its focal length from
-    --focal-length, else --fov, else the photo's EXIF, else the default field of view (points.camera_intrinsics);
-    its ``source`` says which, for the image's line."""
+    with: a ``CameraIntrinsics`` in pixels of ``depth`` (the photo's size). Its focal length: the one the
+    depth was made with (Depth Pro: ``job.focal``), else --focal-length, else --fov, else the photo's
+    EXIF (unless --no-exif), else the default field of view (points.camera_intrinsics); its ``source``
+    says which, for the image's line."""
     from ..processing import points as P
 
     h, w = depth.shape
-    return P.camera_intrinsics(job.path, w, focal_length=options.focal_length, fov=options.fov, height=h)
+    if job.focal is not None:
+        return P.CameraIntrinsics(job.focal[0], job.focal[0], w / 2.0, h / 2.0, job.focal[1])
+    return P.camera_intrinsics(
+        job.path, w, focal_length=options.focal_length, fov=options.fov, height=h, exif=options.exif
+    )
+
+
+def camera_fields(job: Job) -> dict[str, str]:
+    """Depth Pro's camera for the PNG text chunks and the EXR header: {} for other models."""
+    if job.focal is None:
+        return {}
+    fields = {"focal_length": repr(job.focal[0]), "focal_length_source": job.focal[1]}
+    if job.field_of_view is not None:
+        fields["field_of_view"] = repr(job.field_of_view)
+    return fields
+
+
+def camera_line(job: Job) -> str:
+    """Depth Pro's camera for the image's line: "" for other models."""
+    if job.focal is None:
+        return ""
+    fov = f"field of view {job.field_of_view:.4g}°, " if job.field_of_view is not None else ""
+    return f"{fov}focal length {job.focal[0]:.6g} px from {job.focal[1]}"
+
+
+def write_camera(job: Job, depth: np.ndarray, target: Path, predictor, overwrite: bool) -> None:
+    """The npy's sidecar: what the depth means and the camera it was made with, as JSON."""
+    from ..io.files import atomic_write_text
+
+    h, w = depth.shape
+    record = {
+        "model": predictor.source,
+        "depth": depth_kind(predictor.config, job.prompt is not None),
+        "width": w,
+        "height": h,
+        "field_of_view": job.field_of_view,
+        "focal_length": None if job.focal is None else job.focal[0],
+        "focal_length_source": None if job.focal is None else job.focal[1],
+    }
+    atomic_write_text(target, json.dumps(record, indent=2) + "\n", overwrite=overwrite)
 
 
 def write_exr(job, depth: np.ndarray, target, predictor, overwrite: bool) -> None:
@@ -257,6 +309,7 @@ def write_exr(job, depth: np.ndarray, target, predictor, overwrite: bool) -> Non
         "software": "dpt_mlx",
         "model": predictor.source,
         "depth": depth_kind(predictor.config, job.prompt is not None),
+        **camera_fields(job),
     }
     save_exr(depth, target, attributes, overwrite=overwrite)
 

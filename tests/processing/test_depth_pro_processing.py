@@ -2,19 +2,14 @@
 post-processing (field of view -> focal length -> metric depth), and the depth-estimation pipeline on a Depth
 Pro checkpoint: its camera outputs and a known focal length.
 
-transformers' Depth Pro processor runs on torchvision. Where torchvision is not installed (it cannot be beside
-the CPU build of torch this project pins), the few torchvision functions that the reference calls are provided
-here as torchvision 0.2x computes them on these inputs (``Torchvision`` below); the reference's own code does the
-rest (its RGB conversion, its fused rescale and normalisation, its order of steps, its post-processing).
+transformers' Depth Pro processor runs on torchvision; where it is absent, tests/depth_pro_reference.py stands in
+for the few functions the reference calls (the ``depth_pro_reference`` fixture).
 """
 
 from __future__ import annotations
 
-import enum
-import importlib
 import json
 import math
-import sys
 import types
 
 import numpy as np
@@ -31,83 +26,9 @@ from dpt_mlx.processing.auto import default_processor, load_processor
 from dpt_mlx.processing.depth_pro_processor import DepthProImageProcessor
 
 
-class InterpolationMode(enum.Enum):
-    NEAREST = "nearest"
-    NEAREST_EXACT = "nearest-exact"
-    BILINEAR = "bilinear"
-    BICUBIC = "bicubic"
-    BOX = "box"
-    HAMMING = "hamming"
-    LANCZOS = "lanczos"
-
-
-class Torchvision:
-    """``torchvision.transforms.v2.functional`` as the reference calls it here (torchvision 0.2x, tensors)."""
-
-    InterpolationMode = InterpolationMode
-
-    @staticmethod
-    def resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True):
-        if list(image.shape[-2:]) == list(size):
-            return image
-        shape = image.shape
-        flat = image.reshape(-1, *shape[-3:])
-        align = False if interpolation in (InterpolationMode.BILINEAR, InterpolationMode.BICUBIC) else None
-        out = torch.nn.functional.interpolate(
-            flat, size=list(size), mode=interpolation.value, align_corners=align, antialias=antialias
-        )
-        return out.reshape(*shape[:-2], *out.shape[-2:])
-
-    @staticmethod
-    def normalize(image, mean, std, inplace=False):
-        mean = torch.as_tensor(mean, dtype=image.dtype).view(-1, 1, 1)
-        std = torch.as_tensor(std, dtype=image.dtype).view(-1, 1, 1)
-        image = image.sub_(mean) if inplace else image.sub(mean)
-        return image.div_(std)
-
-    @staticmethod
-    def grayscale_to_rgb(image):
-        return image if image.shape[-3] >= 3 else image.repeat_interleave(3, dim=-3)
-
-    @staticmethod
-    def to_dtype(image, dtype=torch.float32, scale=False):
-        if image.dtype == dtype or not scale:
-            return image.to(dtype)
-        if not image.is_floating_point():  # integer -> float: divided by the integer type's maximum
-            return image.to(dtype).mul_(1.0 / torch.iinfo(image.dtype).max)
-        if dtype.is_floating_point:
-            return image.to(dtype)
-        return image.mul(torch.iinfo(dtype).max + 1.0 - 1e-3).to(dtype)  # float -> integer
-
-
 @pytest.fixture(scope="module")
-def reference():
-    """transformers' DepthProImageProcessor class, with torchvision's functions stood in for where it is absent."""
-    patch = pytest.MonkeyPatch()
-    try:
-        import torchvision.transforms.v2.functional  # noqa: F401
-    except ImportError:
-        module = types.ModuleType("torchvision.transforms.v2.functional")
-        for name in ("InterpolationMode", "resize", "normalize", "grayscale_to_rgb", "to_dtype"):
-            setattr(module, name, getattr(Torchvision, name))
-        for name, value in (
-            ("torchvision", types.ModuleType("torchvision")),
-            ("torchvision.transforms", types.ModuleType("torchvision.transforms")),
-            ("torchvision.transforms.v2", types.ModuleType("torchvision.transforms.v2")),
-            ("torchvision.transforms.v2.functional", module),
-        ):
-            patch.setitem(sys.modules, name, value)
-        patch.setattr(sys.modules["torchvision.transforms.v2"], "functional", module, raising=False)
-        mapping = {0: InterpolationMode.NEAREST, 2: InterpolationMode.BILINEAR, 3: InterpolationMode.BICUBIC}
-        backends = importlib.import_module("transformers.image_processing_backends")
-        patch.setattr(backends, "tvF", module, raising=False)
-        patch.setattr(backends, "pil_torch_interpolation_mapping", mapping)
-        reference_module = importlib.import_module("transformers.models.depth_pro.image_processing_depth_pro")
-        patch.setattr(reference_module, "pil_torch_interpolation_mapping", mapping)
-    from transformers.models.depth_pro.image_processing_depth_pro import DepthProImageProcessor as Reference
-
-    yield Reference
-    patch.undo()
+def reference(depth_pro_reference):
+    return depth_pro_reference
 
 
 # The hub's preprocessor_config.json (apple/DepthPro-hf), and variations of it.
