@@ -1,15 +1,17 @@
-"""dpt_mlx: DPT, Depth Anything, ZoeDepth, Prompt Depth Anything and Depth Pro in MLX, with transformers' API.
+"""dpt_mlx: DPT, Depth Anything, ZoeDepth, Prompt Depth Anything, Depth Pro and CHMv2 in MLX, with transformers' API.
 
 Importing dpt_mlx has no side effects: MLX keeps its settings and its BLAS until a model is
 loaded on the CPU (see dpt_mlx.cpu).
 """
 
+from .configs.chmv2 import CHMv2Config
 from .configs.depth_pro import DepthProConfig
 from .configs.dpt import DepthAnythingConfig, DPTConfig, PromptDepthAnythingConfig
 from .configs.zoedepth import ZoeDepthConfig
 from .cpu import blas_info, cpu_info
 from .errors import CheckpointError, DPTError, ImageError, UnsupportedModelError
 from .models import (
+    CHMv2ForDepthEstimation,
     DepthAnythingForDepthEstimation,
     DepthProForDepthEstimation,
     DPTForDepthEstimation,
@@ -28,6 +30,7 @@ from .outputs import (
     ZoeDepthDepthEstimatorOutput,
 )
 from .pipelines import pipeline
+from .processing.chmv2_processor import CHMv2ImageProcessor
 from .processing.image_processor import DPTFeatureExtractor, DPTImageProcessor
 from .processing.mesh import depth_to_mesh
 from .processing.points import depth_to_points
@@ -39,6 +42,9 @@ __version__ = "0.1.0"
 __all__ = [
     "BaseModelOutputWithPooling",
     "CheckpointError",
+    "CHMv2Config",
+    "CHMv2ForDepthEstimation",
+    "CHMv2ImageProcessor",
     "DepthAnythingConfig",
     "DepthAnythingForDepthEstimation",
     "DepthEstimatorOutput",

@@ -134,7 +134,8 @@ class DepthEstimationPipeline(_Pipeline):
 
     ``predicted_depth`` is the model's output resized (bicubic) to the image's size; for DPT and
     relative Depth Anything it is relative inverse depth (larger = closer), for metric models
-    (ZoeDepth, metric Depth Anything, Prompt Depth Anything with a prompt, Depth Pro) metres.
+    (ZoeDepth, metric Depth Anything, Prompt Depth Anything with a prompt, Depth Pro) metres; for CHMv2
+    canopy height in metres (its padded map resized to the image, bilinear, as transformers does).
     ``depth`` is it min-max normalised to 0..255.
 
     Depth Pro's results also hold ``field_of_view`` (degrees) and ``focal_length`` (pixels of the

@@ -72,8 +72,9 @@ def gives_camera(model) -> bool:
 
 
 def predicts_metres(config, prompted: bool = False) -> bool:
-    """Whether a depth model's output is in metres: metric Depth Anything and ZoeDepth always,
-    Prompt Depth Anything when it was given a prompt (its output is scaled to the prompt's range)."""
+    """Whether a depth model's output is in metres: metric Depth Anything, ZoeDepth, Depth Pro and CHMv2
+    (canopy height) always (their configs' ``predicts_metres``), Prompt Depth Anything when it was given
+    a prompt (its output is scaled to the prompt's range)."""
     if getattr(config, "model_type", None) == "prompt_depth_anything":
         return prompted or getattr(config, "depth_estimation_type", None) == "metric"
     return bool(getattr(config, "predicts_metres", False)) or getattr(config, "depth_estimation_type", None) == "metric"

@@ -4,6 +4,7 @@ modules (the reference's classes from transformers)."""
 from __future__ import annotations
 
 import mlx.core as mx
+import numpy as np
 import torch
 import transformers
 from helpers import open_final_relu, perturb, pixels
@@ -363,4 +364,75 @@ def make_depth_pro(path, config, x, seed=0) -> torch.nn.Module:
         _open_relus(ref, [ref.fov_model.conv, *convs], x)
     open_final_relu(ref, x)
     ref.save_pretrained(path)
+    return ref
+
+
+# ----------------------------------------------------------------------------------------------
+# CHMv2 (facebook/dinov3-vitl16-chmv2-dpt-head)
+
+CHMV2_PATCH = 4
+
+
+def chmv2_config(backbone=None, **overrides) -> transformers.CHMv2Config:
+    """The hub checkpoint's shape at reduced width: its backbone_config's switches (4 registers, key bias,
+    layer_norm_eps 1e-6, normed maps with their CLS tokens from every quarter of the layers: 24 layers at
+    6/12/18/24 -> 4 at 1/2/3/4), image 416 / patch 16 -> 16 / 4; its head (channels [128, 256, 512, 1024]
+    -> [8, 16, 24, 32], fusion 256 -> 8, head 128 -> 8, 256 bins -> 16) and its mixlog bins from 0.001 to
+    96 m."""
+    kwargs = dict(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        image_size=16,
+        patch_size=CHMV2_PATCH,
+        num_register_tokens=4,
+        key_bias=True,
+        layer_norm_eps=1e-6,
+        out_indices=[1, 2, 3, 4],
+        reshape_hidden_states=True,
+        apply_layernorm=True,
+        return_class_token=True,
+    )
+    kwargs.update(backbone or {})
+    settings = dict(
+        patch_size=CHMV2_PATCH,
+        post_process_channels=[8, 16, 24, 32],
+        fusion_hidden_size=8,
+        head_hidden_size=8,
+        number_output_channels=16,
+    )
+    settings.update(overrides)
+    return transformers.CHMv2Config(backbone_config=transformers.DINOv3ViTConfig(**kwargs), **settings)
+
+
+def spread_chmv2_logits(ref, x: np.ndarray, spread: float = 2.0):
+    """Rescale each output channel of the head's last conv to mean 0 and std ``spread`` over this input:
+    a perturbed head's logits barely vary over the image, so every pixel would weigh the bins alike and
+    the heights would be nearly constant. Spread, the ReLU cuts about half of them and the winning bins
+    differ from pixel to pixel."""
+    conv, seen = ref.head.conv_depth.head[4], []
+    hook = conv.register_forward_hook(lambda mod, inp, out: seen.append(out))
+    with torch.no_grad():
+        ref(torch.from_numpy(x))
+        hook.remove()
+        z = seen[0]
+        mean, std = z.mean(dim=(0, 2, 3)), z.std(dim=(0, 2, 3))
+        scale = spread / std
+        conv.weight.mul_(scale[:, None, None, None])
+        conv.bias.copy_(scale * (conv.bias - mean))
+    return ref
+
+
+def chmv2_reference(config, seed: int = 3):
+    """A perturbed eager reference. ``inv_freq`` is a buffer derived from ``rope_theta`` that checkpoints do
+    not carry (transformers recomputes it at load): it gets its formula value back."""
+    torch.manual_seed(0)
+    ref = perturb(transformers.CHMv2ForDepthEstimation(config), seed=seed)
+    rope = ref.backbone.rope_embeddings
+    with torch.no_grad():
+        rope.inv_freq.copy_(1 / rope.base ** torch.arange(0, 1, 4 / rope.head_dim, dtype=torch.float32))
+    ref.set_attn_implementation("eager")  # SDPA returns no attention probabilities
+    if config.number_output_channels > 1:
+        spread_chmv2_logits(ref, pixels(2, 32, 48, seed=seed))
     return ref

@@ -16,6 +16,7 @@ import mlx.nn as nn
 from ..errors import UnsupportedModelError
 from .beit import BeitBackbone, BeitConfig
 from .dinov2 import Dinov2Backbone, Dinov2Config
+from .dinov3 import Dinov3ViTConfig, Dinov3ViTNeckBackbone
 from .swinv2 import Swinv2Backbone, Swinv2Config
 from .vit import ViTBackbone, ViTConfig
 
@@ -73,6 +74,8 @@ BACKBONES: dict[str, BackboneSpec] = {
     "dinov2": BackboneSpec(_dinov2_config, Dinov2Backbone, reassemble=True),
     "beit": BackboneSpec(_beit_config, BeitBackbone, reassemble=True),
     "swinv2": BackboneSpec(_swinv2_config, Swinv2Backbone, reassemble=False),
+    # CHMv2 only: its (map, CLS token) pairs as CLS-first token sequences, which the reassemble stage reads
+    "dinov3_vit": BackboneSpec(Dinov3ViTConfig.from_chmv2, Dinov3ViTNeckBackbone, reassemble=True),
 }
 
 

@@ -229,7 +229,7 @@ def _check_output_file(options: OutputOptions, paths: list[Path], kinds: list[st
         )
     want = {kind: suffix for suffix, kind in _BY_SUFFIX.items()}.get(kinds[0], ".png")
     if Path(options.output).suffix.lower() != want:
-        raise UsageError(f"--output {options.output}: a {kinds[0]} output needs a {want} file name")
+        raise UsageError(f"--output {options.output}: --format {kinds[0]} needs a {want} file name")
 
 
 def _output_dir(options: OutputOptions) -> Path | None:

@@ -406,18 +406,18 @@ def _requirement(kind: str):
 
 def _check_points(args: argparse.Namespace, options: OutputOptions, predictor) -> None:
     """UsageError unless the point cloud, mesh and EXR asked for can be written: a depth model, metric
-    depth for ply and glb, their library installed (plyfile, trimesh, OpenEXR); glb and exr not to --output."""
+    camera depth for ply and glb, their library installed (plyfile, trimesh, OpenEXR)."""
     wanted = [kind for kind in ("ply", "glb", "exr") if _wants(options, kind)]
     if not wanted:
         return
-    named = [kind for kind in wanted if kind != "ply"]
-    if options.output and named:
-        raise UsageError(
-            f"--output names .png, .npy and .ply files; write --format {named[0]} with --output-dir or beside the image"
-        )
     if predictor.task != "depth-estimation":
         raise UsageError(f"--format {wanted[0]} is for depth models; this model does segmentation")
     shapes = [kind for kind in wanted if kind in ("ply", "glb")]
+    if shapes and getattr(predictor.config, "model_type", None) == "chmv2":
+        raise UsageError(
+            f"--format {shapes[0]} back-projects depth from a camera; CHMv2 predicts canopy heights seen from "
+            "above (use npy, exr or png16)"
+        )
     if shapes and not _is_metric(predictor.config, args.depth_kind, bool(args.prompt_depth)):
         raise UsageError(
             f"--format {shapes[0]} needs metric depth, but {args.model} predicts relative depth (no scale); "

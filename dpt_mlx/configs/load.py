@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import CheckpointError, UnsupportedModelError
 from .base import BaseConfig, json_type
+from .chmv2 import CHMv2Config
 from .depth_pro import DepthProConfig
 from .dpt import DepthAnythingConfig, DPTConfig, PromptDepthAnythingConfig
 from .zoedepth import ZoeDepthConfig
@@ -18,6 +19,7 @@ CONFIG_CLASSES: dict[str, type[BaseConfig]] = {
     "prompt_depth_anything": PromptDepthAnythingConfig,
     "zoedepth": ZoeDepthConfig,
     "depth_pro": DepthProConfig,
+    "chmv2": CHMv2Config,
 }
 
 

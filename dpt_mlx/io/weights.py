@@ -24,6 +24,7 @@ DROP = (
         r"embeddings\.backbone\.bit\.norm\."
     ),  # DPT-Hybrid pre-activation BiT's final norm: feeds no feature map
     re.compile(r"^backbone\.beit\.layernorm\."),  # BEiT final norm (use_mean_pooling=False): feeds no DPT feature
+    re.compile(r"(^|\.)rope_embeddings\.inv_freq$"),  # DINOv3 rotary frequencies: recomputed from rope_theta
     re.compile(
         r"\.log_binomial_transform\.(k_idx|k_minus_1|K_minus_1)$"
     ),  # ZoeDepth bin indices: constants, recomputed
@@ -33,6 +34,8 @@ DROP = (
 RENAMES = [
     # DPT readout projection: Sequential(Linear, GELU) -> ReadoutProject.dense
     (re.compile(r"readout_projects\.(\d+)\.0\."), r"readout_projects.\1.dense."),
+    # DINOv3 ViT layers as transformers 5 holds them in memory (model.layer.N) -> layer.N, as its save and the hub write
+    (re.compile(r"^(backbone\.)?model\.layer\.(\d+)\."), r"\1layer.\2."),
     # BEiT shared relative position bias as transformers 5 saves it -> the 4.x / hub layout we follow
     (re.compile(r"^backbone\.beit\.encoder\.relative_position_bias\."), "backbone.encoder.relative_position_bias."),
     # Swinv2 continuous position bias: Sequential(Linear, ReLU, Linear) -> ContinuousPositionBiasMLP.fc1/fc2
@@ -41,6 +44,10 @@ RENAMES = [
     # ZoeDepth conditional log-binomial (one, or one per domain): Sequential(conv, GELU, conv, Softplus) -> conv1/conv2
     (re.compile(r"(\.conditional_log_binomial\.(?:[^.]+\.)?mlp)\.0\."), r"\1.conv1."),
     (re.compile(r"(\.conditional_log_binomial\.(?:[^.]+\.)?mlp)\.2\."), r"\1.conv2."),
+    # CHMv2 keeps DPT's neck inside its head: head.{reassemble_stage, convs, fusion_layers} -> the shared neck's names
+    (re.compile(r"^head\.reassemble_stage\."), "neck.reassemble_stage."),
+    (re.compile(r"^head\.convs\."), "neck.convs."),
+    (re.compile(r"^head\.fusion_layers\."), "neck.fusion_stage.layers."),
     # Depth Pro field-of-view head: ModuleList(conv, ReLU, ..., conv, ReLU, conv) -> convs (the even indices)
     (re.compile(r"^fov_model\.head\.layers\.(\d+)\."), lambda m: f"fov_model.head.convs.{int(m.group(1)) // 2}."),
 ]
@@ -57,6 +64,10 @@ HEAD_RENAMES = {
         (re.compile(r"^head\.layers\.1\."), "head.deconv."),
         (re.compile(r"^head\.layers\.2\."), "head.conv2."),
         (re.compile(r"^head\.layers\.4\."), "head.conv3."),
+        # CHMv2: conv_depth.head = ModuleList(conv, upsample, conv, relu, conv)
+        (re.compile(r"^head\.conv_depth\.head\.0\."), "head.conv1."),
+        (re.compile(r"^head\.conv_depth\.head\.2\."), "head.conv2."),
+        (re.compile(r"^head\.conv_depth\.head\.4\."), "head.conv3."),
     ],
     "segmentation": [
         # Sequential(conv, batchnorm, relu, dropout, conv[, upsample]) for head and auxiliary_head

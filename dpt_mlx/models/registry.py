@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..errors import UnsupportedModelError
 from ..io import checkpoint
 from .base import PreTrainedModel
+from .chmv2 import CHMv2ForDepthEstimation
 from .depth_anything import DepthAnythingForDepthEstimation
 from .depth_pro import DepthProForDepthEstimation
 from .dpt import DPTForDepthEstimation, DPTForSemanticSegmentation, DPTModel
@@ -20,6 +21,7 @@ MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
     "PromptDepthAnythingForDepthEstimation": PromptDepthAnythingForDepthEstimation,
     "ZoeDepthForDepthEstimation": ZoeDepthForDepthEstimation,
     "DepthProForDepthEstimation": DepthProForDepthEstimation,
+    "CHMv2ForDepthEstimation": CHMv2ForDepthEstimation,
 }
 
 _SEGMENTATION_KEYS = ("auxiliary_head.", "head.head.1.", "head.batch_norm.")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, UnsupportedModelError
+from .chmv2_processor import CHMv2ImageProcessor
 from .depth_pro_processor import DepthProImageProcessor
 from .image_processor import CONFIG_NAME, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, DPTImageProcessor
 from .processor_base import ImageProcessorBase
@@ -25,6 +26,7 @@ PROCESSOR_TYPES: dict[str, type[ImageProcessorBase]] = {
     "ZoeDepthImageProcessor": ZoeDepthImageProcessor,
     "PromptDepthAnythingImageProcessor": PromptDepthAnythingImageProcessor,
     "DepthProImageProcessor": DepthProImageProcessor,
+    "CHMv2ImageProcessor": CHMv2ImageProcessor,
 }
 # A model config's ``model_type`` -> its processor, for checkpoints without a preprocessor config.
 MODEL_TYPES: dict[str, type[ImageProcessorBase]] = {
@@ -33,6 +35,7 @@ MODEL_TYPES: dict[str, type[ImageProcessorBase]] = {
     "zoedepth": ZoeDepthImageProcessor,
     "prompt_depth_anything": PromptDepthAnythingImageProcessor,
     "depth_pro": DepthProImageProcessor,
+    "chmv2": CHMv2ImageProcessor,
 }
 _SUFFIXES = ("Fast", "Pil")
 MAX_SIDE = 8192  # pixels: a model input side (or multiple, or divisor) beyond this is a damaged preprocessor config
@@ -82,7 +85,8 @@ def default_processor(config) -> tuple[Any, str]:
     """Preprocessing for a checkpoint without preprocessor_config.json, and a line saying what it is.
 
     ZoeDepth gets its own processor's defaults (384x512 kept in aspect, reflect padding); Depth
-    Pro its own at the config's input size (1536x1536 on the hub; normalised, then resized);
+    Pro its own at the config's input size (1536x1536 on the hub; normalised, then resized); CHMv2
+    its own (the image's own size, centre-padded to a multiple of 16, satellite mean/std);
     DINOv2-based models (Depth Anything, Prompt Depth Anything, DPT-DINOv2) get Depth Anything's
     settings: 518 pixels, aspect ratio kept, sides a multiple of 14, ImageNet mean/std. Everything
     else gets DPT's: a square of the config's ``image_size``, bicubic, mean = std = 0.5.
@@ -100,6 +104,9 @@ def default_processor(config) -> tuple[Any, str]:
         side = config.image_size
         processor = DepthProImageProcessor(size={"height": side, "width": side})
         return processor, f"defaults for depth_pro: {side}x{side}, normalised then resized (bilinear), mean/std 0.5"
+    if model_type == "chmv2":
+        processor = CHMv2ImageProcessor()
+        return processor, "defaults for chmv2: the image's own size padded to a multiple of 16, satellite mean/std"
     if model_type == "zoedepth":
         processor = ZoeDepthImageProcessor(ensure_multiple_of=32)  # the value the hub checkpoints set
         what = "384x512, aspect ratio kept, multiple of 32, reflect padding, bilinear, mean/std 0.5"

@@ -117,6 +117,8 @@ def depth_kind(config, prompted: bool = False) -> str:
     """What a depth model's values are, for the summary and the PNG text chunks."""
     from ..predictor import predicts_metres
 
+    if getattr(config, "model_type", None) == "chmv2":
+        return "canopy height in metres (larger = taller)"
     if predicts_metres(config, prompted):
         return "metric depth in metres (larger = farther)"
     if getattr(config, "model_type", None) == "prompt_depth_anything":

@@ -181,6 +181,7 @@ def prepare(spec: RunSpec) -> Setup:
     model = load_model(source, dtype="float32")
     untrainable = {
         "zoedepth": "ZoeDepth has no training loss (neither in transformers)",
+        "chmv2": "CHMv2 has no training loss (neither in transformers)",
         "prompt_depth_anything": "Prompt Depth Anything trains on depth prompts, which the trainer does not read",
     }.get(getattr(model.config, "model_type", None))
     if untrainable:

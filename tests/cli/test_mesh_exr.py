@@ -5,6 +5,7 @@ bad option values, missing libraries and failed writes are one-line errors."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 import numpy as np
@@ -143,8 +144,16 @@ def test_bad_option_values_are_usage_errors(ckpt, bad, capsys):
 
 def test_output_file_missing_libraries_and_failed_writes(ckpt, tmp_path, capsys, monkeypatch):
     base = ["--model", ckpt["metric"], "--image", ckpt["photo"]]
-    code, _, err = _run([*base, "--format", "glb", "--output", tmp_path / "m.glb"], capsys)
-    assert code == 2 and "write --format glb with --output-dir" in err and len(err.strip().splitlines()) == 1
+    single = tmp_path / "single"
+    single.mkdir()
+    for name in ("m.glb", "d.exr"):  # --output's name picks the format, as for .npy and .ply
+        code, _, err = _run([*base, "--output", single / name], capsys)
+        assert code == 0, err
+    assert sorted(p.name for p in single.iterdir()) == ["d.exr", "m.glb"]
+    assert glb_mesh(single / "m.glb")[0].vertices.shape[1] == 3
+    code, _, err = _run([*base, "--format", "exr", "--output", tmp_path / "x.png"], capsys)
+    assert code == 2 and "--format exr needs a .exr file name" in err and len(err.strip().splitlines()) == 1
+    shutil.rmtree(single)
     for module, kind, extra in (("trimesh", "glb", "dpt_mlx[3d]"), ("OpenEXR", "exr", "dpt_mlx[exr]")):
         with monkeypatch.context() as m:
             m.setitem(sys.modules, module, None)  # import -> ImportError
