@@ -1,4 +1,5 @@
-"""dpt_mlx: DPT, Depth Anything, ZoeDepth, Prompt Depth Anything, Depth Pro and CHMv2 in MLX, with transformers' API.
+"""dpt_mlx: DPT, Depth Anything, ZoeDepth, Prompt Depth Anything, Depth Pro, CHMv2 and TIPSv2-DPT in MLX,
+with transformers' API.
 
 Importing dpt_mlx has no side effects: MLX keeps its settings and its BLAS until a model is
 loaded on the CPU (see dpt_mlx.cpu).
@@ -7,6 +8,7 @@ loaded on the CPU (see dpt_mlx.cpu).
 from .configs.chmv2 import CHMv2Config
 from .configs.depth_pro import DepthProConfig
 from .configs.dpt import DepthAnythingConfig, DPTConfig, PromptDepthAnythingConfig
+from .configs.tipsv2_dpt import Tipsv2DptConfig
 from .configs.zoedepth import ZoeDepthConfig
 from .cpu import blas_info, cpu_info
 from .errors import CheckpointError, DPTError, ImageError, UnsupportedModelError
@@ -18,6 +20,10 @@ from .models import (
     DPTForSemanticSegmentation,
     DPTModel,
     PromptDepthAnythingForDepthEstimation,
+    Tipsv2DptForDensePrediction,
+    Tipsv2DptForDepthEstimation,
+    Tipsv2DptForNormalEstimation,
+    Tipsv2DptForSemanticSegmentation,
     ZoeDepthForDepthEstimation,
     load_model,
 )
@@ -35,6 +41,7 @@ from .processing.image_processor import DPTFeatureExtractor, DPTImageProcessor
 from .processing.mesh import depth_to_mesh
 from .processing.points import depth_to_points
 from .processing.prompt_depth_processor import PromptDepthAnythingImageProcessor
+from .processing.tipsv2_processor import Tipsv2DptImageProcessor
 from .processing.zoedepth_processor import ZoeDepthImageProcessor
 
 __version__ = "0.1.0"
@@ -61,6 +68,12 @@ __all__ = [
     "PromptDepthAnythingConfig",
     "PromptDepthAnythingForDepthEstimation",
     "SemanticSegmenterOutput",
+    "Tipsv2DptConfig",
+    "Tipsv2DptForDensePrediction",
+    "Tipsv2DptForDepthEstimation",
+    "Tipsv2DptForNormalEstimation",
+    "Tipsv2DptForSemanticSegmentation",
+    "Tipsv2DptImageProcessor",
     "ImageError",
     "blas_info",
     "cpu_info",

@@ -18,6 +18,7 @@ from .beit import BeitBackbone, BeitConfig
 from .dinov2 import Dinov2Backbone, Dinov2Config
 from .dinov3 import Dinov3ViTConfig, Dinov3ViTNeckBackbone
 from .swinv2 import Swinv2Backbone, Swinv2Config
+from .tipsv2 import Tipsv2VisionBackbone
 from .vit import ViTBackbone, ViTConfig
 
 
@@ -76,6 +77,8 @@ BACKBONES: dict[str, BackboneSpec] = {
     "swinv2": BackboneSpec(_swinv2_config, Swinv2Backbone, reassemble=False),
     # CHMv2 only: its (map, CLS token) pairs as CLS-first token sequences, which the reassemble stage reads
     "dinov3_vit": BackboneSpec(Dinov3ViTConfig.from_chmv2, Dinov3ViTNeckBackbone, reassemble=True),
+    # TIPSv2-DPT only: CLS + patch token sequences per stage (registers left out), read by the reassemble stage
+    "tipsv2_vision_model": BackboneSpec(lambda config: config.vision_config(), Tipsv2VisionBackbone, reassemble=True),
 }
 
 

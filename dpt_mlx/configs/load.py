@@ -11,6 +11,7 @@ from .base import BaseConfig, json_type
 from .chmv2 import CHMv2Config
 from .depth_pro import DepthProConfig
 from .dpt import DepthAnythingConfig, DPTConfig, PromptDepthAnythingConfig
+from .tipsv2_dpt import Tipsv2DptConfig
 from .zoedepth import ZoeDepthConfig
 
 CONFIG_CLASSES: dict[str, type[BaseConfig]] = {
@@ -20,6 +21,7 @@ CONFIG_CLASSES: dict[str, type[BaseConfig]] = {
     "zoedepth": ZoeDepthConfig,
     "depth_pro": DepthProConfig,
     "chmv2": CHMv2Config,
+    "tipsv2_dpt": Tipsv2DptConfig,
 }
 
 

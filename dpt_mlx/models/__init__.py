@@ -1,5 +1,5 @@
 """The task models: DPT (ViT, hybrid, DINOv2, BEiT, Swinv2 backbones), Depth Anything, Prompt Depth Anything,
-ZoeDepth, Depth Pro, CHMv2."""
+ZoeDepth, Depth Pro, CHMv2, TIPSv2-DPT."""
 
 from .base import PreTrainedModel
 from .chmv2 import CHMv2ForDepthEstimation
@@ -8,6 +8,12 @@ from .depth_pro import DepthProForDepthEstimation
 from .dpt import DPTForDepthEstimation, DPTForSemanticSegmentation, DPTModel
 from .prompt_depth_anything import PromptDepthAnythingForDepthEstimation
 from .registry import MODEL_CLASSES, load_model, model_class_for
+from .tipsv2_dpt import (
+    Tipsv2DptForDensePrediction,
+    Tipsv2DptForDepthEstimation,
+    Tipsv2DptForNormalEstimation,
+    Tipsv2DptForSemanticSegmentation,
+)
 from .zoedepth import ZoeDepthForDepthEstimation
 
 __all__ = [
@@ -20,6 +26,10 @@ __all__ = [
     "DepthProForDepthEstimation",
     "PreTrainedModel",
     "PromptDepthAnythingForDepthEstimation",
+    "Tipsv2DptForDensePrediction",
+    "Tipsv2DptForDepthEstimation",
+    "Tipsv2DptForNormalEstimation",
+    "Tipsv2DptForSemanticSegmentation",
     "ZoeDepthForDepthEstimation",
     "load_model",
     "model_class_for",

@@ -10,6 +10,12 @@ from .depth_anything import DepthAnythingForDepthEstimation
 from .depth_pro import DepthProForDepthEstimation
 from .dpt import DPTForDepthEstimation, DPTForSemanticSegmentation, DPTModel
 from .prompt_depth_anything import PromptDepthAnythingForDepthEstimation
+from .tipsv2_dpt import (
+    Tipsv2DptForDensePrediction,
+    Tipsv2DptForDepthEstimation,
+    Tipsv2DptForNormalEstimation,
+    Tipsv2DptForSemanticSegmentation,
+)
 from .zoedepth import ZoeDepthForDepthEstimation
 
 # config.json "architectures" names -> class
@@ -22,6 +28,10 @@ MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
     "ZoeDepthForDepthEstimation": ZoeDepthForDepthEstimation,
     "DepthProForDepthEstimation": DepthProForDepthEstimation,
     "CHMv2ForDepthEstimation": CHMv2ForDepthEstimation,
+    "Tipsv2DptForDensePrediction": Tipsv2DptForDensePrediction,
+    "Tipsv2DptForDepthEstimation": Tipsv2DptForDepthEstimation,
+    "Tipsv2DptForNormalEstimation": Tipsv2DptForNormalEstimation,
+    "Tipsv2DptForSemanticSegmentation": Tipsv2DptForSemanticSegmentation,
 }
 
 _SEGMENTATION_KEYS = ("auxiliary_head.", "head.head.1.", "head.batch_norm.")

@@ -15,6 +15,7 @@ from .depth_pro_processor import DepthProImageProcessor
 from .image_processor import CONFIG_NAME, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, DPTImageProcessor
 from .processor_base import ImageProcessorBase
 from .prompt_depth_processor import PromptDepthAnythingImageProcessor
+from .tipsv2_processor import Tipsv2DptImageProcessor
 from .zoedepth_processor import ZoeDepthImageProcessor
 
 # ``image_processor_type`` names, without the backend suffix transformers may add ("Fast" for
@@ -27,6 +28,7 @@ PROCESSOR_TYPES: dict[str, type[ImageProcessorBase]] = {
     "PromptDepthAnythingImageProcessor": PromptDepthAnythingImageProcessor,
     "DepthProImageProcessor": DepthProImageProcessor,
     "CHMv2ImageProcessor": CHMv2ImageProcessor,
+    "Tipsv2DptImageProcessor": Tipsv2DptImageProcessor,
 }
 # A model config's ``model_type`` -> its processor, for checkpoints without a preprocessor config.
 MODEL_TYPES: dict[str, type[ImageProcessorBase]] = {
@@ -36,6 +38,7 @@ MODEL_TYPES: dict[str, type[ImageProcessorBase]] = {
     "prompt_depth_anything": PromptDepthAnythingImageProcessor,
     "depth_pro": DepthProImageProcessor,
     "chmv2": CHMv2ImageProcessor,
+    "tipsv2_dpt": Tipsv2DptImageProcessor,
 }
 _SUFFIXES = ("Fast", "Pil")
 MAX_SIDE = 8192  # pixels: a model input side (or multiple, or divisor) beyond this is a damaged preprocessor config
@@ -107,6 +110,9 @@ def default_processor(config) -> tuple[Any, str]:
     if model_type == "chmv2":
         processor = CHMv2ImageProcessor()
         return processor, "defaults for chmv2: the image's own size padded to a multiple of 16, satellite mean/std"
+    if model_type == "tipsv2_dpt":
+        processor = Tipsv2DptImageProcessor()
+        return processor, "defaults for tipsv2_dpt: 448x448, antialiased bilinear, rescaled to [0, 1], not normalised"
     if model_type == "zoedepth":
         processor = ZoeDepthImageProcessor(ensure_multiple_of=32)  # the value the hub checkpoints set
         what = "384x512, aspect ratio kept, multiple of 32, reflect padding, bilinear, mean/std 0.5"
