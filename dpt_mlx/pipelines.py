@@ -26,7 +26,9 @@ from PIL import Image
 from .errors import CheckpointError, ImageError
 from .predictor import (  # noqa: F401  (load_predictor and the tasks: also imported from here)
     DEFAULT_MODELS,
+    DENSE,
     DEPTH,
+    NORMALS,
     SEGMENTATION,
     Camera,
     Predictor,
@@ -45,7 +47,13 @@ from .processing.images import (  # noqa: F401  (this module was their home)
     load_image,
 )
 
-TASK_ALIASES = {"depth": DEPTH, "segmentation": SEGMENTATION, "semantic-segmentation": SEGMENTATION}
+TASK_ALIASES = {
+    "depth": DEPTH,
+    "segmentation": SEGMENTATION,
+    "semantic-segmentation": SEGMENTATION,
+    "normals": NORMALS,
+    "dense": DENSE,
+}
 
 # ----------------------------------------------------------------------------------------------
 # Pipelines
@@ -168,13 +176,57 @@ class ImageSegmentationPipeline(_Pipeline):
         return annotation
 
 
-PIPELINES = {DEPTH: DepthEstimationPipeline, SEGMENTATION: ImageSegmentationPipeline}
+def normals_image(normals: np.ndarray) -> Image.Image:
+    """Unit normals (H, W, 3) as the usual RGB picture: each component from [-1, 1] to 0..255."""
+    if normals.ndim != 3 or normals.shape[-1] != 3 or normals.size == 0:
+        raise ValueError(f"a normal map must be a non-empty (height, width, 3) array, got shape {normals.shape}")
+    if not np.isfinite(normals).all():
+        raise ValueError("the normal map contains NaN or inf; no picture can be made from it")
+    return Image.fromarray(np.round((np.clip(normals, -1, 1) + 1) * 127.5).astype(np.uint8))
+
+
+class NormalEstimationPipeline(_Pipeline):
+    """``pipe(image)`` -> ``{"normals": float32 (H, W, 3), "normals_image": PIL RGB}``
+    (TIPSv2-DPT's normals head, post-processed as transformers' ``post_process_normal_estimation``:
+    unit vectors at the model's resolution, then resized bilinearly to the image, so a little shorter
+    where they turn; the picture maps each component from [-1, 1] to 0..255); a list -> a list."""
+
+    task = NORMALS
+
+    def format(self, result: np.ndarray, camera: Camera | None = None) -> dict[str, Any]:
+        return {"normals": result, "normals_image": normals_image(result)}
+
+
+class DensePredictionPipeline(_Pipeline):
+    """``pipe(image)`` -> ``{"predicted_depth", "depth", "normals", "normals_image", "segmentation"}``: a
+    dense TIPSv2-DPT's three heads from one pass (depth in metres, as the depth pipeline gives it;
+    normals as the normals pipeline; ``segmentation`` the (H, W) class ids); a list -> a list."""
+
+    task = DENSE
+
+    def format(self, result: dict, camera: Camera | None = None) -> dict[str, Any]:
+        return {
+            "predicted_depth": result["depth"],
+            "depth": depth_image(result["depth"]),
+            "normals": result["normals"],
+            "normals_image": normals_image(result["normals"]),
+            "segmentation": result["segmentation"],
+        }
+
+
+PIPELINES = {
+    DEPTH: DepthEstimationPipeline,
+    SEGMENTATION: ImageSegmentationPipeline,
+    NORMALS: NormalEstimationPipeline,
+    DENSE: DensePredictionPipeline,
+}
 
 
 def pipeline(
     task: str, model: Any = None, dtype=None, image_processor: Any = None, batch_size: int = 1, flip_tta: bool = False
 ):
-    """A callable for ``"depth-estimation"`` or ``"image-segmentation"``.
+    """A callable for ``"depth-estimation"``, ``"image-segmentation"``, ``"normal-estimation"`` or
+    ``"dense-prediction"`` (depth, normals and segmentation at once: a dense TIPSv2-DPT checkpoint).
 
     ``model``: a Hugging Face Hub repo id, a local checkpoint directory (transformers or converted)
     or a loaded dpt_mlx model; default ``Intel/dpt-large`` (depth) / ``Intel/dpt-large-ade``
@@ -186,6 +238,8 @@ def pipeline(
     name = TASK_ALIASES.get(task, task)
     if name not in PIPELINES:
         raise ValueError(f"unknown task {task!r}; available tasks: {', '.join(PIPELINES)}")
+    if model is None and name not in DEFAULT_MODELS:
+        raise ValueError(f"give the {name} checkpoint: pipeline({name!r}, model=...)")
     predictor = load_predictor(
         model if model is not None else DEFAULT_MODELS[name], dtype, image_processor, name, flip=flip_tta
     )
@@ -195,9 +249,11 @@ def pipeline(
 __all__ = [
     "DEFAULT_MODELS",
     "IMAGE_EXTENSIONS",
+    "DensePredictionPipeline",
     "DepthEstimationPipeline",
     "ImageError",
     "ImageSegmentationPipeline",
+    "NormalEstimationPipeline",
     "Predictor",
     "depth_image",
     "list_images",

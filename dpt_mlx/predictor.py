@@ -28,7 +28,14 @@ from .processing.zoedepth_processor import ZoeDepthImageProcessor
 
 DEPTH = "depth-estimation"
 SEGMENTATION = "image-segmentation"
-DEFAULT_MODELS = {DEPTH: "Intel/dpt-large", SEGMENTATION: "Intel/dpt-large-ade"}
+NORMALS = "normal-estimation"  # surface normals (TIPSv2-DPT)
+DENSE = "dense-prediction"  # depth, normals and segmentation from one pass (TIPSv2-DPT)
+DENSE_FIELDS = ("depth", "normals", "segmentation")  # what a dense prediction holds per image
+DEFAULT_MODELS = {
+    DEPTH: "Intel/dpt-large",
+    SEGMENTATION: "Intel/dpt-large-ade",
+    DENSE: "google/tipsv2-b14-dpt",  # depth, normals and segmentation
+}
 
 
 @dataclass(frozen=True)
@@ -42,9 +49,14 @@ class Camera:
 
 
 def task_of(model) -> str:
-    """``"depth-estimation"`` or ``"image-segmentation"``, from the model's class."""
+    """``"depth-estimation"``, ``"image-segmentation"``, ``"normal-estimation"`` or ``"dense-prediction"``,
+    from the model's class."""
     kind = getattr(type(model), "head_kind", None)
     name = type(model).__name__
+    if kind == "normals":
+        return NORMALS
+    if kind == "dense":
+        return DENSE
     if kind == "segmentation" or "SemanticSegmentation" in name:
         return SEGMENTATION
     if kind == "depth" or "DepthEstimation" in name:
@@ -99,6 +111,8 @@ class Predictor:
         self.task = task_of(model)
         self.config = model.config
         self.flip = bool(flip)
+        if self.flip and self.task in (NORMALS, DENSE):  # a mirrored normal map is not the mirror image's
+            raise ValueError("flip test-time augmentation is for depth and segmentation; this model predicts normals")
         self.notes: list[str] = []
         self.source = type(model).__name__
         self.cameras: list[Camera | None] = []
@@ -120,7 +134,7 @@ class Predictor:
         return self.task == DEPTH and gives_camera(self.model)
 
     def metric(self, prompted: bool = False) -> bool:
-        return self.task == DEPTH and predicts_metres(self.config, prompted)
+        return self.task in (DEPTH, DENSE) and predicts_metres(self.config, prompted)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """(3, h, w) float32 pixel values of one image."""
@@ -149,6 +163,9 @@ class Predictor:
         width, or None, used instead of the model's estimate. Sets ``cameras``."""
         n = len(pixel_values)
         known = self._focal_lengths(focal_lengths, n)
+        if self.task in (NORMALS, DENSE):
+            self.cameras = [None] * n
+            return self._forward_fields(pixel_values, sizes)
         x, prompt = pixel_values, prompt_depth
         if self.flip:  # the mirrored batch rides along in the same forward pass (see _run)
             x = np.concatenate([x, x[..., ::-1]])
@@ -190,6 +207,34 @@ class Predictor:
                 SimpleNamespace(predicted_depth=result), target_sizes=list(sizes)
             )
         return [d["predicted_depth"] for d in done]
+
+    def _forward_fields(self, x: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list:
+        """Normals ((H, W, 3) float32 per image: unit at the model's size, then resized) or, for a dense
+        model, per image a dict of ``depth`` (H, W), ``normals`` (H, W, 3) and ``segmentation`` (H, W)
+        class ids, each post-processed to the image's size as the reference's processor does."""
+        step = images_per_pass(len(x), *x.shape[2:4])
+        parts = []
+        for i in range(0, len(x), step):
+            outputs = self.model(mx.array(np.ascontiguousarray(x[i : i + step])))
+            fields = {"normals": outputs.normals}
+            if self.task == DENSE:
+                fields.update(depth=outputs.predicted_depth, segmentation=outputs.segmentation_logits)
+            mx.eval(fields)
+            for value in fields.values():
+                self._check_finite(value)
+            parts.append(fields)
+        fields = {key: mx.concatenate([part[key] for part in parts]) for key in parts[0]}
+        targets = list(sizes)
+        processor = self.image_processor
+        normals = processor.post_process_normal_estimation(SimpleNamespace(normals=fields["normals"]), targets)
+        normals = [np.ascontiguousarray(d["normals"].transpose(1, 2, 0)) for d in normals]
+        if self.task == NORMALS:
+            return normals
+        depth = processor.post_process_depth_estimation(SimpleNamespace(predicted_depth=fields["depth"]), targets)
+        classes = processor.post_process_semantic_segmentation(SimpleNamespace(logits=fields["segmentation"]), targets)
+        return [
+            {"depth": d["predicted_depth"], "normals": n, "segmentation": c} for d, n, c in zip(depth, normals, classes)
+        ]
 
     def _focal_lengths(self, focal_lengths: Sequence[float | None] | None, n: int) -> list[float | None] | None:
         """Checked known focal lengths for ``n`` images, or None; only Depth Pro's depth takes them."""

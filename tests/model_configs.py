@@ -9,6 +9,7 @@ import torch
 import transformers
 from helpers import open_final_relu, perturb, pixels
 from transformers.models.swinv2.modeling_swinv2 import Swinv2SelfAttention
+from transformers.models.tipsv2_dpt.modeling_tipsv2_dpt import Tipsv2DptFeaturesToDepth
 
 PATCH = 8
 
@@ -436,3 +437,45 @@ def chmv2_reference(config, seed: int = 3):
     if config.number_output_channels > 1:
         spread_chmv2_logits(ref, pixels(2, 32, 48, seed=seed))
     return ref
+
+
+# ----------------------------------------------------------------------------------------------
+# TIPSv2-DPT (google/tipsv2-b14-dpt)
+
+
+def tipsv2_config(num_labels: int = 7, **backbone_overrides) -> transformers.Tipsv2DptConfig:
+    """google/tipsv2-b14-dpt's shape at reduced width: 12 layers, out_indices [3, 6, 9, 12], one register,
+    LayerNorm on the features; neck [96, 192, 384, 768] / 256 scaled down; a few depth bins and classes."""
+    backbone = dict(
+        model_type="tipsv2_vision_model",
+        hidden_size=24,
+        num_hidden_layers=12,
+        num_attention_heads=2,
+        image_size=56,
+        patch_size=14,
+        out_indices=[3, 6, 9, 12],
+        apply_layernorm=True,
+        reshape_hidden_states=False,
+        num_register_tokens=1,
+    )
+    backbone.update(backbone_overrides)
+    return transformers.Tipsv2DptConfig(
+        backbone_config=backbone,
+        neck_hidden_sizes=[6, 12, 24, 48],
+        fusion_hidden_size=16,
+        num_depth_bins=12,
+        num_labels=num_labels,
+    )
+
+
+def tipsv2_reference(cls, seed: int, **overrides):
+    """A perturbed eager transformers TIPSv2-DPT ``cls`` (one of its four classes) of the tiny config."""
+    torch.manual_seed(seed)
+    model = cls(tipsv2_config(**overrides))
+    model.set_attn_implementation("eager")  # SDPA returns no attention probabilities
+    perturb(model, seed=seed)
+    with torch.no_grad():  # the depth bin centres are a non-persistent buffer: not in the checkpoint, keep them
+        for module in model.modules():
+            if isinstance(module, Tipsv2DptFeaturesToDepth):
+                module.bin_centers.copy_(torch.linspace(module.min_depth, module.max_depth, len(module.bin_centers)))
+    return model

@@ -159,13 +159,19 @@ def test_task_errors(ckpt):
 def test_default_models(monkeypatch):
     import huggingface_hub.constants
 
-    assert DEFAULT_MODELS == {"depth-estimation": "Intel/dpt-large", "image-segmentation": "Intel/dpt-large-ade"}
+    assert DEFAULT_MODELS == {
+        "depth-estimation": "Intel/dpt-large",
+        "image-segmentation": "Intel/dpt-large-ade",
+        "dense-prediction": "google/tipsv2-b14-dpt",
+    }
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_CACHE", "/nonexistent-dpt-mlx-cache")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", "/nonexistent-dpt-mlx-cache")
     for task, name in DEFAULT_MODELS.items():
         with pytest.raises(dpt_mlx.CheckpointError, match=name):
             pipeline(task)
+    with pytest.raises(ValueError, match="give the normal-estimation checkpoint"):
+        pipeline("normals")
 
 
 def test_load_image(tmp_path):

@@ -248,6 +248,8 @@ def _check_model(args, console: Console) -> str:
     predictor = load_predictor(args.model, dtype=args.dtype, flip=args.flip_tta)
     for note in predictor.notes:
         console.detail(note)
+    if predictor.task not in ("depth-estimation", "image-segmentation"):
+        raise UsageError(f"{args.model} predicts {predictor.task}; the batch command writes depth or segmentation maps")
     task = "depth" if predictor.task == "depth-estimation" else "segmentation"
     console.detail(f"model {args.model}: {type(predictor.model).__name__} ({predictor.task})")
     del predictor

@@ -153,15 +153,15 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"{self.prog}: error: {one_line(message)} (see --help)\n")
 
 
-def format_list(choices: tuple[str, ...], shown: tuple[str, ...] | None = None, note: str = ""):
-    """argparse type: a comma-separated list of output formats from ``choices``; an error names
-    ``shown`` (default: all of them) and ``note`` before "comma-separated"."""
+def format_list(choices: tuple[str, ...], shown: tuple[str, ...] | None = None, note: str = "", what: str = "format"):
+    """argparse type: a comma-separated list of output formats (or other ``what``) from ``choices``; an
+    error names ``shown`` (default: all of them) and ``note`` before "comma-separated"."""
 
     def parse(text: str) -> list[str]:
         names = [t.strip().lower() for t in text.split(",") if t.strip()]
         if not names or any(n not in choices for n in names):
             listed = ", ".join(shown or choices)
-            raise argparse.ArgumentTypeError(f"invalid format {text!r}; choose from {listed} ({note}comma-separated)")
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}; choose from {listed} ({note}comma-separated)")
         return names
 
     return parse

@@ -12,6 +12,7 @@ that has only some are replaced. ``assign_prompts`` pairs images with their dept
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import sys
@@ -205,18 +206,38 @@ _BY_SUFFIX = {".npy": "npy", ".ply": "ply", ".glb": "glb", ".exr": "exr"}  # --o
 
 
 def _kinds(options: OutputOptions, task: str) -> list[str]:
+    """The output kinds of one task ("depth", "normals", "segmentation"); UsageError for a format it has not."""
     formats = list(options.formats)
     if not formats:
         suffix = Path(options.output).suffix.lower() if options.output else ""
         formats = [_BY_SUFFIX.get(suffix, "png")]
     kinds = list(dict.fromkeys(formats))
-    for depth_only in ("png16", "ply", "glb", "exr"):
-        if task == "segmentation" and depth_only in kinds:
-            raise UsageError(
-                f"--format {depth_only} is for depth models; this model does segmentation (use png or npy)"
-            )
+    for kind in kinds:
+        if (task, kind) not in SUFFIXES:
+            what = {"segmentation": "does segmentation", "normals": "predicts surface normals"}[task]
+            raise UsageError(f"--format {kind} is for depth models; this model {what} (use png or npy)")
     if options.overlay:
+        if task == "normals":
+            raise UsageError("--overlay is for depth and segmentation; this model predicts surface normals")
         kinds.append("overlay")
+    return kinds
+
+
+def _dense_kinds(options: OutputOptions, tasks: tuple[str, ...]) -> list[str]:
+    """A dense prediction's output kinds, ``"<task>:<kind>"``: each format for every task that has it."""
+    kinds = []
+    for task in tasks:
+        narrowed = dataclasses.replace(
+            options,
+            formats=tuple(f for f in options.formats if (task, f) in SUFFIXES),
+            overlay=options.overlay and task != "normals",
+        )
+        if options.formats and not narrowed.formats:
+            continue
+        kinds += [f"{task}:{kind}" for kind in _kinds(narrowed, task)]
+    unused = [f for f in options.formats if not any(k.endswith(f":{f}") for k in kinds)]
+    if unused:
+        raise UsageError(f"--format {unused[0]} is not written for --task {','.join(tasks)}")
     return kinds
 
 
@@ -227,9 +248,10 @@ def _check_output_file(options: OutputOptions, paths: list[Path], kinds: list[st
         raise UsageError(
             f"--output names one file but {len(kinds)} outputs were asked for ({', '.join(kinds)}); use --output-dir"
         )
-    want = {kind: suffix for suffix, kind in _BY_SUFFIX.items()}.get(kinds[0], ".png")
+    kind = kinds[0].split(":")[-1]  # a dense prediction's "<task>:<kind>"
+    want = {k: suffix for suffix, k in _BY_SUFFIX.items()}.get(kind, ".png")
     if Path(options.output).suffix.lower() != want:
-        raise UsageError(f"--output {options.output}: --format {kinds[0]} needs a {want} file name")
+        raise UsageError(f"--output {options.output}: --format {kind} needs a {want} file name")
 
 
 def _output_dir(options: OutputOptions) -> Path | None:
@@ -286,10 +308,13 @@ def _target(options: OutputOptions, out_dir: Path | None, path: Path | str, suff
     return (out_dir / _subfolder(options, path) if out_dir else path.parent) / (path.stem + suffix)
 
 
-def plan(options: OutputOptions, paths: list[Path | str], task: str, camera: bool = False) -> Plan:
-    """The output files of every input (``task`` is "depth" or "segmentation"); with ``camera`` (a model
-    that gives one: Depth Pro) an npy output gets a JSON sidecar with the camera beside it."""
-    kinds = _kinds(options, task)
+def plan(
+    options: OutputOptions, paths: list[Path | str], task: str, camera: bool = False, tasks: tuple[str, ...] = ()
+) -> Plan:
+    """The output files of every input (``task`` is "depth", "normals", "segmentation", or "dense": the
+    ``tasks`` of a dense prediction); with ``camera`` (a model that gives one: Depth Pro) an npy output
+    gets a JSON sidecar with the camera beside it."""
+    kinds = _dense_kinds(options, tasks) if task == "dense" else _kinds(options, task)
     if options.output:
         _check_output_file(options, paths, kinds)
     if camera and "npy" in kinds:
@@ -302,7 +327,8 @@ def plan(options: OutputOptions, paths: list[Path | str], task: str, camera: boo
     for path in paths:
         job, reason = Job(path), None
         for kind in kinds:
-            target = _target(options, out_dir, path, SUFFIXES[(task, kind)])
+            key = tuple(kind.split(":", 1)) if task == "dense" else (task, kind)
+            target = _target(options, out_dir, path, SUFFIXES[key])
             reason = _refusal(target, inputs, claimed, options.overwrite or skip)
             if reason:
                 break

@@ -26,7 +26,7 @@ from ..io.checkpoint import DTYPES
 from ..io.files import remove_stale_temps, remove_unchanged, temp_files
 from ..processing.mesh import DEFAULT_EDGE_THRESHOLD, DEFAULT_MAX_VERTICES
 from ..processing.visualize import COLORMAPS
-from ..processing.writers import Job, OutputOptions, depth_kind, shown, write_outputs
+from ..processing.writers import TASK_NAMES, Job, OutputOptions, depth_kind, shown, write_outputs
 from .console import (
     EXIT_ERROR,
     EXIT_OK,
@@ -43,6 +43,7 @@ from .console import (
 from .inputs import Plan, assign_prompts, collect_inputs, plan
 
 DEFAULT_MODEL = "Intel/dpt-large"
+TASKS = ("depth", "normals", "segmentation")  # what a dense checkpoint (TIPSv2-DPT) writes; --task picks
 METRIC_EXAMPLE = "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf"
 FORMATS = ("png", "png16", "npy", "exr", "ply", "glb")
 VIDEO_FORMATS = ("mp4", "npz")  # with png16: --video's formats (cli/video.py)
@@ -259,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"default {DEFAULT_MODEL}. Depth or segmentation follows from the checkpoint",
     )
     inputs.add_argument(
+        "--task",
+        type=format_list(TASKS, what="task"),
+        metavar="TASK",
+        help="depth, normals, segmentation (comma-separated): what a dense checkpoint (TIPSv2-DPT "
+        "...ForDensePrediction) writes, default all three: <name>_depth.*, <name>_normals.png (RGB) / "
+        ".npy, <name>_seg.*; other checkpoints predict one",
+    )
+    inputs.add_argument(
         "--video", metavar="PATH", help="a video: writes <name>_depth.mp4 (--format mp4, npz, png16); depth models only"
     )
 
@@ -404,14 +413,27 @@ def _requirement(kind: str):
     return {"ply": require_plyfile, "glb": require_trimesh, "exr": require_openexr}[kind]
 
 
+def _tasks(asked: list[str] | None, predictor) -> tuple[str, tuple[str, ...]]:
+    """(the planner's task, the tasks a dense prediction writes): --task for a dense checkpoint (default all
+    three); elsewhere --task must name what the checkpoint predicts."""
+    task = TASK_NAMES.get(predictor.task, "dense")
+    asked = tuple(dict.fromkeys(asked or ()))
+    if task == "dense":
+        return task, asked or TASKS
+    if asked and asked != (task,):
+        raise UsageError(f"--task {','.join(asked)}: {predictor.source} predicts {task} only")
+    return task, ()
+
+
 def _check_points(args: argparse.Namespace, options: OutputOptions, predictor) -> None:
     """UsageError unless the point cloud, mesh and EXR asked for can be written: a depth model, metric
     camera depth for ply and glb, their library installed (plyfile, trimesh, OpenEXR)."""
     wanted = [kind for kind in ("ply", "glb", "exr") if _wants(options, kind)]
     if not wanted:
         return
-    if predictor.task != "depth-estimation":
-        raise UsageError(f"--format {wanted[0]} is for depth models; this model does segmentation")
+    if predictor.task not in ("depth-estimation", "dense-prediction"):
+        what = "predicts surface normals" if predictor.task == "normal-estimation" else "does segmentation"
+        raise UsageError(f"--format {wanted[0]} is for depth models; this model {what}")
     shapes = [kind for kind in wanted if kind in ("ply", "glb")]
     if shapes and getattr(predictor.config, "model_type", None) == "chmv2":
         raise UsageError(
@@ -493,7 +515,7 @@ class Runner:
                 job.field_of_view = camera.field_of_view
         for job, result in zip(batch, results):
             job.pixels = job.prompt_pixels = None
-            if not np.isfinite(result).all():
+            if not all(np.isfinite(m).all() for m in (result.values() if isinstance(result, dict) else [result])):
                 job.image = None
                 self.fail(
                     job.path,
@@ -594,11 +616,16 @@ def _summary(args, runner: Runner, work: Plan, predictor, seconds: float, load_s
     )
     if work.skipped:
         summary += f"; {_skipped(work)}"
-    if predictor.task == "depth-estimation":
+    depth_kinds = [
+        k.split(":")[-1]
+        for k, _ in work.jobs[0].outputs
+        if predictor.task == "depth-estimation" or k.startswith("depth:")
+    ]
+    if depth_kinds:
         summary += f"; depth is {depth_kind(predictor.config, bool(args.prompt_depth))}"
         if args.depth_kind:
             summary += f" (taken as {args.depth_kind}: --depth-kind)"
-        if any(k in ("png", "png16", "overlay") for k, _ in work.jobs[0].outputs):
+        if any(k in ("png", "png16", "overlay") for k in depth_kinds):
             summary += ", PNGs are min-max normalised per image"
         if predictor.flip:
             summary += "; flip-averaged (two forward passes per image)"
@@ -629,11 +656,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.output and len(paths) != 1:
         raise UsageError(f"--output names one file but there are {len(paths)} images; use --output-dir")
     predictor, load_seconds = _load(args, console)
-    task = "depth" if predictor.task == "depth-estimation" else "segmentation"
+    task, tasks = _tasks(args.task, predictor)
     if task == "segmentation" and args.colormap != "inferno":
         console.detail("--colormap applies to depth only; segmentation uses the model's palette")
     _check_points(args, options, predictor)
-    work = plan(options, paths, task, camera=predictor.gives_camera)
+    work = plan(options, paths, task, camera=predictor.gives_camera, tasks=tasks)
     work.rejected += assign_prompts(args.prompt_depth, args.input_dir, work.jobs, predictor)
     stale = remove_stale_temps(work.targets())
     if stale:

@@ -285,7 +285,7 @@ class Tipsv2DptForSemanticSegmentation(Tipsv2DptPreTrainedModel):
 class Tipsv2DptForDensePrediction(Tipsv2DptPreTrainedModel):
     """All three decoders on one encoder pass: depth (B, H', W'), normals (B, 3, H', W'), logits (B, L, H', W')."""
 
-    head_kind = "depth"
+    head_kind = "dense"
     decoder_names = {task: (f"{task}_neck", f"{task}_decoder") for task in TASKS}
 
     def __init__(self, config: Tipsv2DptConfig):

@@ -15,6 +15,7 @@ published together when the whole video is done.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ..io import files
 from ..io.files import TEMP_SUFFIX, discard, signals_deferred, temp_beside, umask_mode
@@ -44,6 +46,8 @@ SUFFIXES = {
     ("depth", "exr"): "_depth.exr",
     ("depth", "glb"): "_mesh.glb",
     ("depth", "camera"): "_depth.json",  # beside the npy of a model that gives a camera (Depth Pro)
+    ("normals", "png"): "_normals.png",  # RGB: each component from [-1, 1] to 0..255
+    ("normals", "npy"): "_normals.npy",  # float32 (H, W, 3), as the pipeline gives them
     ("segmentation", "png"): "_seg.png",
     ("segmentation", "npy"): "_seg.npy",
     ("segmentation", "overlay"): "_seg_overlay.png",
@@ -208,6 +212,45 @@ def write_segmentation(job: Job, classes: np.ndarray, options: OutputOptions, pr
     return _class_lines(classes, predictor.id2label, options.verbose)
 
 
+def write_normals(job: Job, normals: np.ndarray, options: OutputOptions, predictor) -> list[str]:
+    """Write the normal-map outputs of ``job`` ((H, W, 3), as the pipeline gives them); returns no lines."""
+    from ..processing import visualize as V
+
+    for kind, target in job.outputs:
+        replace = may_replace(options, job, target)
+        if kind == "png":
+            text = {
+                "Software": "dpt_mlx",
+                "model": predictor.source,
+                "description": "surface normals: RGB = (normal + 1) / 2 * 255 per component, as the model "
+                "predicts them (x, y, z in the channels' order)",
+            }
+            picture = np.round((np.clip(normals, -1, 1) + 1) * 127.5).astype(np.uint8)
+            V.save_png(Image.fromarray(picture), target, text, overwrite=replace)
+        elif kind == "npy":
+            V.save_npy(normals.astype(np.float32), target, overwrite=replace)
+        job.published.append(target)
+    return []
+
+
+def write_dense(job: Job, result: dict, options: OutputOptions, predictor) -> list[str]:
+    """Write the outputs of a dense prediction (``result``: depth, normals, segmentation), each with its
+    task's writer; ``job.outputs`` kinds are ``"<task>:<kind>"``."""
+    lines, notes = [], []
+    for task, write in WRITERS.items():
+        outputs = [(kind.split(":", 1)[1], t) for kind, t in job.outputs if kind.split(":", 1)[0] == task]
+        if not outputs:
+            continue
+        part = dataclasses.replace(job, outputs=outputs, published=[], note="")
+        try:
+            lines += write(part, result[task], options, predictor)
+        finally:
+            job.published += part.published
+        notes += [part.note] if part.note else []
+    job.note = "; ".join(notes)
+    return lines
+
+
 def write_outputs(
     job: Job, result: np.ndarray, options: OutputOptions, predictor
 ) -> tuple[list[str] | None, str | None]:
@@ -219,7 +262,7 @@ def write_outputs(
     file is left as the other run wrote it. Any other failure (a full disk, an interruption) removes
     the outputs this image had already created, so that an image is either written or not.
     """
-    write = write_depth if predictor.task == "depth-estimation" else write_segmentation
+    write = write_dense if predictor.task == "dense-prediction" else WRITERS[TASK_NAMES[predictor.task]]
     existed: set[Path] = set()
     job.published = []
     try:
@@ -239,6 +282,15 @@ def write_outputs(
     except BaseException:  # Ctrl-C, SIGTERM
         _remove_created(job, existed)
         raise
+
+
+# the writer of each task ("depth", "normals", "segmentation") and the predictor's task names for them
+WRITERS = {"depth": write_depth, "normals": write_normals, "segmentation": write_segmentation}
+TASK_NAMES = {
+    "depth-estimation": "depth",
+    "normal-estimation": "normals",
+    "image-segmentation": "segmentation",
+}
 
 
 def _remove_created(job: Job, existed: set[Path]) -> None:

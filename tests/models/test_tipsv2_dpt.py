@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from helpers import TOL, perturb, pixels, rel_err
+from helpers import TOL, pixels, rel_err
+from model_configs import tipsv2_config
+from model_configs import tipsv2_reference as reference
 from safetensors.numpy import load_file, save_file
-from transformers.models.tipsv2_dpt.modeling_tipsv2_dpt import Tipsv2DptFeaturesToDepth
 
 import dpt_mlx
 from dpt_mlx.backbones.tipsv2 import antialias_matrix
@@ -29,46 +30,9 @@ pytestmark = pytest.mark.timeout(240)
 SHAPES = [(56, 56), (42, 70), (45, 31)]
 
 
-def tipsv2_config(num_labels: int = 7, **backbone_overrides) -> transformers.Tipsv2DptConfig:
-    """google/tipsv2-b14-dpt's shape at reduced width: 12 layers, out_indices [3, 6, 9, 12], one register,
-    LayerNorm on the features; neck [96, 192, 384, 768] / 256 scaled down; a few depth bins and classes."""
-    backbone = dict(
-        model_type="tipsv2_vision_model",
-        hidden_size=24,
-        num_hidden_layers=12,
-        num_attention_heads=2,
-        image_size=56,
-        patch_size=14,
-        out_indices=[3, 6, 9, 12],
-        apply_layernorm=True,
-        reshape_hidden_states=False,
-        num_register_tokens=1,
-    )
-    backbone.update(backbone_overrides)
-    return transformers.Tipsv2DptConfig(
-        backbone_config=backbone,
-        neck_hidden_sizes=[6, 12, 24, 48],
-        fusion_hidden_size=16,
-        num_depth_bins=12,
-        num_labels=num_labels,
-    )
-
-
 # g/14: SwiGLU, 40 layers (reduced to 8 here), two registers to check that the readout skips them all
 GIANT = dict(num_hidden_layers=8, out_indices=[2, 4, 6, 8], use_swiglu_ffn=True, num_register_tokens=2)
 CONFIGS = [pytest.param({}, id="b14"), pytest.param(GIANT, id="g14-swiglu")]
-
-
-def reference(cls, seed: int, **overrides):
-    torch.manual_seed(seed)
-    model = cls(tipsv2_config(**overrides))
-    model.set_attn_implementation("eager")  # SDPA returns no attention probabilities
-    perturb(model, seed=seed)
-    with torch.no_grad():  # the depth bin centres are a non-persistent buffer: not in the checkpoint, keep them
-        for module in model.modules():
-            if isinstance(module, Tipsv2DptFeaturesToDepth):
-                module.bin_centers.copy_(torch.linspace(module.min_depth, module.max_depth, len(module.bin_centers)))
-    return model
 
 
 def run_reference(ref, x, **kwargs):
