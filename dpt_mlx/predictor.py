@@ -20,6 +20,7 @@ import mlx.core as mx
 import numpy as np
 from PIL import Image
 
+from .configs import predicts_metres
 from .cpu import images_per_pass
 from .errors import UnsupportedModelError
 from .processing.auto import load_processor
@@ -81,15 +82,6 @@ def takes_prompt(model) -> bool:
 def gives_camera(model) -> bool:
     """Whether the model's depth comes with a camera (Depth Pro: field of view and focal length)."""
     return getattr(model.config, "model_type", None) == "depth_pro"
-
-
-def predicts_metres(config, prompted: bool = False) -> bool:
-    """Whether a depth model's output is in metres: metric Depth Anything, ZoeDepth, Depth Pro and CHMv2
-    (canopy height) always (their configs' ``predicts_metres``), Prompt Depth Anything when it was given
-    a prompt (its output is scaled to the prompt's range)."""
-    if getattr(config, "model_type", None) == "prompt_depth_anything":
-        return prompted or getattr(config, "depth_estimation_type", None) == "metric"
-    return bool(getattr(config, "predicts_metres", False)) or getattr(config, "depth_estimation_type", None) == "metric"
 
 
 class Predictor:

@@ -151,7 +151,7 @@ class Session:
     def _run(self, predictor, photos: list[Path], settings: Settings) -> tuple[list[Result], list[str]]:
         from ..cli.inputs import plan
         from ..cli.predict import Runner
-        from ..predictor import predicts_metres
+        from ..configs import predicts_metres
 
         depth = predictor.task == "depth-estimation"
         task = "depth" if depth else "segmentation"

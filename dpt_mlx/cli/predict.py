@@ -390,7 +390,7 @@ def output_options(args: argparse.Namespace) -> OutputOptions:
 def _is_metric(config, depth_kind_arg: str | None, prompted: bool) -> bool:
     """Whether the depth is metric: --depth-kind, else the model (a metric config, ZoeDepth, or
     Prompt Depth Anything given --prompt-depth)."""
-    from ..predictor import predicts_metres
+    from ..configs import predicts_metres
 
     if depth_kind_arg is not None:
         return depth_kind_arg == "metric"

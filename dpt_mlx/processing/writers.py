@@ -119,7 +119,7 @@ def may_replace(options: OutputOptions, job: Job, target: Path) -> bool:
 
 def depth_kind(config, prompted: bool = False) -> str:
     """What a depth model's values are, for the summary and the PNG text chunks."""
-    from ..predictor import predicts_metres
+    from ..configs import predicts_metres
 
     if getattr(config, "model_type", None) == "chmv2":
         return "canopy height in metres (larger = taller)"
