@@ -209,7 +209,7 @@ class DepthPredictor:
         errors: str = "raise",
         error_column: str = "error",
     ):
-        from .predictor import DEPTH, check_batch_size, load_predictor
+        from .predictor import DEPTH, SEGMENTATION, check_batch_size, load_predictor
         from .processing.visualize import class_id_dtype
 
         if errors not in ERRORS:
@@ -220,6 +220,8 @@ class DepthPredictor:
             _use_threads(self.threads)  # before the model load sets up the BLAS
         self.predictor = load_predictor(model, dtype=dtype, flip=flip_tta)
         self.task = self.predictor.task
+        if self.task not in (DEPTH, SEGMENTATION):
+            raise ValueError(f"{model} predicts {self.task}; DepthPredictor adds depth or segmentation maps")
         default = DEPTH_COLUMN if self.task == DEPTH else SEGMENTATION_COLUMN
         self.image_column, self.path_column = image_column, path_column
         self.output_column = output_column or default

@@ -128,6 +128,10 @@ def test_normals_checkpoint_and_bad_requests_are_one_line(checkpoints, image, tm
     ):
         code, out, err = _run(["--model", root, "--image", image, "-d", tmp_path / "x", *extra], capsys)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (extra, err)
+    from dpt_mlx.ray import DepthPredictor
+
+    with pytest.raises(ValueError, match="predicts normal-estimation"):  # the Ray stage adds one map column
+        DepthPredictor(str(root))
     dense = checkpoints["dense"][0]
     code, _, err = _run(["--model", dense, "--image", image, "--task", "normals", "-f", "png16"], capsys)
     assert code == 2 and "--format png16 is not written for --task normals" in err
