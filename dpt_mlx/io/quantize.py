@@ -20,6 +20,7 @@ layer with the same arrays that runs faster there.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,12 +67,16 @@ class Quantization:
         return {"bits": self.bits, "group_size": self.group_size}
 
 
+_BLOCK = re.compile(r"(^|\.)layer\.\d+\.")  # a transformer block outside an ``encoder`` (DINOv3)
+
+
 def quantizable(path: str, module: nn.Module, group_size: int = DEFAULT_GROUP_SIZE) -> bool:
-    """The predicate: a plain linear layer of the backbone's transformer blocks whose input
-    width is a multiple of ``group_size`` (not a position-bias MLP)."""
+    """The predicate: a plain linear layer of the backbone's transformer blocks (under an ``encoder``,
+    or DINOv3's ``layer.N`` directly) whose input width is a multiple of ``group_size`` (not a
+    position-bias MLP)."""
     return (
         isinstance(module, nn.Linear)
-        and ".encoder." in f".{path}"
+        and (".encoder." in f".{path}" or _BLOCK.search(path) is not None)
         and "position" not in path
         and module.weight.shape[-1] % group_size == 0
     )
