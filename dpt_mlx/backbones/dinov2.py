@@ -156,13 +156,16 @@ class SwiGLUFFN(nn.Module):
 class Dinov2Layer(nn.Module):
     """x + ls1 * attn(norm1(x)), then x + ls2 * mlp(norm2(x)). Drop path is the identity at inference."""
 
+    attention_class = Attention  # what a backbone built on this block (TIPSv2) names differently
+    swiglu_class = SwiGLUFFN
+
     def __init__(self, config: Dinov2Config):
         super().__init__()
         self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.attention = Attention(config)
+        self.attention = self.attention_class(config)
         self.layer_scale1 = LayerScale(config)
         self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = SwiGLUFFN(config) if config.use_swiglu_ffn else MLP(config)
+        self.mlp = self.swiglu_class(config) if config.use_swiglu_ffn else MLP(config)
         self.layer_scale2 = LayerScale(config)
 
     def __call__(self, x: mx.array, output_attentions: bool = False):

@@ -21,7 +21,7 @@ from ..errors import UnsupportedModelError
 from ..layers import Dropout, ScaledDotProductAttention, activation
 from ..outputs import BackboneFeatures, BaseModelOutputWithPooling
 from .dinov2 import LayerScale
-from .transformer import run_layers
+from .transformer import attend, run_layers
 
 
 @dataclass
@@ -255,14 +255,8 @@ class Dinov3ViTAttention(nn.Module):
         q = rotate(heads(self.q_proj(x)), cos, sin)
         k = rotate(heads(self.k_proj(x)), cos, sin)
         v = heads(self.v_proj(x))
-        probs = None
-        if output_attentions or self.dropout.active:
-            scores = (q * self.scale) @ k.transpose(0, 1, 3, 2)
-            probs = mx.softmax(scores.astype(mx.float32), axis=-1).astype(q.dtype)
-            out = self.dropout(probs) @ v
-        else:
-            out = self.sdpa(q, k, v, scale=self.scale)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, n, -1)), probs
+        out, probs = attend(q, k, v, self.scale, self.sdpa, self.dropout, output_attentions)
+        return self.o_proj(out), probs
 
 
 class Dinov3ViTMLP(nn.Module):

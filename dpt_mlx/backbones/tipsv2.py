@@ -23,9 +23,10 @@ import mlx.nn as nn
 import numpy as np
 
 from ..configs.base import BaseConfig, align_out_features, check_act, pair, stage_names
-from ..layers import Dropout, ScaledDotProductAttention, activation
+from ..layers import Dropout, ScaledDotProductAttention
 from ..outputs import BackboneFeatures
-from .transformer import PatchEmbeddings, run_layers
+from .dinov2 import Dinov2Layer
+from .transformer import PatchEmbeddings, attend, run_layers
 
 
 @lru_cache(maxsize=256)
@@ -204,35 +205,8 @@ class Tipsv2Attention(nn.Module):
             return t.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
 
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        probs = None
-        if output_attentions or self.dropout.active:
-            scores = (q * self.scale) @ k.transpose(0, 1, 3, 2)
-            probs = mx.softmax(scores.astype(mx.float32), axis=-1).astype(q.dtype)
-            out = self.dropout(probs) @ v
-        else:
-            out = self.sdpa(q, k, v, scale=self.scale)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, n, -1)), probs
-
-
-class LayerScale(nn.Module):
-    def __init__(self, config: Tipsv2VisionConfig):
-        super().__init__()
-        self.lambda1 = config.layerscale_value * mx.ones((config.hidden_size,))
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return x * self.lambda1
-
-
-class MLP(nn.Module):
-    def __init__(self, config: Tipsv2VisionConfig):
-        super().__init__()
-        hidden = int(config.hidden_size * config.mlp_ratio)
-        self.fc1 = nn.Linear(config.hidden_size, hidden)
-        self.fc2 = nn.Linear(hidden, config.hidden_size)
-        self.act = activation(config.hidden_act)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.fc2(self.act(self.fc1(x)))
+        out, probs = attend(q, k, v, self.scale, self.sdpa, self.dropout, output_attentions)
+        return self.o_proj(out), probs
 
 
 class SwiGLUFFN(nn.Module):
@@ -250,23 +224,12 @@ class SwiGLUFFN(nn.Module):
         return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-class Tipsv2Layer(nn.Module):
-    """x + ls1 * attn(norm1(x)), then x + ls2 * mlp(norm2(x)). Drop path is the identity at inference."""
+class Tipsv2Layer(Dinov2Layer):
+    """DINOv2's block with TIPSv2's attention (``q_proj`` ... ``o_proj``) and SwiGLU (``gate_proj`` /
+    ``up_proj`` / ``down_proj``) names."""
 
-    def __init__(self, config: Tipsv2VisionConfig):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.attention = Tipsv2Attention(config)
-        self.layer_scale1 = LayerScale(config)
-        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = SwiGLUFFN(config) if config.use_swiglu_ffn else MLP(config)
-        self.layer_scale2 = LayerScale(config)
-
-    def __call__(self, x: mx.array, output_attentions: bool = False):
-        attn, probs = self.attention(self.norm1(x), output_attentions)
-        x = x + self.layer_scale1(attn)
-        x = x + self.layer_scale2(self.mlp(self.norm2(x)))
-        return x, probs
+    attention_class = Tipsv2Attention
+    swiglu_class = SwiGLUFFN
 
 
 class Tipsv2Encoder(nn.Module):

@@ -54,6 +54,23 @@ class PatchEmbeddings(nn.Module):
         return x.reshape(b, gh * gw, c)
 
 
+def attend(q, k, v, scale: float, sdpa, dropout, output_attentions: bool = False, bias=None):
+    """(B, heads, N, d) queries, keys and values -> ((B, N, heads * d), the (B, heads, N, N)
+    probabilities or None): the fused ``sdpa`` module, unless the probabilities are asked for or
+    ``dropout`` is active; ``bias`` is added to the scores."""
+    probs = None
+    if output_attentions or dropout.active:
+        scores = (q * scale) @ k.transpose(0, 1, 3, 2)
+        if bias is not None:
+            scores = scores + bias
+        probs = mx.softmax(scores.astype(mx.float32), axis=-1).astype(q.dtype)
+        out = dropout(probs) @ v
+    else:
+        out = sdpa(q, k, v, scale=scale, mask=bias)
+    b, h, n, d = out.shape
+    return out.transpose(0, 2, 1, 3).reshape(b, n, h * d), probs
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with separate query/key/value projections (the checkpoints' layout)."""
 
@@ -83,16 +100,7 @@ class SelfAttention(nn.Module):
             return t.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
 
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
-        probs = None
-        if output_attentions or self.dropout.active:
-            scores = (q * self.scale) @ k.transpose(0, 1, 3, 2)
-            if bias is not None:
-                scores = scores + bias
-            probs = mx.softmax(scores.astype(mx.float32), axis=-1).astype(q.dtype)
-            out = self.dropout(probs) @ v
-        else:
-            out = self.sdpa(q, k, v, scale=self.scale, mask=bias)
-        return out.transpose(0, 2, 1, 3).reshape(b, n, -1), probs
+        return attend(q, k, v, self.scale, self.sdpa, self.dropout, output_attentions, bias)
 
 
 class AttentionOutput(nn.Module):
