@@ -3,14 +3,22 @@ the command line's runner (so every file is what ``dpt-mlx`` writes for that pho
 and answer the page's questions about the results (a distance between two pixels, the legend).
 
 Each run writes into its own folder under the session's root, one subfolder per photo:
-``<root>/run-0001/1/<name>_depth.png`` and so on.
+``<root>/run-0001/1/<name>_depth.png`` and so on; a root that already holds runs gets the next free number.
+
+Every MLX call (loading and running checkpoints) happens on one thread the session owns, whatever
+thread the web server calls from: MLX keeps its streams per thread, and that thread releases them
+(``mx.clear_streams``) before the app exits, so the process ends cleanly instead of aborting in MLX's
+teardown.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import queue
+import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,6 +119,50 @@ def _available(kinds: list[str]) -> tuple[list[str], list[str]]:
     return kept, notes
 
 
+class _MLXThread:
+    """One thread that runs every call given to it, in turn: the only thread of the app that touches MLX.
+    ``close`` lets it finish the calls already given, releases its MLX streams and ends it."""
+
+    def __init__(self):
+        self._calls: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, name="dpt-mlx-model", daemon=True)
+        self._thread.start()
+
+    def call(self, fn: Callable, *args):
+        """``fn(*args)`` on the thread; its result, or its exception raised here."""
+        done, box = threading.Event(), {}
+        with self._lock:  # every call is queued before close's end mark, or refused
+            if self._closed:
+                raise UsageError("the app is stopping")
+            self._calls.put((fn, args, done, box))
+        done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    def _serve(self) -> None:
+        while (item := self._calls.get()) is not None:
+            fn, args, done, box = item
+            try:
+                box["value"] = fn(*args)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                box["error"] = e
+            finally:
+                done.set()
+        mx = sys.modules.get("mlx.core")
+        if mx is not None:
+            mx.clear_streams()  # this thread's streams; nothing runs on it after this
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._calls.put(None)
+        self._thread.join()
+
+
 class Session:
     """The app's state on the server: the loaded checkpoint and the folder runs write into."""
 
@@ -120,7 +172,13 @@ class Session:
         self._predictor = None
         self._source: str | None = None
         self._runs = itertools.count(1)
-        self._lock = threading.Lock()  # one run at a time: one model, one MLX stream
+        self._closing = threading.Event()
+        self._mlx = _MLXThread()  # one run at a time, on the one thread that uses MLX
+
+    def close(self) -> None:
+        """Stop after the photo in progress (the rest of its run is skipped) and release MLX; idempotent."""
+        self._closing.set()
+        self._mlx.close()
 
     def predictor(self, source: str):
         """The predictor for checkpoint ``source`` (a Hub id or a folder), loaded once and kept; a one-line
@@ -144,9 +202,12 @@ class Session:
         settings.check()
         if not photos:
             raise UsageError("drop one or more photos first")
-        with self._lock:
-            predictor = self.predictor(source)
-            return self._run(predictor, [Path(p) for p in photos], settings)
+        return self._mlx.call(self._load_and_run, source, [Path(p) for p in photos], settings)
+
+    def _load_and_run(self, source: str, photos: list[Path], settings: Settings):
+        if self._closing.is_set():
+            raise UsageError("the app is stopping")
+        return self._run(self.predictor(source), photos, settings)
 
     def _run(self, predictor, photos: list[Path], settings: Settings) -> tuple[list[Result], list[str]]:
         from ..cli.inputs import plan
@@ -158,7 +219,7 @@ class Session:
         metric = depth and (settings.metric or predicts_metres(predictor.config))
         kinds = list(DEPTH_KINDS + (METRIC_KINDS if metric else ())) if depth else list(SEGMENTATION_KINDS)
         kinds, notes = _available(kinds)
-        run_dir = self.root / f"run-{next(self._runs):04d}"
+        run_dir = self._new_run_dir()
         jobs, options = [], None
         for number, photo in enumerate(photos, 1):
             options = OutputOptions(
@@ -176,13 +237,23 @@ class Session:
             notes += work.rejected
             jobs += work.jobs
         lines = _Lines()
-        Runner(options, predictor, lines).run(jobs)
+        Runner(options, predictor, lines).run(itertools.takewhile(lambda _: not self._closing.is_set(), jobs))
         notes += [_plain(line, photos) for line in lines.errors]
         results = []
         for job in jobs:
             if all(target.is_file() for _, target in job.outputs):
                 results.append(self._result(job, task, predictor, options, metric))
         return results, notes
+
+    def _new_run_dir(self) -> Path:
+        """A new, empty ``run-NNNN`` folder under the root: the next number no earlier run has taken."""
+        while True:
+            run_dir = self.root / f"run-{next(self._runs):04d}"
+            try:
+                run_dir.mkdir(parents=True)
+                return run_dir
+            except FileExistsError:
+                continue
 
     def _result(self, job, task: str, predictor, options: OutputOptions, metric: bool) -> Result:
         from ..processing import visualize as V

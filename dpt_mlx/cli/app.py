@@ -95,7 +95,7 @@ def _root(output_dir: str | None) -> tuple[Path, bool]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..app.session import Session
-    from ..app.ui import build_app, import_gradio, serve_paths
+    from ..app.ui import import_gradio
 
     root, temporary = _root(args.output_dir)
     try:
@@ -105,30 +105,40 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError as e:
             raise UsageError(str(e)) from None
         session = Session(root, dtype=args.dtype)
-        app = build_app(session, args.model, colormap=args.colormap)
         try:
-            app.launch(
-                server_name=args.host,
-                server_port=args.port,
-                share=args.share,
-                prevent_thread_lock=True,
-                quiet=True,
-                footer_links=[],
-                allowed_paths=serve_paths(session),
-            )
-        except OSError as e:
-            raise UsageError(f"cannot serve on {args.host}:{args.port}: {e}; pick another --port") from None
-        try:
-            where = app.share_url or app.local_url
-            print(f"dpt_mlx app on {where} (files in {root}); Ctrl-C stops it", flush=True)
-            with interrupt_note(lambda: "(the app stopped)"):
-                while True:
-                    time.sleep(0.5)
+            _serve(session, args, root)
         finally:
-            app.close(verbose=False)
+            session.close()  # after the photo in progress; MLX released before the process ends
     finally:
         if temporary:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _serve(session, args: argparse.Namespace, root: Path) -> None:
+    """Serve the page until Ctrl-C or SIGTERM."""
+    from ..app.ui import build_app, serve_paths
+
+    app = build_app(session, args.model, colormap=args.colormap)
+    try:
+        app.launch(
+            server_name=args.host,
+            server_port=args.port,
+            share=args.share,
+            prevent_thread_lock=True,
+            quiet=True,
+            footer_links=[],
+            allowed_paths=serve_paths(session),
+        )
+    except OSError as e:
+        raise UsageError(f"cannot serve on {args.host}:{args.port}: {e}; pick another --port") from None
+    try:
+        where = app.share_url or app.local_url
+        print(f"dpt_mlx app on {where} (files in {root}); Ctrl-C stops it", flush=True)
+        with interrupt_note(lambda: "(the app stopped)"):
+            while True:
+                time.sleep(0.5)
+    finally:
+        app.close(verbose=False)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -560,7 +561,7 @@ class Runner:
         self.console.detail(f"    {job.size[1]}x{job.size[0]}, model {seconds:.3f} s/image (batch of {batch_size})")
         self.console.advance()
 
-    def run(self, jobs: list[Job]) -> None:
+    def run(self, jobs: Iterable[Job]) -> None:
         """Every job, in batches of --batch-size images whose model inputs have the same shape."""
         size = self.batch_size
         pending: dict[tuple, list[Job]] = {}  # input (and prompt) shapes -> jobs waiting for a batch

@@ -125,7 +125,7 @@ def _guard(tmp_path: Path) -> tuple[dict, Path]:
     (folder / "sitecustomize.py").write_text(GUARD)
     log = tmp_path / "network.log"
     log.touch()
-    env = dict(os.environ, DPT_MLX_NET_LOG=str(log), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, DPT_MLX_NET_LOG=str(log), PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(folder), env.get("PYTHONPATH")) if p)
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         env.pop(name, None)

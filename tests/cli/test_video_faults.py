@@ -314,7 +314,7 @@ BROKEN = {
 MESSAGES = {
     "truncated, index first": "damaged or truncated: a corrupt packet",
     "truncated mkv": "stops at",
-    "corrupt in the middle": "damaged or truncated: a corrupt frame",
+    "corrupt in the middle": "is damaged or truncated",  # a corrupt frame, or the threaded decoder's error
     "truncated, codec lost": "no decodable codec",
     "no frames": "has no frames",
     "a folder": "is a folder, not a video file",
