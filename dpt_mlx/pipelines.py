@@ -46,6 +46,7 @@ from .processing.images import (  # noqa: F401  (this module was their home)
     list_images,
     load_image,
 )
+from .processing.visualize import normals_image  # noqa: F401  (also imported from here)
 
 TASK_ALIASES = {
     "depth": DEPTH,
@@ -174,15 +175,6 @@ class ImageSegmentationPipeline(_Pipeline):
             mask = Image.fromarray(((result == label) * 255).astype(np.uint8))  # mode "L"
             annotation.append({"score": None, "label": id2label.get(int(label), f"LABEL_{int(label)}"), "mask": mask})
         return annotation
-
-
-def normals_image(normals: np.ndarray) -> Image.Image:
-    """Unit normals (H, W, 3) as the usual RGB picture: each component from [-1, 1] to 0..255."""
-    if normals.ndim != 3 or normals.shape[-1] != 3 or normals.size == 0:
-        raise ValueError(f"a normal map must be a non-empty (height, width, 3) array, got shape {normals.shape}")
-    if not np.isfinite(normals).all():
-        raise ValueError("the normal map contains NaN or inf; no picture can be made from it")
-    return Image.fromarray(np.round((np.clip(normals, -1, 1) + 1) * 127.5).astype(np.uint8))
 
 
 class NormalEstimationPipeline(_Pipeline):

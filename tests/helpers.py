@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import types
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -124,8 +125,19 @@ def _palette_with_transparency():
     return image
 
 
+PHOTOGRAPH = Path(__file__).resolve().parents[1] / "examples" / "images" / "coffee.jpg"  # a real photo, 600 x 400
+
+
+def _photograph(turn=None):
+    image = Image.open(PHOTOGRAPH)
+    image.load()
+    return image if turn is None else image.transpose(turn)
+
+
 # name -> a factory, so every test gets a fresh input.
 INPUTS = {
+    "photograph_jpeg": _photograph,  # as opened: a JPEG-decoded PIL image
+    "photograph_portrait": lambda: _photograph(Image.Transpose.ROTATE_90),
     "rgb_pil_333x517": lambda: Image.fromarray(photo(333, 517)),
     "rgb_pil_portrait": lambda: Image.fromarray(photo(480, 270, seed=1)),
     "gray_pil": lambda: Image.fromarray(photo(240, 319, seed=2)).convert("L"),

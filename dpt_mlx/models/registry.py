@@ -47,11 +47,36 @@ def model_class_for(config, weights: dict | None = None) -> type[PreTrainedModel
             f"architecture {config.architectures[0]} is not supported; supported: {', '.join(MODEL_CLASSES)}"
         )
     keys = weights.keys() if weights is not None else ()
+    if getattr(config, "model_type", None) == "tipsv2_dpt":
+        return _tipsv2_class(config, weights or {})
     if any(k.startswith(_SEGMENTATION_KEYS) for k in keys):
         return DPTForSemanticSegmentation
     if any(k.startswith("head.") for k in keys) or weights is None:
         return DPTForDepthEstimation
     return DPTModel
+
+
+def _tipsv2_class(config, weights: dict) -> type[PreTrainedModel]:
+    """A TIPSv2-DPT checkpoint without ``architectures``: the class of the decoders it holds. The original
+    layout names them (``<task>_head.``), as transformers' in-memory one does a dense model's
+    (``<task>_neck.``); a single decoder in the in-memory layout (``decoder.head``) tells its task by
+    its outputs: the depth bins, 3 normal components, or the classes. All three, or nothing to tell
+    by, is the dense model (the hub's checkpoints hold all three)."""
+    from .tipsv2_dpt import TASKS
+
+    classes = {
+        "depth": Tipsv2DptForDepthEstimation,
+        "normals": Tipsv2DptForNormalEstimation,
+        "segmentation": Tipsv2DptForSemanticSegmentation,
+    }
+    held = {task for task in TASKS if any(k.startswith((f"{task}_head.", f"{task}_neck.")) for k in weights)}
+    if len(held) == 1:
+        return classes[held.pop()]
+    head = weights.get("decoder.head.weight")
+    if not held and head is not None:
+        rows = head.shape[0]
+        return classes["depth" if rows == config.num_depth_bins else "normals" if rows == 3 else "segmentation"]
+    return Tipsv2DptForDensePrediction
 
 
 def load_model(path_or_repo_id, dtype=None, *, torch_dtype=None, **hub_options) -> PreTrainedModel:

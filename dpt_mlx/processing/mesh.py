@@ -17,6 +17,10 @@ longer side at most ``MAX_TEXTURE`` pixels; each vertex's UV is its pixel's cent
 (KHR_materials_unlit, with a rough, non-metallic fallback), so viewers show the photo's colours
 as they are, and double-sided.
 
+Vertex normals: given surface normals (a normals model's, in the point clouds' OpenCV camera frame:
+points.camera_normals), each vertex takes its pixel's, turned to the mesh's axes, and the GLB stores
+them (NORMAL); without them the GLB has none and viewers shade the triangles as they are.
+
 Axes: glTF's (OpenGL's camera): +x right, +y up, the camera at the origin looking down -z, so a
 point of the PLY's OpenCV camera (x, y, z) is (x, -y, -z) here; the units are the depth's (metres
 for metric models, which is glTF's unit).
@@ -107,6 +111,33 @@ def texture_image(image, max_side: int = MAX_TEXTURE):
     return photo
 
 
+def _grid_mesh(vertices, faces, grid_rows, grid_cols, size: tuple[int, int], image=None, vertex_normals=None):
+    """The trimesh of grid ``vertices`` (one per (``grid_rows``, ``grid_cols``) pixel) and ``faces``, less the
+    vertices no face uses; textured with ``image`` (each vertex's UV its pixel's centre), with
+    ``vertex_normals`` when given."""
+    trimesh = require_trimesh()
+    h, w = size
+    used = np.zeros(len(vertices), dtype=bool)
+    used[faces] = True
+    index = np.cumsum(used) - 1  # old vertex -> new (trimesh's own removal would drop given normals)
+    faces = index[faces]
+    visual = None
+    if image is not None:
+        # trimesh's UVs have v up (it flips them for glTF): the image's top row is v = 1
+        uv = np.stack([(grid_cols.ravel() + 0.5) / w, 1.0 - (grid_rows.ravel() + 0.5) / h], axis=1)[used]
+        material = trimesh.visual.material.PBRMaterial(
+            baseColorTexture=texture_image(image), metallicFactor=0.0, roughnessFactor=1.0, doubleSided=True
+        )
+        visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
+    return trimesh.Trimesh(
+        vertices=vertices[used],
+        faces=faces,
+        visual=visual,
+        vertex_normals=None if vertex_normals is None else vertex_normals[used],
+        process=False,
+    )
+
+
 def depth_to_mesh(
     depth,
     image=None,
@@ -116,6 +147,7 @@ def depth_to_mesh(
     edge_threshold: float = DEFAULT_EDGE_THRESHOLD,
     max_vertices: int | None = DEFAULT_MAX_VERTICES,
     convention: str = "opengl",
+    normals=None,
 ):
     """A depth map (H, W) as a triangle mesh: a ``trimesh.Trimesh``, textured with ``image`` when given.
 
@@ -126,9 +158,11 @@ def depth_to_mesh(
     the grid is decimated to at most this many vertices (None: every pixel). ``image``: a PIL image
     or an (H, W, 3) array of the depth map's size, mapped by UV (a vertex's UV is its pixel's
     centre). ``convention``: ``"opengl"`` (glTF: +y up, the camera looking down -z) or ``"opencv"``
-    (the PLY's: +y down, +z forward). The mesh's ``metadata`` holds the camera and the axes.
+    (the PLY's: +y down, +z forward). ``normals``: (H, W, 3) unit surface normals in the OpenCV camera
+    frame (:func:`dpt_mlx.processing.points.camera_normals`), the vertices' normals. The mesh's
+    ``metadata`` holds the camera and the axes.
     """
-    trimesh = require_trimesh()
+    require_trimesh()  # before any work: the install line
     depth = np.asarray(depth)
     if depth.ndim != 2:
         raise ValueError(f"expected a depth map of shape (H, W), got shape {depth.shape}")
@@ -146,20 +180,20 @@ def depth_to_mesh(
     if convention == "opengl":
         vertices[:, 1:] *= -1  # the same rotation for every point: faces keep their winding
     faces = grid_faces(valid, z, edge_threshold)
+    vertex_normals = None
+    if normals is not None:
+        normals = np.asarray(normals, dtype=np.float32)
+        if normals.shape != (h, w, 3):
+            raise ValueError(f"expected normals of shape {(h, w, 3)} (the depth map's), got {normals.shape}")
+        vertex_normals = normals[np.ix_(rows, cols)].reshape(-1, 3).copy()
+        if convention == "opengl":
+            vertex_normals[:, 1:] *= -1  # the vertices' rotation
 
-    visual = None
     if image is not None:
-        rgb = _rgb(image)
-        if rgb.shape[:2] != (h, w):
-            raise ValueError(f"the image is {rgb.shape[1]}x{rgb.shape[0]} but the depth map is {w}x{h}")
-        # trimesh's UVs have v up (it flips them for glTF): the image's top row is v = 1
-        uv = np.stack([(grid_cols.ravel() + 0.5) / w, 1.0 - (grid_rows.ravel() + 0.5) / h], axis=1)
-        material = trimesh.visual.material.PBRMaterial(
-            baseColorTexture=texture_image(rgb), metallicFactor=0.0, roughnessFactor=1.0, doubleSided=True
-        )
-        visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
-    mesh = trimesh.Trimesh(vertices=vertices, faces=faces, visual=visual, process=False)
-    mesh.remove_unreferenced_vertices()
+        image = _rgb(image)
+        if image.shape[:2] != (h, w):
+            raise ValueError(f"the image is {image.shape[1]}x{image.shape[0]} but the depth map is {w}x{h}")
+    mesh = _grid_mesh(vertices, faces, grid_rows, grid_cols, (h, w), image, vertex_normals)
     mesh.metadata.update(
         {
             "camera": {"fx": camera.fx, "fy": camera.fy, "cx": camera.cx, "cy": camera.cy, "width": w, "height": h},
@@ -177,7 +211,7 @@ def relief_mesh(values, image=None, larger_is_closer: bool = True, height: float
     """A relief of a relative depth map, for a preview: the photo's plane (its width 1) raised toward the
     viewer by up to ``height`` where the depth is nearest. Not a true shape: relative depth has no
     scale (and inverse depth is not proportional to depth). glTF axes, as :func:`depth_to_mesh`."""
-    trimesh = require_trimesh()
+    require_trimesh()  # before any work: the install line
     values = np.asarray(values, dtype=np.float64)
     h, w = values.shape
     finite = np.isfinite(values)
@@ -193,15 +227,7 @@ def relief_mesh(values, image=None, larger_is_closer: bool = True, height: float
     y = -(grid_rows + 0.5 - h / 2.0) / w
     vertices = np.stack([x, y, np.where(valid, raised, 0.0) * height], axis=-1).reshape(-1, 3)
     faces = grid_faces(valid, np.ones_like(raised), 0.0)
-    visual = None
-    if image is not None:
-        uv = np.stack([(grid_cols.ravel() + 0.5) / w, 1.0 - (grid_rows.ravel() + 0.5) / h], axis=1)
-        material = trimesh.visual.material.PBRMaterial(
-            baseColorTexture=texture_image(image), metallicFactor=0.0, roughnessFactor=1.0, doubleSided=True
-        )
-        visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
-    mesh = trimesh.Trimesh(vertices=vertices, faces=faces, visual=visual, process=False)
-    mesh.remove_unreferenced_vertices()
+    mesh = _grid_mesh(vertices, faces, grid_rows, grid_cols, (h, w), image)
     mesh.metadata["relief"] = "relative depth: a preview, not a true shape"
     return mesh
 

@@ -9,6 +9,12 @@ with cx = W / 2, cy = H / 2 unless given, and fx = fy = the focal length in pixe
 map's size. Only metric depth makes a true-to-scale cloud; relative depth has no scale (and DPT's
 is inverse depth), so its "points" are not a shape.
 
+Surface normals (TIPSv2-DPT's) come in the model's own frame, which its authors' examples on indoor
+photos show to be the camera's with every axis reversed: a floor is +y, a wall facing the camera +z,
+a wall on the left of the photo facing right -x. :func:`camera_normals` turns them into this
+module's OpenCV camera frame, pointing out of the surface (toward the camera's side), as the PLY's
+``nx ny nz`` and the meshes' vertex normals hold them.
+
 The focal length comes, in this order, from an explicit value, a horizontal field of view, the
 photo's EXIF (FocalLengthIn35mmFilm; else FocalLength with the focal-plane resolution), or a
 default 60 degree horizontal field of view (see :func:`camera_intrinsics`).
@@ -208,6 +214,24 @@ def back_project(z: np.ndarray, rows: np.ndarray, cols: np.ndarray, camera: Came
     return np.stack([x, y, z], axis=1).astype(np.float32)
 
 
+def valid_pixels(depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of the pixels of ``depth`` that make points (finite depth > 0), row-major."""
+    z = np.asarray(depth, dtype=np.float64)
+    return np.nonzero(np.isfinite(z) & (z > 0))
+
+
+def camera_normals(normals) -> np.ndarray:
+    """A model's surface normals (..., 3) as float32 unit vectors in the OpenCV camera frame, pointing
+    out of the surface: the model's frame has every axis reversed (module docstring). Zero-length
+    or non-finite normals give zero vectors."""
+    n = -np.asarray(normals, dtype=np.float64)
+    if n.shape[-1:] != (3,):
+        raise ValueError(f"expected normals of shape (..., 3), got shape {n.shape}")
+    length = np.linalg.norm(n, axis=-1, keepdims=True)
+    ok = np.isfinite(length) & (length > 1e-12)
+    return np.where(ok, n / np.where(ok, length, 1.0), 0.0).astype(np.float32)
+
+
 def depth_to_points(depth, focal_length=None, fov: float | None = None, image=None, principal_point=None):
     """Back-project a depth map (H, W) to an (N, 3) float32 XYZ cloud, one point per valid pixel.
 
@@ -223,10 +247,8 @@ def depth_to_points(depth, focal_length=None, fov: float | None = None, image=No
         raise ValueError(f"expected a depth map of shape (H, W), got shape {depth.shape}")
     h, w = depth.shape
     camera = pinhole((h, w), focal_length, fov, principal_point)
-    z = depth.astype(np.float64)
-    valid = np.isfinite(z) & (z > 0)
-    v, u = np.nonzero(valid)  # row-major
-    points = back_project(z[v, u], v, u, camera)
+    v, u = valid_pixels(depth)
+    points = back_project(depth[v, u], v, u, camera)
     if image is None:
         return points
     rgb = _rgb(image)
@@ -265,18 +287,27 @@ def save_ply(
     colors: np.ndarray | None = None,
     comments: list[str] | None = None,
     overwrite: bool = True,
+    normals: np.ndarray | None = None,
 ) -> None:
-    """Write a binary little-endian PLY (vertex x y z float32, red green blue uchar) atomically;
-    ``overwrite=False``: FileExistsError rather than replacing a file of that name (io/files.atomic_write)."""
+    """Write a binary little-endian PLY (vertex x y z float32, with ``normals`` nx ny nz float32, with
+    ``colors`` red green blue uchar) atomically; ``overwrite=False``: FileExistsError rather than
+    replacing a file of that name (io/files.atomic_write)."""
     from ..io.files import atomic_write
 
     plyfile = require_plyfile()
     points = np.asarray(points, dtype=np.float32).reshape(-1, 3)
     fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
+    if normals is not None:
+        normals = np.asarray(normals, dtype=np.float32).reshape(-1, 3)
+        if len(normals) != len(points):
+            raise ValueError(f"{len(normals)} normals for {len(points)} points")
+        fields += [("nx", "<f4"), ("ny", "<f4"), ("nz", "<f4")]
     if colors is not None:
         fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
     vertex = np.empty(len(points), dtype=fields)
     vertex["x"], vertex["y"], vertex["z"] = points[:, 0], points[:, 1], points[:, 2]
+    if normals is not None:
+        vertex["nx"], vertex["ny"], vertex["nz"] = normals[:, 0], normals[:, 1], normals[:, 2]
     if colors is not None:
         colors = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
         vertex["red"], vertex["green"], vertex["blue"] = colors[:, 0], colors[:, 1], colors[:, 2]

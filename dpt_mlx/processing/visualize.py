@@ -165,6 +165,16 @@ def uint16_to_depth(values: np.ndarray, low: float, high: float) -> np.ndarray:
 # Segmentation
 
 
+def normals_image(normals: np.ndarray) -> Image.Image:
+    """Unit normals (H, W, 3) as the usual RGB picture: each component from [-1, 1] to 0..255."""
+    normals = np.asarray(normals)
+    if normals.ndim != 3 or normals.shape[-1] != 3 or normals.size == 0:
+        raise ValueError(f"a normal map must be a non-empty (height, width, 3) array, got shape {normals.shape}")
+    if not np.isfinite(normals).all():
+        raise ValueError("the normal map contains NaN or inf; no picture can be made from it")
+    return Image.fromarray(np.round((np.clip(normals, -1, 1) + 1) * 127.5).astype(np.uint8))
+
+
 def class_id_dtype(num_labels: int) -> type:
     """The integer type that class maps are stored in: uint8 for up to 256 labels, else int32."""
     return np.uint8 if num_labels <= 256 else np.int32

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..io import files
 from ..io.files import TEMP_SUFFIX, discard, signals_deferred, temp_beside, umask_mode
@@ -106,6 +105,7 @@ class Job:
     prompt_pixels: np.ndarray | None = None  # the (1, h, w) prompt in metres, while in flight
     focal: tuple[float, str] | None = None  # Depth Pro: the focal length (px) its depth was made with, and from what
     field_of_view: float | None = None  # Depth Pro: the horizontal field of view (degrees) of that focal length
+    normals: np.ndarray | None = None  # a dense model's surface normals (H, W, 3): the 3D outputs' vertex normals
 
 
 def may_replace(options: OutputOptions, job: Job, target: Path) -> bool:
@@ -225,8 +225,7 @@ def write_normals(job: Job, normals: np.ndarray, options: OutputOptions, predict
                 "description": "surface normals: RGB = (normal + 1) / 2 * 255 per component, as the model "
                 "predicts them (x, y, z in the channels' order)",
             }
-            picture = np.round((np.clip(normals, -1, 1) + 1) * 127.5).astype(np.uint8)
-            V.save_png(Image.fromarray(picture), target, text, overwrite=replace)
+            V.save_png(V.normals_image(normals), target, text, overwrite=replace)
         elif kind == "npy":
             V.save_npy(normals.astype(np.float32), target, overwrite=replace)
         job.published.append(target)
@@ -241,7 +240,7 @@ def write_dense(job: Job, result: dict, options: OutputOptions, predictor) -> li
         outputs = [(kind.split(":", 1)[1], t) for kind, t in job.outputs if kind.split(":", 1)[0] == task]
         if not outputs:
             continue
-        part = dataclasses.replace(job, outputs=outputs, published=[], note="")
+        part = dataclasses.replace(job, outputs=outputs, published=[], note="", normals=result.get("normals"))
         try:
             lines += write(part, result[task], options, predictor)
         finally:
@@ -371,6 +370,7 @@ def write_exr(job, depth: np.ndarray, target, predictor, overwrite: bool) -> Non
 def write_mesh(job, depth: np.ndarray, target, options, predictor, overwrite: bool):
     """Write ``job``'s textured mesh to ``target`` as GLB; returns (what it holds, its camera) for the image's line."""
     from ..processing import mesh as M
+    from ..processing.points import camera_normals
 
     camera = camera_for(job, depth, options)
     mesh = M.depth_to_mesh(
@@ -379,6 +379,7 @@ def write_mesh(job, depth: np.ndarray, target, options, predictor, overwrite: bo
         focal_length=camera,
         edge_threshold=options.mesh_edge_threshold,
         max_vertices=options.mesh_max_vertices,
+        normals=None if job.normals is None else camera_normals(job.normals),
     )
     extras = {
         "generator": "dpt_mlx",
@@ -389,7 +390,8 @@ def write_mesh(job, depth: np.ndarray, target, options, predictor, overwrite: bo
     M.save_glb(mesh, target, extras, overwrite=overwrite)
     step = mesh.metadata["grid_step"]
     grid = f" (a grid step of {step} pixels)" if step > 1 else ""
-    return f"mesh of {len(mesh.vertices)} vertices{grid}, {len(mesh.faces)} triangles", camera
+    normals = " with the model's normals" if job.normals is not None else ""
+    return f"mesh of {len(mesh.vertices)} vertices{grid}, {len(mesh.faces)} triangles{normals}", camera
 
 
 def write_points(job, depth: np.ndarray, target, options, predictor, overwrite: bool):
@@ -403,8 +405,12 @@ def write_points(job, depth: np.ndarray, target, options, predictor, overwrite: 
         "OpenCV camera: +x right, +y down, +z forward; units of the depth (metres for metric models)",
         f"fx {camera.fx!r} fy {camera.fy!r} cx {camera.cx!r} cy {camera.cy!r} ({camera.source})",
     ]
-    P.save_ply(xyz, target, rgb, comments=comments, overwrite=overwrite)
-    return f"{len(xyz)} points", camera
+    normals = None
+    if job.normals is not None:
+        normals = P.camera_normals(job.normals[P.valid_pixels(depth)])
+        comments.append("nx ny nz: the model's surface normals, unit vectors out of the surface")
+    P.save_ply(xyz, target, rgb, comments=comments, overwrite=overwrite, normals=normals)
+    return f"{len(xyz)} points" + (" with normals" if normals is not None else ""), camera
 
 
 # ----------------------------------------------------------------------------------------------

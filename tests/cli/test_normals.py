@@ -138,3 +138,66 @@ def test_normals_checkpoint_and_bad_requests_are_one_line(checkpoints, image, tm
     with pytest.raises(SystemExit) as e:
         main(["--model", str(dense), "--image", str(image), "--task", "shapes"])
     assert e.value.code == 2 and "invalid task 'shapes'" in capsys.readouterr().err
+
+
+def test_camera_normals_turn_the_models_frame_into_the_point_clouds():
+    from dpt_mlx.processing.points import camera_normals
+
+    # the model's frame: a floor +y, a wall facing the camera +z, a wall on the photo's left facing right -x
+    model = np.array([[0, 1, 0], [0, 0, 1], [-1, 0, 0], [0, 0, 0], [0, 3, 4]], np.float32)
+    # OpenCV camera: +y down, +z forward: up is -y, toward the camera -z, facing right +x
+    want = np.array([[0, -1, 0], [0, 0, -1], [1, 0, 0], [0, 0, 0], [0, -0.6, -0.8]], np.float32)
+    np.testing.assert_allclose(camera_normals(model), want, atol=1e-7)
+    assert camera_normals(np.full((2, 2, 3), np.nan)).tolist() == np.zeros((2, 2, 3)).tolist()
+
+
+def test_point_cloud_and_mesh_carry_the_models_normals(checkpoints, image, tmp_path, capsys):
+    import json
+    import struct
+
+    import plyfile
+
+    from dpt_mlx.processing.points import camera_normals
+
+    root = checkpoints["dense"][0]
+    out = tmp_path / "3d"
+    code, printed, err = _run(
+        [
+            "--model",
+            root,
+            "--image",
+            image,
+            "-f",
+            "npy,ply,glb",
+            "--mesh-max-vertices",
+            "0",
+            "--mesh-edge-threshold",
+            "0",
+            "-d",
+            out,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert "points with normals" in printed and "with the model's normals" in printed
+    depth, normals = np.load(out / "room_depth.npy"), np.load(out / "room_normals.npy")
+    valid = np.isfinite(depth) & (depth > 0)
+    want = camera_normals(normals[valid])  # row-major, as the points
+    vertex = plyfile.PlyData.read(str(out / "room_points.ply"))["vertex"]
+    got = np.stack([vertex["nx"], vertex["ny"], vertex["nz"]], axis=1)
+    assert got.shape == want.shape and np.array_equal(got, want)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+    # the GLB stores a NORMAL per vertex: the pixel's normal in glTF's axes (y and z reversed)
+    data = (out / "room_mesh.glb").read_bytes()
+    length = struct.unpack("<I", data[12:16])[0]
+    tree = json.loads(data[20 : 20 + length])
+    assert "NORMAL" in tree["meshes"][0]["primitives"][0]["attributes"]
+    import trimesh
+
+    mesh = next(iter(trimesh.load(str(out / "room_mesh.glb"), process=False).geometry.values()))
+    h, w = depth.shape
+    uv = np.asarray(mesh.visual.uv, dtype=np.float64)  # each vertex's pixel centre
+    cols, rows = np.round(uv[:, 0] * w - 0.5).astype(int), np.round((1 - uv[:, 1]) * h - 0.5).astype(int)
+    assert len(mesh.vertices) == valid.sum()  # every pixel, none dropped
+    seen = camera_normals(normals)[rows, cols] * np.array([1, -1, -1], np.float32)
+    np.testing.assert_allclose(np.asarray(mesh.vertex_normals), seen, atol=1e-4)

@@ -38,3 +38,35 @@ def test_convert_dtype_and_quantise(family, tmp_path):
     q8 = convert(tmp_path / "hf", tmp_path / "q8", quantize=True, q_bits=8, q_group_size=32, report=report)
     assert report["quantization_error"] < 0.1
     assert np.abs(_out(dpt_mlx.load_model(q8), field, size) - reference).max() < 0.25 * scale
+
+
+@pytest.mark.timeout(180)
+def test_tipsv2_checkpoints_without_architectures_load_as_the_model_they_hold(tmp_path):
+    """A config.json that does not name the class: the decoders the weights hold decide, in the layout
+    save_pretrained writes (the hub's) and in transformers' in-memory names."""
+    import json
+
+    from safetensors.torch import save_file
+
+    for seed, cls in enumerate(
+        (
+            transformers.Tipsv2DptForDensePrediction,
+            transformers.Tipsv2DptForDepthEstimation,
+            transformers.Tipsv2DptForNormalEstimation,
+            transformers.Tipsv2DptForSemanticSegmentation,
+        )
+    ):
+        reference = tipsv2_reference(cls, seed)
+        for layout in ("saved", "in-memory"):
+            folder = tmp_path / f"{cls.__name__}-{layout}"
+            reference.save_pretrained(folder)
+            config = json.loads((folder / "config.json").read_text())
+            del config["architectures"]
+            (folder / "config.json").write_text(json.dumps(config))
+            if layout == "in-memory":
+                for old in folder.glob("*.safetensors"):
+                    old.unlink()
+                state = {k: v.contiguous() for k, v in reference.state_dict().items()}
+                save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+            model = dpt_mlx.load_model(folder)
+            assert type(model).__name__ == cls.__name__, (layout, type(model).__name__)
