@@ -31,6 +31,14 @@ from ..processing.writers import OutputOptions, camera_for, depth_kind
 DEPTH_KINDS = ("png", "png16", "npy", "exr")  # every depth model; metric depth adds METRIC_KINDS
 METRIC_KINDS = ("ply", "glb")
 SEGMENTATION_KINDS = ("png", "npy")  # and the overlay
+NORMALS_KINDS = ("png", "npy")
+# a predictor's task -> the parts of its results
+PARTS = {
+    "depth-estimation": ("depth",),
+    "image-segmentation": ("segmentation",),
+    "normal-estimation": ("normals",),
+    "dense-prediction": ("depth", "normals", "segmentation"),
+}
 RELIEF_SUFFIX = "_relief.glb"  # relative depth's 3D preview (not a download: the command line writes none)
 
 
@@ -65,10 +73,10 @@ class Result:
     """One photo's outputs and what the page shows of them."""
 
     name: str  # the photo's file name
-    task: str  # "depth" or "segmentation"
+    task: str  # what the checkpoint gives: "depth", "segmentation", "normals", or "dense" (all three)
     photo: object  # the upright RGB PIL image the model saw
-    values: np.ndarray  # depth (float32, as written to the npy) or class ids
-    files: list[tuple[str, Path]]  # (output kind, file), as the command line names them
+    files: list[tuple[str, Path]]  # (output kind, file), as the command line names them ("depth:png" when dense)
+    values: np.ndarray | None = None  # depth (float32, as written to the npy), for the 3D view and measuring
     kind: str = ""  # what the depth is (depth_kind), for the page
     metric: bool = False
     camera: object = None  # the CameraIntrinsics of the ply / glb (camera_for), metric depth only
@@ -77,8 +85,15 @@ class Result:
     relief: bool = False
     legend: list[tuple[int, str, float, tuple[int, int, int]]] = field(default_factory=list)
 
-    def file(self, kind: str) -> Path | None:
-        return next((path for k, path in self.files if k == kind), None)
+    def file(self, kind: str, part: str | None = None) -> Path | None:
+        """The file of output ``kind`` ("png", "npy", "overlay", "glb" ...) of ``part`` ("depth", "normals",
+        "segmentation"; default the result's task), or None."""
+        part = part or self.task
+        return next((path for k, path in self.files if k in (f"{part}:{kind}", kind) and self.has(part)), None)
+
+    def has(self, part: str) -> bool:
+        """Whether the result holds ``part`` ("depth", "normals", "segmentation")."""
+        return part == self.task or self.task == "dense"
 
 
 class _Lines:
@@ -214,18 +229,18 @@ class Session:
         from ..cli.predict import Runner
         from ..configs import predicts_metres
 
-        depth = predictor.task == "depth-estimation"
-        task = "depth" if depth else "segmentation"
-        metric = depth and (settings.metric or predicts_metres(predictor.config))
-        kinds = list(DEPTH_KINDS + (METRIC_KINDS if metric else ())) if depth else list(SEGMENTATION_KINDS)
-        kinds, notes = _available(kinds)
+        parts = PARTS[predictor.task]
+        task = parts[0] if len(parts) == 1 else "dense"
+        metric = "depth" in parts and (settings.metric or predicts_metres(predictor.config))
+        wanted = {"depth": DEPTH_KINDS + (METRIC_KINDS if metric else ()), "normals": NORMALS_KINDS}
+        kinds, notes = _available(list(dict.fromkeys(k for p in parts for k in wanted.get(p, SEGMENTATION_KINDS))))
         run_dir = self._new_run_dir()
         jobs, options = [], None
         for number, photo in enumerate(photos, 1):
             options = OutputOptions(
                 formats=tuple(kinds),
                 output_dir=str(run_dir / str(number)),
-                overlay=not depth,
+                overlay="segmentation" in parts,
                 alpha=settings.alpha,
                 colormap=settings.colormap,
                 focal_length=settings.focal_length,
@@ -233,7 +248,7 @@ class Session:
                 mesh_edge_threshold=settings.mesh_edge_threshold,
                 mesh_max_vertices=settings.mesh_max_vertices,
             )
-            work = plan(options, [photo], task)
+            work = plan(options, [photo], task, tasks=parts if task == "dense" else ())
             notes += work.rejected
             jobs += work.jobs
         lines = _Lines()
@@ -259,21 +274,24 @@ class Session:
         from ..processing import visualize as V
         from ..processing.images import load_image
 
-        files = [(kind, target) for kind, target in job.outputs]
-        values = np.load(dict(files)["npy"], allow_pickle=False)
-        result = Result(Path(job.path).name, task, load_image(job.path), values, files)
-        if task == "segmentation":
-            palette = V.color_classes(np.arange(max(predictor.num_labels, int(values.max()) + 1)), predictor.num_labels)
+        result = Result(Path(job.path).name, task, load_image(job.path), list(job.outputs))
+        if result.has("segmentation"):
+            classes = np.load(result.file("npy", "segmentation"), allow_pickle=False)
+            palette = V.color_classes(
+                np.arange(max(predictor.num_labels, int(classes.max()) + 1)), predictor.num_labels
+            )
             result.legend = [
                 (i, name, share, tuple(int(c) for c in palette[i]))
-                for i, name, share in V.class_shares(values, predictor.id2label)
+                for i, name, share in V.class_shares(classes, predictor.id2label)
             ]
+        if not result.has("depth"):
             return result
+        result.values = values = np.load(result.file("npy", "depth"), allow_pickle=False)
         result.kind = depth_kind(predictor.config)
         result.metric = metric
         if metric:
             result.camera = camera_for(job, values, options)
-            result.view, result.view_size = result.file("glb"), _extent(values, result.camera)
+            result.view, result.view_size = result.file("glb", "depth"), _extent(values, result.camera)
         else:
             result.relief = True
             result.view, result.view_size = self._relief(result, job)

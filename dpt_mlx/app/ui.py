@@ -53,7 +53,7 @@ def _optional(value) -> float | None:
 
 
 def _camera_text(result: Result) -> str:
-    if result.task != "depth":
+    if not result.has("depth"):
         return ""
     if not result.metric:
         return (
@@ -101,8 +101,8 @@ def build_app(session: Session, model: str, colormap: str = "inferno"):
         results = gr.State({})  # photo name -> Result
         clicks = gr.State([])  # the measuring points so far, (x, y) pixels
         gr.Markdown(
-            "## dpt_mlx: depth and segmentation\nPick a checkpoint (a Hugging Face Hub id or a local folder), drop "
-            "photos, and get the depth, a 3D view and the files `dpt-mlx` writes for them."
+            "## dpt_mlx: depth, segmentation and surface normals\nPick a checkpoint (a Hugging Face Hub id or a "
+            "local folder), drop photos, and get the depth, a 3D view and the files `dpt-mlx` writes for them."
         )
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
@@ -132,6 +132,14 @@ def build_app(session: Session, model: str, colormap: str = "inferno"):
                     label="Photo | depth", type="pil", format="png", elem_id="slider", max_height=480
                 )
                 camera = gr.Markdown(elem_id="camera")
+                normals = gr.Image(
+                    label="Surface normals",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    elem_id="normals",
+                    visible=False,
+                )
                 with gr.Row() as depth_row:
                     view = gr.Model3D(label="3D mesh", elem_id="view3d", height=420, clear_color=(0.1, 0.1, 0.12, 1))
                     with gr.Column() as measuring:
@@ -151,56 +159,56 @@ def build_app(session: Session, model: str, colormap: str = "inferno"):
                     overlay = gr.Image(label="Overlay", type="pil", format="png", interactive=False, elem_id="overlay")
                     legend = gr.HTML(label="Classes", elem_id="legend")
 
-        shown_outputs = [slider, camera, view, ruler, distance, depth_row, measuring, segmentation]
+        shown_outputs = [slider, camera, normals, view, ruler, distance, depth_row, measuring, segmentation]
         shown_outputs += [classes, overlay, legend, clicks]
 
-        def show(result: Result | None):
-            """The page's views of one result (or cleared)."""
+        def show(result: Result | None) -> list:
+            """The page's views of one result (or cleared), in the order of ``shown_outputs``."""
             from PIL import Image
 
-            hidden = gr.update(visible=False)
+            views = {
+                slider: None,
+                camera: "",
+                normals: gr.update(value=None, visible=False),
+                view: gr.update(value=None),
+                ruler: None,
+                distance: "",
+                # "hidden" keeps the 3D viewer in the page: one removed and put back shows no mesh
+                depth_row: gr.update(visible=True if result is None else "hidden"),
+                measuring: gr.update(visible=result is None),
+                segmentation: gr.update(visible=False),
+                classes: None,
+                overlay: None,
+                legend: "",
+                clicks: [],
+            }
             if result is None:
-                return [None, "", gr.update(value=None), None, "", gr.update(visible=True), gr.update(visible=True)] + [
-                    hidden,
-                    None,
-                    None,
-                    "",
-                    [],
-                ]
-            if result.task == "segmentation":
-                overlay_image = Image.open(result.file("overlay"))
-                return [
-                    gr.update(value=(result.photo, overlay_image), label="Photo | classes"),
-                    "",
-                    gr.update(value=None),
-                    None,
-                    "",
-                    hidden,
-                    hidden,
-                    gr.update(visible=True),
-                    Image.open(result.file("png")).convert("RGB"),
-                    overlay_image,
-                    _legend_html(result),
-                    [],
-                ]
-            label = "Relief preview: not a true 3D shape" if result.relief else "3D mesh (the GLB download)"
-            camera_position = (None, None, FRAMING * result.view_size if result.view_size else None)
-            return [
-                gr.update(value=(result.photo, Image.open(result.file("png"))), label="Photo | depth"),
-                _camera_text(result),
-                gr.update(
+                return [views[c] for c in shown_outputs]
+            normals_picture = Image.open(result.file("png", "normals")) if result.has("normals") else None
+            if result.has("segmentation"):
+                overlay_image = Image.open(result.file("overlay", "segmentation"))
+                views[slider] = gr.update(value=(result.photo, overlay_image), label="Photo | classes")
+                views[segmentation] = gr.update(visible=True)
+                views[classes] = Image.open(result.file("png", "segmentation")).convert("RGB")
+                views[overlay], views[legend] = overlay_image, _legend_html(result)
+            if result.task == "normals":
+                views[slider] = gr.update(value=(result.photo, normals_picture), label="Photo | normals")
+            elif normals_picture is not None:
+                views[normals] = gr.update(value=normals_picture, visible=True)
+            if result.has("depth"):
+                label = "Relief preview: not a true 3D shape" if result.relief else "3D mesh (the GLB download)"
+                camera_position = (None, None, FRAMING * result.view_size if result.view_size else None)
+                depth_picture = Image.open(result.file("png", "depth"))
+                views[slider] = gr.update(value=(result.photo, depth_picture), label="Photo | depth")
+                views[camera] = _camera_text(result)
+                views[view] = gr.update(
                     value=str(result.view) if result.view else None, label=label, camera_position=camera_position
-                ),
-                result.photo if result.metric else None,
-                "" if result.metric else "Measuring needs metric depth.",
-                gr.update(visible=True),
-                gr.update(visible=result.metric),
-                hidden,
-                None,
-                None,
-                "",
-                [],
-            ]
+                )
+                views[ruler] = result.photo if result.metric else None
+                views[distance] = "" if result.metric else "Measuring needs metric depth."
+                views[depth_row] = gr.update(visible=True)
+                views[measuring] = gr.update(visible=result.metric)
+            return [views[c] for c in shown_outputs]
 
         def estimate(source, files, colormap_name, focal_px, fov_deg, metres, threshold, vertices):
             empty = [{}, gr.update(choices=[], value=None), None]
@@ -227,7 +235,9 @@ def build_app(session: Session, model: str, colormap: str = "inferno"):
                 by_name[name] = result
             first = next(iter(by_name))
             files_out = [str(path) for result in done for _, path in result.files]
-            what = done[0].kind if done[0].task == "depth" else "segmentation"
+            what = {"segmentation": "segmentation", "normals": "surface normals"}.get(done[0].task, done[0].kind)
+            if done[0].task == "dense":
+                what += ", surface normals and segmentation"
             line = f"{len(done)} photo{'s' if len(done) > 1 else ''} done with {source.strip()} ({what})"
             if notes:
                 line += "; " + "; ".join(notes)

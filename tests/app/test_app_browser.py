@@ -109,7 +109,16 @@ pytestmark = [pytest.mark.timeout(600), pytest.mark.linux]  # CI's platform; nev
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    return checkpoints_3d(tmp_path_factory.mktemp("app-ckpt"), photo_size=(240, 180))
+    import transformers
+    from model_configs import tipsv2_reference
+
+    from dpt_mlx.processing.tipsv2_processor import Tipsv2DptImageProcessor
+
+    made = checkpoints_3d(tmp_path_factory.mktemp("app-ckpt"), photo_size=(240, 180))
+    made["dense"] = made["photo"].parent / "dense"  # TIPSv2-DPT: depth, normals and classes
+    tipsv2_reference(transformers.Tipsv2DptForDensePrediction, seed=2).save_pretrained(made["dense"])
+    Tipsv2DptImageProcessor(size={"height": 56, "width": 56}).save_pretrained(made["dense"])
+    return made
 
 
 def _free_port() -> int:
@@ -201,6 +210,13 @@ def _upload(page, path: Path) -> str:
     return before
 
 
+def _shown(page, selector: str) -> bool:
+    """Whether the element is on the page for a person to see: displayed, and more than a pixel in size
+    (a component kept in the page but visually hidden is not)."""
+    box = page.locator(selector).bounding_box() if page.locator(selector).is_visible() else None
+    return box is not None and box["width"] > 1 and box["height"] > 1
+
+
 def _images_loaded(page, selector: str, count: int) -> None:
     page.wait_for_function(
         "([sel, n]) => { const imgs = [...document.querySelectorAll(sel)];"
@@ -267,6 +283,25 @@ def _click(page, fx: float, fy: float) -> tuple[int, int]:
     return int(fx * natural_w), int(fy * natural_h)
 
 
+def _open(browser, url: str, outside: list) -> object:
+    """A new page on the app; every request it makes that leaves 127.0.0.1 is refused and listed in ``outside``."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
+    page.set_default_timeout(WAIT_MS)
+    local = re.compile(r"^(https?|wss?)://127\.0\.0\.1:\d+/|^(data|blob):")
+
+    def watch(route):
+        if local.match(route.request.url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", watch)
+    page.goto(url, timeout=WAIT_MS)
+    page.locator("#status textarea").wait_for(state="attached", timeout=WAIT_MS)
+    return page
+
+
 @pytest.mark.timeout(600)
 def test_the_app_in_a_browser(ckpt, tmp_path):
     from playwright.sync_api import sync_playwright
@@ -294,20 +329,7 @@ def test_the_app_in_a_browser(ckpt, tmp_path):
                 executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS, timeout=WAIT_MS
             )
             try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
-                page.set_default_timeout(WAIT_MS)
-                local = re.compile(r"^(https?|wss?)://127\.0\.0\.1:\d+/|^(data|blob):")
-
-                def watch(route):
-                    if local.match(route.request.url):
-                        route.continue_()
-                    else:
-                        outside.append(route.request.url)
-                        route.abort()
-
-                page.route("**/*", watch)
-                page.goto(url, timeout=WAIT_MS)
-                page.locator("#status textarea").wait_for(state="attached", timeout=WAIT_MS)
+                page = _open(browser, url, outside)
 
                 # a metric checkpoint and a photo: depth, 3D, camera, measuring, downloads
                 before = _upload(page, ckpt["photo"])
@@ -374,7 +396,7 @@ def test_the_app_in_a_browser(ckpt, tmp_path):
                 assert "Relief preview" in page.locator("#view3d").inner_text()
                 names = sorted(a.get_attribute("download") for a in page.locator("#downloads a[download]").all())
                 assert names == ["photo_depth.exr", "photo_depth.npy", "photo_depth.png", "photo_depth16.png"]
-                assert not page.locator("#measure").is_visible()
+                assert not _shown(page, "#measure")
                 assert "no point cloud, mesh or measurements" in page.locator("#camera").inner_text()
                 page.screenshot(path=str(shots / "app_relative.png"), full_page=True)
 
@@ -403,7 +425,7 @@ def test_the_app_in_a_browser(ckpt, tmp_path):
                 assert code == 0
                 classes = np.load(seg_cli / "photo_seg.npy")
                 assert len(np.unique(classes)) == 3  # the legend has something to tell
-                assert not page.locator("#view3d").is_visible() and not page.locator("#measure").is_visible()
+                assert not _shown(page, "#view3d") and not _shown(page, "#measure")
                 for i in np.unique(classes):
                     name = {0: "wall", 1: "cup", 2: "table"}[int(i)]
                     share = (classes == i).mean() * 100
@@ -413,6 +435,31 @@ def test_the_app_in_a_browser(ckpt, tmp_path):
                 for name, data in files.items():
                     assert data == (seg_cli / name).read_bytes(), name
                 page.screenshot(path=str(shots / "app_segmentation.png"), full_page=True)
+
+                # a dense checkpoint: depth with its mesh and measuring, the surface normals, the class map
+                page.close()  # a fresh page: Chromium lets one page start only 20 downloads
+                page = _open(browser, url, outside)
+                page.locator("#checkpoint textarea, #checkpoint input").first.fill(str(ckpt["dense"]))
+                before = _upload(page, ckpt["photo"])
+                line = _status(page, "done", before)
+                assert "metres" in line and "surface normals and segmentation" in line, line
+                _images_loaded(page, "#normals img", 1)
+                _images_loaded(page, "#classes img", 1)
+                assert _shown(page, "#measure") and "Photo | depth" in page.locator("#slider").inner_text()
+                _canvas_shows_something(page, shots / "dense_mesh.png")
+                dense_cli = tmp_path / "dense-cli"
+                formats = "png,png16,npy,exr,ply,glb"
+                code = predict(
+                    ["--model", str(ckpt["dense"]), "--image", str(ckpt["photo"]), "--overlay", "-f", formats]
+                    + ["-d", str(dense_cli)]
+                )
+                assert code == 0
+                files = _downloads(page, tmp_path / "dense-downloads")
+                assert sorted(files) == sorted(p.name for p in dense_cli.iterdir())
+                assert {"photo_normals.png", "photo_mesh.glb", "photo_seg.png"} <= set(files)
+                for name, data in files.items():
+                    assert data == (dense_cli / name).read_bytes(), name
+                page.screenshot(path=str(shots / "app_dense.png"), full_page=True)
             finally:
                 browser.close()
         assert server.poll() is None, "the app stopped while in use"

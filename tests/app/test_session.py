@@ -96,3 +96,38 @@ def test_the_process_ends_cleanly_after_runs_from_server_threads(tiny_dpt_dir, p
         )
         assert out.returncode == 143, out.stderr[-2000:]
         assert "terminate called" not in out.stderr
+
+
+@pytest.mark.timeout(180)
+def test_normals_and_dense_checkpoints(photo, tmp_path):
+    """A normals checkpoint gives the normals picture; a dense one depth (metric: its mesh, measuring),
+    normals and the class map with its legend, each file as the command line names it."""
+    import transformers
+    from model_configs import tipsv2_reference
+
+    from dpt_mlx.processing.tipsv2_processor import Tipsv2DptImageProcessor
+
+    made = {}
+    for name, cls in (
+        ("normals", transformers.Tipsv2DptForNormalEstimation),
+        ("dense", transformers.Tipsv2DptForDensePrediction),
+    ):
+        tipsv2_reference(cls, seed=2).save_pretrained(tmp_path / name)
+        Tipsv2DptImageProcessor(size={"height": 56, "width": 56}).save_pretrained(tmp_path / name)
+        made[name] = str(tmp_path / name)
+    session = Session(tmp_path / "out")
+    try:
+        (normals,), notes = session.run(made["normals"], [str(photo)], Settings())
+        assert not notes and normals.task == "normals" and normals.values is None and not normals.legend
+        assert [k for k, _ in normals.files] == ["png", "npy"]
+        assert normals.file("png", "normals").name == "photo_normals.png" and normals.file("png", "depth") is None
+        (dense,), notes = session.run(made["dense"], [str(photo)], Settings())
+    finally:
+        session.close()
+    assert not notes and dense.task == "dense" and dense.metric and dense.legend
+    assert dense.view == dense.file("glb", "depth") and dense.view.name == "photo_mesh.glb"
+    assert dense.file("png", "normals").name == "photo_normals.png"
+    assert dense.file("overlay", "segmentation").name == "photo_seg_overlay.png"
+    assert np.array_equal(dense.values, np.load(dense.file("npy", "depth")))
+    shares = sum(share for _, _, share, _ in dense.legend)
+    assert abs(shares - 1) < 1e-6
