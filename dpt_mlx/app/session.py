@@ -195,9 +195,9 @@ class Session:
         self._closing.set()
         self._mlx.close()
 
-    def predictor(self, source: str):
+    def _checkpoint(self, source: str):
         """The predictor for checkpoint ``source`` (a Hub id or a folder), loaded once and kept; a one-line
-        UsageError when it cannot be loaded."""
+        UsageError when it cannot be loaded. On the session's MLX thread only."""
         source = (source or "").strip()
         if not source:
             raise UsageError("give a checkpoint: a Hugging Face Hub id or a local folder")
@@ -222,7 +222,7 @@ class Session:
     def _load_and_run(self, source: str, photos: list[Path], settings: Settings):
         if self._closing.is_set():
             raise UsageError("the app is stopping")
-        return self._run(self.predictor(source), photos, settings)
+        return self._run(self._checkpoint(source), photos, settings)
 
     def _run(self, predictor, photos: list[Path], settings: Settings) -> tuple[list[Result], list[str]]:
         from ..cli.inputs import plan
