@@ -227,11 +227,13 @@ class Session:
     def _run(self, predictor, photos: list[Path], settings: Settings) -> tuple[list[Result], list[str]]:
         from ..cli.inputs import plan
         from ..cli.predict import Runner
-        from ..configs import predicts_metres
+        from ..configs import camera_depth, predicts_metres
 
         parts = PARTS[predictor.task]
         task = parts[0] if len(parts) == 1 else "dense"
-        metric = "depth" in parts and (settings.metric or predicts_metres(predictor.config))
+        # metric camera depth: a point cloud, a mesh, measuring (CHMv2's canopy heights get a relief)
+        config = predictor.config
+        metric = "depth" in parts and camera_depth(config) and (settings.metric or predicts_metres(config))
         wanted = {"depth": DEPTH_KINDS + (METRIC_KINDS if metric else ()), "normals": NORMALS_KINDS}
         kinds, notes = _available(list(dict.fromkeys(k for p in parts for k in wanted.get(p, SEGMENTATION_KINDS))))
         run_dir = self._new_run_dir()
@@ -271,6 +273,7 @@ class Session:
                 continue
 
     def _result(self, job, task: str, predictor, options: OutputOptions, metric: bool) -> Result:
+        from ..configs import camera_depth
         from ..processing import visualize as V
         from ..processing.images import load_image
 
@@ -294,16 +297,17 @@ class Session:
             result.view, result.view_size = result.file("glb", "depth"), _extent(values, result.camera)
         else:
             result.relief = True
-            result.view, result.view_size = self._relief(result, job)
+            raised = "inverse" in result.kind or not camera_depth(predictor.config)  # larger = closer, or taller
+            result.view, result.view_size = self._relief(result, job, raised)
         return result
 
-    def _relief(self, result: Result, job) -> tuple[Path | None, float | None]:
-        """A relief preview of relative depth for the 3D viewer, and its size (None, None without trimesh)."""
+    def _relief(self, result: Result, job, larger_is_closer: bool) -> tuple[Path | None, float | None]:
+        """A relief preview of depth without a camera for the 3D viewer, and its size (None, None without
+        trimesh)."""
         try:
             from ..processing.mesh import relief_mesh, save_glb
 
-            inverse = "inverse" in result.kind  # larger = closer
-            mesh = relief_mesh(result.values, result.photo, larger_is_closer=inverse)
+            mesh = relief_mesh(result.values, result.photo, larger_is_closer=larger_is_closer)
             target = job.outputs[0][1].with_name(Path(job.path).stem + RELIEF_SUFFIX)
             save_glb(mesh, target, {"generator": "dpt_mlx", "relief": "relative depth: not a true shape"})
             return target, float(np.linalg.norm(mesh.extents))

@@ -55,6 +55,11 @@ def _optional(value) -> float | None:
 def _camera_text(result: Result) -> str:
     if not result.has("depth"):
         return ""
+    if not result.metric and "height" in result.kind:
+        return (
+            f"**Heights:** {result.kind}, seen from above: no camera, so no point cloud, mesh or "
+            "measurements; the 3D view is a relief of the heights."
+        )
     if not result.metric:
         return (
             f"**Depth:** {result.kind}. No camera: relative depth has no scale, "

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..configs import camera_depth, predicts_metres
 from ..errors import ImageError, UsageError
 from ..io.checkpoint import DTYPES
 from ..io.files import remove_stale_temps, remove_unchanged, temp_files
@@ -391,8 +392,6 @@ def output_options(args: argparse.Namespace) -> OutputOptions:
 def _is_metric(config, depth_kind_arg: str | None, prompted: bool) -> bool:
     """Whether the depth is metric: --depth-kind, else the model (a metric config, ZoeDepth, or
     Prompt Depth Anything given --prompt-depth)."""
-    from ..configs import predicts_metres
-
     if depth_kind_arg is not None:
         return depth_kind_arg == "metric"
     return predicts_metres(config, prompted=prompted)
@@ -436,7 +435,7 @@ def _check_points(args: argparse.Namespace, options: OutputOptions, predictor) -
         what = "predicts surface normals" if predictor.task == "normal-estimation" else "does segmentation"
         raise UsageError(f"--format {wanted[0]} is for depth models; this model {what}")
     shapes = [kind for kind in wanted if kind in ("ply", "glb")]
-    if shapes and getattr(predictor.config, "model_type", None) == "chmv2":
+    if shapes and not camera_depth(predictor.config):
         raise UsageError(
             f"--format {shapes[0]} back-projects depth from a camera; CHMv2 predicts canopy heights seen from "
             "above (use npy, exr or png16)"

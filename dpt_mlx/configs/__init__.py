@@ -4,7 +4,7 @@
 Anything, Prompt Depth Anything), ``zoedepth``, ``depth_pro``, ``chmv2``, ``tipsv2_dpt``, and ``load``
 (which class a ``config.json`` names).
 This file imports none of them, so that a backbone may import ``base`` without a cycle; it holds
-:func:`predicts_metres`, which reads any of them.
+:func:`predicts_metres` and :func:`camera_depth`, which read any of them.
 """
 
 
@@ -15,3 +15,9 @@ def predicts_metres(config, prompted: bool = False) -> bool:
     if getattr(config, "model_type", None) == "prompt_depth_anything":
         return prompted or getattr(config, "depth_estimation_type", None) == "metric"
     return bool(getattr(config, "predicts_metres", False)) or getattr(config, "depth_estimation_type", None) == "metric"
+
+
+def camera_depth(config) -> bool:
+    """Whether a depth model's values are distances from the camera that took the photo, which point
+    clouds, meshes and measurements back-project: not CHMv2's canopy heights, seen from above."""
+    return getattr(config, "model_type", None) != "chmv2"

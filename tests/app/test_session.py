@@ -131,3 +131,27 @@ def test_normals_and_dense_checkpoints(photo, tmp_path):
     assert np.array_equal(dense.values, np.load(dense.file("npy", "depth")))
     shares = sum(share for _, _, share, _ in dense.legend)
     assert abs(shares - 1) < 1e-6
+
+
+@pytest.mark.timeout(180)
+def test_canopy_heights_get_a_relief_not_a_camera(photo, tmp_path):
+    """CHMv2's heights are seen from above: no point cloud, mesh or measuring (the command line refuses
+    them too), a relief with the tallest raised, and the page says why."""
+    from model_configs import chmv2_config, chmv2_reference
+
+    from dpt_mlx.app.ui import _camera_text
+
+    chmv2_reference(chmv2_config()).save_pretrained(tmp_path / "chm")
+    session = Session(tmp_path / "out")
+    try:
+        (result,), notes = session.run(str(tmp_path / "chm"), [str(photo)], Settings(metric=True))
+    finally:
+        session.close()
+    assert not notes and [k for k, _ in result.files] == ["png", "png16", "npy", "exr"]
+    assert not result.metric and result.relief and result.camera is None
+    assert result.view is not None and result.view.name == "photo_relief.glb"
+    assert "seen from above" in _camera_text(result) and "canopy height" in _camera_text(result)
+    with pytest.raises(UsageError, match="metric"):
+        from dpt_mlx.app.session import measure
+
+        measure(result, (0, 0), (1, 1))
