@@ -4,7 +4,8 @@ transformers' Depth Pro processor runs on torchvision. Where torchvision is not 
 the CPU build of torch this project pins), the few torchvision functions that the reference calls are provided
 here as torchvision 0.2x computes them on these inputs (``Torchvision`` below); the reference's own code does the
 rest (its RGB conversion, its fused rescale and normalisation, its order of steps, its post-processing).
-The ``depth_pro_reference`` fixture (conftest.py) installs them for a test module.
+The ``depth_pro_reference`` fixture (conftest.py) installs them for a test module; the other processors that run on
+torchvision (TIPSv2-DPT's, CHMv2's) are tested on the same stand-in.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ class Torchvision:
         return image.div_(std)
 
     @staticmethod
+    def pad(image, padding, fill=0, padding_mode="constant"):
+        left, top, right, bottom = padding  # torchvision's order; torch's is (left, right, top, bottom)
+        return torch.nn.functional.pad(image, [left, right, top, bottom], mode=padding_mode, value=float(fill or 0))
+
+    @staticmethod
     def grayscale_to_rgb(image):
         return image if image.shape[-3] >= 3 else image.repeat_interleave(3, dim=-3)
 
@@ -73,7 +79,7 @@ def install(patch) -> type:
         import torchvision.transforms.v2.functional  # noqa: F401
     except ImportError:
         module = types.ModuleType("torchvision.transforms.v2.functional")
-        for name in ("InterpolationMode", "resize", "normalize", "grayscale_to_rgb", "to_dtype"):
+        for name in ("InterpolationMode", "resize", "normalize", "pad", "grayscale_to_rgb", "to_dtype"):
             setattr(module, name, getattr(Torchvision, name))
         for name, value in (
             ("torchvision", types.ModuleType("torchvision")),

@@ -197,3 +197,16 @@ class BaseConfig:
 def stage_names(num_stages: int) -> list[str]:
     """A backbone's stage names as transformers lists them: "stem", then "stage1" .. "stageN"."""
     return ["stem"] + [f"stage{i}" for i in range(1, num_stages + 1)]
+
+
+class BackboneHostConfig(BaseConfig):
+    """A model's config that describes its backbone in a ``backbone_config`` dict (Depth Anything, ZoeDepth,
+    CHMv2, TIPSv2-DPT): the backbone's type and input channels read from it."""
+
+    @property
+    def backbone_type(self) -> str:
+        return str(self.backbone_config.get("model_type", "unknown"))
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.backbone_config.get("num_channels", 3))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UnsupportedModelError
-from .base import BaseConfig
+from .base import BackboneHostConfig
 from .dpt import READOUT_TYPES, check_backbone, check_neck
 
 # The DINOv3 ViT-L/16 backbone when a config has none (transformers' CHMv2Config.sub_configs_defaults;
@@ -39,7 +39,7 @@ MIXLOG_SCALE = 8.0  # the mixlog bins end at max_depth / 8 and their heights are
 
 
 @dataclass
-class CHMv2Config(BaseConfig):
+class CHMv2Config(BackboneHostConfig):
     """``transformers.CHMv2Config``: the same fields, defaults and meaning.
 
     ``number_output_channels`` is the number of height bins; ``bins_strategy`` places their
@@ -130,14 +130,6 @@ class CHMv2Config(BaseConfig):
     def predicts_metres(self) -> bool:
         """CHMv2's predicted depth is canopy height in metres."""
         return True
-
-    @property
-    def backbone_type(self) -> str:
-        return str(self.backbone_config.get("model_type", "unknown"))
-
-    @property
-    def num_channels(self) -> int:
-        return int(self.backbone_config.get("num_channels", 3))
 
     # What the shared DPT neck (dpt_mlx/models/neck.py) reads, under DPT's names: the readout projection
     # is Linear + nn.GELU() (exact GELU), the residual units are biased convolutions without BatchNorm.

@@ -15,7 +15,7 @@ from typing import Any
 from ..backbones import backbone_spec
 from ..backbones.bit import HYBRID_BIT_DEFAULTS, BitConfig
 from ..errors import UnsupportedModelError
-from .base import BaseConfig, check_act, pair
+from .base import BackboneHostConfig, BaseConfig, check_act, pair
 
 READOUT_TYPES = ("ignore", "add", "project")
 MAX_LABELS = 65536  # a bound for a num_labels given without id2label (the labels are made one by one)
@@ -272,7 +272,7 @@ DEPTH_ANYTHING_BACKBONE_DEFAULTS = {
 
 
 @dataclass
-class DepthAnythingConfig(BaseConfig):
+class DepthAnythingConfig(BackboneHostConfig):
     """``transformers.DepthAnythingConfig`` (V1 and V2): the same fields and defaults (depth-anything-small)."""
 
     model_type: str = "depth_anything"
@@ -326,14 +326,6 @@ class DepthAnythingConfig(BaseConfig):
                 f"reassemble_hidden_size={self.reassemble_hidden_size} must equal the backbone's "
                 f"hidden_size={backbone.hidden_size}"
             )
-
-    @property
-    def backbone_type(self) -> str:
-        return str(self.backbone_config.get("model_type", "unknown"))
-
-    @property
-    def num_channels(self) -> int:
-        return int(self.backbone_config.get("num_channels", 3))
 
     # What the shared DPT neck (dpt_mlx/neck.py) reads: Depth Anything reassembles without the
     # CLS token (readout "ignore"), and its residual units have biases and no BatchNorm.

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..backbones.tipsv2 import Tipsv2VisionConfig
-from .base import BaseConfig, check_act
+from .base import BackboneHostConfig, check_act
 from .dpt import MAX_LABELS, check_neck, in_backbone_config
 
 # The backbone when a config has none: transformers' sub_configs_defaults (other fields: Tipsv2VisionConfig's).
@@ -27,7 +27,7 @@ TIPSV2_BACKBONE_DEFAULTS = {
 
 
 @dataclass
-class Tipsv2DptConfig(BaseConfig):
+class Tipsv2DptConfig(BackboneHostConfig):
     """``transformers.Tipsv2DptConfig``: the same fields, defaults and meaning."""
 
     model_type: str = "tipsv2_dpt"
@@ -108,14 +108,6 @@ class Tipsv2DptConfig(BaseConfig):
     def predicts_metres(self) -> bool:
         """The depth decoder predicts metric depth (bins up to ``max_depth`` metres)."""
         return True
-
-    @property
-    def backbone_type(self) -> str:
-        return str(self.backbone_config.get("model_type", "unknown"))
-
-    @property
-    def num_channels(self) -> int:
-        return int(self.backbone_config.get("num_channels", 3))
 
     # What the shared DPT neck (dpt_mlx/models/neck.py) reads, under DPT's names.
     readout_type = property(lambda self: "project")

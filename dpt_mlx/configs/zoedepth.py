@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UnsupportedModelError
-from .base import BaseConfig, check_act
+from .base import BackboneHostConfig, check_act
 from .dpt import check_backbone, check_neck
 
 # The BEiT-L backbone when a config has none (transformers' ZoeDepthConfig.sub_configs_defaults; other
@@ -67,7 +67,7 @@ def check_bin_configurations(configs: list) -> None:
 
 
 @dataclass
-class ZoeDepthConfig(BaseConfig):
+class ZoeDepthConfig(BackboneHostConfig):
     """``transformers.ZoeDepthConfig``: the same fields, defaults and meaning.
 
     One entry in ``bin_configurations`` gives one metric bins head (zoedepth-nyu, -kitti); several give
@@ -218,14 +218,6 @@ class ZoeDepthConfig(BaseConfig):
     def predicts_metres(self) -> bool:
         """ZoeDepth's predicted depth is metric, in metres."""
         return True
-
-    @property
-    def backbone_type(self) -> str:
-        return str(self.backbone_config.get("model_type", "unknown"))
-
-    @property
-    def num_channels(self) -> int:
-        return int(self.backbone_config.get("num_channels", 3))
 
     # What the shared DPT neck (dpt_mlx/models/neck.py) reads beyond the fields above.
     neck_ignore_stages = property(lambda self: [])

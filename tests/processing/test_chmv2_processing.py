@@ -3,14 +3,13 @@ padding to a multiple of 16), its post-processing (bilinear, align_corners=True,
 depth-estimation pipeline on a CHMv2 checkpoint against transformers' pipeline: heights at the image's size.
 
 transformers' CHMv2 processor runs on torchvision. Where torchvision is not installed (it cannot be beside the
-CPU build of torch this project pins), the few torchvision functions that the reference calls are provided here
-as torchvision 0.2x computes them on these inputs (``Torchvision`` below); the reference's own code does the rest
-(its RGB conversion, its fused rescale and normalisation, its padding amounts, its post-processing).
+CPU build of torch this project pins), the few torchvision functions that the reference calls are provided by
+tests/depth_pro_reference.py as torchvision 0.2x computes them on these inputs; the reference's own code does the
+rest (its RGB conversion, its fused rescale and normalisation, its padding amounts, its post-processing).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 import types
@@ -31,57 +30,12 @@ from dpt_mlx.processing.chmv2_processor import CHMv2ImageProcessor
 TOL = 1e-4
 
 
-class Torchvision:
-    """``torchvision.transforms.v2.functional`` as the reference calls it here (torchvision 0.2x, tensors)."""
-
-    @staticmethod
-    def normalize(image, mean, std, inplace=False):
-        mean = torch.as_tensor(mean, dtype=image.dtype).view(-1, 1, 1)
-        std = torch.as_tensor(std, dtype=image.dtype).view(-1, 1, 1)
-        image = image.sub_(mean) if inplace else image.sub(mean)
-        return image.div_(std)
-
-    @staticmethod
-    def pad(image, padding, fill=0, padding_mode="constant"):
-        left, top, right, bottom = padding  # torchvision's order; torch's is (left, right, top, bottom)
-        return torch.nn.functional.pad(image, [left, right, top, bottom], mode=padding_mode, value=float(fill or 0))
-
-    @staticmethod
-    def grayscale_to_rgb(image):
-        return image if image.shape[-3] >= 3 else image.repeat_interleave(3, dim=-3)
-
-    @staticmethod
-    def to_dtype(image, dtype=torch.float32, scale=False):
-        if image.dtype == dtype or not scale:
-            return image.to(dtype)
-        if not image.is_floating_point():  # integer -> float: divided by the integer type's maximum
-            return image.to(dtype).mul_(1.0 / torch.iinfo(image.dtype).max)
-        if dtype.is_floating_point:
-            return image.to(dtype)
-        return image.mul(torch.iinfo(dtype).max + 1.0 - 1e-3).to(dtype)  # float -> integer
-
-
 @pytest.fixture(scope="module")
-def reference():
-    """transformers' CHMv2ImageProcessor class, with torchvision's functions stood in for where it is absent."""
+def reference(depth_pro_reference):
+    """transformers' CHMv2ImageProcessor class, on tests/depth_pro_reference.py's torchvision stand-in where
+    torchvision is absent (imported afresh, so that it binds the stand-in)."""
     patch = pytest.MonkeyPatch()
-    try:
-        import torchvision.transforms.v2.functional  # noqa: F401
-    except ImportError:
-        module = types.ModuleType("torchvision.transforms.v2.functional")
-        for name in ("normalize", "pad", "grayscale_to_rgb", "to_dtype"):
-            setattr(module, name, getattr(Torchvision, name))
-        for name, value in (
-            ("torchvision", types.ModuleType("torchvision")),
-            ("torchvision.transforms", types.ModuleType("torchvision.transforms")),
-            ("torchvision.transforms.v2", types.ModuleType("torchvision.transforms.v2")),
-            ("torchvision.transforms.v2.functional", module),
-        ):
-            patch.setitem(sys.modules, name, value)
-        patch.setattr(sys.modules["torchvision.transforms.v2"], "functional", module, raising=False)
-        backends = importlib.import_module("transformers.image_processing_backends")
-        patch.setattr(backends, "tvF", module, raising=False)
-        patch.delitem(sys.modules, "transformers.models.chmv2.image_processing_chmv2", raising=False)
+    patch.delitem(sys.modules, "transformers.models.chmv2.image_processing_chmv2", raising=False)
     from transformers.models.chmv2.image_processing_chmv2 import CHMv2ImageProcessor as Reference
 
     yield Reference
