@@ -9,10 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import transformers
-from helpers import perturb
-from model_configs import depth_anything_config
+from depth3d import checkpoints_3d
 from PIL import Image
 from plyfile import PlyData
 
@@ -139,21 +136,7 @@ def test_save_ply_round_trip(tmp_path):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("points")
-    out = {}
-    for kind in ("metric", "relative"):
-        torch.manual_seed(0)
-        config = depth_anything_config([3, 6, 9, 12], depth_estimation_type=kind, max_depth=20)
-        model = perturb(transformers.DepthAnythingForDepthEstimation(config), seed=4)
-        if kind == "relative":
-            with torch.no_grad():
-                model.head.conv3.bias.fill_(1.0)
-        model.save_pretrained(str(root / kind))
-        out[kind] = root / kind
-    photo = root / "photo.jpg"
-    Image.open(PHOTO).convert("RGB").resize((45, 31)).save(photo)
-    out["photo"] = photo
-    return out
+    return checkpoints_3d(tmp_path_factory.mktemp("points"))  # metric and relative Depth Anything, a 45x31 photo
 
 
 def _run(args, capsys):
